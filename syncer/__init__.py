@@ -1,0 +1,3 @@
+"""procore-photo-sync: a verified local mirror of Procore project photos."""
+
+__version__ = "0.1.0"

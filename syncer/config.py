@@ -1,0 +1,228 @@
+"""The YAML configuration file to validated settings.
+
+Every error names the key it is about (`sync.concurrency: ...`) and ends the command with exit
+code 2 before anything is touched. `${VAR}` is replaced from the environment, so secrets can stay
+out of the file; relative paths are taken from the config file's folder, so cron and systemd runs
+behave like runs from a shell.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import fields
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+
+from syncer.errors import ConfigError
+from syncer.mirror.layout import DEFAULT_LAYOUT, Layout, LayoutError
+from syncer.procore.query import ImageFilters, parse_range
+
+_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(value: Any) -> float:
+    """`30s`, `15m`, `2h`, `1d`, or a plain number of seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration like 30s, 15m or 2h")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        match = _DURATION_RE.match(str(value))
+        if not match:
+            raise ValueError(f"expected a duration like 30s, 15m or 2h, got {value!r}")
+        seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ProcoreSettings(_Section):
+    api_base: str = "https://api.procore.com"
+    login_base: str = "https://login.procore.com"
+    company_id: int = Field(gt=0)
+    client_id: SecretStr
+    client_secret: SecretStr
+    request_timeout: Duration = 60.0
+
+    @field_validator("api_base", "login_base")
+    @classmethod
+    def _base_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/?#\s]+/?$", value):
+            raise ValueError(f"expected a base URL like https://api.procore.com, got {value!r}")
+        return value.rstrip("/")
+
+
+class DatabaseSettings(_Section):
+    url: str = "sqlite:///state/syncer.db"
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        if not value.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise ValueError("expected sqlite:///PATH or postgresql://USER@HOST/DB")
+        return value
+
+
+class MirrorSettings(_Section):
+    root: Path = Path("mirror")
+    layout: str = DEFAULT_LAYOUT
+    on_delete: Literal["keep", "trash", "delete"] = "keep"
+
+    @field_validator("layout")
+    @classmethod
+    def _valid_layout(cls, value: str) -> str:
+        try:
+            Layout(value)
+        except LayoutError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+
+class FilterSettings(_Section):
+    """The list filters a user may set; `updated_at` is absent because the engine owns it."""
+
+    daily_log_segment_id: list[int] | None = None
+    log_date: str | None = None
+    private: bool | None = None
+    starred: bool | None = None
+    location_id: list[int] | None = None
+    include_sublocations: bool | None = None
+    trade_ids: list[int] | None = None
+    projection: Literal["360", "regular"] | None = None
+    query: str | None = None
+    created_at: str | None = None
+    uploader_id: list[int] | None = None
+    id: list[int] | None = None
+
+    @field_validator("log_date")
+    @classmethod
+    def _log_date(cls, value: str | None) -> str | None:
+        return None if value is None else parse_range(value, dates_only=True)
+
+    @field_validator("created_at")
+    @classmethod
+    def _created_at(cls, value: str | None) -> str | None:
+        return None if value is None else parse_range(value)
+
+    def to_filters(self) -> ImageFilters:
+        return ImageFilters(**{f.name: getattr(self, f.name) for f in fields(ImageFilters) if f.name != "updated_at"})
+
+
+class SyncSettings(_Section):
+    projects: Literal["all"] | list[Annotated[int, Field(gt=0)]] = "all"
+    concurrency: int = Field(default=8, ge=1, le=64)
+    per_page: int = Field(default=100, ge=1, le=10_000)
+    filters: FilterSettings = FilterSettings()
+    overlap: Duration = 300.0
+    """How far before the checkpoint each incremental window starts, for clock skew and late writes."""
+    lag: Duration = 60.0
+    """How far behind now each window ends, so rows still being written are left for the next run."""
+
+
+class Settings(_Section):
+    procore: ProcoreSettings
+    database: DatabaseSettings = DatabaseSettings()
+    mirror: MirrorSettings = MirrorSettings()
+    sync: SyncSettings = SyncSettings()
+
+    @property
+    def database_url(self) -> str:
+        """The SQLAlchemy async URL for the configured database."""
+        url = self.database.url
+        if url.startswith("sqlite:///"):
+            return "sqlite+aiosqlite:///" + url.removeprefix("sqlite:///")
+        return re.sub(r"^postgres(ql)?://", "postgresql+asyncpg://", url)
+
+
+def _substitute_env(value: Any, path: str) -> Any:
+    if isinstance(value, dict):
+        return {k: _substitute_env(v, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute_env(v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, str):
+
+        def lookup(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in os.environ:
+                raise ConfigError(f"{path}: environment variable {name} is not set")
+            return os.environ[name]
+
+        return _ENV_RE.sub(lookup, value)
+    return value
+
+
+def _describe(error: Any) -> str:
+    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    message = str(error["msg"])
+    if error["type"] == "extra_forbidden":
+        message = "unknown key (check its spelling and config.example.yaml)"
+    elif error["type"] == "missing":
+        message = "required key is missing"
+    return f"{key}: {message.removeprefix('Value error, ')}"
+
+
+def _resolve_paths(settings: Settings, folder: Path) -> Settings:
+    root = settings.mirror.root.expanduser()
+    mirror = settings.mirror.model_copy(update={"root": (folder / root).resolve()})
+    url = settings.database.url
+    if url.startswith("sqlite:///"):
+        db_path = Path(url.removeprefix("sqlite:///")).expanduser()
+        url = "sqlite:///" + str((folder / db_path).resolve())
+    database = settings.database.model_copy(update={"url": url})
+    return settings.model_copy(update={"mirror": mirror, "database": database})
+
+
+def parse_settings(data: Any, folder: Path) -> Settings:
+    """Validate an already-loaded YAML document; relative paths resolve against `folder`."""
+    if data is None:
+        raise ConfigError("the configuration is empty; see config.example.yaml")
+    if not isinstance(data, dict):
+        raise ConfigError("the configuration must be a mapping of sections (procore:, mirror:, ...)")
+    data = _substitute_env(data, "")
+    filters = (data.get("sync") or {}).get("filters") if isinstance(data.get("sync"), dict) else None
+    if isinstance(filters, dict) and "updated_at" in filters:
+        raise ConfigError(
+            "sync.filters.updated_at: not allowed; the syncer sets it from the checkpoint"
+        )
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError("; ".join(_describe(e) for e in exc.errors())) from None
+    return _resolve_paths(settings, folder)
+
+
+def load_settings(path: Path) -> Settings:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"configuration file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read configuration file {path}: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        raise ConfigError(f"{path}: not valid YAML{at}") from None
+    return parse_settings(data, path.resolve().parent)

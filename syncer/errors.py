@@ -1,0 +1,38 @@
+"""Exit codes and the error types that cross module boundaries.
+
+Every failure a user can meet is one of these, so the CLI can turn it into one clear line and a
+documented exit code instead of a traceback.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    """Everything listed was mirrored and verified."""
+    INCOMPLETE = 1
+    """Some photos or projects failed; the summary names them. Safe to run again."""
+    USAGE = 2
+    """Bad command line or configuration; nothing was changed."""
+    AUTH = 3
+    """Procore refused the credentials."""
+    LOCKED = 4
+    """Another run holds the lock on this database and mirror."""
+    INTERRUPTED = 130
+    """Stopped by Ctrl-C or a signal; what was committed stays committed."""
+
+
+class SyncerError(Exception):
+    """An error with a message fit for the user; `exit_code` says how the CLI ends."""
+
+    exit_code = ExitCode.INCOMPLETE
+
+
+class ConfigError(SyncerError):
+    exit_code = ExitCode.USAGE
+
+
+class LockedError(SyncerError):
+    exit_code = ExitCode.LOCKED

@@ -1,0 +1,1 @@
+"""The local mirror: where each photo goes, and how its bytes get there safely."""

@@ -1,0 +1,1 @@
+"""The Procore REST client: authentication, pacing and retries, and typed endpoints."""

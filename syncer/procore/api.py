@@ -1,0 +1,117 @@
+"""Typed Procore endpoints that the syncer uses, over `ProcoreHttp`.
+
+Pagination follows `Link: rel="next"` (absolute URLs, accepted only on the API origin so a
+forged link cannot carry the token elsewhere) and stops at no `next` or at `[]`. `Total` and
+`Per-Page` are returned with each page, because the engine proves completeness with them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from yarl import URL
+
+from syncer.procore.http import Answer, ProcoreError, ProcoreHttp
+from syncer.procore.models import Album, BadRecord, Photo, Project, require_list
+from syncer.procore.query import ImageQuery
+
+_LINK_RE = re.compile(r'<([^>]*)>\s*;\s*rel="?([A-Za-z]+)"?')
+MAX_PAGES = 100_000
+
+
+def parse_links(header: str | None) -> dict[str, str]:
+    return {rel: url for url, rel in _LINK_RE.findall(header or "")}
+
+
+def _header_int(headers: Mapping[str, str], name: str) -> int | None:
+    raw = headers.get(name, "").strip()
+    return int(raw) if raw.isdigit() else None
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list[Any]
+    total: int | None
+    per_page: int | None
+    next_url: URL | None
+
+
+class ProcoreApi:
+    def __init__(self, http: ProcoreHttp, *, company_id: int) -> None:
+        self.http = http
+        self.company_id = company_id
+
+    def _page_of(self, answer: Answer, what: str) -> Page:
+        items = require_list(answer.data, what)
+        nxt = parse_links(answer.headers.get("Link")).get("next")
+        next_url = URL(nxt) if nxt else None
+        if next_url is not None and next_url.origin() != self.http.api_base.origin():
+            raise ProcoreError(f"{what}: pagination link leaves the API origin ({next_url.origin()})")
+        return Page(
+            items=items,
+            total=_header_int(answer.headers, "Total"),
+            per_page=_header_int(answer.headers, "Per-Page"),
+            next_url=next_url,
+        )
+
+    async def _pages(self, url: URL, what: str) -> AsyncIterator[Page]:
+        seen: set[str] = set()
+        next_url: URL | None = url
+        while next_url is not None and len(seen) < MAX_PAGES:
+            seen.add(str(next_url))
+            page = self._page_of(await self.http.get_json(next_url, what=what), what)
+            yield page
+            if not page.items:
+                return
+            next_url = page.next_url if page.next_url and str(page.next_url) not in seen else None
+
+    async def projects(self) -> list[Project]:
+        url = self.http.api_url(
+            "/rest/v1.0/projects", [("company_id", str(self.company_id)), ("per_page", "300")]
+        )
+        out: list[Project] = []
+        async for page in self._pages(url, "listing projects"):
+            out.extend(Project.from_api(item) for item in page.items)
+        return out
+
+    async def albums(self, project_id: int) -> list[Album]:
+        url = self.http.api_url(
+            "/rest/v1.0/image_categories", [("project_id", str(project_id)), ("per_page", "300")]
+        )
+        out: list[Album] = []
+        async for page in self._pages(url, f"listing albums of project {project_id}"):
+            out.extend(Album.from_api(item) for item in page.items)
+        return out
+
+    async def images_page(self, query: ImageQuery, *, page: int, per_page: int) -> Page:
+        """One page of `GET /rest/v1.0/images`; items stay raw for the caller to parse."""
+        url = self.http.api_url("/rest/v1.0/images", query.params(page=page, per_page=per_page))
+        what = f"listing photos of project {query.project_id} (page {page})"
+        return self._page_of(await self.http.get_json(url, what=what), what)
+
+    async def image_ids(self, query: ImageQuery, *, per_page: int) -> AsyncIterator[list[int]]:
+        """Every id matching `query`, a page at a time, via the cheap `ids_only` view."""
+        ids_query = ImageQuery(
+            project_id=query.project_id,
+            image_category_id=query.image_category_id,
+            filters=query.filters,
+            sort=query.sort,
+            serializer_view="ids_only",
+        )
+        url = self.http.api_url("/rest/v1.0/images", ids_query.params(page=1, per_page=per_page))
+        async for page in self._pages(url, f"listing photo ids of project {query.project_id}"):
+            ids = []
+            for item in page.items:
+                if isinstance(item, bool) or not isinstance(item, int):
+                    raise BadRecord(f"ids_only listing: expected integer ids, got {item!r:.40}")
+                ids.append(item)
+            yield ids
+
+    async def image(self, project_id: int, image_id: int) -> Photo:
+        """One photo with a freshly signed `url`."""
+        url = self.http.api_url(f"/rest/v1.0/images/{image_id}", [("project_id", str(project_id))])
+        answer = await self.http.get_json(url, what=f"fetching photo {image_id}")
+        return Photo.from_api(answer.data)

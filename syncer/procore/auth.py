@@ -1,0 +1,73 @@
+"""OAuth client-credentials tokens: fetched once, reused, renewed before they expire.
+
+The grant has no refresh token, so renewal is simply a new token request. A 401 from the API makes
+the caller `invalidate` the token it used; the next `token()` fetches a fresh one, and concurrent
+callers wait for that single request instead of each sending their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from syncer.errors import ExitCode, SyncerError
+
+RENEW_BEFORE = 300.0
+"""Seconds before expiry at which a token is replaced, so no request leaves with a dying token."""
+
+
+class AuthError(SyncerError):
+    """Procore refused the credentials (exit 3)."""
+
+    exit_code = ExitCode.AUTH
+
+
+@dataclass(frozen=True)
+class Token:
+    value: str
+    renew_at: float
+
+    def __repr__(self) -> str:  # never print the secret, even in a debugger's repr
+        return f"Token(renew_at={self.renew_at:.0f})"
+
+
+FetchToken = Callable[[], Awaitable[dict[str, Any]]]
+"""Posts the token request and returns the decoded JSON answer (raising on HTTP errors)."""
+
+
+class TokenSource:
+    def __init__(self, fetch: FetchToken, *, clock: Callable[[], float] = time.time) -> None:
+        self._fetch = fetch
+        self._clock = clock
+        self._token: Token | None = None
+        self._lock = asyncio.Lock()
+        self.on_new_token: Callable[[str], None] | None = None
+        """Called with each new token value, so the log redactor can learn it."""
+
+    async def token(self) -> str:
+        async with self._lock:
+            now = self._clock()
+            if self._token is None or now >= self._token.renew_at:
+                self._token = self._parse(await self._fetch(), now)
+                if self.on_new_token:
+                    self.on_new_token(self._token.value)
+            return self._token.value
+
+    def invalidate(self, value: str) -> None:
+        """Forget `value` if it is still the current token (a 401 proved it dead)."""
+        if self._token is not None and self._token.value == value:
+            self._token = None
+
+    @staticmethod
+    def _parse(answer: dict[str, Any], now: float) -> Token:
+        value = answer.get("access_token")
+        if not isinstance(value, str) or not value:
+            raise AuthError("the token endpoint answered without an access_token")
+        expires_in = answer.get("expires_in")
+        lifetime = float(expires_in) if isinstance(expires_in, int | float) else 3600.0
+        # `created_at` is the server's clock; measuring from our own `now` avoids clock skew.
+        # Short lifetimes are renewed at half their life rather than at once.
+        return Token(value=value, renew_at=now + lifetime - min(RENEW_BEFORE, lifetime / 2))

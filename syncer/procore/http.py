@@ -1,0 +1,252 @@
+"""The one HTTP path to Procore: auth headers, pacing, retries and error reports.
+
+Every API call goes through `ProcoreHttp`, so the token rule (Procore hosts only), the rate-limit
+budget and the retry policy live in one place. Retries are bounded: 5xx and transport errors back
+off exponentially with full jitter; 429 and 503 wait as the server says; a 401 renews the token
+once. An answer that is not what Procore documents becomes a `ProcoreError` carrying the status
+and a short excerpt, never a crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import aiohttp
+from yarl import URL
+
+from syncer.errors import SyncerError
+from syncer.procore.auth import AuthError, TokenSource
+from syncer.procore.pacing import Pacer, Sleep, retry_after_seconds
+from syncer.procore.query import encode_query
+
+T = TypeVar("T")
+EXCERPT_CHARS = 160
+TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError)
+
+
+class ProcoreError(SyncerError):
+    """A call to Procore that did not succeed; `status` is the HTTP status when there was one."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class _Retry(Exception):
+    """One attempt failed in a way that another attempt may fix."""
+
+    def __init__(self, error: ProcoreError, *, wait: float | None = None, pace: bool = False):
+        super().__init__(str(error))
+        self.error = error
+        self.wait = wait
+        self.pace = pace
+
+
+class _Unauthorized(Exception):
+    def __init__(self, token: str | None) -> None:
+        self.token = token
+
+
+def excerpt(body: bytes | str) -> str:
+    """What a person should read of an error body: the message fields of JSON, else its start."""
+    text = body.decode("utf-8", errors="replace") if isinstance(body, bytes) else body
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        for key in ("errors", "message", "error_description", "error"):
+            if key in data:
+                text = json.dumps(data[key]) if not isinstance(data[key], str) else data[key]
+                break
+    text = " ".join(text.split())
+    return text if len(text) <= EXCERPT_CHARS else text[: EXCERPT_CHARS - 1] + "…"
+
+
+def describe_status(what: str, status: int, body: bytes) -> str:
+    detail = excerpt(body)
+    return f"{what}: HTTP {status}" + (f": {detail}" if detail else "")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 8
+    base_delay: float = 0.5
+    max_delay: float = 30.0
+
+    def backoff(self, attempt: int, rng: Callable[[], float] = random.random) -> float:
+        """Full-jitter exponential backoff: spreads retries of many workers apart."""
+        return rng() * min(self.max_delay, self.base_delay * 2**attempt)
+
+
+@dataclass(frozen=True)
+class Answer:
+    data: Any
+    headers: Mapping[str, str]
+
+
+class ProcoreHttp:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        *,
+        api_base: str,
+        login_base: str,
+        company_id: int,
+        client_id: str,
+        client_secret: str,
+        pacer: Pacer | None = None,
+        retry: RetryPolicy | None = None,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self.session = session
+        self.api_base = URL(api_base)
+        self._login_base = URL(login_base)
+        self._company_id = company_id
+        self._client_id = client_id
+        self._client_secret = client_secret
+        self.pacer = pacer or Pacer()
+        self.retry = retry or RetryPolicy()
+        self._sleep = sleep
+        self.tokens = TokenSource(self._fetch_token)
+        self.requests_sent = 0
+
+    def is_procore_url(self, url: URL) -> bool:
+        """Whether the bearer token may go to `url`: the API origin, or HTTPS on *.procore.com."""
+        if url.origin() == self.api_base.origin():
+            return True
+        host = (url.host or "").lower().rstrip(".")
+        return url.scheme == "https" and (host == "procore.com" or host.endswith(".procore.com"))
+
+    def api_url(self, path: str, params: list[tuple[str, str]] | None = None) -> URL:
+        query = f"?{encode_query(params)}" if params else ""
+        return URL(f"{self.api_base}{path}{query}", encoded=True)
+
+    async def get_json(self, url: URL, *, what: str) -> Answer:
+        """GET an API URL and decode its JSON, retrying what can be retried."""
+
+        async def attempt() -> Answer:
+            response = await self._send_once("GET", url, what=what)
+            async with response:
+                try:
+                    body = await response.read()
+                except TRANSPORT_ERRORS as exc:
+                    raise _Retry(ProcoreError(f"{what}: body cut short ({type(exc).__name__})")) from None
+                if response.status >= 300:
+                    raise ProcoreError(describe_status(what, response.status, body), status=response.status)
+                try:
+                    data = json.loads(body)
+                except ValueError:
+                    raise _Retry(
+                        ProcoreError(f"{what}: answer is not JSON: {excerpt(body)!r}", status=response.status)
+                    ) from None
+                return Answer(data=data, headers=response.headers)
+
+        return await self._retrying(attempt, what=what)
+
+    async def open(self, url: URL, *, what: str) -> aiohttp.ClientResponse:
+        """Send a GET to a Procore host with the token; the caller reads and releases the answer.
+
+        Used for the first hop of a photo download. 5xx, 429 and 503 are retried here; a 3xx or
+        4xx is the caller's to interpret.
+        """
+        return await self._retrying(lambda: self._send_once("GET", url, what=what), what=what)
+
+    async def _retrying(self, attempt: Callable[[], Awaitable[T]], *, what: str) -> T:
+        renewed = False
+        last: ProcoreError | None = None
+        for n in range(self.retry.attempts):
+            try:
+                return await attempt()
+            except _Unauthorized as exc:
+                if renewed or exc.token is None:
+                    raise AuthError(f"{what}: Procore refused the access token (HTTP 401)") from None
+                self.tokens.invalidate(exc.token)
+                renewed = True
+            except _Retry as exc:
+                last = exc.error
+                wait = exc.wait if exc.wait is not None else self.retry.backoff(n)
+                if exc.pace:
+                    self.pacer.pause(wait)
+                else:
+                    await self._sleep(wait)
+        assert last is not None
+        raise ProcoreError(f"{last} (gave up after {self.retry.attempts} attempts)", status=last.status)
+
+    async def _send_once(
+        self, method: str, url: URL, *, what: str, auth: bool = True, data: Mapping[str, str] | None = None
+    ) -> aiohttp.ClientResponse:
+        token = await self.tokens.token() if auth else None
+        headers = {"Accept": "application/json", "Procore-Company-Id": str(self._company_id)}
+        if token:
+            if not self.is_procore_url(url):
+                raise ProcoreError(f"{what}: refusing to send the token to {url.origin()}")
+            headers["Authorization"] = f"Bearer {token}"
+        try:
+            async with self.pacer.slot():
+                self.requests_sent += 1
+                response = await self.session.request(
+                    method, url, headers=headers, data=data, allow_redirects=False
+                )
+                self.pacer.observe(response.headers)
+        except TRANSPORT_ERRORS as exc:
+            raise _Retry(ProcoreError(f"{what}: {type(exc).__name__}: {exc}")) from None
+        status = response.status
+        if status == 401 and auth:
+            response.release()
+            raise _Unauthorized(token)
+        if status in (429, 503):
+            if status == 429:
+                self.pacer.throttled += 1
+            body = await _read_quietly(response)
+            wait = retry_after_seconds(response.headers, now=time.time())
+            if wait is None and status == 429:
+                wait = self.pacer.reset_in()
+            raise _Retry(ProcoreError(describe_status(what, status, body), status=status), wait=wait, pace=True)
+        if status >= 500:
+            body = await _read_quietly(response)
+            raise _Retry(ProcoreError(describe_status(what, status, body), status=status))
+        return response
+
+    async def _fetch_token(self) -> dict[str, Any]:
+        url = self._login_base / "oauth" / "token"
+        form = {
+            "grant_type": "client_credentials",
+            "client_id": self._client_id,
+            "client_secret": self._client_secret,
+        }
+        what = "token request"
+
+        async def attempt() -> dict[str, Any]:
+            response = await self._send_once("POST", url, what=what, auth=False, data=form)
+            async with response:
+                body = await _read_quietly(response)
+                if response.status in (400, 401, 403):
+                    raise AuthError(describe_status("Procore refused the client credentials", response.status, body))
+                if response.status >= 300:
+                    raise ProcoreError(describe_status(what, response.status, body), status=response.status)
+                try:
+                    answer = json.loads(body)
+                except ValueError:
+                    raise _Retry(ProcoreError(f"{what}: answer is not JSON")) from None
+                if not isinstance(answer, dict):
+                    raise AuthError(f"{what}: unexpected answer shape")
+                return answer
+
+        return await self._retrying(attempt, what=what)
+
+
+async def _read_quietly(response: aiohttp.ClientResponse) -> bytes:
+    """The body of an error answer, or nothing if even that fails; releases the connection."""
+    try:
+        return await response.read()
+    except TRANSPORT_ERRORS:
+        return b""
+    finally:
+        response.release()

@@ -1,0 +1,192 @@
+"""Procore records parsed from untrusted JSON.
+
+Every field of the API is optional and may have the wrong type. A record without a usable `id`
+is an error (the listing cannot be proven complete without it); any other odd field becomes
+`None` and the raw object is kept, minus signed-URL query strings, for the database and sidecar.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from syncer.errors import SyncerError
+
+
+class BadRecord(SyncerError):
+    """A JSON value that is not the shape Procore documents."""
+
+
+def _int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    return None
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _bool(value: Any) -> bool | None:
+    return value if isinstance(value, bool) else None
+
+
+def _float(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+def parse_time(value: Any) -> datetime | None:
+    """An ISO-8601 instant as aware UTC; anything else is `None`."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+def strip_query(url: str) -> str:
+    """A URL without its query and fragment: signed URLs are short-lived credentials."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return ""
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+
+
+def scrub_urls(value: Any) -> Any:
+    """A copy of a JSON value with the query string removed from every URL-looking string."""
+    if isinstance(value, dict):
+        return {str(k): scrub_urls(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [scrub_urls(v) for v in value]
+    if isinstance(value, str) and value.startswith(("http://", "https://")):
+        return strip_query(value)
+    return value
+
+
+def require_list(value: Any, what: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise BadRecord(f"{what}: expected a JSON array, got {type(value).__name__}")
+    return value
+
+
+def require_id(obj: Any, what: str) -> int:
+    if not isinstance(obj, dict):
+        raise BadRecord(f"{what}: expected a JSON object, got {type(obj).__name__}")
+    ident = _int(obj.get("id"))
+    if ident is None or ident <= 0:
+        raise BadRecord(f"{what}: missing or invalid id {obj.get('id')!r:.40}")
+    return ident
+
+
+@dataclass(frozen=True, slots=True)
+class Project:
+    id: int
+    name: str
+    active: bool
+
+    @classmethod
+    def from_api(cls, obj: Any) -> Project:
+        ident = require_id(obj, "project")
+        name = _str(obj.get("display_name")) or _str(obj.get("name")) or f"project-{ident}"
+        return cls(id=ident, name=name, active=_bool(obj.get("active")) is not False)
+
+
+@dataclass(frozen=True, slots=True)
+class Album:
+    id: int
+    name: str
+    private: bool
+
+    @classmethod
+    def from_api(cls, obj: Any) -> Album:
+        ident = require_id(obj, "album")
+        return cls(
+            id=ident,
+            name=_str(obj.get("name")) or f"album-{ident}",
+            private=bool(_bool(obj.get("private"))),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Photo:
+    """One image record. `url` is the signed download URL and never leaves memory."""
+
+    id: int
+    url: str | None
+    size: int | None
+    filename: str | None
+    description: str | None
+    taken_at: datetime | None
+    created_at: datetime | None
+    updated_at: datetime | None
+    album_id: int | None
+    album_name: str | None
+    private: bool | None
+    starred: bool | None
+    width: int | None
+    height: int | None
+    gps_lat: float | None
+    gps_long: float | None
+    location_name: str | None
+    uploader_name: str | None
+    raw: dict[str, Any]
+    """The record as received, with signed-URL query strings removed."""
+
+    @classmethod
+    def from_api(cls, obj: Any) -> Photo:
+        ident = require_id(obj, "image")
+        location = obj.get("location") if isinstance(obj.get("location"), dict) else {}
+        uploader = obj.get("uploader") if isinstance(obj.get("uploader"), dict) else {}
+        size = _int(obj.get("size"))
+        return cls(
+            id=ident,
+            url=_str(obj.get("url")),
+            size=size if size is not None and size >= 0 else None,
+            filename=_str(obj.get("filename")),
+            description=_str(obj.get("description")),
+            taken_at=parse_time(obj.get("taken_at")),
+            created_at=parse_time(obj.get("created_at")),
+            updated_at=parse_time(obj.get("updated_at")),
+            album_id=_int(obj.get("image_category_id")),
+            album_name=_str(obj.get("image_category_name")),
+            private=_bool(obj.get("private")),
+            starred=_bool(obj.get("starred")),
+            width=_int(obj.get("width")),
+            height=_int(obj.get("height")),
+            gps_lat=_float(obj.get("gps_lat")),
+            gps_long=_float(obj.get("gps_long")),
+            location_name=_str(location.get("node_name")) or _str(location.get("name")),
+            uploader_name=_str(uploader.get("name")),
+            raw=scrub_urls(obj),
+        )
+
+    @property
+    def file_key(self) -> str:
+        """What identifies the bytes: the URL path plus the size. A change means a new file."""
+        path = urlsplit(self.url).path if self.url else ""
+        return f"{path}#{self.size if self.size is not None else '?'}"
+
+    @property
+    def when(self) -> datetime | None:
+        """The time a person would file the photo under: taken, else uploaded."""
+        return self.taken_at or self.created_at

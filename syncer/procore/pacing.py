@@ -1,0 +1,131 @@
+"""One rate-limit budget shared by every request the process sends to Procore.
+
+Procore reports the window closest to running out in `X-Rate-Limit-Limit/-Remaining/-Reset`.
+The pacer spends `Remaining` and, at zero, holds every caller until `Reset`; a 429 or 503 pauses
+everyone for `Retry-After`. Requests already in flight when an answer arrives are not yet counted
+in it, so they are taken off the reported budget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+from email.utils import parsedate_to_datetime
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+def _header_number(headers: Mapping[str, str], name: str) -> float | None:
+    raw = headers.get(name)
+    if raw is None:
+        return None
+    try:
+        return float(raw.strip())
+    except ValueError:
+        return None
+
+
+def retry_after_seconds(headers: Mapping[str, str], *, now: float) -> float | None:
+    """`Retry-After` as seconds, whether sent as a number or as an HTTP date."""
+    raw = headers.get("Retry-After")
+    if raw is None:
+        return None
+    raw = raw.strip()
+    if raw.replace(".", "", 1).isdigit():
+        return float(raw)
+    try:
+        return max(0.0, parsedate_to_datetime(raw).timestamp() - now)
+    except (TypeError, ValueError):
+        return None
+
+
+class Pacer:
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        sleep: Sleep = asyncio.sleep,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self._clock = clock
+        self._wall = wall
+        self._sleep = sleep
+        self._jitter = jitter
+        self._lock = asyncio.Lock()
+        self._remaining: float | None = None
+        self._reset_at = 0.0
+        self._paused_until = 0.0
+        self._in_flight = 0
+        self.limit: float | None = None
+        self.reported_remaining: float | None = None
+        self.throttled = 0
+        """429 answers seen; a well-paced run keeps this near zero."""
+        self.waited = 0.0
+        """Seconds callers were held for the budget."""
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold one unit of budget for the duration of one request."""
+        await self._acquire()
+        self._in_flight += 1
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+
+    async def _acquire(self) -> None:
+        async with self._lock:
+            while True:
+                now = self._clock()
+                wait = 0.0
+                if now < self._paused_until:
+                    wait = self._paused_until - now
+                elif self._remaining is not None and self._remaining <= 0 and now < self._reset_at:
+                    wait = self._reset_at - now + 0.2 * self._jitter()
+                if wait <= 0:
+                    break
+                self.waited += wait
+                await self._sleep(wait)
+            if self._remaining is not None:
+                if self._clock() >= self._reset_at:
+                    self._remaining = None  # a new window; the next answer tells its budget
+                else:
+                    self._remaining -= 1
+
+    def observe(self, headers: Mapping[str, str]) -> None:
+        """Learn the budget from an answer's headers (any status: errors count too)."""
+        remaining = _header_number(headers, "X-Rate-Limit-Remaining")
+        reset = _header_number(headers, "X-Rate-Limit-Reset")
+        self.limit = _header_number(headers, "X-Rate-Limit-Limit") or self.limit
+        if remaining is None or reset is None:
+            return
+        self.reported_remaining = remaining
+        server_now = self._server_now(headers)
+        self._reset_at = self._clock() + max(0.0, reset - server_now)
+        # This request is still counted as in flight; the others were sent but not yet counted.
+        self._remaining = remaining - max(0, self._in_flight - 1)
+
+    def _server_now(self, headers: Mapping[str, str]) -> float:
+        """The server's clock from `Date`, so `Reset` is read without our clock's skew."""
+        date = headers.get("Date")
+        if date:
+            try:
+                return parsedate_to_datetime(date).timestamp()
+            except (TypeError, ValueError):
+                pass
+        return self._wall()
+
+    def pause(self, seconds: float) -> None:
+        """Hold every caller for `seconds` plus jitter (after a 429 or 503)."""
+        until = self._clock() + seconds + self._jitter()
+        self._paused_until = max(self._paused_until, until)
+
+    def reset_in(self) -> float | None:
+        """Seconds until the reported window resets, if an answer said so."""
+        if self._remaining is None:
+            return None
+        return max(0.0, self._reset_at - self._clock())

@@ -1,0 +1,548 @@
+"""The simulator's two origins: the Procore API (with OAuth and file URLs) and an object store.
+
+Tests reach into a running `Simulator` to change its data (`edit_photo`, `delete_photo`, ...), to
+register `listing_hooks` that run between page requests, and to read `stats`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import math
+import random
+import secrets
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import quote
+
+from aiohttp import web
+from multidict import MultiDictProxy
+
+from syncer.simulator.data import Company, SimPhoto, generate_company
+from syncer.simulator.limits import RateLimits
+
+SORTS = {"created_at", "taken_at", "deleted_at", "exposure_date", "most_recent"}
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass
+class SimConfig:
+    seed: int = 1
+    projects: int = 3
+    photos: int = 500
+    albums_per_project: int = 4
+    photo_size: int | None = None
+    company_id: int = 4_821
+    client_id: str = "sim-client-id"
+    client_secret: str = "sim-client-secret"
+    token_ttl: float = 5400.0
+    url_ttl: float = 600.0
+    """Lifetime of signed file URLs, on the API origin and at the object store."""
+    max_per_page: int = 1000
+    hourly_limit: int = 100_000
+    spike_limit: int = 2_000
+    spike_window: float = 10.0
+    count_file_requests: bool = True
+    """Whether the API-origin hop of a photo download counts against the rate limit."""
+    error_rate: float = 0.0
+    """Share of answers (API and object store) replaced by a 500, 502 or 503."""
+    cut_rate: float = 0.0
+    """Share of object-store bodies cut short after about half of the bytes."""
+    broken_json_rate: float = 0.0
+    """Share of API answers whose JSON is truncated or replaced by an HTML page."""
+    latency: float = 0.0
+    store_latency: float = 0.0
+    bandwidth: float | None = None
+    """Bytes per second for each object-store answer; None is unlimited."""
+    range_support: bool = True
+    retry_after: float = 1.0
+
+
+@dataclass
+class ListingRequest:
+    """What a listing hook sees: a page about to be served."""
+
+    project_id: int
+    page: int
+    per_page: int
+    view: str
+
+
+@dataclass
+class Stats:
+    requests: Counter[str] = field(default_factory=Counter)
+    downloads: Counter[int] = field(default_factory=Counter)
+    """Complete object-store bodies sent, by photo id."""
+    bytes_sent: int = 0
+    rate_limited: int = 0
+    store_authorization_headers: list[str] = field(default_factory=list)
+    """Every Authorization header the object store received; must stay empty."""
+    tokens_issued: int = 0
+
+
+def _ts(value: datetime | None) -> str | None:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if value else None
+
+
+def _parse_bound(text: str, *, end: bool) -> datetime:
+    """One end of a range; a bare date covers its whole day (inclusive ends)."""
+    if len(text) == 10:
+        day = datetime.fromisoformat(text).replace(tzinfo=UTC)
+        return day + timedelta(days=1, microseconds=-1) if end else day
+    value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if value.tzinfo is None:
+        raise ValueError(text)
+    return value
+
+
+def _parse_range(text: str) -> tuple[datetime, datetime]:
+    start, _, stop = text.partition("...")
+    return _parse_bound(start, end=False), _parse_bound(stop or start, end=True)
+
+
+class _BadRequest(Exception):
+    pass
+
+
+def _ints(query: MultiDictProxy[str], key: str) -> list[int] | None:
+    values = query.getall(f"filters[{key}][]", None) or query.getall(f"filters[{key}]", None)
+    if values is None:
+        return None
+    try:
+        return [int(v) for v in values]
+    except ValueError:
+        raise _BadRequest(f"filters[{key}] must be integers") from None
+
+
+class Simulator:
+    def __init__(self, config: SimConfig | None = None, *, company: Company | None = None) -> None:
+        self.config = config or SimConfig()
+        c = self.config
+        self.company = company or generate_company(
+            c.seed, projects=c.projects, photos=c.photos,
+            albums_per_project=c.albums_per_project, photo_size=c.photo_size, company_id=c.company_id,
+        )
+        self.limits = RateLimits(hourly=c.hourly_limit, spike=c.spike_limit, spike_window=c.spike_window)
+        self.stats = Stats()
+        self.listing_hooks: list[Callable[[ListingRequest], None]] = []
+        self.tokens: dict[str, float] = {}
+        self._key = secrets.token_bytes(32)
+        self._rng = random.Random(c.seed + 1)
+        self._runners: list[web.AppRunner] = []
+        self.api_base = ""
+        self.store_base = ""
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self, host: str = "127.0.0.1", api_port: int = 0, store_port: int = 0) -> None:
+        for app, port, attr in (
+            (self._api_app(), api_port, "api_base"),
+            (self._store_app(), store_port, "store_base"),
+        ):
+            runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+            await runner.setup()
+            site = web.TCPSite(runner, host, port)
+            await site.start()
+            self._runners.append(runner)
+            bound = runner.addresses[0][1]
+            setattr(self, attr, f"http://{host}:{bound}")
+
+    async def stop(self) -> None:
+        for runner in self._runners:
+            await runner.cleanup()
+        self._runners.clear()
+
+    async def __aenter__(self) -> Simulator:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # -- what tests change -------------------------------------------------------------------
+
+    def now(self) -> datetime:
+        return datetime.now(UTC).replace(microsecond=0)
+
+    def edit_photo(self, photo_id: int, **changes: Any) -> SimPhoto:
+        """A metadata edit: changes fields and moves `updated_at` to now."""
+        photo = self.company.photos[photo_id]
+        for key, value in changes.items():
+            if not hasattr(photo, key):
+                raise AttributeError(key)
+            setattr(photo, key, value)
+        photo.updated_at = self.now()
+        return photo
+
+    def replace_photo(self, photo_id: int, *, size: int | None = None) -> SimPhoto:
+        """A new file for an existing photo: new bytes, new URL path, usually a new size."""
+        photo = self.company.photos[photo_id]
+        photo.version += 1
+        photo.requested_size = size if size is not None else photo.requested_size + 1_234
+        photo.updated_at = self.now()
+        return photo
+
+    def delete_photo(self, photo_id: int) -> None:
+        self.company.photos[photo_id].deleted = True
+
+    def expected_files(self) -> dict[int, bytes]:
+        """Every live photo's bytes, by id: what a complete mirror holds."""
+        return {p.id: p.content.all_bytes() for p in self.company.photos.values() if not p.deleted}
+
+    # -- shared helpers ----------------------------------------------------------------------
+
+    def _sign(self, path: str, expires: int) -> str:
+        return hmac.new(self._key, f"{path}|{expires}".encode(), hashlib.sha256).hexdigest()[:32]
+
+    def _signed_ok(self, path: str, query: MultiDictProxy[str], sig_key: str, exp_key: str) -> str | None:
+        """None when the signature holds, else the reason it does not."""
+        try:
+            expires = int(query.get(exp_key, ""))
+        except ValueError:
+            return "missing expiry"
+        if not hmac.compare_digest(self._sign(path, expires), query.get(sig_key, "")):
+            return "signature does not match"
+        if time.time() > expires:
+            return "request has expired"
+        return None
+
+    def _photo_url(self, photo: SimPhoto) -> str:
+        path = f"/storage/files/{photo.id}/{photo.file_key}/{quote(photo.filename, safe='')}"
+        expires = int(time.time() + self.config.url_ttl)
+        return f"{self.api_base}{path}?sig={self._sign(path, expires)}&expires={expires}"
+
+    def _fault(self, rate: float) -> bool:
+        return rate > 0 and self._rng.random() < rate
+
+    def _serialize(self, photo: SimPhoto) -> dict[str, Any]:
+        album = self.company.albums.get(photo.album_id) if photo.album_id else None
+        return {
+            "id": photo.id,
+            "url": self._photo_url(photo),
+            "thumbnail_url": self._photo_url(photo) + "&variant=thumbnail",
+            "size": photo.content.size,
+            "filename": photo.filename,
+            "description": photo.description,
+            "taken_at": _ts(photo.taken_at),
+            "created_at": _ts(photo.created_at),
+            "updated_at": _ts(photo.updated_at),
+            "location": photo.location,
+            "image_category_id": photo.album_id,
+            "image_category_name": album.name if album else None,
+            "image_category_private": album.private if album else None,
+            "permanently_deleted": False,
+            "private": photo.private,
+            "starred": photo.starred,
+            "projection": photo.projection,
+            "width": 640 if photo.requested_size >= 20_000 else 96,
+            "height": 480 if photo.requested_size >= 20_000 else 72,
+            "origin_id": None,
+            "daily_log_header_id": None,
+            "daily_log_segment_id": photo.daily_log_segment_id,
+            "log_date": photo.log_date.isoformat() if photo.log_date else None,
+            "gps_lat": photo.gps[0] if photo.gps else None,
+            "gps_long": photo.gps[1] if photo.gps else None,
+            "uploader": photo.uploader,
+            "links": {},
+            "trades": photo.trades,
+            "comments_count": 0,
+        }
+
+    # -- the API origin ----------------------------------------------------------------------
+
+    def _api_app(self) -> web.Application:
+        app = web.Application(middlewares=[self._api_middleware])
+        app.router.add_post("/oauth/token", self._token)
+        app.router.add_get("/rest/v1.0/projects", self._projects)
+        app.router.add_get("/rest/v1.0/image_categories", self._albums)
+        app.router.add_get("/rest/v1.0/images", self._images)
+        app.router.add_get("/rest/v1.0/images/{id}", self._image)
+        app.router.add_get("/storage/files/{id}/{key}/{name}", self._file_redirect)
+        return app
+
+    @web.middleware
+    async def _api_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        self.stats.requests[request.path.split("/")[-1] if "/rest/" in request.path else request.path.split("/")[1]] += 1
+        if self.config.latency:
+            await asyncio.sleep(self.config.latency)
+        if request.path == "/oauth/token":
+            return await handler(request)
+        counted = request.path.startswith("/rest/") or self.config.count_file_requests
+        limit_headers: dict[str, str] = {}
+        if counted:
+            allowed, limit_headers = self.limits.take()
+            if not allowed:
+                self.stats.rate_limited += 1
+                headers = dict(limit_headers)
+                if self._rng.random() < 0.5:  # Procore only sometimes says how long to wait
+                    reset = int(limit_headers["X-Rate-Limit-Reset"])
+                    headers["Retry-After"] = str(max(1, math.ceil(reset - time.time())))
+                return web.Response(status=429, text="Rate limit exceeded", headers=headers)
+        if self._fault(self.config.error_rate):
+            status = self._rng.choice([500, 502, 503])
+            headers = {**limit_headers, **({"Retry-After": str(self.config.retry_after)} if status == 503 else {})}
+            return web.Response(status=status, text="<html><body>upstream error</body></html>",
+                                content_type="text/html", headers=headers)
+        auth = request.headers.get("Authorization", "")
+        token = auth.removeprefix("Bearer ")
+        if not auth.startswith("Bearer ") or self.tokens.get(token, 0) < time.time():
+            return web.json_response({"errors": "Unauthorized"}, status=401, headers=limit_headers)
+        company = request.headers.get("Procore-Company-Id")
+        if request.path.startswith("/rest/"):
+            if not company:
+                return web.json_response({"errors": "Missing Procore-Company-Id header!"}, status=400,
+                                         headers=limit_headers)
+            if company != str(self.company.id):
+                return web.json_response({"errors": "You do not have access to this company"},
+                                         status=403, headers=limit_headers)
+        try:
+            response = await handler(request)
+        except _BadRequest as exc:
+            return web.json_response({"errors": str(exc)}, status=400, headers=limit_headers)
+        response.headers.update(limit_headers)
+        if isinstance(response, web.Response) and response.content_type == "application/json" \
+                and self._fault(self.config.broken_json_rate):
+            body = response.body if isinstance(response.body, bytes) else b""
+            broken = body[: len(body) // 2] if self._rng.random() < 0.5 else b"<html>Bad Gateway</html>"
+            return web.Response(body=broken, status=200, content_type="application/json",
+                                headers={k: v for k, v in response.headers.items() if k.lower() != "content-type" and k.lower() != "content-length"})
+        return response
+
+    async def _token(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        if form.get("grant_type") != "client_credentials":
+            return web.json_response({"error": "unsupported_grant_type",
+                                      "error_description": "The authorization grant type is not supported."}, status=400)
+        if not (hmac.compare_digest(str(form.get("client_id", "")), self.config.client_id)
+                and hmac.compare_digest(str(form.get("client_secret", "")), self.config.client_secret)):
+            return web.json_response({"error": "invalid_client",
+                                      "error_description": "Client authentication failed due to unknown client."}, status=401)
+        token = secrets.token_urlsafe(32)
+        self.tokens[token] = time.time() + self.config.token_ttl
+        self.stats.tokens_issued += 1
+        return web.json_response({"access_token": token, "token_type": "bearer",
+                                  "expires_in": int(self.config.token_ttl), "created_at": int(time.time())})
+
+    def _paginate(self, request: web.Request, items: list[Any]) -> web.Response:
+        try:
+            page = max(1, int(request.query.get("page", "1")))
+            per_page = max(1, int(request.query.get("per_page", "100")))
+        except ValueError:
+            raise _BadRequest("page and per_page must be integers") from None
+        per_page = min(per_page, self.config.max_per_page)
+        total = len(items)
+        last = max(1, math.ceil(total / per_page))
+        chunk = items[(page - 1) * per_page: page * per_page]
+
+        def link(n: int) -> str:
+            url = request.url.update_query(page=str(n), per_page=str(per_page))
+            return f'<{self.api_base}{url.path_qs}>'
+
+        links = [f'{link(1)}; rel="first"', f'{link(last)}; rel="last"']
+        if page > 1:
+            links.append(f'{link(page - 1)}; rel="prev"')
+        if page < last:
+            links.append(f'{link(page + 1)}; rel="next"')
+        return web.json_response(chunk, headers={"Total": str(total), "Per-Page": str(per_page),
+                                                 "Link": ", ".join(links)})
+
+    def _project_id(self, request: web.Request) -> int:
+        try:
+            pid = int(request.query["project_id"])
+        except (KeyError, ValueError):
+            raise _BadRequest("project_id is required") from None
+        if pid not in self.company.projects:
+            raise web.HTTPNotFound(text=json.dumps({"errors": "Project not found"}), content_type="application/json")
+        return pid
+
+    async def _projects(self, request: web.Request) -> web.Response:
+        if request.query.get("company_id") != str(self.company.id):
+            raise _BadRequest("company_id is required")
+        return self._paginate(request, [
+            {"id": p.id, "name": p.name, "display_name": p.name, "active": p.active,
+             "company": {"id": self.company.id, "name": self.company.name}}
+            for p in self.company.projects.values()
+        ])
+
+    async def _albums(self, request: web.Request) -> web.Response:
+        pid = self._project_id(request)
+        live = Counter(p.album_id for p in self.company.live_photos(pid))
+        albums = sorted((a for a in self.company.albums.values() if a.project_id == pid), key=lambda a: a.position)
+        return self._paginate(request, [
+            {"id": a.id, "name": a.name, "private": a.private, "position": a.position, "count": live[a.id]}
+            for a in albums
+        ])
+
+    def _matches(self, photo: SimPhoto, query: MultiDictProxy[str]) -> bool:  # noqa: PLR0911, PLR0912
+        q = query
+        if "image_category_id" in q and str(photo.album_id) != q["image_category_id"]:
+            return False
+        if (ids := _ints(q, "daily_log_segment_id")) is not None and photo.daily_log_segment_id not in ids:
+            return False
+        if (ids := _ints(q, "id")) is not None and photo.id not in ids:
+            return False
+        if (ids := _ints(q, "uploader_id")) is not None and photo.uploader["id"] not in ids:
+            return False
+        if (ids := _ints(q, "trade_ids")) is not None and not {t["id"] for t in photo.trades} & set(ids):
+            return False
+        if (ids := _ints(q, "location_id")) is not None:
+            loc = photo.location or {}
+            sub = q.get("filters[include_sublocations]") == "true" and loc.get("parent_id") in ids
+            if loc.get("id") not in ids and not sub:
+                return False
+        for flag in ("private", "starred"):
+            if (v := q.get(f"filters[{flag}]")) is not None and getattr(photo, flag) != (v == "true"):
+                return False
+        if (v := q.get("filters[projection]")) is not None and photo.projection != v:
+            return False
+        if (v := q.get("filters[query]")) is not None and v.lower() not in f"{photo.filename} {photo.description}".lower():
+            return False
+        try:
+            if (v := q.get("filters[log_date]")) is not None:
+                lo, hi = _parse_range(v)
+                if photo.log_date is None or not lo.date() <= photo.log_date <= hi.date():
+                    return False
+            for name in ("created_at", "updated_at"):
+                if (v := q.get(f"filters[{name}]")) is not None:
+                    lo, hi = _parse_range(v)
+                    if not lo <= getattr(photo, name) <= hi:
+                        return False
+        except ValueError:
+            raise _BadRequest("invalid date range") from None
+        return True
+
+    def _ordered(self, photos: list[SimPhoto], sort: str | None) -> list[SimPhoto]:
+        """Sorted by a documented key, ties in a fresh random order on every request."""
+        key_name = (sort or "").lstrip("-")
+        if key_name not in SORTS:  # undocumented sort values are ignored, as Procore may do
+            key_name, sort = "created_at", "-created_at"
+        epoch = datetime.min.replace(tzinfo=UTC)
+
+        def key(p: SimPhoto) -> datetime:
+            if key_name == "taken_at":
+                return p.taken_at or epoch
+            if key_name in ("created_at", "exposure_date"):
+                return p.created_at
+            return p.updated_at if key_name == "most_recent" else epoch
+
+        shuffled = photos[:]
+        self._rng.shuffle(shuffled)
+        return sorted(shuffled, key=key, reverse=(sort or "").startswith("-"))
+
+    async def _images(self, request: web.Request) -> web.Response:
+        pid = self._project_id(request)
+        view = request.query.get("serializer_view", "normal")
+        page = int(request.query.get("page", "1")) if request.query.get("page", "1").isdigit() else 1
+        per_page = int(request.query.get("per_page", "100")) if request.query.get("per_page", "100").isdigit() else 100
+        for hook in list(self.listing_hooks):
+            hook(ListingRequest(project_id=pid, page=page, per_page=per_page, view=view))
+        photos = [p for p in self.company.live_photos(pid) if self._matches(p, request.query)]
+        ordered = self._ordered(photos, request.query.get("sort"))
+        if view == "ids_only":
+            return self._paginate(request, [p.id for p in ordered])
+        response = self._paginate(request, [p.id for p in ordered])
+        ids = json.loads(response.body)  # type: ignore[arg-type]
+        by_id = self.company.photos
+        response.body = json.dumps([self._serialize(by_id[i]) for i in ids]).encode()
+        return response
+
+    async def _image(self, request: web.Request) -> web.Response:
+        pid = self._project_id(request)
+        try:
+            photo = self.company.photos[int(request.match_info["id"])]
+        except (KeyError, ValueError):
+            photo = None
+        if photo is None or photo.deleted or photo.project_id != pid:
+            return web.json_response({"errors": "Not Found"}, status=404)
+        return web.json_response(self._serialize(photo))
+
+    async def _file_redirect(self, request: web.Request) -> web.Response:
+        if (reason := self._signed_ok(request.path, request.query, "sig", "expires")) is not None:
+            return web.json_response({"errors": f"Forbidden: {reason}"}, status=403)
+        photo = self.company.photos.get(int(request.match_info["id"]))
+        if photo is None or photo.deleted:
+            return web.json_response({"errors": "Not Found"}, status=404)
+        key = request.match_info["key"]
+        path = f"/bucket/{key}"
+        expires = int(time.time() + self.config.url_ttl)
+        location = (f"{self.store_base}{path}?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Expires={int(self.config.url_ttl)}"
+                    f"&X-Amz-Date={expires}&X-Amz-Signature={self._sign(path, expires)}")
+        return web.Response(status=302, headers={"Location": location})
+
+    # -- the object store --------------------------------------------------------------------
+
+    def _store_app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/bucket/{key}", self._object)
+        return app
+
+    @staticmethod
+    def _s3_error(status: int, code: str, message: str) -> web.Response:
+        body = f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>{message}</Message></Error>'
+        return web.Response(status=status, text=body, content_type="application/xml")
+
+    def _find_version(self, key: str) -> SimPhoto | None:
+        ident, _, version = key.partition("v")
+        try:
+            photo = self.company.photos.get(int(ident, 16))
+        except ValueError:
+            return None
+        return photo if photo is not None and str(photo.version) == version else None
+
+    async def _object(self, request: web.Request) -> web.StreamResponse:
+        self.stats.requests["object"] += 1
+        if "Authorization" in request.headers:
+            self.stats.store_authorization_headers.append(request.headers["Authorization"])
+            return self._s3_error(400, "InvalidArgument",
+                                  "Only one auth mechanism allowed; only the X-Amz-Algorithm query parameter "
+                                  "or the Authorization header should be specified")
+        if (reason := self._signed_ok(request.path, request.query, "X-Amz-Signature", "X-Amz-Date")) is not None:
+            return self._s3_error(403, "AccessDenied", reason)
+        if self.config.store_latency:
+            await asyncio.sleep(self.config.store_latency)
+        if self._fault(self.config.error_rate):
+            return self._s3_error(503, "SlowDown", "Please reduce your request rate.")
+        photo = self._find_version(request.match_info["key"])
+        if photo is None:
+            return self._s3_error(404, "NoSuchKey", "The specified key does not exist.")
+        content = photo.content
+        start, end, status = 0, content.size, 200
+        headers = {"ETag": f'"{hashlib.md5(photo.file_key.encode()).hexdigest()}-1"',  # noqa: S324 - multipart-style ETag, not the body's MD5
+                   "Accept-Ranges": "bytes" if self.config.range_support else "none",
+                   "Content-Type": "image/jpeg"}
+        rng = request.headers.get("Range", "")
+        if self.config.range_support and rng.startswith("bytes=") and "," not in rng:
+            lo, _, hi = rng.removeprefix("bytes=").partition("-")
+            if lo.isdigit() and int(lo) < content.size:
+                start = int(lo)
+                end = min(content.size, int(hi) + 1) if hi.isdigit() else content.size
+                status = 206
+                headers["Content-Range"] = f"bytes {start}-{end - 1}/{content.size}"
+        response = web.StreamResponse(status=status, headers=headers)
+        response.content_length = end - start
+        await response.prepare(request)
+        cut_at = start + (end - start) // 2 if self._fault(self.config.cut_rate) else None
+        sent = start
+        for piece in content.iter_bytes(start, end):
+            if cut_at is not None and sent + len(piece) > cut_at:
+                await response.write(piece[: cut_at - sent])
+                self.stats.bytes_sent += cut_at - sent
+                assert request.transport is not None
+                request.transport.close()  # the connection drops mid-body
+                return response
+            await response.write(piece)
+            sent += len(piece)
+            self.stats.bytes_sent += len(piece)
+            if self.config.bandwidth:
+                await asyncio.sleep(len(piece) / self.config.bandwidth)
+        await response.write_eof()
+        if start == 0 and end == content.size:
+            self.stats.downloads[photo.id] += 1
+        return response
+
