@@ -213,9 +213,10 @@ class Simulator:
         return None
 
     def _photo_url(self, photo: SimPhoto) -> str:
-        path = f"/storage/files/{photo.id}/{photo.file_key}/{quote(photo.filename, safe='')}"
+        path = f"/storage/files/{photo.id}/{photo.file_key}/{photo.filename.replace('/', '_')}"
         expires = int(time.time() + self.config.url_ttl)
-        return f"{self.api_base}{path}?sig={self._sign(path, expires)}&expires={expires}"
+        # Signed over the decoded path, which is what the server sees after routing.
+        return f"{self.api_base}{quote(path)}?sig={self._sign(path, expires)}&expires={expires}"
 
     def _fault(self, rate: float) -> bool:
         return rate > 0 and self._rng.random() < rate

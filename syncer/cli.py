@@ -1,0 +1,161 @@
+"""The `syncer` command. Every failure ends as one clear line and a documented exit code."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import syncer
+from syncer.errors import ConfigError, ExitCode, SyncerError
+from syncer.log import REDACT, setup_logging
+
+log = logging.getLogger("syncer")
+
+EPILOG = """exit codes:
+  0  everything listed is mirrored and verified
+  1  some photos or projects failed (the summary names them); safe to run again
+  2  usage or configuration error; nothing was changed
+  3  Procore refused the credentials
+  4  another syncer is working on the same mirror
+  130 interrupted
+"""
+
+
+def _config_path(args: argparse.Namespace) -> Path:
+    raw = args.config or os.environ.get("SYNCER_CONFIG")
+    if not raw:
+        raise ConfigError("no configuration: give --config PATH or set SYNCER_CONFIG")
+    return Path(raw)
+
+
+def _load(args: argparse.Namespace) -> Any:
+    from syncer.config import load_settings
+
+    return load_settings(_config_path(args))
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    from syncer.report import make_progress, render_summary
+    from syncer.runner import run_sync
+
+    settings = _load(args)
+    progress = make_progress(enabled=None if args.progress == "auto" else args.progress == "on")
+    summary = asyncio.run(run_sync(
+        settings, project_ids=args.project or None, full=args.full, dry_run=args.dry_run, progress=progress,
+    ))
+    print(REDACT(render_summary(summary)))
+    return int(summary.exit_code)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from syncer.status import render_status, status_document
+
+    settings = _load(args)
+    document = asyncio.run(status_document(settings))
+    print(json.dumps(document, indent=2) if args.json else render_status(document))
+    return 0
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from syncer.store import Store
+
+    settings = _load(args)
+
+    async def upgrade() -> None:
+        store = await Store.open(settings.database_url)
+        await store.close()
+
+    asyncio.run(upgrade())
+    print("database schema is up to date")
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from syncer.simulator.cli import serve
+
+    return asyncio.run(serve(args))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from syncer.simulator.cli import demo
+
+    return asyncio.run(demo(args))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="syncer", description="Keep a verified local mirror of your Procore project photos.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {syncer.__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="count", default=0, help="more detail in the log")
+    common.add_argument("--log-format", choices=["text", "json"], default="text",
+                        help="json writes one JSON object per line, for services")
+    with_config = argparse.ArgumentParser(add_help=False, parents=[common])
+    with_config.add_argument("--config", "-c", help="the YAML configuration (default: $SYNCER_CONFIG)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sync = sub.add_parser("sync", parents=[with_config], help="sync the mirror once (for cron)",
+                          epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sync.add_argument("--project", type=int, action="append", metavar="ID",
+                      help="sync only this project (repeatable); default: sync.projects from the config")
+    sync.add_argument("--full", action="store_true", help="list everything, ignoring the checkpoint")
+    sync.add_argument("--dry-run", action="store_true", help="list and report what would change; write nothing")
+    sync.add_argument("--progress", choices=["auto", "on", "off"], default="auto",
+                      help="progress bar (auto: only on a terminal)")
+    sync.set_defaults(func=cmd_sync)
+
+    status = sub.add_parser("status", parents=[with_config], help="show what the mirror holds, per project")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(func=cmd_status)
+
+    db = sub.add_parser("db", help="database maintenance")
+    db_sub = db.add_subparsers(dest="db_command", required=True, metavar="COMMAND")
+    db_sub.add_parser("upgrade", parents=[with_config], help="apply schema migrations (also done on start)"
+                      ).set_defaults(func=cmd_db_upgrade)
+
+    sim = sub.add_parser("simulate", parents=[common], help="serve the built-in Procore simulator on 127.0.0.1")
+    sim.add_argument("--port", type=int, default=8470, help="API port (0 picks a free one)")
+    sim.add_argument("--store-port", type=int, default=0, help="object-store port (default: a free one)")
+    sim.add_argument("--photos", type=int, default=500)
+    sim.add_argument("--projects", type=int, default=3)
+    sim.add_argument("--seed", type=int, default=1)
+    sim.add_argument("--error-rate", type=float, default=0.0, help="share of answers that are 5xx")
+    sim.add_argument("--cut-rate", type=float, default=0.0, help="share of file bodies cut short")
+    sim.add_argument("--spike-limit", type=int, default=2000, help="requests allowed per 10 seconds")
+    sim.set_defaults(func=cmd_simulate)
+
+    demo = sub.add_parser("demo", parents=[common], help="sync a simulated company into a folder")
+    demo.add_argument("--dir", default="demo-mirror", help="where the mirror and its state go")
+    demo.add_argument("--photos", type=int, default=500)
+    demo.add_argument("--progress", choices=["auto", "on", "off"], default="auto")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(verbose=args.verbose, fmt=args.log_format)
+    try:
+        return int(args.func(args))
+    except SyncerError as exc:
+        print(f"syncer: {REDACT(str(exc))}", file=sys.stderr)
+        return int(exc.exit_code)
+    except KeyboardInterrupt:
+        print("syncer: interrupted; what was committed stays committed", file=sys.stderr)
+        return int(ExitCode.INTERRUPTED)
+    except Exception as exc:  # a bug: say so in one line; -v shows where
+        if args.verbose:
+            log.exception("unexpected error")
+        print(f"syncer: unexpected error: {type(exc).__name__}: {REDACT(str(exc))} "
+              "(run again with -v for details, and please report it)", file=sys.stderr)
+        return int(ExitCode.INCOMPLETE)

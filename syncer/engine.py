@@ -1,0 +1,356 @@
+"""Syncing one project: list the window with proof, record each page, transfer in parallel.
+
+Listing and transferring overlap: each page is recorded in the database and its work queued at
+once, and a fixed pool of workers drains the queue, so a million-photo project never holds a
+million tasks. Workers never write to the database themselves; their results go through the
+`Recorder` in batches, after the files they describe are durable. The checkpoint moves to the
+window's upper bound only when the listing was proven complete; failed files stay due in the
+database and do not hold it back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+
+from syncer.config import SyncSettings
+from syncer.listing import Lister
+from syncer.mirror.fetch import Fetcher, FetchError
+from syncer.mirror.files import MirrorFS, UnsafePath
+from syncer.mirror.layout import Layout
+from syncer.mirror.sidecar import sidecar_bytes, sidecar_path
+from syncer.plan import Change, Decision, decide, photo_row
+from syncer.procore.api import ProcoreApi
+from syncer.procore.auth import AuthError
+from syncer.procore.http import ProcoreError
+from syncer.procore.models import BadRecord, Photo, Project
+from syncer.procore.query import ImageQuery
+from syncer.report import Progress
+from syncer.store import Downloaded, Failed, Relocated, Store, StoredPhoto
+
+log = logging.getLogger(__name__)
+
+DOWNLOAD_ATTEMPTS = 5
+RECORD_BATCH = 200
+RECORD_EVERY = 2.0
+RETRY_BASE = timedelta(minutes=5)
+RETRY_MAX = timedelta(days=1)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def retry_at(now: datetime, attempts: int) -> datetime:
+    """When a failed photo is next due: 5 min, 10, 20, ... capped at a day."""
+    return now + min(RETRY_MAX, RETRY_BASE * 2 ** min(attempts, 16))
+
+
+@dataclass
+class ProjectResult:
+    project: Project
+    window_start: datetime | None
+    window_end: datetime
+    dry_run: bool = False
+    listed: int = 0
+    changes: Counter[Change] = field(default_factory=Counter)
+    retried: int = 0
+    """Photos due from earlier runs (failed before, or left by an interrupted run)."""
+    downloaded: int = 0
+    bytes: int = 0
+    relocated: int = 0
+    failures: list[tuple[int, str, str]] = field(default_factory=list)
+    """(photo id, mirror path, error) of each photo that could not be mirrored."""
+    listing_error: str | None = None
+    unproven: list[str] = field(default_factory=list)
+    checkpoint_advanced: bool = False
+    requests: int = 0
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures and self.listing_error is None and not self.unproven
+
+
+@dataclass(frozen=True)
+class Job:
+    photo_id: int
+    rel_path: str
+    photo: Photo | None
+    """The listed record; None for a photo due from an earlier run (a fresh record is fetched)."""
+    stored: StoredPhoto | None
+    download: bool
+    attempts: int = 0
+    """Failed attempts in earlier runs, which set the next retry time."""
+
+
+class Recorder:
+    """Collects worker results and writes them in batches through the store's single writer."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._downloaded: list[Downloaded] = []
+        self._relocated: list[Relocated] = []
+        self._failed: list[Failed] = []
+        self._last = time.monotonic()
+
+    async def add(self, item: Downloaded | Relocated | Failed) -> None:
+        if isinstance(item, Downloaded):
+            self._downloaded.append(item)
+        elif isinstance(item, Relocated):
+            self._relocated.append(item)
+        else:
+            self._failed.append(item)
+        pending = len(self._downloaded) + len(self._relocated) + len(self._failed)
+        if pending >= RECORD_BATCH or time.monotonic() - self._last >= RECORD_EVERY:
+            await self.flush()
+
+    async def flush(self) -> None:
+        batch = (self._downloaded, self._relocated, self._failed)
+        self._downloaded, self._relocated, self._failed = [], [], []
+        self._last = time.monotonic()
+        await self.store.record(*batch)
+
+
+class SyncEngine:
+    def __init__(
+        self,
+        *,
+        api: ProcoreApi,
+        store: Store,
+        fs: MirrorFS,
+        fetcher: Fetcher,
+        layout: Layout,
+        settings: SyncSettings,
+        progress: Progress,
+        now: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.api = api
+        self.store = store
+        self.fs = fs
+        self.fetcher = fetcher
+        self.layout = layout
+        self.settings = settings
+        self.progress = progress
+        self.now = now
+
+    def window(self, checkpoint: datetime | None, started: datetime) -> tuple[datetime | None, datetime]:
+        end = (started - timedelta(seconds=self.settings.lag)).replace(microsecond=0)
+        if checkpoint is None:
+            return None, end
+        return min(checkpoint - timedelta(seconds=self.settings.overlap), end), end
+
+    async def sync_project(self, project: Project, *, full: bool = False, dry_run: bool = False) -> ProjectResult:
+        started, clock = self.now(), time.monotonic()
+        checkpoint = None if full else await self.store.checkpoint(project.id)
+        start, end = self.window(checkpoint, started)
+        result = ProjectResult(project=project, window_start=start, window_end=end, dry_run=dry_run)
+        requests_before = self.api.http.requests_sent
+        try:
+            if dry_run:
+                await self._plan_only(project, result)
+            else:
+                await self._sync(project, result, full=full, started=started)
+        finally:
+            result.requests = self.api.http.requests_sent - requests_before
+            result.seconds = time.monotonic() - clock
+        return result
+
+    def _render(self, photo: Photo, project: Project) -> str:
+        return self.layout.render(photo, project_name=project.name, project_id=project.id)
+
+    async def _decisions(self, photos: list[Photo], project: Project, seen: set[int]) -> list[Decision]:
+        fresh = []
+        for photo in photos:
+            if photo.id not in seen:
+                seen.add(photo.id)
+                fresh.append(photo)
+        stored = await self.store.stored_photos([p.id for p in fresh])
+        return [decide(p, stored.get(p.id), self._render(p, project)) for p in fresh]
+
+    def _query(self, project: Project) -> ImageQuery:
+        return ImageQuery(project_id=project.id, filters=self.settings.filters.to_filters())
+
+    async def _plan_only(self, project: Project, result: ProjectResult) -> None:
+        seen: set[int] = set()
+
+        async def on_page(photos: list[Photo]) -> None:
+            for d in await self._decisions(photos, project, seen):
+                result.changes[d.change] += 1
+
+        try:
+            report = await Lister(self.api, self._query(project), per_page=self.settings.per_page,
+                                  on_page=on_page).list(result.window_start, result.window_end)
+            result.listed, result.unproven = len(report.seen), report.unproven
+            due = await self.store.due_downloads(project.id, self.now())
+            result.retried = sum(1 for d in due if d.id not in seen)
+        except (ProcoreError, BadRecord) as exc:
+            result.listing_error = str(exc)
+
+    async def _sync(self, project: Project, result: ProjectResult, *, full: bool, started: datetime) -> None:
+        run_id = await self.store.start_run(
+            project.id, started_at=started, window_start=result.window_start, window_end=result.window_end, full=full
+        )
+        queue: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=self.settings.concurrency * 4)
+        recorder = Recorder(self.store)
+        fatal: list[BaseException] = []
+        workers = [
+            asyncio.create_task(self._worker(queue, recorder, result, project, fatal))
+            for _ in range(self.settings.concurrency)
+        ]
+        seen: set[int] = set()
+        queued: set[int] = set()
+
+        async def enqueue(job: Job, size: int | None) -> None:
+            if fatal:
+                raise fatal[0]
+            queued.add(job.photo_id)
+            self.progress.queued(1, size or 0)
+            await queue.put(job)
+
+        async def on_page(photos: list[Photo]) -> None:
+            decisions = await self._decisions(photos, project, seen)
+            now = self.now()
+            await self.store.save_photos([
+                photo_row(d.photo, project_id=project.id, rel_path=d.rel_path, now=now)
+                for d in decisions if d.change is not Change.STALE
+            ])
+            for d in decisions:
+                result.changes[d.change] += 1
+                if d.download or d.relocate:
+                    job = Job(d.photo.id, d.rel_path, d.photo, d.stored, download=d.download)
+                    await enqueue(job, d.photo.size if d.download else 0)
+
+        outcome = "failed"
+        try:
+            try:
+                await self.store.save_albums(project.id, await self.api.albums(project.id))
+                report = await Lister(self.api, self._query(project), per_page=self.settings.per_page,
+                                      on_page=on_page).list(result.window_start, result.window_end)
+                result.listed, result.unproven = len(report.seen), report.unproven
+            except (ProcoreError, BadRecord) as exc:
+                result.listing_error = str(exc)
+            for due in await self.store.due_downloads(project.id, self.now()):
+                if due.id not in queued:
+                    result.retried += 1
+                    await enqueue(Job(due.id, due.rel_path, None, None, download=True, attempts=due.attempts), due.size)
+            for _ in workers:
+                await queue.put(None)
+            await asyncio.gather(*workers)
+            if fatal:
+                raise fatal[0]
+            if result.listing_error is None and not result.unproven:
+                await self.store.set_checkpoint(project.id, result.window_end, full=full)
+                result.checkpoint_advanced = True
+            outcome = "ok" if result.ok else "incomplete"
+        except BaseException as exc:
+            outcome = "interrupted" if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt) else "failed"
+            for worker in workers:
+                worker.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            raise
+        finally:
+            await asyncio.shield(self._close_run(run_id, recorder, result, outcome))
+
+    async def _close_run(self, run_id: int, recorder: Recorder, result: ProjectResult, outcome: str) -> None:
+        await recorder.flush()
+        errors = [f"{pid} {path}: {err}" for pid, path, err in result.failures[:100]]
+        if result.listing_error:
+            errors.insert(0, f"listing: {result.listing_error}")
+        errors[:0] = [f"listing not proven: {u}" for u in result.unproven[:20]]
+        await self.store.finish_run(
+            run_id, finished_at=self.now(), outcome=outcome, listed=result.listed,
+            new=result.changes[Change.NEW], changed=result.changes[Change.REPLACED] + result.changes[Change.MOVED]
+            + result.changes[Change.METADATA], downloaded=result.downloaded, bytes_=result.bytes,
+            failed=len(result.failures), errors=errors,
+        )
+
+    async def _worker(self, queue: asyncio.Queue[Job | None], recorder: Recorder, result: ProjectResult,
+                      project: Project, fatal: list[BaseException]) -> None:
+        while (job := await queue.get()) is not None:
+            if fatal:
+                continue
+            try:
+                if job.download:
+                    await self._download(job, recorder, result, project)
+                else:
+                    await self._relocate(job, recorder, result, project)
+            except AuthError as exc:
+                fatal.append(exc)
+            except (OSError, UnsafePath) as exc:
+                await self._fail(job, f"{type(exc).__name__}: {exc}", recorder, result)
+            finally:
+                self.progress.finished()
+
+    async def _fail(self, job: Job, error: str, recorder: Recorder, result: ProjectResult) -> None:
+        log.warning("photo %s (%s) failed: %s", job.photo_id, job.rel_path, error)
+        result.failures.append((job.photo_id, job.rel_path, error))
+        await recorder.add(Failed(job.photo_id, error, retry_at(self.now(), job.attempts)))
+
+    async def _download(self, job: Job, recorder: Recorder, result: ProjectResult, project: Project) -> None:
+        photo, error = job.photo, "not attempted"
+        for attempt in range(DOWNLOAD_ATTEMPTS):
+            try:
+                if photo is None or photo.url is None:
+                    photo = await self.api.image(project.id, job.photo_id)
+                if photo.url is None:
+                    raise FetchError("Procore gave no download URL for this photo", retry=False)
+                what = f"photo {photo.id}"
+                fetched = await self.fetcher.fetch(photo.url, expected_size=photo.size,
+                                                   part_name=f"{photo.id}.part", what=what)
+                self.progress.received(fetched.size)
+                rel = self._render(photo, project)
+                when = photo.when
+                await self.fs.publish(fetched.tmp, rel, mtime=when.timestamp() if when else None)
+                await self.fs.write_atomic(sidecar_path(rel), sidecar_bytes(
+                    raw=photo.raw, project_id=project.id, project_name=project.name,
+                    size=fetched.size, sha256=fetched.sha256))
+                await self.fs.sync_dir_of(rel)
+                old = job.stored.local_path if job.stored else None
+                if old and old != rel:
+                    await self.fs.remove(old)
+                    await self.fs.remove(sidecar_path(old))
+                result.downloaded += 1
+                result.bytes += fetched.size
+                await recorder.add(Downloaded(
+                    id=photo.id, local_path=rel, file_key=photo.file_key, size=fetched.size,
+                    sha256=fetched.sha256, sidecar_of=photo.updated_at, at=self.now()))
+                return
+            except FetchError as exc:
+                error = str(exc)
+                if not exc.retry:
+                    break
+                if exc.refresh:
+                    photo = None
+                await asyncio.sleep(exc.wait if exc.wait is not None else random.random() * 2**attempt)
+            except (ProcoreError, BadRecord) as exc:
+                error = str(exc)
+                if isinstance(exc, ProcoreError) and exc.status == 404:
+                    error = "photo no longer found in Procore"
+                    break
+                await asyncio.sleep(random.random() * 2**attempt)
+        await self._fail(job, error, recorder, result)
+
+    async def _relocate(self, job: Job, recorder: Recorder, result: ProjectResult, project: Project) -> None:
+        stored, photo = job.stored, job.photo
+        assert stored is not None and stored.local_path is not None and photo is not None
+        try:
+            if stored.local_path != job.rel_path:
+                await self.fs.move(stored.local_path, job.rel_path)
+                await self.fs.remove(sidecar_path(stored.local_path))
+        except FileNotFoundError:
+            log.warning("photo %s is missing from the mirror at %s; downloading it again", photo.id, stored.local_path)
+            await self._download(replace(job, download=True, stored=None), recorder, result, project)
+            return
+        await self.fs.write_atomic(sidecar_path(job.rel_path), sidecar_bytes(
+            raw=photo.raw, project_id=project.id, project_name=project.name,
+            size=stored.local_size, sha256=stored.sha256))
+        await self.fs.sync_dir_of(job.rel_path)
+        result.relocated += 1
+        await recorder.add(Relocated(photo.id, job.rel_path, photo.updated_at))

@@ -1,0 +1,170 @@
+"""Listing a window of photos completely, with proof.
+
+Procore pages with offsets over an order that is unstable among equal sort keys, and rows edited
+or deleted while pages are fetched shift the pages, so paging alone can repeat some photos and skip
+others. A *piece* of the window (a range of `updated_at` and of `created_at`) counts as proven when
+one pass over it returned as many distinct photos as `Total` said, with `Total` the same on every
+page. Because the window's upper bound is in the past, edits and deletions only ever take photos
+out of a piece, never add them; so an unchanged `Total` with that many distinct ids means nothing
+was missed.
+
+A piece that fails is split at the `created_at` values where its pages began (the listing is
+sorted by `created_at`), so each sub-piece holds about one page and is proven by one request. A
+piece too dense to split that way is bisected by `updated_at`, then by `created_at`, down to one
+second each; past that, it is paged again, up to a limit, until a pass is clean.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+
+from syncer.procore.api import ProcoreApi
+from syncer.procore.models import Photo
+from syncer.procore.query import ImageQuery, Range
+
+log = logging.getLogger(__name__)
+
+BEGINNING = datetime(2000, 1, 1, tzinfo=UTC)
+"""The lower bound of a full listing; no Procore photo is older."""
+FAR_FUTURE = datetime(2100, 1, 1, tzinfo=UTC)
+SECOND = timedelta(seconds=1)
+EXTRA_PASSES = 4
+
+OnPage = Callable[[list[Photo]], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Piece:
+    updated_from: datetime
+    updated_to: datetime
+    created_from: datetime = BEGINNING
+    created_to: datetime = FAR_FUTURE
+
+    def describe(self) -> str:
+        return f"updated {self.updated_from:%Y-%m-%dT%H:%M:%S}..{self.updated_to:%Y-%m-%dT%H:%M:%S}"
+
+
+@dataclass
+class Pass:
+    distinct: set[int] = field(default_factory=set)
+    totals: set[int | None] = field(default_factory=set)
+    starts: list[datetime | None] = field(default_factory=list)
+    """`created_at` of the first photo of each page, for splitting."""
+    sorted_ok: bool = True
+    pages: int = 0
+
+    @property
+    def proven(self) -> bool:
+        return len(self.totals) == 1 and None not in self.totals and len(self.distinct) == next(iter(self.totals))
+
+
+@dataclass
+class ListingReport:
+    requests: int = 0
+    pieces: int = 0
+    splits: int = 0
+    unproven: list[str] = field(default_factory=list)
+    seen: set[int] = field(default_factory=set)
+
+    @property
+    def proven(self) -> bool:
+        return not self.unproven
+
+
+def _floor(value: datetime) -> datetime:
+    return value.replace(microsecond=0)
+
+
+def _bisect(lo: datetime, hi: datetime) -> list[tuple[datetime, datetime]]:
+    mid = _floor(lo + (hi - lo) / 2)
+    return [(lo, mid), (mid + SECOND, hi)]
+
+
+class Lister:
+    def __init__(self, api: ProcoreApi, query: ImageQuery, *, per_page: int, on_page: OnPage) -> None:
+        self.api = api
+        self.query = replace(query, sort="created_at")
+        self.per_page = per_page
+        self.on_page = on_page
+        self.report = ListingReport()
+
+    async def list(self, start: datetime | None, end: datetime) -> ListingReport:
+        """List every photo with `updated_at` in `[start, end]`; `report.proven` says if it is sure."""
+        await self._prove(Piece(_floor(start or BEGINNING), _floor(end)))
+        return self.report
+
+    async def _prove(self, piece: Piece) -> None:
+        result = await self._pass(piece)
+        if result.proven:
+            self.report.pieces += 1
+            return
+        subpieces = self._split(piece, result)
+        if subpieces:
+            self.report.splits += 1
+            log.debug("piece %s not proven (%s distinct, Total %s); splitting in %d",
+                      piece.describe(), len(result.distinct), result.totals, len(subpieces))
+            for sub in subpieces:
+                await self._prove(sub)
+            return
+        for _ in range(EXTRA_PASSES):
+            if (await self._pass(piece)).proven:
+                self.report.pieces += 1
+                return
+        self.report.unproven.append(
+            f"{piece.describe()}: {len(result.distinct)} photos seen, Procore reported {sorted(result.totals, key=str)}"
+        )
+
+    async def _pass(self, piece: Piece) -> Pass:
+        query = replace(
+            self.query,
+            filters=replace(
+                self.query.filters,
+                updated_at=Range(piece.updated_from, piece.updated_to),
+                created_at=None if (piece.created_from, piece.created_to) == (BEGINNING, FAR_FUTURE)
+                else Range(piece.created_from, piece.created_to),
+            ),
+        )
+        result = Pass()
+        page_no = 1
+        previous: datetime | None = None
+        while True:
+            page = await self.api.images_page(query, page=page_no, per_page=self.per_page)
+            self.report.requests += 1
+            result.pages += 1
+            result.totals.add(page.total)
+            photos = [Photo.from_api(item) for item in page.items]
+            result.starts.append(photos[0].created_at if photos else None)
+            for photo in photos:
+                if photo.created_at is None or (previous is not None and photo.created_at < previous):
+                    result.sorted_ok = False
+                previous = photo.created_at or previous
+                result.distinct.add(photo.id)
+            self.report.seen.update(p.id for p in photos)
+            if photos:
+                await self.on_page(photos)
+            step = page.per_page or self.per_page
+            if not photos:
+                return result
+            if page.total is None:  # without Total, trust the links alone
+                if page.next_url is None:
+                    return result
+            elif page_no * step >= page.total:
+                return result
+            page_no += 1
+
+    @staticmethod
+    def _split(piece: Piece, result: Pass) -> list[Piece]:
+        if result.pages > 1 and result.sorted_ok:
+            bounds = sorted({s for s in result.starts[1:] if s is not None and piece.created_from < s <= piece.created_to})
+            if bounds:
+                edges = [piece.created_from, *bounds]
+                ends = [b - SECOND for b in bounds] + [piece.created_to]
+                return [replace(piece, created_from=lo, created_to=hi) for lo, hi in zip(edges, ends, strict=True)]
+        if piece.updated_to > piece.updated_from:
+            return [replace(piece, updated_from=lo, updated_to=hi) for lo, hi in _bisect(piece.updated_from, piece.updated_to)]
+        if piece.created_to > piece.created_from:
+            return [replace(piece, created_from=lo, created_to=hi) for lo, hi in _bisect(piece.created_from, piece.created_to)]
+        return []

@@ -1,0 +1,111 @@
+"""Durable, contained file operations on the mirror.
+
+The order is the invariant: a file is written under `.syncer/tmp/`, verified, fsynced, renamed
+into place, and its folder fsynced, all before the database hears of it. Every final path is
+checked to stay inside the root even if someone planted a symlink in the mirror.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+STATE_DIR = ".syncer"
+
+
+class UnsafePath(ValueError):
+    pass
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class MirrorFS:
+    def __init__(self, root: Path, *, threads: int = 8) -> None:
+        self.root = root.resolve()
+        self.tmp_dir = self.root / STATE_DIR / "tmp"
+        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mirror-io")
+
+    def prepare(self) -> None:
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True)
+
+    async def run(self, func: Any, *args: Any) -> Any:
+        """Run blocking file work on the mirror's own threads, not the loop's default pool."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, func, *args)
+
+    def path(self, rel: str) -> Path:
+        """The absolute path of a relative mirror path, refusing anything that leaves the root."""
+        parts = rel.split("/")
+        if not rel or rel.startswith("/") or any(p in ("", ".", "..") for p in parts) or parts[0] == STATE_DIR:
+            raise UnsafePath(f"refusing unsafe mirror path {rel!r}")
+        target = self.root.joinpath(*parts)
+        parent = target.parent.resolve()
+        if parent != self.root and self.root not in parent.parents:
+            raise UnsafePath(f"mirror path {rel!r} leaves the mirror root through a link")
+        return target
+
+    def tmp_path(self, name: str) -> Path:
+        return self.tmp_dir / name
+
+    def _publish(self, tmp: Path, rel: str, mtime: float | None) -> Path:
+        target = self.path(rel)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        self.path(rel)  # check again: the folders now exist and could be links
+        if mtime is not None:
+            os.utime(tmp, (mtime, mtime))
+        os.replace(tmp, target)
+        return target
+
+    async def publish(self, tmp: Path, rel: str, *, mtime: float | None) -> Path:
+        """Rename a verified, fsynced temp file to its final path (the caller fsyncs the folder)."""
+        result: Path = await self.run(self._publish, tmp, rel, mtime)
+        return result
+
+    def _write_atomic(self, rel: str, data: bytes) -> None:
+        target = self.path(rel)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.tmp_dir / f"{uuid.uuid4().hex}.tmp"
+        with tmp.open("wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+
+    async def write_atomic(self, rel: str, data: bytes) -> None:
+        await self.run(self._write_atomic, rel, data)
+
+    async def sync_dir_of(self, rel: str) -> None:
+        await self.run(fsync_dir, self.path(rel).parent)
+
+    def _move(self, old: str, new: str) -> None:
+        source, target = self.path(old), self.path(new)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        self.path(new)
+        os.replace(source, target)
+        fsync_dir(target.parent)
+        fsync_dir(source.parent)
+
+    async def move(self, old: str, new: str) -> None:
+        await self.run(self._move, old, new)
+
+    def _remove(self, rel: str) -> None:
+        self.path(rel).unlink(missing_ok=True)
+
+    async def remove(self, rel: str) -> None:
+        await self.run(self._remove, rel)
+
+    def exists(self, rel: str) -> bool:
+        return self.path(rel).is_file()

@@ -1,0 +1,100 @@
+"""Deciding what a listed photo means for the mirror, apart from doing it.
+
+The rule that tells a replaced file from an edit: the file's identity is the path of its download
+URL plus its `size` (`Photo.file_key`). Procore puts a file's storage key in that path, so new bytes
+give a new path or size; a metadata edit (description, album, star, trades) changes neither, and
+then the bytes are never fetched again: the sidecar is rewritten and, if the layout path changed,
+the file is renamed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from syncer.procore.models import Photo
+from syncer.store import StoredPhoto
+
+
+class Change(StrEnum):
+    NEW = "new"
+    """Never mirrored: download."""
+    REPLACED = "replaced"
+    """The file changed upstream: download and swap in."""
+    MOVED = "moved"
+    """Same file, new layout path: rename it and rewrite the sidecar."""
+    METADATA = "metadata"
+    """Same file and path, new metadata: rewrite the sidecar."""
+    UNCHANGED = "unchanged"
+    STALE = "stale"
+    """An older copy of a record already stored (a repeat from a shifted page): ignore."""
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    photo: Photo
+    rel_path: str
+    change: Change
+    stored: StoredPhoto | None
+
+    @property
+    def download(self) -> bool:
+        return self.change in (Change.NEW, Change.REPLACED)
+
+    @property
+    def relocate(self) -> bool:
+        return self.change in (Change.MOVED, Change.METADATA)
+
+
+def decide(photo: Photo, stored: StoredPhoto | None, rel_path: str) -> Decision:
+    if stored is None:
+        return Decision(photo, rel_path, Change.NEW, None)
+    if (
+        stored.deleted_at is None
+        and stored.updated_at is not None
+        and photo.updated_at is not None
+        and photo.updated_at < stored.updated_at
+    ):
+        return Decision(photo, rel_path, Change.STALE, stored)
+    if stored.local_file_key != photo.file_key or stored.local_path is None:
+        change = Change.NEW if stored.local_file_key is None else Change.REPLACED
+    elif stored.local_path != rel_path:
+        change = Change.MOVED
+    elif stored.sidecar_of != photo.updated_at:
+        change = Change.METADATA
+    else:
+        change = Change.UNCHANGED
+    return Decision(photo, rel_path, change, stored)
+
+
+def photo_row(photo: Photo, *, project_id: int, rel_path: str, now: datetime) -> dict[str, Any]:
+    """The database row for a listed photo (metadata columns; local-file columns stay as they are)."""
+    return {
+        "id": photo.id,
+        "project_id": project_id,
+        "album_id": photo.album_id,
+        "album_name": photo.album_name,
+        "filename": photo.filename,
+        "description": photo.description,
+        "size": photo.size,
+        "taken_at": photo.taken_at,
+        "created_at": photo.created_at,
+        "updated_at": photo.updated_at,
+        "private": photo.private,
+        "starred": photo.starred,
+        "width": photo.width,
+        "height": photo.height,
+        "gps_lat": photo.gps_lat,
+        "gps_long": photo.gps_long,
+        "location_name": photo.location_name,
+        "uploader_name": photo.uploader_name,
+        "raw_json": json.dumps(photo.raw, ensure_ascii=False, separators=(",", ":")),
+        "file_key": photo.file_key,
+        "rel_path": rel_path,
+        "first_seen_at": now,
+        "last_seen_at": now,
+        "attempts": 0,
+    }

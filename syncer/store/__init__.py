@@ -1,0 +1,21 @@
+"""SQLAlchemy models, engine setup and the few batched queries the engine needs."""
+
+from syncer.store.store import (
+    Downloaded,
+    DueDownload,
+    Failed,
+    ProjectStatus,
+    Relocated,
+    Store,
+    StoredPhoto,
+)
+
+__all__ = [
+    "Downloaded",
+    "DueDownload",
+    "Failed",
+    "ProjectStatus",
+    "Relocated",
+    "Store",
+    "StoredPhoto",
+]

@@ -1,0 +1,154 @@
+"""The database schema. Alembic migrations in `migrations/` create exactly this (a test checks).
+
+A photo row keeps two views of the file: what Procore has now (`file_key`, `rel_path`) and what
+the mirror verifiably holds (`local_path`, `local_file_key`, `sha256`). A download is due exactly
+when they differ, so "pending" is derived, never a flag that could drift.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    or_,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.sql.elements import ColumnElement
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC in Python, naive UTC in the database (SQLite has no time zone type)."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime written to the database")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class ProjectRow(Base):
+    __tablename__ = "projects"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    company_id: Mapped[int] = mapped_column(BigInteger)
+    name: Mapped[str] = mapped_column(String(1000))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    checkpoint: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    """Upper bound of the last window listed completely; the next window starts before it."""
+    last_full_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class AlbumRow(Base):
+    __tablename__ = "albums"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    project_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("projects.id"), index=True)
+    name: Mapped[str] = mapped_column(String(1000))
+    private: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class PhotoRow(Base):
+    __tablename__ = "photos"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    project_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("projects.id"))
+    album_id: Mapped[int | None] = mapped_column(BigInteger)
+    album_name: Mapped[str | None] = mapped_column(String(1000))
+    filename: Mapped[str | None] = mapped_column(String(1000))
+    description: Mapped[str | None] = mapped_column(Text)
+    size: Mapped[int | None] = mapped_column(BigInteger)
+    taken_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    private: Mapped[bool | None] = mapped_column(Boolean)
+    starred: Mapped[bool | None] = mapped_column(Boolean)
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    gps_lat: Mapped[float | None] = mapped_column(Float)
+    gps_long: Mapped[float | None] = mapped_column(Float)
+    location_name: Mapped[str | None] = mapped_column(String(1000))
+    uploader_name: Mapped[str | None] = mapped_column(String(1000))
+    raw_json: Mapped[str] = mapped_column(Text)
+    """The record as Procore sent it, signed-URL query strings removed."""
+    file_key: Mapped[str] = mapped_column(String(2000))
+    """Identity of the upstream file (URL path and size); a change means new bytes."""
+    rel_path: Mapped[str] = mapped_column(String(4000))
+    """Where the photo belongs in the mirror under the current layout and metadata."""
+    first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    local_path: Mapped[str | None] = mapped_column(String(4000), unique=True)
+    local_file_key: Mapped[str | None] = mapped_column(String(2000))
+    local_size: Mapped[int | None] = mapped_column(BigInteger)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    downloaded_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    sidecar_of: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    """The `updated_at` whose metadata the sidecar on disk shows."""
+
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    next_retry_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (Index("ix_photos_project_updated", "project_id", "updated_at"),)
+
+    @classmethod
+    def needs_download(cls) -> ColumnElement[bool]:
+        return (cls.deleted_at.is_(None)) & or_(
+            cls.local_file_key.is_(None), cls.local_file_key != cls.file_key
+        )
+
+
+class SyncRunRow(Base):
+    __tablename__ = "sync_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    project_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("projects.id"), index=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    window_start: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    window_end: Mapped[datetime] = mapped_column(UTCDateTime)
+    full: Mapped[bool] = mapped_column(Boolean, default=False)
+    listed: Mapped[int] = mapped_column(Integer, default=0)
+    new: Mapped[int] = mapped_column(Integer, default=0)
+    changed: Mapped[int] = mapped_column(Integer, default=0)
+    downloaded: Mapped[int] = mapped_column(Integer, default=0)
+    bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    failed: Mapped[int] = mapped_column(Integer, default=0)
+    errors: Mapped[str | None] = mapped_column(Text)
+    outcome: Mapped[str] = mapped_column(String(20), default="running")
+    """running, ok, incomplete, failed or interrupted."""

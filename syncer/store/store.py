@@ -1,0 +1,314 @@
+"""The queries the engine needs, each a batch: a page of rows per transaction, never a row each.
+
+Writes are serialised by one lock, so the download workers never contend for SQLite's write lock;
+their results reach the database through the engine's recorder in batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import bindparam, case, func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from syncer.procore.models import Album, Project
+from syncer.store.db import create_engine, upgrade
+from syncer.store.models import AlbumRow, PhotoRow, ProjectRow, SyncRunRow
+
+ID_BATCH = 500
+METADATA_COLUMNS = (
+    "project_id", "album_id", "album_name", "filename", "description", "size", "taken_at",
+    "created_at", "updated_at", "private", "starred", "width", "height", "gps_lat", "gps_long",
+    "location_name", "uploader_name", "raw_json", "file_key", "rel_path", "last_seen_at",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredPhoto:
+    id: int
+    file_key: str
+    rel_path: str
+    updated_at: datetime | None
+    local_path: str | None
+    local_file_key: str | None
+    local_size: int | None
+    sha256: str | None
+    sidecar_of: datetime | None
+    deleted_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class DueDownload:
+    id: int
+    rel_path: str
+    size: int | None
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class Downloaded:
+    id: int
+    local_path: str
+    file_key: str
+    size: int
+    sha256: str
+    sidecar_of: datetime | None
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Relocated:
+    """The file stayed; its path or sidecar changed."""
+
+    id: int
+    local_path: str
+    sidecar_of: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    id: int
+    error: str
+    next_retry_at: datetime
+
+
+@dataclass(frozen=True)
+class ProjectStatus:
+    id: int
+    name: str
+    known: int
+    mirrored: int
+    pending: int
+    failed: int
+    bytes: int
+    checkpoint: datetime | None
+    last_run_at: datetime | None
+    last_outcome: str | None
+    failures: list[dict[str, Any]]
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+class Store:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._write = asyncio.Lock()
+        self._insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
+
+    @classmethod
+    async def open(cls, url: str) -> Store:
+        """Connect and bring the schema up to date (the app migrates itself on start)."""
+        engine = create_engine(url)
+        try:
+            await upgrade(engine)
+        except BaseException:
+            await engine.dispose()
+            raise
+        return cls(engine)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    # -- projects and albums -----------------------------------------------------------------
+
+    async def save_projects(self, company_id: int, projects: Sequence[Project]) -> None:
+        if not projects:
+            return
+        ins = self._insert(ProjectRow)
+        stmt = ins.on_conflict_do_update(
+            index_elements=[ProjectRow.id],
+            set_={"name": ins.excluded.name, "active": ins.excluded.active, "company_id": ins.excluded.company_id},
+        )
+        rows = [{"id": p.id, "company_id": company_id, "name": p.name, "active": p.active} for p in projects]
+        async with self._write, self.engine.begin() as conn:
+            await conn.execute(stmt, rows)
+
+    async def save_albums(self, project_id: int, albums: Sequence[Album]) -> None:
+        if not albums:
+            return
+        ins = self._insert(AlbumRow)
+        stmt = ins.on_conflict_do_update(
+            index_elements=[AlbumRow.id],
+            set_={"name": ins.excluded.name, "private": ins.excluded.private, "project_id": ins.excluded.project_id},
+        )
+        rows = [{"id": a.id, "project_id": project_id, "name": a.name, "private": a.private} for a in albums]
+        async with self._write, self.engine.begin() as conn:
+            await conn.execute(stmt, rows)
+
+    async def checkpoint(self, project_id: int) -> datetime | None:
+        async with self.engine.connect() as conn:
+            return await conn.scalar(select(ProjectRow.checkpoint).where(ProjectRow.id == project_id))
+
+    async def set_checkpoint(self, project_id: int, value: datetime, *, full: bool) -> None:
+        values: dict[str, Any] = {"checkpoint": value}
+        if full:
+            values["last_full_at"] = value
+        async with self._write, self.engine.begin() as conn:
+            await conn.execute(update(ProjectRow).where(ProjectRow.id == project_id).values(**values))
+
+    # -- photos ------------------------------------------------------------------------------
+
+    async def stored_photos(self, ids: Sequence[int]) -> dict[int, StoredPhoto]:
+        cols = [
+            PhotoRow.id, PhotoRow.file_key, PhotoRow.rel_path, PhotoRow.updated_at, PhotoRow.local_path,
+            PhotoRow.local_file_key, PhotoRow.local_size, PhotoRow.sha256, PhotoRow.sidecar_of,
+            PhotoRow.deleted_at,
+        ]
+        out: dict[int, StoredPhoto] = {}
+        async with self.engine.connect() as conn:
+            for chunk in _chunks(ids, ID_BATCH):
+                for row in await conn.execute(select(*cols).where(PhotoRow.id.in_(chunk))):
+                    out[row.id] = StoredPhoto(*row)
+        return out
+
+    async def save_photos(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Insert or update a page of photo rows in one transaction; local file columns untouched."""
+        if not rows:
+            return
+        ins = self._insert(PhotoRow)
+        stmt = ins.on_conflict_do_update(
+            index_elements=[PhotoRow.id],
+            set_={**{c: ins.excluded[c] for c in METADATA_COLUMNS}, "deleted_at": None},
+        )
+        async with self._write, self.engine.begin() as conn:
+            await conn.execute(stmt, list(rows))
+
+    async def due_downloads(self, project_id: int, now: datetime) -> list[DueDownload]:
+        """Photos whose verified local file is missing or stale and whose retry time has come."""
+        query = (
+            select(PhotoRow.id, PhotoRow.rel_path, PhotoRow.size, PhotoRow.attempts)
+            .where(PhotoRow.project_id == project_id, PhotoRow.needs_download())
+            .where((PhotoRow.next_retry_at.is_(None)) | (PhotoRow.next_retry_at <= now))
+            .order_by(PhotoRow.id)
+        )
+        async with self.engine.connect() as conn:
+            return [DueDownload(*row) for row in await conn.execute(query)]
+
+    async def record(
+        self,
+        downloaded: Sequence[Downloaded] = (),
+        relocated: Sequence[Relocated] = (),
+        failed: Sequence[Failed] = (),
+    ) -> None:
+        """Write a batch of worker results; called only after the files are durable."""
+        if not (downloaded or relocated or failed):
+            return
+        row = PhotoRow.__table__
+        async with self._write, self.engine.begin() as conn:
+            if downloaded:
+                await conn.execute(
+                    update(row).where(row.c.id == bindparam("b_id")).values(
+                        local_path=bindparam("b_path"), local_file_key=bindparam("b_key"),
+                        local_size=bindparam("b_size"), sha256=bindparam("b_sha"),
+                        downloaded_at=bindparam("b_at"), sidecar_of=bindparam("b_sidecar"),
+                        attempts=0, last_error=None, next_retry_at=None,
+                    ),
+                    [{"b_id": d.id, "b_path": d.local_path, "b_key": d.file_key, "b_size": d.size,
+                      "b_sha": d.sha256, "b_at": d.at, "b_sidecar": d.sidecar_of} for d in downloaded],
+                )
+            if relocated:
+                await conn.execute(
+                    update(row).where(row.c.id == bindparam("b_id")).values(
+                        local_path=bindparam("b_path"), sidecar_of=bindparam("b_sidecar"),
+                    ),
+                    [{"b_id": r.id, "b_path": r.local_path, "b_sidecar": r.sidecar_of} for r in relocated],
+                )
+            if failed:
+                await conn.execute(
+                    update(row).where(row.c.id == bindparam("b_id")).values(
+                        attempts=row.c.attempts + 1, last_error=bindparam("b_error"),
+                        next_retry_at=bindparam("b_retry"),
+                    ),
+                    [{"b_id": f.id, "b_error": f.error, "b_retry": f.next_retry_at} for f in failed],
+                )
+
+    # -- runs and status ---------------------------------------------------------------------
+
+    async def start_run(self, project_id: int, *, started_at: datetime, window_start: datetime | None,
+                        window_end: datetime, full: bool) -> int:
+        async with self._write, self.engine.begin() as conn:
+            result = await conn.execute(
+                SyncRunRow.__table__.insert().values(
+                    project_id=project_id, started_at=started_at, window_start=window_start,
+                    window_end=window_end, full=full, listed=0, new=0, changed=0, downloaded=0,
+                    bytes=0, failed=0, outcome="running",
+                )
+            )
+            run_id = result.inserted_primary_key
+            assert run_id is not None
+            return int(run_id[0])
+
+    async def finish_run(self, run_id: int, *, finished_at: datetime, outcome: str, listed: int, new: int,
+                         changed: int, downloaded: int, bytes_: int, failed: int, errors: list[str]) -> None:
+        async with self._write, self.engine.begin() as conn:
+            await conn.execute(
+                update(SyncRunRow).where(SyncRunRow.id == run_id).values(
+                    finished_at=finished_at, outcome=outcome, listed=listed, new=new, changed=changed,
+                    downloaded=downloaded, bytes=bytes_, failed=failed,
+                    errors=json.dumps(errors) if errors else None,
+                )
+            )
+
+    async def status(self, project_ids: Sequence[int] | None = None) -> list[ProjectStatus]:
+        p = PhotoRow
+        live = p.deleted_at.is_(None)
+        mirrored = live & (p.local_file_key == p.file_key)
+        failing = p.needs_download() & (p.attempts > 0)
+        counts = (
+            select(
+                p.project_id,
+                func.sum(case((live, 1), else_=0)),
+                func.sum(case((mirrored, 1), else_=0)),
+                func.sum(case((p.needs_download(), 1), else_=0)),
+                func.sum(case((failing, 1), else_=0)),
+                func.sum(case((mirrored, p.local_size), else_=0)),
+            ).group_by(p.project_id)
+        )
+        last_run = (
+            select(SyncRunRow.project_id, func.max(SyncRunRow.id).label("run_id"))
+            .group_by(SyncRunRow.project_id).subquery()
+        )
+        async with self.engine.connect() as conn:
+            projects = (await conn.execute(
+                select(ProjectRow.id, ProjectRow.name, ProjectRow.checkpoint).order_by(ProjectRow.name)
+            )).all()
+            by_project = {row[0]: row[1:] for row in await conn.execute(counts)}
+            runs = {
+                row.project_id: row
+                for row in await conn.execute(
+                    select(SyncRunRow.project_id, SyncRunRow.finished_at, SyncRunRow.started_at, SyncRunRow.outcome)
+                    .join(last_run, SyncRunRow.id == last_run.c.run_id)
+                )
+            }
+            failures: dict[int, list[dict[str, Any]]] = {}
+            for row in await conn.execute(
+                select(p.project_id, p.id, p.rel_path, p.attempts, p.last_error, p.next_retry_at)
+                .where(failing).order_by(p.id).limit(1000)
+            ):
+                failures.setdefault(row.project_id, []).append({
+                    "id": row.id, "path": row.rel_path, "attempts": row.attempts, "error": row.last_error,
+                    "next_retry_at": row.next_retry_at.isoformat() if row.next_retry_at else None,
+                })
+        out = []
+        for proj in projects:
+            if project_ids is not None and proj.id not in project_ids:
+                continue
+            known, done, pending, failed, size = by_project.get(proj.id, (0, 0, 0, 0, 0))
+            run = runs.get(proj.id)
+            out.append(ProjectStatus(
+                id=proj.id, name=proj.name, known=known or 0, mirrored=done or 0, pending=pending or 0,
+                failed=failed or 0, bytes=size or 0, checkpoint=proj.checkpoint,
+                last_run_at=(run.finished_at or run.started_at) if run else None,
+                last_outcome=run.outcome if run else None, failures=failures.get(proj.id, []),
+            ))
+        return out
