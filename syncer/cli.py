@@ -47,9 +47,15 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
     settings = _load(args)
     progress = make_progress(enabled=None if args.progress == "auto" else args.progress == "on")
-    summary = asyncio.run(run_sync(
-        settings, project_ids=args.project or None, full=args.full, dry_run=args.dry_run, progress=progress,
-    ))
+    summary = asyncio.run(
+        run_sync(
+            settings,
+            project_ids=args.project or None,
+            full=args.full,
+            dry_run=args.dry_run,
+            progress=progress,
+        )
+    )
     print(REDACT(render_summary(summary)))
     return int(summary.exit_code)
 
@@ -91,26 +97,48 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="syncer", description="Keep a verified local mirror of your Procore project photos.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="syncer",
+        description="Keep a verified local mirror of your Procore project photos.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {syncer.__version__}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-v", "--verbose", action="count", default=0, help="more detail in the log")
-    common.add_argument("--log-format", choices=["text", "json"], default="text",
-                        help="json writes one JSON object per line, for services")
+    common.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default="text",
+        help="json writes one JSON object per line, for services",
+    )
     with_config = argparse.ArgumentParser(add_help=False, parents=[common])
     with_config.add_argument("--config", "-c", help="the YAML configuration (default: $SYNCER_CONFIG)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    sync = sub.add_parser("sync", parents=[with_config], help="sync the mirror once (for cron)",
-                          epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sync.add_argument("--project", type=int, action="append", metavar="ID",
-                      help="sync only this project (repeatable); default: sync.projects from the config")
+    sync = sub.add_parser(
+        "sync",
+        parents=[with_config],
+        help="sync the mirror once (for cron)",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sync.add_argument(
+        "--project",
+        type=int,
+        action="append",
+        metavar="ID",
+        help="sync only this project (repeatable); default: sync.projects from the config",
+    )
     sync.add_argument("--full", action="store_true", help="list everything, ignoring the checkpoint")
-    sync.add_argument("--dry-run", action="store_true", help="list and report what would change; write nothing")
-    sync.add_argument("--progress", choices=["auto", "on", "off"], default="auto",
-                      help="progress bar (auto: only on a terminal)")
+    sync.add_argument(
+        "--dry-run", action="store_true", help="list and report what would change; write nothing"
+    )
+    sync.add_argument(
+        "--progress",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="progress bar (auto: only on a terminal)",
+    )
     sync.set_defaults(func=cmd_sync)
 
     status = sub.add_parser("status", parents=[with_config], help="show what the mirror holds, per project")
@@ -119,10 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     db = sub.add_parser("db", help="database maintenance")
     db_sub = db.add_subparsers(dest="db_command", required=True, metavar="COMMAND")
-    db_sub.add_parser("upgrade", parents=[with_config], help="apply schema migrations (also done on start)"
-                      ).set_defaults(func=cmd_db_upgrade)
+    db_sub.add_parser(
+        "upgrade", parents=[with_config], help="apply schema migrations (also done on start)"
+    ).set_defaults(func=cmd_db_upgrade)
 
-    sim = sub.add_parser("simulate", parents=[common], help="serve the built-in Procore simulator on 127.0.0.1")
+    sim = sub.add_parser(
+        "simulate", parents=[common], help="serve the built-in Procore simulator on 127.0.0.1"
+    )
     sim.add_argument("--port", type=int, default=8470, help="API port (0 picks a free one)")
     sim.add_argument("--store-port", type=int, default=0, help="object-store port (default: a free one)")
     sim.add_argument("--photos", type=int, default=500)
@@ -156,6 +187,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # a bug: say so in one line; -v shows where
         if args.verbose:
             log.exception("unexpected error")
-        print(f"syncer: unexpected error: {type(exc).__name__}: {REDACT(str(exc))} "
-              "(run again with -v for details, and please report it)", file=sys.stderr)
+        print(
+            f"syncer: unexpected error: {type(exc).__name__}: {REDACT(str(exc))} "
+            "(run again with -v for details, and please report it)",
+            file=sys.stderr,
+        )
         return int(ExitCode.INCOMPLETE)

@@ -37,7 +37,7 @@ _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0
 def parse_duration(value: Any) -> float:
     """`30s`, `15m`, `2h`, `1d`, or a plain number of seconds."""
     if isinstance(value, bool):
-        raise ValueError("expected a duration like 30s, 15m or 2h")
+        raise ValueError("expected a duration like 30s, 15m or 2h")  # noqa: TRY004 - pydantic reports ValueError
     if isinstance(value, int | float):
         seconds = float(value)
     else:
@@ -126,7 +126,9 @@ class FilterSettings(_Section):
         return None if value is None else parse_range(value)
 
     def to_filters(self) -> ImageFilters:
-        return ImageFilters(**{f.name: getattr(self, f.name) for f in fields(ImageFilters) if f.name != "updated_at"})
+        return ImageFilters(
+            **{f.name: getattr(self, f.name) for f in fields(ImageFilters) if f.name != "updated_at"}
+        )
 
 
 class SyncSettings(_Section):
@@ -202,9 +204,7 @@ def parse_settings(data: Any, folder: Path) -> Settings:
     data = _substitute_env(data, "")
     filters = (data.get("sync") or {}).get("filters") if isinstance(data.get("sync"), dict) else None
     if isinstance(filters, dict) and "updated_at" in filters:
-        raise ConfigError(
-            "sync.filters.updated_at: not allowed; the syncer sets it from the checkpoint"
-        )
+        raise ConfigError("sync.filters.updated_at: not allowed; the syncer sets it from the checkpoint")
     try:
         settings = Settings.model_validate(data)
     except ValidationError as exc:

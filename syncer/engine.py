@@ -49,7 +49,7 @@ def utcnow() -> datetime:
 
 def retry_at(now: datetime, attempts: int) -> datetime:
     """When a failed photo is next due: 5 min, 10, 20, ... capped at a day."""
-    return now + min(RETRY_MAX, RETRY_BASE * 2 ** min(attempts, 16))
+    return now + min(RETRY_MAX, RETRY_BASE * (1 << min(attempts, 16)))
 
 
 @dataclass
@@ -146,7 +146,9 @@ class SyncEngine:
             return None, end
         return min(checkpoint - timedelta(seconds=self.settings.overlap), end), end
 
-    async def sync_project(self, project: Project, *, full: bool = False, dry_run: bool = False) -> ProjectResult:
+    async def sync_project(
+        self, project: Project, *, full: bool = False, dry_run: bool = False
+    ) -> ProjectResult:
         started, clock = self.now(), time.monotonic()
         checkpoint = None if full else await self.store.checkpoint(project.id)
         start, end = self.window(checkpoint, started)
@@ -185,8 +187,9 @@ class SyncEngine:
                 result.changes[d.change] += 1
 
         try:
-            report = await Lister(self.api, self._query(project), per_page=self.settings.per_page,
-                                  on_page=on_page).list(result.window_start, result.window_end)
+            report = await Lister(
+                self.api, self._query(project), per_page=self.settings.per_page, on_page=on_page
+            ).run(result.window_start, result.window_end)
             result.listed, result.unproven = len(report.seen), report.unproven
             due = await self.store.due_downloads(project.id, self.now())
             result.retried = sum(1 for d in due if d.id not in seen)
@@ -195,7 +198,11 @@ class SyncEngine:
 
     async def _sync(self, project: Project, result: ProjectResult, *, full: bool, started: datetime) -> None:
         run_id = await self.store.start_run(
-            project.id, started_at=started, window_start=result.window_start, window_end=result.window_end, full=full
+            project.id,
+            started_at=started,
+            window_start=result.window_start,
+            window_end=result.window_end,
+            full=full,
         )
         queue: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=self.settings.concurrency * 4)
         recorder = Recorder(self.store)
@@ -217,10 +224,13 @@ class SyncEngine:
         async def on_page(photos: list[Photo]) -> None:
             decisions = await self._decisions(photos, project, seen)
             now = self.now()
-            await self.store.save_photos([
-                photo_row(d.photo, project_id=project.id, rel_path=d.rel_path, now=now)
-                for d in decisions if d.change is not Change.STALE
-            ])
+            await self.store.save_photos(
+                [
+                    photo_row(d.photo, project_id=project.id, rel_path=d.rel_path, now=now)
+                    for d in decisions
+                    if d.change is not Change.STALE
+                ]
+            )
             for d in decisions:
                 result.changes[d.change] += 1
                 if d.download or d.relocate:
@@ -231,15 +241,19 @@ class SyncEngine:
         try:
             try:
                 await self.store.save_albums(project.id, await self.api.albums(project.id))
-                report = await Lister(self.api, self._query(project), per_page=self.settings.per_page,
-                                      on_page=on_page).list(result.window_start, result.window_end)
+                report = await Lister(
+                    self.api, self._query(project), per_page=self.settings.per_page, on_page=on_page
+                ).run(result.window_start, result.window_end)
                 result.listed, result.unproven = len(report.seen), report.unproven
             except (ProcoreError, BadRecord) as exc:
                 result.listing_error = str(exc)
             for due in await self.store.due_downloads(project.id, self.now()):
                 if due.id not in queued:
                     result.retried += 1
-                    await enqueue(Job(due.id, due.rel_path, None, None, download=True, attempts=due.attempts), due.size)
+                    await enqueue(
+                        Job(due.id, due.rel_path, None, None, download=True, attempts=due.attempts),
+                        due.size,
+                    )
             for _ in workers:
                 await queue.put(None)
             await asyncio.gather(*workers)
@@ -250,7 +264,9 @@ class SyncEngine:
                 result.checkpoint_advanced = True
             outcome = "ok" if result.ok else "incomplete"
         except BaseException as exc:
-            outcome = "interrupted" if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt) else "failed"
+            outcome = (
+                "interrupted" if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt) else "failed"
+            )
             for worker in workers:
                 worker.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
@@ -265,14 +281,28 @@ class SyncEngine:
             errors.insert(0, f"listing: {result.listing_error}")
         errors[:0] = [f"listing not proven: {u}" for u in result.unproven[:20]]
         await self.store.finish_run(
-            run_id, finished_at=self.now(), outcome=outcome, listed=result.listed,
-            new=result.changes[Change.NEW], changed=result.changes[Change.REPLACED] + result.changes[Change.MOVED]
-            + result.changes[Change.METADATA], downloaded=result.downloaded, bytes_=result.bytes,
-            failed=len(result.failures), errors=errors,
+            run_id,
+            finished_at=self.now(),
+            outcome=outcome,
+            listed=result.listed,
+            new=result.changes[Change.NEW],
+            changed=result.changes[Change.REPLACED]
+            + result.changes[Change.MOVED]
+            + result.changes[Change.METADATA],
+            downloaded=result.downloaded,
+            bytes_=result.bytes,
+            failed=len(result.failures),
+            errors=errors,
         )
 
-    async def _worker(self, queue: asyncio.Queue[Job | None], recorder: Recorder, result: ProjectResult,
-                      project: Project, fatal: list[BaseException]) -> None:
+    async def _worker(
+        self,
+        queue: asyncio.Queue[Job | None],
+        recorder: Recorder,
+        result: ProjectResult,
+        project: Project,
+        fatal: list[BaseException],
+    ) -> None:
         while (job := await queue.get()) is not None:
             if fatal:
                 continue
@@ -302,15 +332,23 @@ class SyncEngine:
                 if photo.url is None:
                     raise FetchError("Procore gave no download URL for this photo", retry=False)
                 what = f"photo {photo.id}"
-                fetched = await self.fetcher.fetch(photo.url, expected_size=photo.size,
-                                                   part_name=f"{photo.id}.part", what=what)
+                fetched = await self.fetcher.fetch(
+                    photo.url, expected_size=photo.size, part_name=f"{photo.id}.part", what=what
+                )
                 self.progress.received(fetched.size)
                 rel = self._render(photo, project)
                 when = photo.when
                 await self.fs.publish(fetched.tmp, rel, mtime=when.timestamp() if when else None)
-                await self.fs.write_atomic(sidecar_path(rel), sidecar_bytes(
-                    raw=photo.raw, project_id=project.id, project_name=project.name,
-                    size=fetched.size, sha256=fetched.sha256))
+                await self.fs.write_atomic(
+                    sidecar_path(rel),
+                    sidecar_bytes(
+                        raw=photo.raw,
+                        project_id=project.id,
+                        project_name=project.name,
+                        size=fetched.size,
+                        sha256=fetched.sha256,
+                    ),
+                )
                 await self.fs.sync_dir_of(rel)
                 old = job.stored.local_path if job.stored else None
                 if old and old != rel:
@@ -318,9 +356,17 @@ class SyncEngine:
                     await self.fs.remove(sidecar_path(old))
                 result.downloaded += 1
                 result.bytes += fetched.size
-                await recorder.add(Downloaded(
-                    id=photo.id, local_path=rel, file_key=photo.file_key, size=fetched.size,
-                    sha256=fetched.sha256, sidecar_of=photo.updated_at, at=self.now()))
+                await recorder.add(
+                    Downloaded(
+                        id=photo.id,
+                        local_path=rel,
+                        file_key=photo.file_key,
+                        size=fetched.size,
+                        sha256=fetched.sha256,
+                        sidecar_of=photo.updated_at,
+                        at=self.now(),
+                    )
+                )
                 return
             except FetchError as exc:
                 error = str(exc)
@@ -345,12 +391,23 @@ class SyncEngine:
                 await self.fs.move(stored.local_path, job.rel_path)
                 await self.fs.remove(sidecar_path(stored.local_path))
         except FileNotFoundError:
-            log.warning("photo %s is missing from the mirror at %s; downloading it again", photo.id, stored.local_path)
+            log.warning(
+                "photo %s is missing from the mirror at %s; downloading it again",
+                photo.id,
+                stored.local_path,
+            )
             await self._download(replace(job, download=True, stored=None), recorder, result, project)
             return
-        await self.fs.write_atomic(sidecar_path(job.rel_path), sidecar_bytes(
-            raw=photo.raw, project_id=project.id, project_name=project.name,
-            size=stored.local_size, sha256=stored.sha256))
+        await self.fs.write_atomic(
+            sidecar_path(job.rel_path),
+            sidecar_bytes(
+                raw=photo.raw,
+                project_id=project.id,
+                project_name=project.name,
+                size=stored.local_size,
+                sha256=stored.sha256,
+            ),
+        )
         await self.fs.sync_dir_of(job.rel_path)
         result.relocated += 1
         await recorder.add(Relocated(photo.id, job.rel_path, photo.updated_at))

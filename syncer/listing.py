@@ -58,7 +58,11 @@ class Pass:
 
     @property
     def proven(self) -> bool:
-        return len(self.totals) == 1 and None not in self.totals and len(self.distinct) == next(iter(self.totals))
+        return (
+            len(self.totals) == 1
+            and None not in self.totals
+            and len(self.distinct) == next(iter(self.totals))
+        )
 
 
 @dataclass
@@ -91,7 +95,7 @@ class Lister:
         self.on_page = on_page
         self.report = ListingReport()
 
-    async def list(self, start: datetime | None, end: datetime) -> ListingReport:
+    async def run(self, start: datetime | None, end: datetime) -> ListingReport:
         """List every photo with `updated_at` in `[start, end]`; `report.proven` says if it is sure."""
         await self._prove(Piece(_floor(start or BEGINNING), _floor(end)))
         return self.report
@@ -104,8 +108,13 @@ class Lister:
         subpieces = self._split(piece, result)
         if subpieces:
             self.report.splits += 1
-            log.debug("piece %s not proven (%s distinct, Total %s); splitting in %d",
-                      piece.describe(), len(result.distinct), result.totals, len(subpieces))
+            log.debug(
+                "piece %s not proven (%s distinct, Total %s); splitting in %d",
+                piece.describe(),
+                len(result.distinct),
+                result.totals,
+                len(subpieces),
+            )
             for sub in subpieces:
                 await self._prove(sub)
             return
@@ -114,7 +123,8 @@ class Lister:
                 self.report.pieces += 1
                 return
         self.report.unproven.append(
-            f"{piece.describe()}: {len(result.distinct)} photos seen, Procore reported {sorted(result.totals, key=str)}"
+            f"{piece.describe()}: {len(result.distinct)} photos seen, "
+            f"Procore reported {sorted(result.totals, key=str)}"
         )
 
     async def _pass(self, piece: Piece) -> Pass:
@@ -123,7 +133,8 @@ class Lister:
             filters=replace(
                 self.query.filters,
                 updated_at=Range(piece.updated_from, piece.updated_to),
-                created_at=None if (piece.created_from, piece.created_to) == (BEGINNING, FAR_FUTURE)
+                created_at=None
+                if (piece.created_from, piece.created_to) == (BEGINNING, FAR_FUTURE)
                 else Range(piece.created_from, piece.created_to),
             ),
         )
@@ -158,13 +169,23 @@ class Lister:
     @staticmethod
     def _split(piece: Piece, result: Pass) -> list[Piece]:
         if result.pages > 1 and result.sorted_ok:
-            bounds = sorted({s for s in result.starts[1:] if s is not None and piece.created_from < s <= piece.created_to})
+            bounds = sorted(
+                {s for s in result.starts[1:] if s is not None and piece.created_from < s <= piece.created_to}
+            )
             if bounds:
                 edges = [piece.created_from, *bounds]
                 ends = [b - SECOND for b in bounds] + [piece.created_to]
-                return [replace(piece, created_from=lo, created_to=hi) for lo, hi in zip(edges, ends, strict=True)]
+                return [
+                    replace(piece, created_from=lo, created_to=hi) for lo, hi in zip(edges, ends, strict=True)
+                ]
         if piece.updated_to > piece.updated_from:
-            return [replace(piece, updated_from=lo, updated_to=hi) for lo, hi in _bisect(piece.updated_from, piece.updated_to)]
+            return [
+                replace(piece, updated_from=lo, updated_to=hi)
+                for lo, hi in _bisect(piece.updated_from, piece.updated_to)
+            ]
         if piece.created_to > piece.created_from:
-            return [replace(piece, created_from=lo, created_to=hi) for lo, hi in _bisect(piece.created_from, piece.created_to)]
+            return [
+                replace(piece, created_from=lo, created_to=hi)
+                for lo, hi in _bisect(piece.created_from, piece.created_to)
+            ]
         return []

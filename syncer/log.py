@@ -60,7 +60,9 @@ def setup_logging(*, verbose: int = 0, fmt: str = "text") -> None:
     level = logging.DEBUG if verbose > 0 else logging.INFO
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
-        _JsonFormatter() if fmt == "json" else _RedactingFormatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
+        _JsonFormatter()
+        if fmt == "json"
+        else _RedactingFormatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -6,7 +6,6 @@ import logging
 import sys
 import time
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import TYPE_CHECKING, Protocol
 
 from syncer.plan import Change
@@ -70,8 +69,14 @@ class LogProgress:
         if now - self._last >= self.every:
             self._last = now
             rate = self.bytes_done / max(now - self._started, 1e-9)
-            log.info("progress: %d/%d photos, %s/%s, %s/s", self.photos_done, self.photos_total,
-                     human_bytes(self.bytes_done), human_bytes(self.bytes_total), human_bytes(rate))
+            log.info(
+                "progress: %d/%d photos, %s/%s, %s/s",
+                self.photos_done,
+                self.photos_total,
+                human_bytes(self.bytes_done),
+                human_bytes(self.bytes_total),
+                human_bytes(rate),
+            )
 
     def __enter__(self) -> LogProgress:
         return self
@@ -95,9 +100,13 @@ class BarProgress:
         from rich.progress import Progress as RichProgress
 
         self._bar = RichProgress(
-            TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-            TransferSpeedColumn(), TimeRemainingColumn(),
-            console=Console(stderr=True), transient=True,
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=True,
         )
         self._task = self._bar.add_task("", total=0)
         self._photos_total = 0
@@ -124,8 +133,7 @@ class BarProgress:
         self._bar.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._bar.stop()
 
 

@@ -54,7 +54,9 @@ def mirror_lock(root: Path) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise LockedError(f"another syncer is already working on {root} (lock: {state / 'lock'})") from None
+            raise LockedError(
+                f"another syncer is already working on {root} (lock: {state / 'lock'})"
+            ) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         yield
@@ -71,12 +73,18 @@ async def procore_client(settings: Settings, *, connections: int) -> AsyncIterat
     timeout = aiohttp.ClientTimeout(total=None, connect=30, sock_connect=10, sock_read=p.request_timeout)
     connector = aiohttp.TCPConnector(limit=connections, ttl_dns_cache=300)
     async with aiohttp.ClientSession(
-        timeout=timeout, connector=connector, cookie_jar=aiohttp.DummyCookieJar(),
+        timeout=timeout,
+        connector=connector,
+        cookie_jar=aiohttp.DummyCookieJar(),
         headers={"User-Agent": f"procore-photo-sync/{syncer.__version__}"},
     ) as session:
         http = ProcoreHttp(
-            session, api_base=p.api_base, login_base=p.login_base, company_id=p.company_id,
-            client_id=p.client_id.get_secret_value(), client_secret=secret,
+            session,
+            api_base=p.api_base,
+            login_base=p.login_base,
+            company_id=p.company_id,
+            client_id=p.client_id.get_secret_value(),
+            client_secret=secret,
         )
         http.tokens.on_new_token = REDACT.add
         yield ProcoreApi(http, company_id=p.company_id)
@@ -115,8 +123,13 @@ async def run_sync(
                 if not dry_run:
                     await store.save_projects(settings.procore.company_id, projects)
                 engine = SyncEngine(
-                    api=api, store=store, fs=fs, fetcher=Fetcher(api.http, fs),
-                    layout=Layout(settings.mirror.layout), settings=settings.sync, progress=progress,
+                    api=api,
+                    store=store,
+                    fs=fs,
+                    fetcher=Fetcher(api.http, fs),
+                    layout=Layout(settings.mirror.layout),
+                    settings=settings.sync,
+                    progress=progress,
                 )
                 with progress:
                     for project in projects:

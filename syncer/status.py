@@ -40,10 +40,18 @@ def render_status(document: dict[str, Any]) -> str:
     rows = [("project", "photos", "mirrored", "pending", "failed", "size", "checkpoint", "last run")]
     for p in document["projects"]:
         last = f"{(p['last_run_at'] or '')[:19]} {p['last_outcome'] or ''}".strip() or "never"
-        rows.append((
-            f"{p['name'][:40]} ({p['id']})", str(p["known"]), str(p["mirrored"]), str(p["pending"]),
-            str(p["failed"]), human_bytes(p["bytes"]), (p["checkpoint"] or "none")[:19], last,
-        ))
+        rows.append(
+            (
+                f"{p['name'][:40]} ({p['id']})",
+                str(p["known"]),
+                str(p["mirrored"]),
+                str(p["pending"]),
+                str(p["failed"]),
+                human_bytes(p["bytes"]),
+                (p["checkpoint"] or "none")[:19],
+                last,
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = [f"mirror: {document['mirror']}", ""]
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
@@ -51,6 +59,8 @@ def render_status(document: dict[str, Any]) -> str:
         lines.append("(no projects yet: run `syncer sync`)")
     for p in document["projects"]:
         for f in p["failures"][:20]:
-            lines.append(f"failed: {p['name']}: photo {f['id']} -> {f['path']} ({f['attempts']} attempts, "
-                         f"next try {(f['next_retry_at'] or 'next run')[:19]}): {f['error']}")
+            lines.append(
+                f"failed: {p['name']}: photo {f['id']} -> {f['path']} ({f['attempts']} attempts, "
+                f"next try {(f['next_retry_at'] or 'next run')[:19]}): {f['error']}"
+            )
     return "\n".join(lines)

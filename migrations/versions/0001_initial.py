@@ -96,7 +96,9 @@ def upgrade() -> None:
         sa.Column("failed", sa.Integer(), nullable=False),
         sa.Column("errors", sa.Text(), nullable=True),
         sa.Column("outcome", sa.String(length=20), nullable=False),
-        sa.ForeignKeyConstraint(["project_id"], ["projects.id"], name=op.f("fk_sync_runs_project_id_projects")),
+        sa.ForeignKeyConstraint(
+            ["project_id"], ["projects.id"], name=op.f("fk_sync_runs_project_id_projects")
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_sync_runs")),
     )
     op.create_index(op.f("ix_sync_runs_project_id"), "sync_runs", ["project_id"], unique=False)

@@ -88,14 +88,19 @@ class Fetcher:
                 if status in EXPIRED:
                     body = await response.read()
                     raise FetchError(
-                        f"{what}: HTTP {status} from {current.host}: {excerpt(body)}", retry=True, refresh=True
+                        f"{what}: HTTP {status} from {current.host}: {excerpt(body)}",
+                        retry=True,
+                        refresh=True,
                     )
                 if status == 429 or status >= 500:
                     wait = retry_after_seconds(response.headers, now=time.time())
                     raise FetchError(f"{what}: HTTP {status} from {current.host}", retry=True, wait=wait)
                 if status != 200:
                     body = await response.read()
-                    raise FetchError(f"{what}: HTTP {status} from {_redact(current)}: {excerpt(body)}", retry=False)
+                    raise FetchError(
+                        f"{what}: HTTP {status} from {_redact(current)}: {excerpt(body)}",
+                        retry=False,
+                    )
                 return await self._stream(response, expected_size, part_name, what)
         raise FetchError(f"{what}: more than {MAX_REDIRECTS} redirects", retry=False)
 
@@ -106,7 +111,9 @@ class Fetcher:
         if expected_size is not None and length is not None and length != expected_size:
             # The record and the file disagree: the photo was probably replaced since listing.
             raise FetchError(
-                f"{what}: server sends {length} bytes, listing says {expected_size}", retry=True, refresh=True
+                f"{what}: server sends {length} bytes, listing says {expected_size}",
+                retry=True,
+                refresh=True,
             )
         tmp = self.fs.tmp_path(part_name)
         digest = hashlib.sha256()
@@ -126,7 +133,9 @@ class Fetcher:
                 await out.flush()
                 await self.fs.run(os.fsync, out.fileno())
         except TRANSPORT_ERRORS as exc:
-            raise FetchError(f"{what}: body cut short after {received} bytes ({type(exc).__name__})", retry=True) from None
+            raise FetchError(
+                f"{what}: body cut short after {received} bytes ({type(exc).__name__})", retry=True
+            ) from None
         finally:
             self.bytes_received += received
         for label, expected in (("Content-Length", length), ("listing size", expected_size)):

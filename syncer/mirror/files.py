@@ -49,7 +49,12 @@ class MirrorFS:
     def path(self, rel: str) -> Path:
         """The absolute path of a relative mirror path, refusing anything that leaves the root."""
         parts = rel.split("/")
-        if not rel or rel.startswith("/") or any(p in ("", ".", "..") for p in parts) or parts[0] == STATE_DIR:
+        if (
+            not rel
+            or rel.startswith("/")
+            or any(p in ("", ".", "..") for p in parts)
+            or parts[0] == STATE_DIR
+        ):
             raise UnsafePath(f"refusing unsafe mirror path {rel!r}")
         target = self.root.joinpath(*parts)
         parent = target.parent.resolve()

@@ -32,9 +32,7 @@ FIELDS = TEXT_FIELDS | ID_FIELDS | TIME_FIELDS | {"filename", "ext"}
 
 _UNSAFE_CHARS = re.compile(r'[/\\:*?"<>|\x00-\x1f\x7f-\x9f\u2028\u2029]')
 _RESERVED = frozenset(
-    ["CON", "PRN", "AUX", "NUL"]
-    + [f"COM{i}" for i in "123456789¹²³"]
-    + [f"LPT{i}" for i in "123456789¹²³"]
+    ["CON", "PRN", "AUX", "NUL"] + [f"COM{i}" for i in "123456789¹²³"] + [f"LPT{i}" for i in "123456789¹²³"]
 )
 
 
@@ -84,6 +82,25 @@ class _Slot:
     spec: str
 
 
+def _check_field(field: str, spec: str | None, conversion: str | None) -> None:
+    if field not in FIELDS:
+        raise LayoutError(f"unknown field {{{field}}}; known fields: {', '.join(sorted(FIELDS))}")
+    if conversion:
+        raise LayoutError(f"conversions like !{conversion} are not supported")
+    if spec and field not in TIME_FIELDS:
+        raise LayoutError(f"{{{field}}} takes no format; only dates do ({{taken:%Y}})")
+
+
+def _check_components(components: list[list[_Slot]]) -> None:
+    if any(not comp for comp in components):
+        raise LayoutError("the layout has an empty folder level ('//' or a trailing '/')")
+    for comp in components:
+        if len("".join(s.literal for s in comp).encode("utf-8")) > 64:
+            raise LayoutError("a folder or file name in the layout has over 64 bytes of fixed text")
+    if not any(slot.field == "id" for slot in components[-1]):
+        raise LayoutError("the file name part (after the last '/') must contain {id}")
+
+
 class Layout:
     """A parsed layout template; `render` gives the relative POSIX path of a photo."""
 
@@ -103,30 +120,15 @@ class Layout:
         except ValueError as exc:
             raise LayoutError(f"cannot parse the layout: {exc}") from None
         for literal, field, spec, conversion in parsed:
-            pieces = literal.split("/")
-            for i, piece in enumerate(pieces):
+            for i, piece in enumerate(literal.split("/")):
                 if i:
                     components.append([])
                 if piece:
                     components[-1].append(_Slot(piece, None, ""))
-            if field is None:
-                continue
-            if field not in FIELDS:
-                raise LayoutError(
-                    f"unknown field {{{field}}}; known fields: {', '.join(sorted(FIELDS))}"
-                )
-            if conversion:
-                raise LayoutError(f"conversions like !{conversion} are not supported")
-            if spec and field not in TIME_FIELDS:
-                raise LayoutError(f"{{{field}}} takes no format; only dates do ({{taken:%Y}})")
-            components[-1].append(_Slot("", field, spec or ""))
-        if any(not comp for comp in components):
-            raise LayoutError("the layout has an empty folder level ('//' or a trailing '/')")
-        for comp in components:
-            if len("".join(s.literal for s in comp).encode("utf-8")) > 64:
-                raise LayoutError("a folder or file name in the layout has over 64 bytes of fixed text")
-        if not any(slot.field == "id" for slot in components[-1]):
-            raise LayoutError("the file name part (after the last '/') must contain {id}")
+            if field is not None:
+                _check_field(field, spec, conversion)
+                components[-1].append(_Slot("", field, spec or ""))
+        _check_components(components)
         return components
 
     def render(self, photo: Photo, *, project_name: str, project_id: int) -> str:

@@ -82,7 +82,7 @@ class RetryPolicy:
 
     def backoff(self, attempt: int, rng: Callable[[], float] = random.random) -> float:
         """Full-jitter exponential backoff: spreads retries of many workers apart."""
-        return rng() * min(self.max_delay, self.base_delay * 2**attempt)
+        return rng() * min(self.max_delay, self.base_delay * float(1 << min(attempt, 30)))
 
 
 @dataclass(frozen=True)
@@ -180,7 +180,13 @@ class ProcoreHttp:
         raise ProcoreError(f"{last} (gave up after {self.retry.attempts} attempts)", status=last.status)
 
     async def _send_once(
-        self, method: str, url: URL, *, what: str, auth: bool = True, data: Mapping[str, str] | None = None
+        self,
+        method: str,
+        url: URL,
+        *,
+        what: str,
+        auth: bool = True,
+        data: Mapping[str, str] | None = None,
     ) -> aiohttp.ClientResponse:
         token = await self.tokens.token() if auth else None
         headers = {"Accept": "application/json", "Procore-Company-Id": str(self._company_id)}
@@ -208,7 +214,11 @@ class ProcoreHttp:
             wait = retry_after_seconds(response.headers, now=time.time())
             if wait is None and status == 429:
                 wait = self.pacer.reset_in()
-            raise _Retry(ProcoreError(describe_status(what, status, body), status=status), wait=wait, pace=True)
+            raise _Retry(
+                ProcoreError(describe_status(what, status, body), status=status),
+                wait=wait,
+                pace=True,
+            )
         if status >= 500:
             body = await _read_quietly(response)
             raise _Retry(ProcoreError(describe_status(what, status, body), status=status))
@@ -228,7 +238,9 @@ class ProcoreHttp:
             async with response:
                 body = await _read_quietly(response)
                 if response.status in (400, 401, 403):
-                    raise AuthError(describe_status("Procore refused the client credentials", response.status, body))
+                    raise AuthError(
+                        describe_status("Procore refused the client credentials", response.status, body)
+                    )
                 if response.status >= 300:
                     raise ProcoreError(describe_status(what, response.status, body), status=response.status)
                 try:

@@ -24,9 +24,7 @@ SortKey = Literal[
     "most_recent",
     "-most_recent",
 ]
-SerializerView = Literal[
-    "normal", "android", "mobile", "mobile_feed", "prostore_file", "ids_only"
-]
+SerializerView = Literal["normal", "android", "mobile", "mobile_feed", "prostore_file", "ids_only"]
 Projection = Literal["360", "regular"]
 
 _DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -133,6 +131,4 @@ class ImageQuery:
 
 def encode_query(pairs: list[tuple[str, str]]) -> str:
     """Percent-encode pairs, keeping `[]` readable as Rails clients do; `+` and spaces are escaped."""
-    return "&".join(
-        f"{quote(k, safe='[]')}={quote(v, safe='[]:.')}" for k, v in pairs
-    )
+    return "&".join(f"{quote(k, safe='[]')}={quote(v, safe='[]:.')}" for k, v in pairs)

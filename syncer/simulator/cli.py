@@ -15,15 +15,24 @@ DEMO_SEED = 7
 
 
 async def serve(args: argparse.Namespace) -> int:
-    sim = Simulator(SimConfig(
-        seed=args.seed, photos=args.photos, projects=args.projects, error_rate=args.error_rate,
-        cut_rate=args.cut_rate, spike_limit=args.spike_limit,
-    ))
+    sim = Simulator(
+        SimConfig(
+            seed=args.seed,
+            photos=args.photos,
+            projects=args.projects,
+            error_rate=args.error_rate,
+            cut_rate=args.cut_rate,
+            spike_limit=args.spike_limit,
+        )
+    )
     await sim.start(api_port=args.port, store_port=args.store_port)
     config = {
         "procore": {
-            "api_base": sim.api_base, "login_base": sim.api_base, "company_id": sim.company.id,
-            "client_id": sim.config.client_id, "client_secret": sim.config.client_secret,
+            "api_base": sim.api_base,
+            "login_base": sim.api_base,
+            "company_id": sim.company.id,
+            "client_id": sim.config.client_id,
+            "client_secret": sim.config.client_secret,
         },
     }
     print(f"Procore simulator: API {sim.api_base}, object store {sim.store_base}")
@@ -47,25 +56,34 @@ async def demo(args: argparse.Namespace) -> int:
     from syncer.report import make_progress, render_summary
     from syncer.runner import run_sync
 
-    folder = Path(args.dir).resolve()
+    folder = Path(args.dir).resolve()  # noqa: ASYNC240 - before anything runs
     state = folder / ".syncer"
     state.mkdir(parents=True, exist_ok=True)
     async with Simulator(SimConfig(seed=DEMO_SEED, photos=args.photos)) as sim:
         config_path = state / "demo-config.yaml"
         config_path.write_text(
             "# Written by `syncer demo`: points at the simulator it started (gone once the demo ends).\n"
-            + yaml.safe_dump({
-                "procore": {
-                    "api_base": sim.api_base, "login_base": sim.api_base, "company_id": sim.company.id,
-                    "client_id": sim.config.client_id, "client_secret": sim.config.client_secret,
+            + yaml.safe_dump(
+                {
+                    "procore": {
+                        "api_base": sim.api_base,
+                        "login_base": sim.api_base,
+                        "company_id": sim.company.id,
+                        "client_id": sim.config.client_id,
+                        "client_secret": sim.config.client_secret,
+                    },
+                    "database": {"url": "sqlite:///syncer.db"},
+                    "mirror": {"root": ".."},
                 },
-                "database": {"url": "sqlite:///syncer.db"},
-                "mirror": {"root": ".."},
-            }, sort_keys=False),
+                sort_keys=False,
+            ),
             encoding="utf-8",
         )
-        print(f"Simulated company: {len(sim.company.projects)} projects, {len(sim.company.photos)} photos; "
-              f"syncing into {folder}", flush=True)
+        print(
+            f"Simulated company: {len(sim.company.projects)} projects, {len(sim.company.photos)} photos; "
+            f"syncing into {folder}",
+            flush=True,
+        )
         settings = load_settings(config_path)
         progress = make_progress(enabled=None if args.progress == "auto" else args.progress == "on")
         summary = await run_sync(settings, progress=progress)

@@ -20,7 +20,7 @@ FIRST_ID = 562_950_208_716_653  # Procore ids exceed 32 bits
 
 PROJECTS = [
     "Riverside Medical Center",
-    "Harbor View Apartments – Phase 2",
+    "Harbor View Apartments – Phase 2",  # noqa: RUF001 - real names have dashes
     "Northgate Logistics Hub",
     "Lincoln Elementary Modernization",
     "Cedar Ridge Water Treatment Plant",
@@ -29,24 +29,53 @@ PROJECTS = [
     "Bayfront Hotel Renovation",
 ]
 ALBUMS = [
-    "Site Progress", "Safety Walks", "Concrete Pours", "MEP Rough-In", "Punch List",
-    "Drone Surveys", "Deliveries", "Inspections", "Daily Log", "Weather Delays",
+    "Site Progress",
+    "Safety Walks",
+    "Concrete Pours",
+    "MEP Rough-In",
+    "Punch List",
+    "Drone Surveys",
+    "Deliveries",
+    "Inspections",
+    "Daily Log",
+    "Weather Delays",
 ]
 PEOPLE = [
-    "Jordan Smith", "Maria Garcia", "Wei Chen", "Aisha Okafor", "Liam O'Brien",
-    "Priya Raman", "Tomás Herrera", "Hannah Müller",
+    "Jordan Smith",
+    "Maria Garcia",
+    "Wei Chen",
+    "Aisha Okafor",
+    "Liam O'Brien",
+    "Priya Raman",
+    "Tomás Herrera",
+    "Hannah Müller",
 ]
 TRADES = [
-    "Concrete", "Electrical", "Plumbing", "HVAC", "Framing", "Drywall", "Roofing",
-    "Site Work", "Steel Erection", "Glazing",
+    "Concrete",
+    "Electrical",
+    "Plumbing",
+    "HVAC",
+    "Framing",
+    "Drywall",
+    "Roofing",
+    "Site Work",
+    "Steel Erection",
+    "Glazing",
 ]
 PLACES = ["Building A", "Building B", "Parking Structure", "Site"]
 LEVELS = ["Level 1", "Level 2", "Level 3", "Roof", "Basement"]
 SUBJECTS = [
-    "North elevation after framing inspection", "Rebar placement at grid C-4",
-    "Slab pour, east half", "Conduit run above corridor ceiling", "Waterproofing at footing",
-    "Curtain wall mockup", "Crane pick of rooftop unit", "Trench shoring check",
-    "Damaged drywall, for back-charge", "Fire stopping at penetrations", "",
+    "North elevation after framing inspection",
+    "Rebar placement at grid C-4",
+    "Slab pour, east half",
+    "Conduit run above corridor ceiling",
+    "Waterproofing at footing",
+    "Curtain wall mockup",
+    "Crane pick of rooftop unit",
+    "Trench shoring check",
+    "Damaged drywall, for back-charge",
+    "Fire stopping at penetrations",
+    "",
 ]
 
 
@@ -154,23 +183,34 @@ def generate_company(
     company = Company(
         id=company_id, name="Sample Builders Inc.", projects={}, albums={}, photos={}, locations={}
     )
-    people = [
-        {"id": new_id(), "login": f"{n.split()[0].lower()}@builder.example", "name": n} for n in PEOPLE
-    ]
+    people = [{"id": new_id(), "login": f"{n.split()[0].lower()}@builder.example", "name": n} for n in PEOPLE]
     trades = [{"id": new_id(), "name": t, "active": True} for t in TRADES]
     for place in PLACES:
         parent = new_id()
-        company.locations[parent] = {"id": parent, "name": place, "node_name": place, "parent_id": None}
+        company.locations[parent] = {
+            "id": parent,
+            "name": place,
+            "node_name": place,
+            "parent_id": None,
+        }
         for level in LEVELS:
             loc = new_id()
             name = f"{place} > {level}"
-            company.locations[loc] = {"id": loc, "name": name, "node_name": name, "parent_id": parent}
+            company.locations[loc] = {
+                "id": loc,
+                "name": name,
+                "node_name": name,
+                "parent_id": parent,
+            }
     location_ids = list(company.locations)
 
     weights = [rng.uniform(0.5, 2.0) for _ in range(projects)]
     for i in range(projects):
         pid = new_id()
-        company.projects[pid] = SimProject(id=pid, name=PROJECTS[i % len(PROJECTS)] + (f" {i // len(PROJECTS) + 1}" if i >= len(PROJECTS) else ""))
+        company.projects[pid] = SimProject(
+            id=pid,
+            name=PROJECTS[i % len(PROJECTS)] + (f" {i // len(PROJECTS) + 1}" if i >= len(PROJECTS) else ""),
+        )
         for position, name in enumerate(rng.sample(ALBUMS, k=min(albums_per_project, len(ALBUMS)))):
             aid = new_id()
             company.albums[aid] = SimAlbum(aid, pid, name, private=rng.random() < 0.1, position=position)
@@ -201,7 +241,9 @@ def generate_company(
             projection="360" if rng.random() < 0.02 else "regular",
             daily_log_segment_id=new_id() if rng.random() < 0.2 else None,
             log_date=(taken or created).date() if rng.random() < 0.3 else None,
-            gps=(round(rng.uniform(25, 48), 6), round(rng.uniform(-122, -71), 6)) if rng.random() < 0.5 else None,
+            gps=(round(rng.uniform(25, 48), 6), round(rng.uniform(-122, -71), 6))
+            if rng.random() < 0.5
+            else None,
             variant=rng.randrange(SCENES),
             requested_size=photo_size if photo_size is not None else int(rng.lognormvariate(11.3, 0.5)),
         )

@@ -50,7 +50,11 @@ def scene(variant: int, *, small: bool = False) -> bytes:
     cx = rng.randint(width // 5, 4 * width // 5)  # a tower crane
     top = int(height * rng.uniform(0.08, 0.2))
     draw.line([(cx, horizon), (cx, top)], fill=(230, 180, 20), width=max(1, width // 120))
-    draw.line([(cx - width // 4, top), (cx + width // 5, top)], fill=(230, 180, 20), width=max(1, width // 160))
+    draw.line(
+        [(cx - width // 4, top), (cx + width // 5, top)],
+        fill=(230, 180, 20),
+        width=max(1, width // 160),
+    )
     out = io.BytesIO()
     img.save(out, format="JPEG", quality=82)
     return out.getvalue()

@@ -30,8 +30,14 @@ class Window:
 
 
 class RateLimits:
-    def __init__(self, *, hourly: int, spike: int, spike_window: float = 10.0,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        *,
+        hourly: int,
+        spike: int,
+        spike_window: float = 10.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.windows = [Window(hourly, 3600.0), Window(spike, spike_window)]
         self._clock = clock
 

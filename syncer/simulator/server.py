@@ -22,7 +22,7 @@ from typing import Any
 from urllib.parse import quote
 
 from aiohttp import web
-from multidict import MultiDictProxy
+from multidict import MultiMapping
 
 from syncer.simulator.data import Company, SimPhoto, generate_company
 from syncer.simulator.limits import RateLimits
@@ -40,7 +40,7 @@ class SimConfig:
     photo_size: int | None = None
     company_id: int = 4_821
     client_id: str = "sim-client-id"
-    client_secret: str = "sim-client-secret"
+    client_secret: str = "sim-client-secret"  # noqa: S105 - the simulator's own test credential
     token_ttl: float = 5400.0
     url_ttl: float = 600.0
     """Lifetime of signed file URLs, on the API origin and at the object store."""
@@ -110,7 +110,7 @@ class _BadRequest(Exception):
     pass
 
 
-def _ints(query: MultiDictProxy[str], key: str) -> list[int] | None:
+def _ints(query: MultiMapping[str], key: str) -> list[int] | None:
     values = query.getall(f"filters[{key}][]", None) or query.getall(f"filters[{key}]", None)
     if values is None:
         return None
@@ -125,8 +125,12 @@ class Simulator:
         self.config = config or SimConfig()
         c = self.config
         self.company = company or generate_company(
-            c.seed, projects=c.projects, photos=c.photos,
-            albums_per_project=c.albums_per_project, photo_size=c.photo_size, company_id=c.company_id,
+            c.seed,
+            projects=c.projects,
+            photos=c.photos,
+            albums_per_project=c.albums_per_project,
+            photo_size=c.photo_size,
+            company_id=c.company_id,
         )
         self.limits = RateLimits(hourly=c.hourly_limit, spike=c.spike_limit, spike_window=c.spike_window)
         self.stats = Stats()
@@ -200,7 +204,7 @@ class Simulator:
     def _sign(self, path: str, expires: int) -> str:
         return hmac.new(self._key, f"{path}|{expires}".encode(), hashlib.sha256).hexdigest()[:32]
 
-    def _signed_ok(self, path: str, query: MultiDictProxy[str], sig_key: str, exp_key: str) -> str | None:
+    def _signed_ok(self, path: str, query: MultiMapping[str], sig_key: str, exp_key: str) -> str | None:
         """None when the signature holds, else the reason it does not."""
         try:
             expires = int(query.get(exp_key, ""))
@@ -268,8 +272,12 @@ class Simulator:
         return app
 
     @web.middleware
-    async def _api_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        self.stats.requests[request.path.split("/")[-1] if "/rest/" in request.path else request.path.split("/")[1]] += 1
+    async def _api_middleware(  # noqa: PLR0911 - one early answer per check, in Procore's order
+        self, request: web.Request, handler: Handler
+    ) -> web.StreamResponse:
+        self.stats.requests[
+            request.path.split("/")[-1] if "/rest/" in request.path else request.path.split("/")[1]
+        ] += 1
         if self.config.latency:
             await asyncio.sleep(self.config.latency)
         if request.path == "/oauth/token":
@@ -287,9 +295,16 @@ class Simulator:
                 return web.Response(status=429, text="Rate limit exceeded", headers=headers)
         if self._fault(self.config.error_rate):
             status = self._rng.choice([500, 502, 503])
-            headers = {**limit_headers, **({"Retry-After": str(self.config.retry_after)} if status == 503 else {})}
-            return web.Response(status=status, text="<html><body>upstream error</body></html>",
-                                content_type="text/html", headers=headers)
+            headers = {
+                **limit_headers,
+                **({"Retry-After": str(self.config.retry_after)} if status == 503 else {}),
+            }
+            return web.Response(
+                status=status,
+                text="<html><body>upstream error</body></html>",
+                content_type="text/html",
+                headers=headers,
+            )
         auth = request.headers.get("Authorization", "")
         token = auth.removeprefix("Bearer ")
         if not auth.startswith("Bearer ") or self.tokens.get(token, 0) < time.time():
@@ -297,38 +312,73 @@ class Simulator:
         company = request.headers.get("Procore-Company-Id")
         if request.path.startswith("/rest/"):
             if not company:
-                return web.json_response({"errors": "Missing Procore-Company-Id header!"}, status=400,
-                                         headers=limit_headers)
+                return web.json_response(
+                    {"errors": "Missing Procore-Company-Id header!"},
+                    status=400,
+                    headers=limit_headers,
+                )
             if company != str(self.company.id):
-                return web.json_response({"errors": "You do not have access to this company"},
-                                         status=403, headers=limit_headers)
+                return web.json_response(
+                    {"errors": "You do not have access to this company"},
+                    status=403,
+                    headers=limit_headers,
+                )
         try:
             response = await handler(request)
         except _BadRequest as exc:
             return web.json_response({"errors": str(exc)}, status=400, headers=limit_headers)
         response.headers.update(limit_headers)
-        if isinstance(response, web.Response) and response.content_type == "application/json" \
-                and self._fault(self.config.broken_json_rate):
+        if (
+            isinstance(response, web.Response)
+            and response.content_type == "application/json"
+            and self._fault(self.config.broken_json_rate)
+        ):
             body = response.body if isinstance(response.body, bytes) else b""
             broken = body[: len(body) // 2] if self._rng.random() < 0.5 else b"<html>Bad Gateway</html>"
-            return web.Response(body=broken, status=200, content_type="application/json",
-                                headers={k: v for k, v in response.headers.items() if k.lower() != "content-type" and k.lower() != "content-length"})
+            return web.Response(
+                body=broken,
+                status=200,
+                content_type="application/json",
+                headers={
+                    k: v
+                    for k, v in response.headers.items()
+                    if k.lower() != "content-type" and k.lower() != "content-length"
+                },
+            )
         return response
 
     async def _token(self, request: web.Request) -> web.Response:
         form = await request.post()
         if form.get("grant_type") != "client_credentials":
-            return web.json_response({"error": "unsupported_grant_type",
-                                      "error_description": "The authorization grant type is not supported."}, status=400)
-        if not (hmac.compare_digest(str(form.get("client_id", "")), self.config.client_id)
-                and hmac.compare_digest(str(form.get("client_secret", "")), self.config.client_secret)):
-            return web.json_response({"error": "invalid_client",
-                                      "error_description": "Client authentication failed due to unknown client."}, status=401)
+            return web.json_response(
+                {
+                    "error": "unsupported_grant_type",
+                    "error_description": "The authorization grant type is not supported.",
+                },
+                status=400,
+            )
+        if not (
+            hmac.compare_digest(str(form.get("client_id", "")), self.config.client_id)
+            and hmac.compare_digest(str(form.get("client_secret", "")), self.config.client_secret)
+        ):
+            return web.json_response(
+                {
+                    "error": "invalid_client",
+                    "error_description": "Client authentication failed due to unknown client.",
+                },
+                status=401,
+            )
         token = secrets.token_urlsafe(32)
         self.tokens[token] = time.time() + self.config.token_ttl
         self.stats.tokens_issued += 1
-        return web.json_response({"access_token": token, "token_type": "bearer",
-                                  "expires_in": int(self.config.token_ttl), "created_at": int(time.time())})
+        return web.json_response(
+            {
+                "access_token": token,
+                "token_type": "bearer",
+                "expires_in": int(self.config.token_ttl),
+                "created_at": int(time.time()),
+            }
+        )
 
     def _paginate(self, request: web.Request, items: list[Any]) -> web.Response:
         try:
@@ -339,19 +389,21 @@ class Simulator:
         per_page = min(per_page, self.config.max_per_page)
         total = len(items)
         last = max(1, math.ceil(total / per_page))
-        chunk = items[(page - 1) * per_page: page * per_page]
+        chunk = items[(page - 1) * per_page : page * per_page]
 
         def link(n: int) -> str:
             url = request.url.update_query(page=str(n), per_page=str(per_page))
-            return f'<{self.api_base}{url.path_qs}>'
+            return f"<{self.api_base}{url.path_qs}>"
 
         links = [f'{link(1)}; rel="first"', f'{link(last)}; rel="last"']
         if page > 1:
             links.append(f'{link(page - 1)}; rel="prev"')
         if page < last:
             links.append(f'{link(page + 1)}; rel="next"')
-        return web.json_response(chunk, headers={"Total": str(total), "Per-Page": str(per_page),
-                                                 "Link": ", ".join(links)})
+        return web.json_response(
+            chunk,
+            headers={"Total": str(total), "Per-Page": str(per_page), "Link": ", ".join(links)},
+        )
 
     def _project_id(self, request: web.Request) -> int:
         try:
@@ -359,28 +411,50 @@ class Simulator:
         except (KeyError, ValueError):
             raise _BadRequest("project_id is required") from None
         if pid not in self.company.projects:
-            raise web.HTTPNotFound(text=json.dumps({"errors": "Project not found"}), content_type="application/json")
+            raise web.HTTPNotFound(
+                text=json.dumps({"errors": "Project not found"}), content_type="application/json"
+            )
         return pid
 
     async def _projects(self, request: web.Request) -> web.Response:
         if request.query.get("company_id") != str(self.company.id):
             raise _BadRequest("company_id is required")
-        return self._paginate(request, [
-            {"id": p.id, "name": p.name, "display_name": p.name, "active": p.active,
-             "company": {"id": self.company.id, "name": self.company.name}}
-            for p in self.company.projects.values()
-        ])
+        return self._paginate(
+            request,
+            [
+                {
+                    "id": p.id,
+                    "name": p.name,
+                    "display_name": p.name,
+                    "active": p.active,
+                    "company": {"id": self.company.id, "name": self.company.name},
+                }
+                for p in self.company.projects.values()
+            ],
+        )
 
     async def _albums(self, request: web.Request) -> web.Response:
         pid = self._project_id(request)
         live = Counter(p.album_id for p in self.company.live_photos(pid))
-        albums = sorted((a for a in self.company.albums.values() if a.project_id == pid), key=lambda a: a.position)
-        return self._paginate(request, [
-            {"id": a.id, "name": a.name, "private": a.private, "position": a.position, "count": live[a.id]}
-            for a in albums
-        ])
+        albums = sorted(
+            (a for a in self.company.albums.values() if a.project_id == pid),
+            key=lambda a: a.position,
+        )
+        return self._paginate(
+            request,
+            [
+                {
+                    "id": a.id,
+                    "name": a.name,
+                    "private": a.private,
+                    "position": a.position,
+                    "count": live[a.id],
+                }
+                for a in albums
+            ],
+        )
 
-    def _matches(self, photo: SimPhoto, query: MultiDictProxy[str]) -> bool:  # noqa: PLR0911, PLR0912
+    def _matches(self, photo: SimPhoto, query: MultiMapping[str]) -> bool:  # noqa: PLR0911, PLR0912
         q = query
         if "image_category_id" in q and str(photo.album_id) != q["image_category_id"]:
             return False
@@ -402,7 +476,9 @@ class Simulator:
                 return False
         if (v := q.get("filters[projection]")) is not None and photo.projection != v:
             return False
-        if (v := q.get("filters[query]")) is not None and v.lower() not in f"{photo.filename} {photo.description}".lower():
+        if (
+            v := q.get("filters[query]")
+        ) is not None and v.lower() not in f"{photo.filename} {photo.description}".lower():
             return False
         try:
             if (v := q.get("filters[log_date]")) is not None:
@@ -440,7 +516,11 @@ class Simulator:
         pid = self._project_id(request)
         view = request.query.get("serializer_view", "normal")
         page = int(request.query.get("page", "1")) if request.query.get("page", "1").isdigit() else 1
-        per_page = int(request.query.get("per_page", "100")) if request.query.get("per_page", "100").isdigit() else 100
+        per_page = (
+            int(request.query.get("per_page", "100"))
+            if request.query.get("per_page", "100").isdigit()
+            else 100
+        )
         for hook in list(self.listing_hooks):
             hook(ListingRequest(project_id=pid, page=page, per_page=per_page, view=view))
         photos = [p for p in self.company.live_photos(pid) if self._matches(p, request.query)]
@@ -472,8 +552,10 @@ class Simulator:
         key = request.match_info["key"]
         path = f"/bucket/{key}"
         expires = int(time.time() + self.config.url_ttl)
-        location = (f"{self.store_base}{path}?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Expires={int(self.config.url_ttl)}"
-                    f"&X-Amz-Date={expires}&X-Amz-Signature={self._sign(path, expires)}")
+        location = (
+            f"{self.store_base}{path}?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Expires={int(self.config.url_ttl)}"
+            f"&X-Amz-Date={expires}&X-Amz-Signature={self._sign(path, expires)}"
+        )
         return web.Response(status=302, headers={"Location": location})
 
     # -- the object store --------------------------------------------------------------------
@@ -485,7 +567,10 @@ class Simulator:
 
     @staticmethod
     def _s3_error(status: int, code: str, message: str) -> web.Response:
-        body = f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>{message}</Message></Error>'
+        body = (
+            '<?xml version="1.0" encoding="UTF-8"?>\n'
+            f"<Error><Code>{code}</Code><Message>{message}</Message></Error>"
+        )
         return web.Response(status=status, text=body, content_type="application/xml")
 
     def _find_version(self, key: str) -> SimPhoto | None:
@@ -500,10 +585,15 @@ class Simulator:
         self.stats.requests["object"] += 1
         if "Authorization" in request.headers:
             self.stats.store_authorization_headers.append(request.headers["Authorization"])
-            return self._s3_error(400, "InvalidArgument",
-                                  "Only one auth mechanism allowed; only the X-Amz-Algorithm query parameter "
-                                  "or the Authorization header should be specified")
-        if (reason := self._signed_ok(request.path, request.query, "X-Amz-Signature", "X-Amz-Date")) is not None:
+            return self._s3_error(
+                400,
+                "InvalidArgument",
+                "Only one auth mechanism allowed; only the X-Amz-Algorithm query parameter "
+                "or the Authorization header should be specified",
+            )
+        if (
+            reason := self._signed_ok(request.path, request.query, "X-Amz-Signature", "X-Amz-Date")
+        ) is not None:
             return self._s3_error(403, "AccessDenied", reason)
         if self.config.store_latency:
             await asyncio.sleep(self.config.store_latency)
@@ -514,9 +604,11 @@ class Simulator:
             return self._s3_error(404, "NoSuchKey", "The specified key does not exist.")
         content = photo.content
         start, end, status = 0, content.size, 200
-        headers = {"ETag": f'"{hashlib.md5(photo.file_key.encode()).hexdigest()}-1"',  # noqa: S324 - multipart-style ETag, not the body's MD5
-                   "Accept-Ranges": "bytes" if self.config.range_support else "none",
-                   "Content-Type": "image/jpeg"}
+        headers = {
+            "ETag": f'"{hashlib.md5(photo.file_key.encode()).hexdigest()}-1"',  # noqa: S324 - multipart-style ETag, not the body's MD5
+            "Accept-Ranges": "bytes" if self.config.range_support else "none",
+            "Content-Type": "image/jpeg",
+        }
         rng = request.headers.get("Range", "")
         if self.config.range_support and rng.startswith("bytes=") and "," not in rng:
             lo, _, hi = rng.removeprefix("bytes=").partition("-")
@@ -546,4 +638,3 @@ class Simulator:
         if start == 0 and end == content.size:
             self.stats.downloads[photo.id] += 1
         return response
-

@@ -42,7 +42,12 @@ def create_engine(url: str) -> AsyncEngine:
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
             dbapi_conn.isolation_level = None  # SQLAlchemy emits BEGIN itself (see "begin")
             cursor = dbapi_conn.cursor()
-            for pragma in ("journal_mode=WAL", "busy_timeout=10000", "synchronous=NORMAL", "foreign_keys=ON"):
+            for pragma in (
+                "journal_mode=WAL",
+                "busy_timeout=10000",
+                "synchronous=NORMAL",
+                "foreign_keys=ON",
+            ):
                 cursor.execute(f"PRAGMA {pragma}")
             cursor.close()
 

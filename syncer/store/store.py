@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, case, func, select, update
+from sqlalchemy import bindparam, case, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -24,9 +24,27 @@ from syncer.store.models import AlbumRow, PhotoRow, ProjectRow, SyncRunRow
 
 ID_BATCH = 500
 METADATA_COLUMNS = (
-    "project_id", "album_id", "album_name", "filename", "description", "size", "taken_at",
-    "created_at", "updated_at", "private", "starred", "width", "height", "gps_lat", "gps_long",
-    "location_name", "uploader_name", "raw_json", "file_key", "rel_path", "last_seen_at",
+    "project_id",
+    "album_id",
+    "album_name",
+    "filename",
+    "description",
+    "size",
+    "taken_at",
+    "created_at",
+    "updated_at",
+    "private",
+    "starred",
+    "width",
+    "height",
+    "gps_lat",
+    "gps_long",
+    "location_name",
+    "uploader_name",
+    "raw_json",
+    "file_key",
+    "rel_path",
+    "last_seen_at",
 )
 
 
@@ -127,7 +145,11 @@ class Store:
         ins = self._insert(ProjectRow)
         stmt = ins.on_conflict_do_update(
             index_elements=[ProjectRow.id],
-            set_={"name": ins.excluded.name, "active": ins.excluded.active, "company_id": ins.excluded.company_id},
+            set_={
+                "name": ins.excluded.name,
+                "active": ins.excluded.active,
+                "company_id": ins.excluded.company_id,
+            },
         )
         rows = [{"id": p.id, "company_id": company_id, "name": p.name, "active": p.active} for p in projects]
         async with self._write, self.engine.begin() as conn:
@@ -139,7 +161,11 @@ class Store:
         ins = self._insert(AlbumRow)
         stmt = ins.on_conflict_do_update(
             index_elements=[AlbumRow.id],
-            set_={"name": ins.excluded.name, "private": ins.excluded.private, "project_id": ins.excluded.project_id},
+            set_={
+                "name": ins.excluded.name,
+                "private": ins.excluded.private,
+                "project_id": ins.excluded.project_id,
+            },
         )
         rows = [{"id": a.id, "project_id": project_id, "name": a.name, "private": a.private} for a in albums]
         async with self._write, self.engine.begin() as conn:
@@ -160,15 +186,22 @@ class Store:
 
     async def stored_photos(self, ids: Sequence[int]) -> dict[int, StoredPhoto]:
         cols = [
-            PhotoRow.id, PhotoRow.file_key, PhotoRow.rel_path, PhotoRow.updated_at, PhotoRow.local_path,
-            PhotoRow.local_file_key, PhotoRow.local_size, PhotoRow.sha256, PhotoRow.sidecar_of,
+            PhotoRow.id,
+            PhotoRow.file_key,
+            PhotoRow.rel_path,
+            PhotoRow.updated_at,
+            PhotoRow.local_path,
+            PhotoRow.local_file_key,
+            PhotoRow.local_size,
+            PhotoRow.sha256,
+            PhotoRow.sidecar_of,
             PhotoRow.deleted_at,
         ]
         out: dict[int, StoredPhoto] = {}
         async with self.engine.connect() as conn:
             for chunk in _chunks(ids, ID_BATCH):
                 for row in await conn.execute(select(*cols).where(PhotoRow.id.in_(chunk))):
-                    out[row.id] = StoredPhoto(*row)
+                    out[row.id] = StoredPhoto(**row._mapping)
         return out
 
     async def save_photos(self, rows: Sequence[dict[str, Any]]) -> None:
@@ -203,30 +236,52 @@ class Store:
         """Write a batch of worker results; called only after the files are durable."""
         if not (downloaded or relocated or failed):
             return
-        row = PhotoRow.__table__
         async with self._write, self.engine.begin() as conn:
             if downloaded:
                 await conn.execute(
-                    update(row).where(row.c.id == bindparam("b_id")).values(
-                        local_path=bindparam("b_path"), local_file_key=bindparam("b_key"),
-                        local_size=bindparam("b_size"), sha256=bindparam("b_sha"),
-                        downloaded_at=bindparam("b_at"), sidecar_of=bindparam("b_sidecar"),
-                        attempts=0, last_error=None, next_retry_at=None,
+                    update(PhotoRow)
+                    .where(PhotoRow.id == bindparam("b_id"))
+                    .values(
+                        local_path=bindparam("b_path"),
+                        local_file_key=bindparam("b_key"),
+                        local_size=bindparam("b_size"),
+                        sha256=bindparam("b_sha"),
+                        downloaded_at=bindparam("b_at"),
+                        sidecar_of=bindparam("b_sidecar"),
+                        attempts=0,
+                        last_error=None,
+                        next_retry_at=None,
                     ),
-                    [{"b_id": d.id, "b_path": d.local_path, "b_key": d.file_key, "b_size": d.size,
-                      "b_sha": d.sha256, "b_at": d.at, "b_sidecar": d.sidecar_of} for d in downloaded],
+                    [
+                        {
+                            "b_id": d.id,
+                            "b_path": d.local_path,
+                            "b_key": d.file_key,
+                            "b_size": d.size,
+                            "b_sha": d.sha256,
+                            "b_at": d.at,
+                            "b_sidecar": d.sidecar_of,
+                        }
+                        for d in downloaded
+                    ],
                 )
             if relocated:
                 await conn.execute(
-                    update(row).where(row.c.id == bindparam("b_id")).values(
-                        local_path=bindparam("b_path"), sidecar_of=bindparam("b_sidecar"),
+                    update(PhotoRow)
+                    .where(PhotoRow.id == bindparam("b_id"))
+                    .values(
+                        local_path=bindparam("b_path"),
+                        sidecar_of=bindparam("b_sidecar"),
                     ),
                     [{"b_id": r.id, "b_path": r.local_path, "b_sidecar": r.sidecar_of} for r in relocated],
                 )
             if failed:
                 await conn.execute(
-                    update(row).where(row.c.id == bindparam("b_id")).values(
-                        attempts=row.c.attempts + 1, last_error=bindparam("b_error"),
+                    update(PhotoRow)
+                    .where(PhotoRow.id == bindparam("b_id"))
+                    .values(
+                        attempts=PhotoRow.attempts + 1,
+                        last_error=bindparam("b_error"),
                         next_retry_at=bindparam("b_retry"),
                     ),
                     [{"b_id": f.id, "b_error": f.error, "b_retry": f.next_retry_at} for f in failed],
@@ -234,27 +289,63 @@ class Store:
 
     # -- runs and status ---------------------------------------------------------------------
 
-    async def start_run(self, project_id: int, *, started_at: datetime, window_start: datetime | None,
-                        window_end: datetime, full: bool) -> int:
+    async def start_run(
+        self,
+        project_id: int,
+        *,
+        started_at: datetime,
+        window_start: datetime | None,
+        window_end: datetime,
+        full: bool,
+    ) -> int:
         async with self._write, self.engine.begin() as conn:
             result = await conn.execute(
-                SyncRunRow.__table__.insert().values(
-                    project_id=project_id, started_at=started_at, window_start=window_start,
-                    window_end=window_end, full=full, listed=0, new=0, changed=0, downloaded=0,
-                    bytes=0, failed=0, outcome="running",
+                insert(SyncRunRow).values(
+                    project_id=project_id,
+                    started_at=started_at,
+                    window_start=window_start,
+                    window_end=window_end,
+                    full=full,
+                    listed=0,
+                    new=0,
+                    changed=0,
+                    downloaded=0,
+                    bytes=0,
+                    failed=0,
+                    outcome="running",
                 )
             )
             run_id = result.inserted_primary_key
             assert run_id is not None
             return int(run_id[0])
 
-    async def finish_run(self, run_id: int, *, finished_at: datetime, outcome: str, listed: int, new: int,
-                         changed: int, downloaded: int, bytes_: int, failed: int, errors: list[str]) -> None:
+    async def finish_run(
+        self,
+        run_id: int,
+        *,
+        finished_at: datetime,
+        outcome: str,
+        listed: int,
+        new: int,
+        changed: int,
+        downloaded: int,
+        bytes_: int,
+        failed: int,
+        errors: list[str],
+    ) -> None:
         async with self._write, self.engine.begin() as conn:
             await conn.execute(
-                update(SyncRunRow).where(SyncRunRow.id == run_id).values(
-                    finished_at=finished_at, outcome=outcome, listed=listed, new=new, changed=changed,
-                    downloaded=downloaded, bytes=bytes_, failed=failed,
+                update(SyncRunRow)
+                .where(SyncRunRow.id == run_id)
+                .values(
+                    finished_at=finished_at,
+                    outcome=outcome,
+                    listed=listed,
+                    new=new,
+                    changed=changed,
+                    downloaded=downloaded,
+                    bytes=bytes_,
+                    failed=failed,
                     errors=json.dumps(errors) if errors else None,
                 )
             )
@@ -264,51 +355,72 @@ class Store:
         live = p.deleted_at.is_(None)
         mirrored = live & (p.local_file_key == p.file_key)
         failing = p.needs_download() & (p.attempts > 0)
-        counts = (
-            select(
-                p.project_id,
-                func.sum(case((live, 1), else_=0)),
-                func.sum(case((mirrored, 1), else_=0)),
-                func.sum(case((p.needs_download(), 1), else_=0)),
-                func.sum(case((failing, 1), else_=0)),
-                func.sum(case((mirrored, p.local_size), else_=0)),
-            ).group_by(p.project_id)
-        )
+        counts = select(
+            p.project_id,
+            func.sum(case((live, 1), else_=0)),
+            func.sum(case((mirrored, 1), else_=0)),
+            func.sum(case((p.needs_download(), 1), else_=0)),
+            func.sum(case((failing, 1), else_=0)),
+            func.sum(case((mirrored, p.local_size), else_=0)),
+        ).group_by(p.project_id)
         last_run = (
             select(SyncRunRow.project_id, func.max(SyncRunRow.id).label("run_id"))
-            .group_by(SyncRunRow.project_id).subquery()
+            .group_by(SyncRunRow.project_id)
+            .subquery()
         )
         async with self.engine.connect() as conn:
-            projects = (await conn.execute(
-                select(ProjectRow.id, ProjectRow.name, ProjectRow.checkpoint).order_by(ProjectRow.name)
-            )).all()
+            projects = (
+                await conn.execute(
+                    select(ProjectRow.id, ProjectRow.name, ProjectRow.checkpoint).order_by(ProjectRow.name)
+                )
+            ).all()
             by_project = {row[0]: row[1:] for row in await conn.execute(counts)}
             runs = {
                 row.project_id: row
                 for row in await conn.execute(
-                    select(SyncRunRow.project_id, SyncRunRow.finished_at, SyncRunRow.started_at, SyncRunRow.outcome)
-                    .join(last_run, SyncRunRow.id == last_run.c.run_id)
+                    select(
+                        SyncRunRow.project_id,
+                        SyncRunRow.finished_at,
+                        SyncRunRow.started_at,
+                        SyncRunRow.outcome,
+                    ).join(last_run, SyncRunRow.id == last_run.c.run_id)
                 )
             }
             failures: dict[int, list[dict[str, Any]]] = {}
             for row in await conn.execute(
                 select(p.project_id, p.id, p.rel_path, p.attempts, p.last_error, p.next_retry_at)
-                .where(failing).order_by(p.id).limit(1000)
+                .where(failing)
+                .order_by(p.id)
+                .limit(1000)
             ):
-                failures.setdefault(row.project_id, []).append({
-                    "id": row.id, "path": row.rel_path, "attempts": row.attempts, "error": row.last_error,
-                    "next_retry_at": row.next_retry_at.isoformat() if row.next_retry_at else None,
-                })
+                failures.setdefault(row.project_id, []).append(
+                    {
+                        "id": row.id,
+                        "path": row.rel_path,
+                        "attempts": row.attempts,
+                        "error": row.last_error,
+                        "next_retry_at": row.next_retry_at.isoformat() if row.next_retry_at else None,
+                    }
+                )
         out = []
         for proj in projects:
             if project_ids is not None and proj.id not in project_ids:
                 continue
             known, done, pending, failed, size = by_project.get(proj.id, (0, 0, 0, 0, 0))
             run = runs.get(proj.id)
-            out.append(ProjectStatus(
-                id=proj.id, name=proj.name, known=known or 0, mirrored=done or 0, pending=pending or 0,
-                failed=failed or 0, bytes=size or 0, checkpoint=proj.checkpoint,
-                last_run_at=(run.finished_at or run.started_at) if run else None,
-                last_outcome=run.outcome if run else None, failures=failures.get(proj.id, []),
-            ))
+            out.append(
+                ProjectStatus(
+                    id=proj.id,
+                    name=proj.name,
+                    known=known or 0,
+                    mirrored=done or 0,
+                    pending=pending or 0,
+                    failed=failed or 0,
+                    bytes=size or 0,
+                    checkpoint=proj.checkpoint,
+                    last_run_at=(run.finished_at or run.started_at) if run else None,
+                    last_outcome=run.outcome if run else None,
+                    failures=failures.get(proj.id, []),
+                )
+            )
         return out
