@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -28,7 +27,7 @@ from syncer.mirror.sidecar import sidecar_bytes, sidecar_path
 from syncer.plan import Change, Decision, decide, photo_row
 from syncer.procore.api import ProcoreApi
 from syncer.procore.auth import AuthError
-from syncer.procore.http import ProcoreError
+from syncer.procore.http import ProcoreError, RetryPolicy
 from syncer.procore.models import BadRecord, Photo, Project
 from syncer.procore.query import ImageQuery
 from syncer.report import Progress
@@ -130,6 +129,7 @@ class SyncEngine:
         settings: SyncSettings,
         progress: Progress,
         now: Callable[[], datetime] = utcnow,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self.api = api
         self.store = store
@@ -139,6 +139,7 @@ class SyncEngine:
         self.settings = settings
         self.progress = progress
         self.now = now
+        self.retry = retry or RetryPolicy()
 
     def window(self, checkpoint: datetime | None, started: datetime) -> tuple[datetime | None, datetime]:
         end = (started - timedelta(seconds=self.settings.lag)).replace(microsecond=0)
@@ -373,14 +374,15 @@ class SyncEngine:
                 if not exc.retry:
                     break
                 if exc.refresh:
-                    photo = None
-                await asyncio.sleep(exc.wait if exc.wait is not None else random.random() * 2**attempt)
+                    photo = None  # a fresh record brings a freshly signed URL; no need to wait
+                else:
+                    await asyncio.sleep(exc.wait if exc.wait is not None else self.retry.backoff(attempt))
             except (ProcoreError, BadRecord) as exc:
                 error = str(exc)
                 if isinstance(exc, ProcoreError) and exc.status == 404:
                     error = "photo no longer found in Procore"
                     break
-                await asyncio.sleep(random.random() * 2**attempt)
+                await asyncio.sleep(self.retry.backoff(attempt))
         await self._fail(job, error, recorder, result)
 
     async def _relocate(self, job: Job, recorder: Recorder, result: ProjectResult, project: Project) -> None:

@@ -16,7 +16,7 @@ import secrets
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
@@ -192,6 +192,17 @@ class Simulator:
         photo.updated_at = self.now()
         return photo
 
+    def add_photo(self, project_id: int, **fields: Any) -> SimPhoto:
+        """A new upload: a copy of a project's photo under a new id, created and updated now."""
+        template = next(p for p in self.company.photos.values() if p.project_id == project_id)
+        now = self.now()
+        photo = replace(
+            template, id=max(self.company.photos) + 7, created_at=now, updated_at=now, taken_at=now,
+            version=1, deleted=False, _content=None, **fields,
+        )
+        self.company.photos[photo.id] = photo
+        return photo
+
     def delete_photo(self, photo_id: int) -> None:
         self.company.photos[photo_id].deleted = True
 
@@ -263,21 +274,19 @@ class Simulator:
 
     def _api_app(self) -> web.Application:
         app = web.Application(middlewares=[self._api_middleware])
-        app.router.add_post("/oauth/token", self._token)
-        app.router.add_get("/rest/v1.0/projects", self._projects)
-        app.router.add_get("/rest/v1.0/image_categories", self._albums)
-        app.router.add_get("/rest/v1.0/images", self._images)
-        app.router.add_get("/rest/v1.0/images/{id}", self._image)
-        app.router.add_get("/storage/files/{id}/{key}/{name}", self._file_redirect)
+        app.router.add_post("/oauth/token", self._token, name="token")
+        app.router.add_get("/rest/v1.0/projects", self._projects, name="projects")
+        app.router.add_get("/rest/v1.0/image_categories", self._albums, name="albums")
+        app.router.add_get("/rest/v1.0/images", self._images, name="images")
+        app.router.add_get("/rest/v1.0/images/{id}", self._image, name="image")
+        app.router.add_get("/storage/files/{id}/{key}/{name}", self._file_redirect, name="file")
         return app
 
     @web.middleware
     async def _api_middleware(  # noqa: PLR0911 - one early answer per check, in Procore's order
         self, request: web.Request, handler: Handler
     ) -> web.StreamResponse:
-        self.stats.requests[
-            request.path.split("/")[-1] if "/rest/" in request.path else request.path.split("/")[1]
-        ] += 1
+        self.stats.requests[request.match_info.route.name or "unknown"] += 1
         if self.config.latency:
             await asyncio.sleep(self.config.latency)
         if request.path == "/oauth/token":

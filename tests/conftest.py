@@ -1,0 +1,109 @@
+"""Shared fixtures: a running simulator on loopback, and settings that point a sync at it."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from syncer.config import Settings, load_settings
+from syncer.report import LogProgress
+from syncer.runner import RunSummary, run_sync
+from syncer.simulator import SimConfig, Simulator
+
+SMALL = {"photos": 60, "projects": 2, "photo_size": 6_000}
+
+
+@pytest.fixture
+async def make_sim() -> AsyncIterator[Callable[..., Any]]:
+    """Start simulators with given `SimConfig` fields; all are stopped after the test."""
+    started: list[Simulator] = []
+
+    async def start(**overrides: Any) -> Simulator:
+        sim = Simulator(SimConfig(**{**SMALL, **overrides}))
+        await sim.start()
+        started.append(sim)
+        return sim
+
+    yield start
+    for sim in started:
+        await sim.stop()
+
+
+@pytest.fixture
+async def sim(make_sim: Callable[..., Any]) -> Simulator:
+    result: Simulator = await make_sim()
+    return result
+
+
+def write_config(sim: Simulator, folder: Path, **sections: dict[str, Any]) -> Path:
+    config: dict[str, Any] = {
+        "procore": {
+            "api_base": sim.api_base,
+            "login_base": sim.api_base,
+            "company_id": sim.company.id,
+            "client_id": sim.config.client_id,
+            "client_secret": sim.config.client_secret,
+        },
+        "database": {"url": "sqlite:///state/syncer.db"},
+        "mirror": {"root": "mirror"},
+        "sync": {"concurrency": 4, "per_page": 25, "lag": 0, "overlap": 0},
+    }
+    for name, values in sections.items():
+        config.setdefault(name, {}).update(values)
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def settings_for(tmp_path: Path) -> Callable[..., Settings]:
+    def make(sim: Simulator, **sections: dict[str, Any]) -> Settings:
+        return load_settings(write_config(sim, tmp_path, **sections))
+
+    return make
+
+
+async def sync(settings: Settings, **kwargs: Any) -> RunSummary:
+    return await run_sync(settings, progress=LogProgress(), **kwargs)
+
+
+def mirror_photos(root: Path) -> dict[int, bytes]:
+    """Photo bytes in the mirror by photo id (read from each sidecar), ignoring state folders."""
+    found: dict[int, bytes] = {}
+    for sidecar in root.rglob("*.json"):
+        if ".syncer" in sidecar.relative_to(root).parts:
+            continue
+        photo_id = json.loads(sidecar.read_text(encoding="utf-8"))["procore"]["id"]
+        found[photo_id] = sidecar.with_name(sidecar.name.removesuffix(".json")).read_bytes()
+    return found
+
+
+def assert_byte_exact(sim: Simulator, settings: Settings) -> None:
+    expected = sim.expected_files()
+    actual = mirror_photos(settings.mirror.root)
+    assert set(actual) == set(expected), (
+        f"missing {sorted(set(expected) - set(actual))[:5]}, extra {sorted(set(actual) - set(expected))[:5]}"
+    )
+    wrong = [pid for pid, data in expected.items() if actual[pid] != data]
+    assert not wrong, f"{len(wrong)} photos differ, e.g. {wrong[:3]}"
+    files = [p for p in settings.mirror.root.rglob("*") if p.is_file() and ".syncer" not in p.parts]
+    assert len(files) == 2 * len(expected), "every photo has exactly one file and one sidecar"
+
+
+def db_rows(settings: Settings, sql: str) -> list[tuple[Any, ...]]:
+    path = settings.database.url.removeprefix("sqlite:///")
+    with sqlite3.connect(path) as conn:
+        return conn.execute(sql).fetchall()
+
+
+@pytest.fixture
+def log_lines(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    caplog.set_level(logging.DEBUG, logger="syncer")
+    return caplog

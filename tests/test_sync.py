@@ -1,0 +1,164 @@
+"""End-to-end syncs against the simulator over loopback HTTP, into real files and SQLite."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from syncer.errors import ExitCode
+from syncer.plan import Change
+from syncer.simulator import Simulator
+from tests.conftest import assert_byte_exact, db_rows, mirror_photos, sync
+
+
+async def test_full_sync_mirrors_every_photo_byte_exact(sim: Simulator, settings_for: Any) -> None:
+    settings = settings_for(sim)
+    summary = await sync(settings)
+    assert summary.exit_code == ExitCode.OK
+    assert_byte_exact(sim, settings)
+    assert sum(r.downloaded for r in summary.results) == len(sim.company.photos)
+
+
+async def test_second_run_downloads_nothing_and_costs_a_few_requests(sim: Simulator, settings_for: Any) -> None:
+    settings = settings_for(sim)
+    await sync(settings)
+    downloads_before = sum(sim.stats.downloads.values())
+    summary = await sync(settings)
+    assert summary.exit_code == ExitCode.OK
+    assert sum(sim.stats.downloads.values()) == downloads_before
+    for result in summary.results:
+        assert result.downloaded == 0
+        assert result.requests <= 3, f"{result.requests} requests for an unchanged project"
+
+
+async def test_incremental_run_fetches_photos_added_since(sim: Simulator, settings_for: Any) -> None:
+    settings = settings_for(sim)
+    await sync(settings)
+    newest = max(sim.company.photos.values(), key=lambda p: p.id)
+    added = sim.add_photo(newest.project_id)
+    summary = await sync(settings)
+    assert sum(r.changes[Change.NEW] for r in summary.results) == 1
+    assert sum(r.downloaded for r in summary.results) == 1
+    assert mirror_photos(settings.mirror.root)[added.id] == added.content.all_bytes()
+
+
+async def test_the_token_never_reaches_the_object_store(sim: Simulator, settings_for: Any) -> None:
+    await sync(settings_for(sim))
+    assert sim.stats.requests["object"] >= len(sim.company.photos)
+    assert sim.stats.store_authorization_headers == []
+
+
+async def test_sync_survives_injected_errors_and_cut_bodies(make_sim: Any, settings_for: Any) -> None:
+    sim = await make_sim(error_rate=0.1, cut_rate=0.1, broken_json_rate=0.05, retry_after=0.1)
+    settings = settings_for(sim)
+    summary = await sync(settings)
+    assert summary.exit_code == ExitCode.OK, [r.failures for r in summary.results]
+    assert_byte_exact(sim, settings)
+
+
+async def test_urls_that_expire_before_download_are_signed_again(make_sim: Any, settings_for: Any) -> None:
+    # One worker, slow files: URLs listed with the page are dead by the time their turn comes.
+    sim = await make_sim(url_ttl=1, photos=12, projects=1, store_latency=0.3)
+    settings = settings_for(sim, sync={"concurrency": 1, "per_page": 100})
+    summary = await sync(settings)
+    assert summary.exit_code == ExitCode.OK
+    assert sim.stats.requests["image"] > 0, "expired photos were fetched again for a fresh URL"
+    assert_byte_exact(sim, settings)
+
+
+async def test_failed_photos_stay_due_without_holding_the_checkpoint(make_sim: Any, settings_for: Any) -> None:
+    sim = await make_sim(url_ttl=0, photos=10)
+    settings = settings_for(sim)
+    await sync(settings)
+    rows = db_rows(settings, "SELECT attempts, last_error, next_retry_at FROM photos")
+    assert all(attempts == 1 and error and retry for attempts, error, retry in rows)
+    assert all(cp for (cp,) in db_rows(settings, "SELECT checkpoint FROM projects"))
+
+
+async def test_token_is_renewed_before_it_expires(make_sim: Any, settings_for: Any) -> None:
+    sim = await make_sim(token_ttl=1.0, store_latency=0.05)
+    settings = settings_for(sim, sync={"concurrency": 2})
+    summary = await sync(settings)
+    assert summary.exit_code == ExitCode.OK
+    assert sim.stats.tokens_issued > 1
+
+
+async def test_secrets_reach_no_log_line_database_row_or_sidecar(
+    sim: Simulator, settings_for: Any, log_lines: Any
+) -> None:
+    settings = settings_for(sim)
+    await sync(settings)
+    secrets = [sim.config.client_secret, *sim.tokens]
+    texts = [record.getMessage() for record in log_lines.records]
+    texts += [json.dumps(row) for row in db_rows(settings, "SELECT * FROM photos")]
+    texts += [json.dumps(row, default=str) for row in db_rows(settings, "SELECT * FROM sync_runs")]
+    texts += [p.read_text() for p in settings.mirror.root.rglob("*.json")]
+    database = settings.database.url.removeprefix("sqlite:///")
+    texts.append(open(database, "rb").read().decode("latin-1"))  # noqa: PTH123, SIM115
+    for secret in secrets:
+        assert not any(secret in text for text in texts)
+    assert not any("sig=" in text or "X-Amz-Signature" in text for text in texts[:-1])
+
+
+async def test_metadata_edit_rewrites_the_sidecar_without_downloading(sim: Simulator, settings_for: Any) -> None:
+    settings = settings_for(sim)
+    await sync(settings)
+    photo = next(iter(sim.company.photos.values()))
+    sim.edit_photo(photo.id, description="Poured and cured", starred=True)
+    downloads = sum(sim.stats.downloads.values())
+    summary = await sync(settings)
+    assert sum(r.changes[Change.METADATA] for r in summary.results) == 1
+    assert sum(sim.stats.downloads.values()) == downloads
+    sidecars = [p for p in settings.mirror.root.rglob(f"{photo.id}_*.json")]
+    assert json.loads(sidecars[0].read_text())["procore"]["description"] == "Poured and cured"
+
+
+async def test_album_move_renames_the_file_without_downloading(sim: Simulator, settings_for: Any) -> None:
+    settings = settings_for(sim)
+    await sync(settings)
+    photo = next(p for p in sim.company.photos.values() if p.album_id is not None)
+    other = next(a for a in sim.company.albums.values() if a.project_id == photo.project_id and a.id != photo.album_id)
+    sim.edit_photo(photo.id, album_id=other.id)
+    downloads = sum(sim.stats.downloads.values())
+    summary = await sync(settings)
+    assert sum(r.changes[Change.MOVED] for r in summary.results) == 1
+    assert sum(sim.stats.downloads.values()) == downloads
+    moved = list(settings.mirror.root.rglob(f"{photo.id}_*"))
+    assert {p.parent.parent.name for p in moved} == {other.name}
+    assert_byte_exact(sim, settings)
+
+
+async def test_replaced_file_is_downloaded_again(sim: Simulator, settings_for: Any) -> None:
+    settings = settings_for(sim)
+    await sync(settings)
+    photo = next(iter(sim.company.photos.values()))
+    sim.replace_photo(photo.id)
+    summary = await sync(settings)
+    assert sum(r.changes[Change.REPLACED] for r in summary.results) == 1
+    assert_byte_exact(sim, settings)
+
+
+async def test_dry_run_writes_nothing(sim: Simulator, settings_for: Any) -> None:
+    settings = settings_for(sim)
+    summary = await sync(settings, dry_run=True)
+    assert sum(r.changes[Change.NEW] for r in summary.results) == len(sim.company.photos)
+    assert mirror_photos(settings.mirror.root) == {}
+    assert db_rows(settings, "SELECT count(*) FROM photos") == [(0,)]
+    assert sum(sim.stats.downloads.values()) == 0
+
+
+async def test_project_selection_syncs_only_the_named_project(sim: Simulator, settings_for: Any) -> None:
+    settings = settings_for(sim)
+    first = next(iter(sim.company.projects))
+    summary = await sync(settings, project_ids=[first, 999])
+    assert [r.project.id for r in summary.results] == [first]
+    assert summary.errors == ["project 999 is not visible to this service account"]
+    assert summary.exit_code == ExitCode.INCOMPLETE
+    assert {sim.company.photos[i].project_id for i in mirror_photos(settings.mirror.root)} == {first}
+
+
+async def test_list_filters_from_the_config_reach_procore(sim: Simulator, settings_for: Any) -> None:
+    settings = settings_for(sim, sync={"filters": {"starred": True}})
+    await sync(settings)
+    starred = {p.id for p in sim.company.photos.values() if p.starred}
+    assert starred and set(mirror_photos(settings.mirror.root)) == starred
