@@ -64,6 +64,8 @@ class ProcoreSettings(_Section):
     client_id: SecretStr
     client_secret: SecretStr
     request_timeout: Duration = 60.0
+    retry_attempts: int = Field(default=8, ge=1, le=50)
+    """Attempts per request on 5xx, 429 and network errors before the request counts as failed."""
 
     @field_validator("api_base", "login_base")
     @classmethod

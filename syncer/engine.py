@@ -31,7 +31,7 @@ from syncer.procore.http import ProcoreError, RetryPolicy
 from syncer.procore.models import BadRecord, Photo, Project
 from syncer.procore.query import ImageQuery
 from syncer.report import Progress
-from syncer.store import Downloaded, Failed, Relocated, Store, StoredPhoto
+from syncer.store import Downloaded, Failed, Relocated, Store, StoredPhoto, Vanished
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,8 @@ class ProjectResult:
     downloaded: int = 0
     bytes: int = 0
     relocated: int = 0
+    vanished: int = 0
+    """Photos deleted in Procore between listing and download; marked deleted, not failed."""
     failures: list[tuple[int, str, str]] = field(default_factory=list)
     """(photo id, mirror path, error) of each photo that could not be mirrored."""
     listing_error: str | None = None
@@ -97,22 +99,25 @@ class Recorder:
         self._downloaded: list[Downloaded] = []
         self._relocated: list[Relocated] = []
         self._failed: list[Failed] = []
+        self._vanished: list[Vanished] = []
         self._last = time.monotonic()
 
-    async def add(self, item: Downloaded | Relocated | Failed) -> None:
+    async def add(self, item: Downloaded | Relocated | Failed | Vanished) -> None:
         if isinstance(item, Downloaded):
             self._downloaded.append(item)
         elif isinstance(item, Relocated):
             self._relocated.append(item)
+        elif isinstance(item, Vanished):
+            self._vanished.append(item)
         else:
             self._failed.append(item)
-        pending = len(self._downloaded) + len(self._relocated) + len(self._failed)
+        pending = len(self._downloaded) + len(self._relocated) + len(self._failed) + len(self._vanished)
         if pending >= RECORD_BATCH or time.monotonic() - self._last >= RECORD_EVERY:
             await self.flush()
 
     async def flush(self) -> None:
-        batch = (self._downloaded, self._relocated, self._failed)
-        self._downloaded, self._relocated, self._failed = [], [], []
+        batch = (self._downloaded, self._relocated, self._failed, self._vanished)
+        self._downloaded, self._relocated, self._failed, self._vanished = [], [], [], []
         self._last = time.monotonic()
         await self.store.record(*batch)
 
@@ -380,8 +385,10 @@ class SyncEngine:
             except (ProcoreError, BadRecord) as exc:
                 error = str(exc)
                 if isinstance(exc, ProcoreError) and exc.status == 404:
-                    error = "photo no longer found in Procore"
-                    break
+                    log.info("photo %s was deleted in Procore after it was listed", job.photo_id)
+                    result.vanished += 1
+                    await recorder.add(Vanished(job.photo_id, self.now()))
+                    return
                 await asyncio.sleep(self.retry.backoff(attempt))
         await self._fail(job, error, recorder, result)
 

@@ -10,8 +10,9 @@ was missed.
 
 A piece that fails is split at the `created_at` values where its pages began (the listing is
 sorted by `created_at`), so each sub-piece holds about one page and is proven by one request. A
-piece too dense to split that way is bisected by `updated_at`, then by `created_at`, down to one
-second each; past that, it is paged again, up to a limit, until a pass is clean.
+piece too dense to split that way is cut by `updated_at`, then by `created_at`, around the seconds
+its photos were seen in, down to one second each; past that, it is asked for as one large page (a consistent snapshot), up to a limit of
+tries.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ BEGINNING = datetime(2000, 1, 1, tzinfo=UTC)
 FAR_FUTURE = datetime(2100, 1, 1, tzinfo=UTC)
 SECOND = timedelta(seconds=1)
 EXTRA_PASSES = 4
+MAX_PER_PAGE = 10_000
+"""The largest page asked for when a piece cannot be split; the server's `Per-Page` may be lower."""
 
 OnPage = Callable[[list[Photo]], Awaitable[None]]
 
@@ -55,6 +58,8 @@ class Pass:
     """`created_at` of the first photo of each page, for splitting."""
     sorted_ok: bool = True
     pages: int = 0
+    updated: set[datetime] = field(default_factory=set)
+    created: set[datetime] = field(default_factory=set)
 
     @property
     def proven(self) -> bool:
@@ -82,9 +87,24 @@ def _floor(value: datetime) -> datetime:
     return value.replace(microsecond=0)
 
 
-def _bisect(lo: datetime, hi: datetime) -> list[tuple[datetime, datetime]]:
-    mid = _floor(lo + (hi - lo) / 2)
-    return [(lo, mid), (mid + SECOND, hi)]
+def _split_range(lo: datetime, hi: datetime, seen: set[datetime]) -> list[tuple[datetime, datetime]]:
+    """Cut `[lo, hi]` where the photos seen in it lie, so dense seconds end up alone.
+
+    Around a single seen second the cut is three-way (before, the second, after); otherwise at
+    the median seen value. Pieces with no photo cost one request each to prove empty.
+    """
+    values = sorted(v for v in seen if lo <= v <= hi)
+    if not values:
+        mid = _floor(lo + (hi - lo) / 2)
+        return [(lo, mid), (mid + SECOND, hi)]
+    if values[0] == values[-1]:
+        v = values[0]
+        candidates = [(lo, v - SECOND), (v, v), (v + SECOND, hi)]
+        return [(a, b) for a, b in candidates if a <= b]
+    mid = values[len(values) // 2]
+    if mid == values[0]:
+        mid = next(v for v in values if v > values[0])
+    return [(lo, mid - SECOND), (mid, hi)]
 
 
 class Lister:
@@ -118,8 +138,12 @@ class Lister:
             for sub in subpieces:
                 await self._prove(sub)
             return
+        # Photos equal in both times are ordered arbitrarily on every request: ask for them all on
+        # one page, which is a consistent snapshot.
+        largest = max((t for t in result.totals if t is not None), default=self.per_page)
+        per_page = min(MAX_PER_PAGE, max(self.per_page, largest))
         for _ in range(EXTRA_PASSES):
-            if (await self._pass(piece)).proven:
+            if (await self._pass(piece, per_page=per_page)).proven:
                 self.report.pieces += 1
                 return
         self.report.unproven.append(
@@ -127,7 +151,7 @@ class Lister:
             f"Procore reported {sorted(result.totals, key=str)}"
         )
 
-    async def _pass(self, piece: Piece) -> Pass:
+    async def _pass(self, piece: Piece, *, per_page: int | None = None) -> Pass:
         query = replace(
             self.query,
             filters=replace(
@@ -142,7 +166,7 @@ class Lister:
         page_no = 1
         previous: datetime | None = None
         while True:
-            page = await self.api.images_page(query, page=page_no, per_page=self.per_page)
+            page = await self.api.images_page(query, page=page_no, per_page=per_page or self.per_page)
             self.report.requests += 1
             result.pages += 1
             result.totals.add(page.total)
@@ -153,10 +177,14 @@ class Lister:
                     result.sorted_ok = False
                 previous = photo.created_at or previous
                 result.distinct.add(photo.id)
+                if photo.updated_at is not None:
+                    result.updated.add(_floor(photo.updated_at))
+                if photo.created_at is not None:
+                    result.created.add(_floor(photo.created_at))
             self.report.seen.update(p.id for p in photos)
             if photos:
                 await self.on_page(photos)
-            step = page.per_page or self.per_page
+            step = page.per_page or per_page or self.per_page
             if not photos:
                 return result
             if page.total is None:  # without Total, trust the links alone
@@ -181,11 +209,11 @@ class Lister:
         if piece.updated_to > piece.updated_from:
             return [
                 replace(piece, updated_from=lo, updated_to=hi)
-                for lo, hi in _bisect(piece.updated_from, piece.updated_to)
+                for lo, hi in _split_range(piece.updated_from, piece.updated_to, result.updated)
             ]
         if piece.created_to > piece.created_from:
             return [
                 replace(piece, created_from=lo, created_to=hi)
-                for lo, hi in _bisect(piece.created_from, piece.created_to)
+                for lo, hi in _split_range(piece.created_from, piece.created_to, result.created)
             ]
         return []

@@ -160,7 +160,8 @@ def render_summary(summary: RunSummary) -> str:
                 f"{head}: {r.listed} listed, {c[Change.NEW]} new, {c[Change.REPLACED]} replaced, "
                 f"{c[Change.MOVED]} moved, {c[Change.METADATA]} metadata-only; "
                 f"{r.downloaded} downloaded ({human_bytes(r.bytes)}), {r.relocated} updated in place, "
-                f"{len(r.failures)} failed; {r.requests} requests in {human_seconds(r.seconds)}"
+                + (f"{r.vanished} deleted in Procore meanwhile, " if r.vanished else "")
+                + f"{len(r.failures)} failed; {r.requests} requests in {human_seconds(r.seconds)}"
             )
         if r.listing_error:
             lines.append(f"  listing failed: {r.listing_error}")

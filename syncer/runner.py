@@ -25,7 +25,7 @@ from syncer.mirror.fetch import Fetcher
 from syncer.mirror.files import STATE_DIR, MirrorFS
 from syncer.mirror.layout import Layout
 from syncer.procore.api import ProcoreApi
-from syncer.procore.http import ProcoreHttp
+from syncer.procore.http import ProcoreHttp, RetryPolicy
 from syncer.procore.models import Project
 from syncer.report import LogProgress, Progress
 from syncer.store import Store
@@ -85,6 +85,7 @@ async def procore_client(settings: Settings, *, connections: int) -> AsyncIterat
             company_id=p.company_id,
             client_id=p.client_id.get_secret_value(),
             client_secret=secret,
+            retry=RetryPolicy(attempts=p.retry_attempts),
         )
         http.tokens.on_new_token = REDACT.add
         yield ProcoreApi(http, company_id=p.company_id)

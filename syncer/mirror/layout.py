@@ -30,7 +30,9 @@ ID_FIELDS = frozenset({"id", "project_id", "album_id"})
 TIME_FIELDS = frozenset({"taken", "created", "updated"})
 FIELDS = TEXT_FIELDS | ID_FIELDS | TIME_FIELDS | {"filename", "ext"}
 
-_UNSAFE_CHARS = re.compile(r'[/\\:*?"<>|\x00-\x1f\x7f-\x9f\u2028\u2029]')
+# Separators, characters Windows forbids, control characters, and the bidirectional overrides that
+# can make a name display as something else ("photo\u202egpj.exe").
+_UNSAFE_CHARS = re.compile(r'[/\\:*?"<>|\x00-\x1f\x7f-\x9f\u200e\u200f\u2028-\u202e\u2066-\u2069]')
 _RESERVED = frozenset(
     ["CON", "PRN", "AUX", "NUL"] + [f"COM{i}" for i in "123456789¹²³"] + [f"LPT{i}" for i in "123456789¹²³"]
 )

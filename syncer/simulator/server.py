@@ -197,8 +197,15 @@ class Simulator:
         template = next(p for p in self.company.photos.values() if p.project_id == project_id)
         now = self.now()
         photo = replace(
-            template, id=max(self.company.photos) + 7, created_at=now, updated_at=now, taken_at=now,
-            version=1, deleted=False, _content=None, **fields,
+            template,
+            id=max(self.company.photos) + 7,
+            created_at=now,
+            updated_at=now,
+            taken_at=now,
+            version=1,
+            deleted=False,
+            _content=None,
+            **fields,
         )
         self.company.photos[photo.id] = photo
         return photo

@@ -8,6 +8,7 @@ from syncer.store.store import (
     Relocated,
     Store,
     StoredPhoto,
+    Vanished,
 )
 
 __all__ = [
@@ -18,4 +19,5 @@ __all__ = [
     "Relocated",
     "Store",
     "StoredPhoto",
+    "Vanished",
 ]

@@ -97,6 +97,14 @@ class Failed:
     next_retry_at: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class Vanished:
+    """Deleted in Procore after it was listed: no longer due, marked deleted."""
+
+    id: int
+    at: datetime
+
+
 @dataclass(frozen=True)
 class ProjectStatus:
     id: int
@@ -232,9 +240,10 @@ class Store:
         downloaded: Sequence[Downloaded] = (),
         relocated: Sequence[Relocated] = (),
         failed: Sequence[Failed] = (),
+        vanished: Sequence[Vanished] = (),
     ) -> None:
         """Write a batch of worker results; called only after the files are durable."""
-        if not (downloaded or relocated or failed):
+        if not (downloaded or relocated or failed or vanished):
             return
         async with self._write, self.engine.begin() as conn:
             if downloaded:
@@ -285,6 +294,14 @@ class Store:
                         next_retry_at=bindparam("b_retry"),
                     ),
                     [{"b_id": f.id, "b_error": f.error, "b_retry": f.next_retry_at} for f in failed],
+                )
+
+            if vanished:
+                await conn.execute(
+                    update(PhotoRow)
+                    .where(PhotoRow.id == bindparam("b_id"))
+                    .values(deleted_at=bindparam("b_at")),
+                    [{"b_id": v.id, "b_at": v.at} for v in vanished],
                 )
 
     # -- runs and status ---------------------------------------------------------------------

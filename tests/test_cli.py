@@ -1,0 +1,127 @@
+"""The `syncer` command as a real process: exit codes, one-line errors, status output."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from syncer.errors import ExitCode
+from syncer.runner import mirror_lock
+from syncer.simulator import Simulator
+from tests.conftest import write_config
+
+
+@dataclass
+class Run:
+    code: int
+    out: str
+    err: str
+
+
+async def syncer(*args: str, env: dict[str, str] | None = None) -> Run:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "syncer", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
+    assert proc.returncode is not None
+    return Run(proc.returncode, out.decode(), err.decode())
+
+
+def assert_no_traceback(run: Run) -> None:
+    assert "Traceback" not in run.out + run.err
+
+
+async def test_sync_exits_0_and_status_reports_the_mirror(sim: Simulator, tmp_path: Path) -> None:
+    config = write_config(sim, tmp_path)
+    run = await syncer("sync", "--config", str(config))
+    assert run.code == ExitCode.OK, run.err
+    assert run.out.splitlines()[-1].startswith("complete: 2 projects, 60 photos downloaded")
+    status = await syncer("status", "--config", str(config), "--json")
+    document = json.loads(status.out)
+    assert sum(p["mirrored"] for p in document["projects"]) == 60
+    assert all(p["last_outcome"] == "ok" and p["checkpoint"] for p in document["projects"])
+    table = await syncer("status", "--config", str(config))
+    assert "mirrored" in table.out and "ok" in table.out
+
+
+async def test_config_path_can_come_from_the_environment(sim: Simulator, tmp_path: Path) -> None:
+    config = write_config(sim, tmp_path)
+    run = await syncer("sync", "--dry-run", env={"SYNCER_CONFIG": str(config)})
+    assert run.code == ExitCode.OK, run.err
+    assert run.out.count("would download") == 2
+    assert not list((tmp_path / "mirror").rglob("*.jpg"))
+
+
+async def test_wrong_credentials_exit_3(sim: Simulator, tmp_path: Path) -> None:
+    config = write_config(sim, tmp_path, procore={"client_secret": "not-the-secret"})
+    run = await syncer("sync", "--config", str(config))
+    assert run.code == ExitCode.AUTH
+    assert run.err.startswith("syncer: Procore refused the client credentials: HTTP 401")
+    assert "not-the-secret" not in run.out + run.err
+    assert_no_traceback(run)
+
+
+async def test_bad_config_exits_2_naming_the_key(sim: Simulator, tmp_path: Path) -> None:
+    config = write_config(sim, tmp_path, sync={"concurrency": "lots"})
+    run = await syncer("sync", "--config", str(config))
+    assert run.code == ExitCode.USAGE
+    assert run.err.startswith("syncer: sync.concurrency:")
+    assert_no_traceback(run)
+
+
+async def test_missing_config_exits_2() -> None:
+    run = await syncer("sync", env={"SYNCER_CONFIG": ""})
+    assert run.code == ExitCode.USAGE
+    assert "give --config PATH or set SYNCER_CONFIG" in run.err
+
+
+async def test_usage_error_exits_2() -> None:
+    run = await syncer("sync", "--no-such-flag")
+    assert run.code == ExitCode.USAGE
+
+
+async def test_unreachable_procore_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    config: dict[str, Any] = {
+        "procore": {"api_base": "http://127.0.0.1:9", "login_base": "http://127.0.0.1:9", "company_id": 1,
+                    "client_id": "a", "client_secret": "b", "retry_attempts": 2},
+        "mirror": {"root": "m"},
+    }
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config))
+    run = await syncer("sync", "--config", str(path))
+    assert run.code == ExitCode.INCOMPLETE
+    assert run.err.strip().splitlines()[-1].startswith("syncer: token request: ")
+    assert_no_traceback(run)
+
+
+async def test_second_run_on_a_locked_mirror_exits_4(sim: Simulator, tmp_path: Path) -> None:
+    config = write_config(sim, tmp_path)
+    with mirror_lock(tmp_path / "mirror"):
+        run = await syncer("sync", "--config", str(config))
+    assert run.code == ExitCode.LOCKED
+    assert "another syncer is already working on" in run.err
+
+
+async def test_db_upgrade_creates_the_schema(sim: Simulator, tmp_path: Path) -> None:
+    config = write_config(sim, tmp_path)
+    run = await syncer("db", "upgrade", "--config", str(config))
+    assert run.code == 0, run.err
+    assert (tmp_path / "state" / "syncer.db").exists()
+
+
+async def test_json_logs_are_one_object_per_line(make_sim: Any, tmp_path: Path) -> None:
+    sim = await make_sim(url_ttl=0, photos=3, projects=1)  # failures produce warnings
+    config = write_config(sim, tmp_path)
+    run = await syncer("sync", "--config", str(config), "--log-format", "json")
+    lines = [line for line in run.err.splitlines() if line.strip()]
+    assert lines
+    assert all(json.loads(line)["level"] for line in lines)

@@ -1,0 +1,134 @@
+"""Configuration: every mistake named by its key; env secrets; paths relative to the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from syncer.config import load_settings, parse_settings
+from syncer.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+MINIMAL: dict[str, Any] = {"procore": {"company_id": 1, "client_id": "id", "client_secret": "secret"}}
+
+
+def with_(**sections: Any) -> dict[str, Any]:
+    data = {k: dict(v) for k, v in MINIMAL.items()}
+    for name, values in sections.items():
+        data.setdefault(name, {}).update(values)
+    return data
+
+
+def error_for(data: Any) -> str:
+    with pytest.raises(ConfigError) as info:
+        parse_settings(data, Path("/etc/syncer"))
+    return str(info.value)
+
+
+def test_the_example_config_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PROCORE_CLIENT_ID", "id")
+    monkeypatch.setenv("PROCORE_CLIENT_SECRET", "secret")
+    settings = load_settings(ROOT / "config.example.yaml")
+    assert settings.sync.concurrency == 8
+    assert settings.sync.overlap == 300
+
+
+def test_unknown_key_is_named() -> None:
+    assert error_for(with_(sync={"concurency": 4})) == (
+        "sync.concurency: unknown key (check its spelling and config.example.yaml)"
+    )
+
+
+def test_wrong_type_is_named() -> None:
+    assert error_for(with_(sync={"concurrency": "many"})).startswith("sync.concurrency: ")
+
+
+def test_out_of_range_value_is_named() -> None:
+    assert "sync.concurrency" in error_for(with_(sync={"concurrency": 0}))
+
+
+def test_missing_required_key_is_named() -> None:
+    assert error_for({"procore": {"company_id": 1, "client_id": "x"}}) == (
+        "procore.client_secret: required key is missing"
+    )
+
+
+def test_secrets_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SECRET_FOR_TEST", "s3cr3t")
+    settings = parse_settings(with_(procore={"client_secret": "${SECRET_FOR_TEST}"}), Path("/x"))
+    assert settings.procore.client_secret.get_secret_value() == "s3cr3t"
+    assert "s3cr3t" not in repr(settings)
+
+
+def test_unset_environment_variable_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NOT_SET_ANYWHERE", raising=False)
+    assert error_for(with_(procore={"client_secret": "${NOT_SET_ANYWHERE}"})) == (
+        "procore.client_secret: environment variable NOT_SET_ANYWHERE is not set"
+    )
+
+
+def test_relative_paths_resolve_against_the_config_folder(tmp_path: Path) -> None:
+    path = tmp_path / "conf" / "syncer.yaml"
+    path.parent.mkdir()
+    path.write_text(yaml.safe_dump(with_(mirror={"root": "photos"}, database={"url": "sqlite:///db/s.db"})))
+    settings = load_settings(path)
+    assert settings.mirror.root == tmp_path / "conf" / "photos"
+    assert settings.database_url == f"sqlite+aiosqlite:///{tmp_path}/conf/db/s.db"
+
+
+def test_postgres_url_maps_to_the_async_driver() -> None:
+    settings = parse_settings(with_(database={"url": "postgresql://u@db/syncer"}), Path("/x"))
+    assert settings.database_url == "postgresql+asyncpg://u@db/syncer"
+
+
+def test_durations_accept_units() -> None:
+    settings = parse_settings(with_(sync={"overlap": "2h", "lag": 30}), Path("/x"))
+    assert (settings.sync.overlap, settings.sync.lag) == (7200, 30)
+    assert "sync.lag" in error_for(with_(sync={"lag": "soon"}))
+
+
+def test_updated_at_filter_is_refused_because_the_engine_owns_it() -> None:
+    assert "sync.filters.updated_at" in error_for(with_(sync={"filters": {"updated_at": "2026-01-01"}}))
+
+
+def test_filter_values_are_validated() -> None:
+    assert "sync.filters.log_date" in error_for(with_(sync={"filters": {"log_date": "May"}}))
+    assert "sync.filters.projection" in error_for(with_(sync={"filters": {"projection": "180"}}))
+
+
+def test_layout_must_keep_the_photo_id_in_the_file_name() -> None:
+    assert error_for(with_(mirror={"layout": "{project}/{filename}"})) == (
+        "mirror.layout: the file name part (after the last '/') must contain {id}"
+    )
+
+
+def test_layout_fields_are_checked() -> None:
+    assert "unknown field {albun}" in error_for(with_(mirror={"layout": "{albun}/{id}"}))
+
+
+def test_on_delete_choices() -> None:
+    assert error_for(with_(mirror={"on_delete": "shred"})).startswith("mirror.on_delete: ")
+
+
+def test_base_urls_are_checked() -> None:
+    assert error_for(with_(procore={"api_base": "api.procore.com"})).startswith("procore.api_base: ")
+
+
+def test_not_a_mapping() -> None:
+    assert "mapping" in error_for(["procore"])
+    assert "empty" in error_for(None)
+
+
+def test_invalid_yaml_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("procore:\n  company_id: [1\n")
+    with pytest.raises(ConfigError, match=r"not valid YAML at line \d+"):
+        load_settings(path)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_settings(tmp_path / "absent.yaml")

@@ -1,0 +1,178 @@
+"""The Procore client against the simulator: auth, pacing, retries, pagination, odd bodies."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+import pytest
+from yarl import URL
+
+from syncer.procore.api import ProcoreApi
+from syncer.procore.auth import AuthError
+from syncer.procore.http import Answer, ProcoreError, ProcoreHttp, RetryPolicy
+from syncer.procore.pacing import Pacer
+from syncer.procore.query import ImageQuery
+from syncer.simulator import Simulator
+
+FAST = RetryPolicy(attempts=8, base_delay=0.01, max_delay=0.05)
+
+
+@asynccontextmanager
+async def client(sim: Simulator, **overrides: Any) -> AsyncIterator[ProcoreApi]:
+    options: dict[str, Any] = {
+        "api_base": sim.api_base,
+        "login_base": sim.api_base,
+        "company_id": sim.company.id,
+        "client_id": sim.config.client_id,
+        "client_secret": sim.config.client_secret,
+        "retry": FAST,
+        **overrides,
+    }
+    async with aiohttp.ClientSession() as session:
+        yield ProcoreApi(ProcoreHttp(session, **options), company_id=options["company_id"])
+
+
+async def test_projects_are_listed_across_pages_trusting_per_page(make_sim: Any) -> None:
+    sim = await make_sim(projects=5, max_per_page=2)
+    async with client(sim) as api:
+        projects = await api.projects()
+    assert sorted(p.id for p in projects) == sorted(sim.company.projects)
+    assert sim.stats.requests["projects"] == 3
+
+
+async def test_ids_only_lists_every_id(make_sim: Any) -> None:
+    sim = await make_sim(photos=90, projects=1, max_per_page=40)
+    project = next(iter(sim.company.projects))
+    async with client(sim) as api:
+        ids = [i async for page in api.image_ids(ImageQuery(project_id=project), per_page=100) for i in page]
+    assert sorted(ids) == sorted(sim.company.photos)
+
+
+async def test_pacing_from_headers_avoids_429(make_sim: Any) -> None:
+    sim = await make_sim(spike_limit=10, spike_window=1.0)
+    async with client(sim) as api:
+        started = time.monotonic()
+        await asyncio.gather(*(api.projects() for _ in range(35)))
+        elapsed = time.monotonic() - started
+    assert sim.stats.rate_limited == 0
+    assert elapsed >= 2.0, "35 requests at 10 a second cannot finish in under 3 windows"
+
+
+async def test_429_is_waited_out_and_every_call_succeeds(make_sim: Any) -> None:
+    sim = await make_sim(spike_limit=3, spike_window=1.0)
+    async with client(sim) as api:
+        results = await asyncio.gather(*(api.projects() for _ in range(12)))  # the first burst overruns
+    assert all(len(r) == len(sim.company.projects) for r in results)
+    assert sim.stats.rate_limited > 0
+
+
+async def test_server_errors_are_retried(make_sim: Any) -> None:
+    sim = await make_sim(error_rate=0.3)
+    async with client(sim) as api:
+        for _ in range(10):
+            assert len(await api.projects()) == len(sim.company.projects)
+
+
+async def test_retries_are_bounded(make_sim: Any) -> None:
+    sim = await make_sim(error_rate=1.0, retry_after=0.01)
+    async with client(sim, retry=RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.01)) as api:
+        with pytest.raises(ProcoreError, match=r"HTTP 50\d.*gave up after 3 attempts"):
+            await api.projects()
+
+
+async def test_broken_json_is_reported_with_an_excerpt(make_sim: Any) -> None:
+    sim = await make_sim(broken_json_rate=1.0)
+    async with client(sim, retry=RetryPolicy(attempts=2, base_delay=0.01)) as api:
+        with pytest.raises(ProcoreError, match="answer is not JSON"):
+            await api.projects()
+
+
+async def test_revoked_token_is_renewed_once(sim: Simulator) -> None:
+    async with client(sim) as api:
+        await api.projects()
+        sim.tokens.clear()  # revoked upstream
+        await api.projects()
+    assert sim.stats.tokens_issued == 2
+
+
+async def test_wrong_credentials_raise_auth_error_without_the_secret(sim: Simulator) -> None:
+    async with client(sim, client_secret="wrong-secret-value") as api:
+        with pytest.raises(AuthError) as info:
+            await api.projects()
+    assert "Client authentication failed" in str(info.value)
+    assert "wrong-secret-value" not in str(info.value)
+
+
+async def test_wrong_company_is_an_error_with_procores_message(sim: Simulator) -> None:
+    async with client(sim, company_id=1) as api:
+        with pytest.raises(ProcoreError, match="HTTP 400: company_id is required|HTTP 403"):
+            await api.projects()
+
+
+async def test_one_photo_has_a_freshly_signed_url(sim: Simulator) -> None:
+    photo_id, sim_photo = next(iter(sim.company.photos.items()))
+    async with client(sim) as api:
+        photo = await api.image(sim_photo.project_id, photo_id)
+    assert photo.id == photo_id
+    assert photo.url and "sig=" in photo.url
+    assert "sig=" not in str(photo.raw)
+
+
+def test_token_goes_only_to_the_api_origin_and_procore_hosts() -> None:
+    http = ProcoreHttp(None, api_base="http://127.0.0.1:9000", login_base="x", company_id=1,  # type: ignore[arg-type]
+                       client_id="a", client_secret="b")
+    allowed = ["http://127.0.0.1:9000/storage/x", "https://storage.procore.com/f", "https://a.b.procore.com/x"]
+    refused = [
+        "http://127.0.0.1:9001/x", "https://bucket.s3.amazonaws.com/x", "http://storage.procore.com/x",
+        "https://procore.com.evil.example/x", "https://evilprocore.com/x", "https://127.0.0.1:9000/x",
+    ]
+    assert all(http.is_procore_url(URL(u)) for u in allowed)
+    assert not any(http.is_procore_url(URL(u)) for u in refused)
+
+
+def test_pagination_links_off_the_api_origin_are_refused() -> None:
+    http = ProcoreHttp(None, api_base="https://api.procore.com", login_base="x", company_id=1,  # type: ignore[arg-type]
+                       client_id="a", client_secret="b")
+    answer = Answer(data=[{"id": 1}], headers={"Link": '<https://evil.example/rest?page=2>; rel="next"'})
+    with pytest.raises(ProcoreError, match="leaves the API origin"):
+        ProcoreApi(http, company_id=1)._page_of(answer, "listing")
+
+
+async def test_pacer_holds_callers_until_the_reset_when_the_budget_is_spent() -> None:
+    now = [1000.0]
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    pacer = Pacer(clock=lambda: now[0], wall=lambda: now[0], sleep=sleep, jitter=lambda: 0.0)
+    pacer.observe({"X-Rate-Limit-Limit": "25", "X-Rate-Limit-Remaining": "1", "X-Rate-Limit-Reset": "1007"})
+    async with pacer.slot():
+        pass
+    assert slept == []
+    async with pacer.slot():
+        pass
+    assert slept == [7.0]
+
+
+async def test_pacer_reads_reset_against_the_servers_clock() -> None:
+    now = [1000.0]
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    pacer = Pacer(clock=lambda: now[0], wall=lambda: now[0], sleep=sleep, jitter=lambda: 0.0)
+    # The server's clock is 100 s ahead of ours: Reset means "10 s from now", not "110 s".
+    pacer.observe({"X-Rate-Limit-Remaining": "0", "X-Rate-Limit-Reset": "1110",
+                   "Date": "Thu, 01 Jan 1970 00:18:20 GMT"})
+    async with pacer.slot():
+        pass
+    assert slept == [10.0]
