@@ -11,8 +11,8 @@ was missed.
 A piece that fails is split at the `created_at` values where its pages began (the listing is
 sorted by `created_at`), so each sub-piece holds about one page and is proven by one request. A
 piece too dense to split that way is cut by `updated_at`, then by `created_at`, around the seconds
-its photos were seen in, down to one second each; past that, it is asked for as one large page (a consistent snapshot), up to a limit of
-tries.
+its photos were seen in, down to one second each; past that, it is asked for as one large page
+(a consistent snapshot), up to a limit of tries.
 """
 
 from __future__ import annotations

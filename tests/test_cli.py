@@ -27,8 +27,12 @@ class Run:
 
 async def syncer(*args: str, env: dict[str, str] | None = None) -> Run:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "syncer", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "syncer",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
         env={**os.environ, **(env or {})},
     )
     out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
@@ -91,8 +95,14 @@ async def test_usage_error_exits_2() -> None:
 
 async def test_unreachable_procore_is_one_line_and_exit_1(tmp_path: Path) -> None:
     config: dict[str, Any] = {
-        "procore": {"api_base": "http://127.0.0.1:9", "login_base": "http://127.0.0.1:9", "company_id": 1,
-                    "client_id": "a", "client_secret": "b", "retry_attempts": 2},
+        "procore": {
+            "api_base": "http://127.0.0.1:9",
+            "login_base": "http://127.0.0.1:9",
+            "company_id": 1,
+            "client_id": "a",
+            "client_secret": "b",
+            "retry_attempts": 2,
+        },
         "mirror": {"root": "m"},
     }
     path = tmp_path / "c.yaml"

@@ -81,7 +81,9 @@ def test_hostile_file_names_stay_one_component(fields: dict[str, Any], expected_
     assert_safe(rel)
 
 
-@pytest.mark.parametrize("album", ["..", ".", "/", "../../..", ".hidden", "CON", "nul.txt", "lpt1", " ", "\x00"])
+@pytest.mark.parametrize(
+    "album", ["..", ".", "/", "../../..", ".hidden", "CON", "nul.txt", "lpt1", " ", "\x00"]
+)
 def test_hostile_album_names_are_made_safe(album: str) -> None:
     rel = render(album_name=album)
     assert rel.count("/") == 3
@@ -145,10 +147,18 @@ text = st.text(alphabet=st.characters(codec="utf-8"), max_size=300)
 
 @settings(max_examples=300, deadline=None)
 @given(filename=text, album=text, project=text, location=text)
-def test_any_upstream_strings_give_a_safe_unique_path(filename: str, album: str, project: str, location: str) -> None:
+def test_any_upstream_strings_give_a_safe_unique_path(
+    filename: str, album: str, project: str, location: str
+) -> None:
     layout = Layout("{project}/{album}/{location}/{taken:%Y}/{id}_{filename}")
-    a = layout.render(photo(filename=filename, album_name=album, location_name=location), project_name=project, project_id=1)
-    b = layout.render(photo(id=2, filename=filename, album_name=album, location_name=location), project_name=project, project_id=1)
+    a = layout.render(
+        photo(filename=filename, album_name=album, location_name=location), project_name=project, project_id=1
+    )
+    b = layout.render(
+        photo(id=2, filename=filename, album_name=album, location_name=location),
+        project_name=project,
+        project_id=1,
+    )
     assert_safe(a)
     assert a.count("/") == 4
     assert a != b

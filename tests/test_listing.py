@@ -11,12 +11,11 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from syncer.config import load_settings
 from syncer.errors import ExitCode
 from syncer.simulator import SimConfig, Simulator
 from syncer.simulator.server import ListingRequest
 from tests.conftest import assert_byte_exact, sync, write_config
-
-from syncer.config import load_settings
 
 
 def tie(sim: Simulator, count: int, *, created_too: bool, seed: int = 3) -> list[int]:
@@ -86,14 +85,26 @@ async def test_paging_alone_would_have_missed_photos(make_sim: Any) -> None:
     tie(sim, 300, created_too=True)
     project = next(iter(sim.company.projects))
     async with aiohttp.ClientSession() as session:
-        token = (await (await session.post(f"{sim.api_base}/oauth/token", data={
-            "grant_type": "client_credentials", "client_id": sim.config.client_id,
-            "client_secret": sim.config.client_secret})).json())["access_token"]
+        token = (
+            await (
+                await session.post(
+                    f"{sim.api_base}/oauth/token",
+                    data={
+                        "grant_type": "client_credentials",
+                        "client_id": sim.config.client_id,
+                        "client_secret": sim.config.client_secret,
+                    },
+                )
+            ).json()
+        )["access_token"]
         headers = {"Authorization": f"Bearer {token}", "Procore-Company-Id": str(sim.company.id)}
         seen: set[int] = set()
         for page in range(1, 7):
-            answer = await session.get(f"{sim.api_base}/rest/v1.0/images", headers=headers, params={
-                "project_id": project, "page": page, "per_page": 50, "sort": "created_at"})
+            answer = await session.get(
+                f"{sim.api_base}/rest/v1.0/images",
+                headers=headers,
+                params={"project_id": project, "page": page, "per_page": 50, "sort": "created_at"},
+            )
             seen.update(item["id"] for item in await answer.json())
     assert len(seen) < 300
 

@@ -110,7 +110,7 @@ async def test_wrong_credentials_raise_auth_error_without_the_secret(sim: Simula
 
 async def test_wrong_company_is_an_error_with_procores_message(sim: Simulator) -> None:
     async with client(sim, company_id=1) as api:
-        with pytest.raises(ProcoreError, match="HTTP 400: company_id is required|HTTP 403"):
+        with pytest.raises(ProcoreError, match="HTTP 403: You do not have access"):
             await api.projects()
 
 
@@ -124,20 +124,40 @@ async def test_one_photo_has_a_freshly_signed_url(sim: Simulator) -> None:
 
 
 def test_token_goes_only_to_the_api_origin_and_procore_hosts() -> None:
-    http = ProcoreHttp(None, api_base="http://127.0.0.1:9000", login_base="x", company_id=1,  # type: ignore[arg-type]
-                       client_id="a", client_secret="b")
-    allowed = ["http://127.0.0.1:9000/storage/x", "https://storage.procore.com/f", "https://a.b.procore.com/x"]
+    http = ProcoreHttp(
+        None,
+        api_base="http://127.0.0.1:9000",
+        login_base="x",
+        company_id=1,  # type: ignore[arg-type]
+        client_id="a",
+        client_secret="b",
+    )
+    allowed = [
+        "http://127.0.0.1:9000/storage/x",
+        "https://storage.procore.com/f",
+        "https://a.b.procore.com/x",
+    ]
     refused = [
-        "http://127.0.0.1:9001/x", "https://bucket.s3.amazonaws.com/x", "http://storage.procore.com/x",
-        "https://procore.com.evil.example/x", "https://evilprocore.com/x", "https://127.0.0.1:9000/x",
+        "http://127.0.0.1:9001/x",
+        "https://bucket.s3.amazonaws.com/x",
+        "http://storage.procore.com/x",
+        "https://procore.com.evil.example/x",
+        "https://evilprocore.com/x",
+        "https://127.0.0.1:9000/x",
     ]
     assert all(http.is_procore_url(URL(u)) for u in allowed)
     assert not any(http.is_procore_url(URL(u)) for u in refused)
 
 
 def test_pagination_links_off_the_api_origin_are_refused() -> None:
-    http = ProcoreHttp(None, api_base="https://api.procore.com", login_base="x", company_id=1,  # type: ignore[arg-type]
-                       client_id="a", client_secret="b")
+    http = ProcoreHttp(
+        None,
+        api_base="https://api.procore.com",
+        login_base="x",
+        company_id=1,  # type: ignore[arg-type]
+        client_id="a",
+        client_secret="b",
+    )
     answer = Answer(data=[{"id": 1}], headers={"Link": '<https://evil.example/rest?page=2>; rel="next"'})
     with pytest.raises(ProcoreError, match="leaves the API origin"):
         ProcoreApi(http, company_id=1)._page_of(answer, "listing")
@@ -171,8 +191,9 @@ async def test_pacer_reads_reset_against_the_servers_clock() -> None:
 
     pacer = Pacer(clock=lambda: now[0], wall=lambda: now[0], sleep=sleep, jitter=lambda: 0.0)
     # The server's clock is 100 s ahead of ours: Reset means "10 s from now", not "110 s".
-    pacer.observe({"X-Rate-Limit-Remaining": "0", "X-Rate-Limit-Reset": "1110",
-                   "Date": "Thu, 01 Jan 1970 00:18:20 GMT"})
+    pacer.observe(
+        {"X-Rate-Limit-Remaining": "0", "X-Rate-Limit-Reset": "1110", "Date": "Thu, 01 Jan 1970 00:18:20 GMT"}
+    )
     async with pacer.slot():
         pass
     assert slept == [10.0]

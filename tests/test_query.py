@@ -23,7 +23,9 @@ def test_album_page_and_per_page() -> None:
 
 
 def test_array_filters_use_rails_brackets() -> None:
-    filters = ImageFilters(daily_log_segment_id=[1, 2], trade_ids=[7], uploader_id=[3], id=[9, 10], location_id=[5])
+    filters = ImageFilters(
+        daily_log_segment_id=[1, 2], trade_ids=[7], uploader_id=[3], id=[9, 10], location_id=[5]
+    )
     assert wire(ImageQuery(project_id=1, filters=filters)) == (
         "project_id=1&filters[daily_log_segment_id][]=1&filters[daily_log_segment_id][]=2"
         "&filters[location_id][]=5&filters[trade_ids][]=7&filters[uploader_id][]=3"
@@ -40,7 +42,10 @@ def test_boolean_filters_are_lowercase_words() -> None:
 
 def test_date_range_and_single_date_for_log_date() -> None:
     ranged = ImageFilters(log_date=Range(date(2026, 5, 1), date(2026, 5, 31)))
-    assert wire(ImageQuery(project_id=1, filters=ranged)) == "project_id=1&filters[log_date]=2026-05-01...2026-05-31"
+    assert (
+        wire(ImageQuery(project_id=1, filters=ranged))
+        == "project_id=1&filters[log_date]=2026-05-01...2026-05-31"
+    )
     single = ImageFilters(log_date="2026-05-06")
     assert wire(ImageQuery(project_id=1, filters=single)) == "project_id=1&filters[log_date]=2026-05-06"
 
@@ -77,4 +82,4 @@ def test_projection_query_sort_and_view() -> None:
 
 def test_naive_datetimes_are_refused() -> None:
     with pytest.raises(ValueError, match="naive"):
-        Range(datetime(2026, 1, 1), datetime(2026, 1, 2)).wire()  # noqa: DTZ001
+        Range(datetime(2026, 1, 1), datetime(2026, 1, 2)).wire()

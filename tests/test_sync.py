@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from syncer.errors import ExitCode
@@ -19,7 +20,9 @@ async def test_full_sync_mirrors_every_photo_byte_exact(sim: Simulator, settings
     assert sum(r.downloaded for r in summary.results) == len(sim.company.photos)
 
 
-async def test_second_run_downloads_nothing_and_costs_a_few_requests(sim: Simulator, settings_for: Any) -> None:
+async def test_second_run_downloads_nothing_and_costs_a_few_requests(
+    sim: Simulator, settings_for: Any
+) -> None:
     settings = settings_for(sim)
     await sync(settings)
     downloads_before = sum(sim.stats.downloads.values())
@@ -66,7 +69,9 @@ async def test_urls_that_expire_before_download_are_signed_again(make_sim: Any, 
     assert_byte_exact(sim, settings)
 
 
-async def test_failed_photos_stay_due_without_holding_the_checkpoint(make_sim: Any, settings_for: Any) -> None:
+async def test_failed_photos_stay_due_without_holding_the_checkpoint(
+    make_sim: Any, settings_for: Any
+) -> None:
     sim = await make_sim(url_ttl=0, photos=10)
     settings = settings_for(sim)
     await sync(settings)
@@ -94,13 +99,15 @@ async def test_secrets_reach_no_log_line_database_row_or_sidecar(
     texts += [json.dumps(row, default=str) for row in db_rows(settings, "SELECT * FROM sync_runs")]
     texts += [p.read_text() for p in settings.mirror.root.rglob("*.json")]
     database = settings.database.url.removeprefix("sqlite:///")
-    texts.append(open(database, "rb").read().decode("latin-1"))  # noqa: PTH123, SIM115
+    texts.append(Path(database).read_bytes().decode("latin-1"))
     for secret in secrets:
         assert not any(secret in text for text in texts)
     assert not any("sig=" in text or "X-Amz-Signature" in text for text in texts[:-1])
 
 
-async def test_metadata_edit_rewrites_the_sidecar_without_downloading(sim: Simulator, settings_for: Any) -> None:
+async def test_metadata_edit_rewrites_the_sidecar_without_downloading(
+    sim: Simulator, settings_for: Any
+) -> None:
     settings = settings_for(sim)
     await sync(settings)
     photo = next(iter(sim.company.photos.values()))
@@ -117,7 +124,9 @@ async def test_album_move_renames_the_file_without_downloading(sim: Simulator, s
     settings = settings_for(sim)
     await sync(settings)
     photo = next(p for p in sim.company.photos.values() if p.album_id is not None)
-    other = next(a for a in sim.company.albums.values() if a.project_id == photo.project_id and a.id != photo.album_id)
+    other = next(
+        a for a in sim.company.albums.values() if a.project_id == photo.project_id and a.id != photo.album_id
+    )
     sim.edit_photo(photo.id, album_id=other.id)
     downloads = sum(sim.stats.downloads.values())
     summary = await sync(settings)
