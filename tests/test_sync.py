@@ -171,3 +171,52 @@ async def test_list_filters_from_the_config_reach_procore(sim: Simulator, settin
     await sync(settings)
     starred = {p.id for p in sim.company.photos.values() if p.starred}
     assert starred and set(mirror_photos(settings.mirror.root)) == starred
+
+
+HOSTILE_NAMES = [
+    "../../escape.jpg",
+    "/etc/passwd",
+    "..\\..\\win.jpg",
+    "new\nline.jpg",
+    "CON",
+    "nul.jpg",
+    ".hidden.jpg",
+    "trailing. ",
+    "é" * 300 + ".jpg",
+    "tab\there.jpg",
+    "\u202egnp.exe",
+    "",
+    "a/b/c.jpg",
+]
+
+
+async def test_hostile_upstream_names_stay_inside_the_mirror(
+    sim: Simulator, settings_for: Any, tmp_path: Any
+) -> None:
+    project = next(iter(sim.company.projects.values()))
+    project.name = "../../../outside"
+    for album in sim.company.albums.values():
+        album.name = ".." if album.project_id == project.id else "CON"
+    for photo, name in zip(sim.company.photos.values(), HOSTILE_NAMES * 10, strict=False):
+        photo.filename = name
+    settings = settings_for(sim)
+    summary = await sync(settings)
+    assert summary.exit_code == ExitCode.OK
+    assert_byte_exact(sim, settings)
+    root = settings.mirror.root.resolve()
+    written = [
+        p for p in tmp_path.rglob("*") if p.is_file() and "state" not in p.parts and p.name != "config.yaml"
+    ]
+    assert written and all(root in p.resolve().parents for p in written)
+    assert not any(
+        part.startswith(".") for p in written for part in p.relative_to(root).parts[:-1] if part != ".syncer"
+    )
+
+
+async def test_photo_files_carry_the_time_they_were_taken(sim: Simulator, settings_for: Any) -> None:
+    settings = settings_for(sim)
+    await sync(settings)
+    for photo in list(sim.company.photos.values())[:10]:
+        path = next(p for p in settings.mirror.root.rglob(f"{photo.id}_*") if not p.name.endswith(".json"))
+        expected = (photo.taken_at or photo.created_at).timestamp()
+        assert path.stat().st_mtime == expected

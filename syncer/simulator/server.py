@@ -235,7 +235,8 @@ class Simulator:
         return None
 
     def _photo_url(self, photo: SimPhoto) -> str:
-        path = f"/storage/files/{photo.id}/{photo.file_key}/{photo.filename.replace('/', '_')}"
+        name = photo.filename.replace("/", "_").strip(".") or "file"  # one routable path segment
+        path = f"/storage/files/{photo.id}/{photo.file_key}/{name}"
         expires = int(time.time() + self.config.url_ttl)
         # Signed over the decoded path, which is what the server sees after routing.
         return f"{self.api_base}{quote(path)}?sig={self._sign(path, expires)}&expires={expires}"
