@@ -44,13 +44,7 @@ async def sim(make_sim: Callable[..., Any]) -> Simulator:
 
 def write_config(sim: Simulator, folder: Path, **sections: dict[str, Any]) -> Path:
     config: dict[str, Any] = {
-        "procore": {
-            "api_base": sim.api_base,
-            "login_base": sim.api_base,
-            "company_id": sim.company.id,
-            "client_id": sim.config.client_id,
-            "client_secret": sim.config.client_secret,
-        },
+        "procore": sim.procore_settings(),
         "database": {"url": "sqlite:///state/syncer.db"},
         "mirror": {"root": "mirror"},
         "sync": {"concurrency": 4, "per_page": 25, "lag": 0, "overlap": 0},

@@ -163,7 +163,8 @@ def test_pagination_links_off_the_api_origin_are_refused() -> None:
         ProcoreApi(http, company_id=1)._page_of(answer, "listing")
 
 
-async def test_pacer_holds_callers_until_the_reset_when_the_budget_is_spent() -> None:
+def fake_clock_pacer() -> tuple[Pacer, list[float]]:
+    """A pacer on a fake clock that starts at 1000 s; returns it and the list of its sleeps."""
     now = [1000.0]
     slept: list[float] = []
 
@@ -171,7 +172,11 @@ async def test_pacer_holds_callers_until_the_reset_when_the_budget_is_spent() ->
         slept.append(seconds)
         now[0] += seconds
 
-    pacer = Pacer(clock=lambda: now[0], wall=lambda: now[0], sleep=sleep, jitter=lambda: 0.0)
+    return Pacer(clock=lambda: now[0], wall=lambda: now[0], sleep=sleep, jitter=lambda: 0.0), slept
+
+
+async def test_pacer_holds_callers_until_the_reset_when_the_budget_is_spent() -> None:
+    pacer, slept = fake_clock_pacer()
     pacer.observe({"X-Rate-Limit-Limit": "25", "X-Rate-Limit-Remaining": "1", "X-Rate-Limit-Reset": "1007"})
     async with pacer.slot():
         pass
@@ -182,14 +187,7 @@ async def test_pacer_holds_callers_until_the_reset_when_the_budget_is_spent() ->
 
 
 async def test_pacer_reads_reset_against_the_servers_clock() -> None:
-    now = [1000.0]
-    slept: list[float] = []
-
-    async def sleep(seconds: float) -> None:
-        slept.append(seconds)
-        now[0] += seconds
-
-    pacer = Pacer(clock=lambda: now[0], wall=lambda: now[0], sleep=sleep, jitter=lambda: 0.0)
+    pacer, slept = fake_clock_pacer()
     # The server's clock is 100 s ahead of ours: Reset means "10 s from now", not "110 s".
     pacer.observe(
         {"X-Rate-Limit-Remaining": "0", "X-Rate-Limit-Reset": "1110", "Date": "Thu, 01 Jan 1970 00:18:20 GMT"}

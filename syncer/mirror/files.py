@@ -37,7 +37,12 @@ class MirrorFS:
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mirror-io")
 
     def prepare(self) -> None:
+        """Create the state folder and drop sidecar temp files an interrupted run left behind.
+
+        Called under the mirror lock, so no other run is writing them."""
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        for leftover in self.tmp_dir.glob("*.tmp"):
+            leftover.unlink(missing_ok=True)
 
     def close(self) -> None:
         self.executor.shutdown(wait=True)

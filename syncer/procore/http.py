@@ -154,9 +154,12 @@ class ProcoreHttp:
         """Send a GET to a Procore host with the token; the caller reads and releases the answer.
 
         Used for the first hop of a photo download. 5xx, 429 and 503 are retried here; a 3xx or
-        4xx is the caller's to interpret.
+        4xx is the caller's to interpret. A 401 here usually means the URL's signature expired,
+        not the token, so it is returned rather than treated as a dead token.
         """
-        return await self._retrying(lambda: self._send_once("GET", url, what=what), what=what)
+        return await self._retrying(
+            lambda: self._send_once("GET", url, what=what, renew_on_401=False), what=what
+        )
 
     async def _retrying(self, attempt: Callable[[], Awaitable[T]], *, what: str) -> T:
         renewed = False
@@ -187,6 +190,7 @@ class ProcoreHttp:
         what: str,
         auth: bool = True,
         data: Mapping[str, str] | None = None,
+        renew_on_401: bool = True,
     ) -> aiohttp.ClientResponse:
         token = await self.tokens.token() if auth else None
         headers = {"Accept": "application/json", "Procore-Company-Id": str(self._company_id)}
@@ -204,7 +208,7 @@ class ProcoreHttp:
         except TRANSPORT_ERRORS as exc:
             raise _Retry(ProcoreError(f"{what}: {type(exc).__name__}: {exc}")) from None
         status = response.status
-        if status == 401 and auth:
+        if status == 401 and auth and renew_on_401:
             response.release()
             raise _Unauthorized(token)
         if status in (429, 503):

@@ -26,15 +26,7 @@ async def serve(args: argparse.Namespace) -> int:
         )
     )
     await sim.start(api_port=args.port, store_port=args.store_port)
-    config = {
-        "procore": {
-            "api_base": sim.api_base,
-            "login_base": sim.api_base,
-            "company_id": sim.company.id,
-            "client_id": sim.config.client_id,
-            "client_secret": sim.config.client_secret,
-        },
-    }
+    config = {"procore": sim.procore_settings()}
     print(f"Procore simulator: API {sim.api_base}, object store {sim.store_base}")
     print(f"{len(sim.company.projects)} projects, {len(sim.company.photos)} photos (seed {args.seed}).")
     print("A config section that points at it:\n")
@@ -65,13 +57,7 @@ async def demo(args: argparse.Namespace) -> int:
             "# Written by `syncer demo`: points at the simulator it started (gone once the demo ends).\n"
             + yaml.safe_dump(
                 {
-                    "procore": {
-                        "api_base": sim.api_base,
-                        "login_base": sim.api_base,
-                        "company_id": sim.company.id,
-                        "client_id": sim.config.client_id,
-                        "client_secret": sim.config.client_secret,
-                    },
+                    "procore": sim.procore_settings(),
                     "database": {"url": "sqlite:///syncer.db"},
                     "mirror": {"root": ".."},
                 },

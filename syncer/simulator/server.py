@@ -169,6 +169,16 @@ class Simulator:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
+    def procore_settings(self) -> dict[str, Any]:
+        """The `procore:` config section that points a syncer at this simulator."""
+        return {
+            "api_base": self.api_base,
+            "login_base": self.api_base,
+            "company_id": self.company.id,
+            "client_id": self.config.client_id,
+            "client_secret": self.config.client_secret,
+        }
+
     # -- what tests change -------------------------------------------------------------------
 
     def now(self) -> datetime:
@@ -562,7 +572,8 @@ class Simulator:
 
     async def _file_redirect(self, request: web.Request) -> web.Response:
         if (reason := self._signed_ok(request.path, request.query, "sig", "expires")) is not None:
-            return web.json_response({"errors": f"Forbidden: {reason}"}, status=403)
+            status = 401 if "expired" in reason else 403  # Procore answers either, by case
+            return web.json_response({"errors": f"Forbidden: {reason}"}, status=status)
         photo = self.company.photos.get(int(request.match_info["id"]))
         if photo is None or photo.deleted:
             return web.json_response({"errors": "Not Found"}, status=404)

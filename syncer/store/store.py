@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from syncer.procore.models import Album, Project
 from syncer.store.db import create_engine, upgrade
-from syncer.store.models import AlbumRow, PhotoRow, ProjectRow, SyncRunRow
+from syncer.store.models import AlbumRow, Base, PhotoRow, ProjectRow, SyncRunRow
 
 ID_BATCH = 500
 METADATA_COLUMNS = (
@@ -147,37 +147,31 @@ class Store:
 
     # -- projects and albums -----------------------------------------------------------------
 
-    async def save_projects(self, company_id: int, projects: Sequence[Project]) -> None:
-        if not projects:
+    async def _upsert(
+        self,
+        model: type[Base],
+        rows: Sequence[dict[str, Any]],
+        update: Sequence[str],
+        fixed: dict[str, Any] | None = None,
+    ) -> None:
+        """Insert rows, or, where the id exists, update the `update` columns (and set `fixed`
+        values), in one transaction."""
+        if not rows:
             return
-        ins = self._insert(ProjectRow)
+        ins = self._insert(model)
         stmt = ins.on_conflict_do_update(
-            index_elements=[ProjectRow.id],
-            set_={
-                "name": ins.excluded.name,
-                "active": ins.excluded.active,
-                "company_id": ins.excluded.company_id,
-            },
+            index_elements=["id"], set_={**{c: ins.excluded[c] for c in update}, **(fixed or {})}
         )
-        rows = [{"id": p.id, "company_id": company_id, "name": p.name, "active": p.active} for p in projects]
         async with self._write, self.engine.begin() as conn:
-            await conn.execute(stmt, rows)
+            await conn.execute(stmt, list(rows))
+
+    async def save_projects(self, company_id: int, projects: Sequence[Project]) -> None:
+        rows = [{"id": p.id, "company_id": company_id, "name": p.name, "active": p.active} for p in projects]
+        await self._upsert(ProjectRow, rows, ("name", "active", "company_id"))
 
     async def save_albums(self, project_id: int, albums: Sequence[Album]) -> None:
-        if not albums:
-            return
-        ins = self._insert(AlbumRow)
-        stmt = ins.on_conflict_do_update(
-            index_elements=[AlbumRow.id],
-            set_={
-                "name": ins.excluded.name,
-                "private": ins.excluded.private,
-                "project_id": ins.excluded.project_id,
-            },
-        )
         rows = [{"id": a.id, "project_id": project_id, "name": a.name, "private": a.private} for a in albums]
-        async with self._write, self.engine.begin() as conn:
-            await conn.execute(stmt, rows)
+        await self._upsert(AlbumRow, rows, ("name", "private", "project_id"))
 
     async def checkpoint(self, project_id: int) -> datetime | None:
         async with self.engine.connect() as conn:
@@ -213,16 +207,9 @@ class Store:
         return out
 
     async def save_photos(self, rows: Sequence[dict[str, Any]]) -> None:
-        """Insert or update a page of photo rows in one transaction; local file columns untouched."""
-        if not rows:
-            return
-        ins = self._insert(PhotoRow)
-        stmt = ins.on_conflict_do_update(
-            index_elements=[PhotoRow.id],
-            set_={**{c: ins.excluded[c] for c in METADATA_COLUMNS}, "deleted_at": None},
-        )
-        async with self._write, self.engine.begin() as conn:
-            await conn.execute(stmt, list(rows))
+        """Insert or update a page of photo rows in one transaction; local file columns untouched.
+        A listed photo exists, so a deletion mark from earlier is cleared."""
+        await self._upsert(PhotoRow, rows, METADATA_COLUMNS, fixed={"deleted_at": None})
 
     async def due_downloads(self, project_id: int, now: datetime) -> list[DueDownload]:
         """Photos whose verified local file is missing or stale and whose retry time has come."""
