@@ -135,3 +135,39 @@ async def test_json_logs_are_one_object_per_line(make_sim: Any, tmp_path: Path) 
     lines = [line for line in run.err.splitlines() if line.strip()]
     assert lines
     assert all(json.loads(line)["level"] for line in lines)
+
+
+async def test_simulate_serves_a_company_until_stopped(tmp_path: Path) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "syncer",
+        "simulate",
+        "--port",
+        "0",
+        "--photos",
+        "30",
+        "--seed",
+        "4",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    try:
+        banner = (await asyncio.wait_for(proc.stdout.readline(), timeout=30)).decode()
+        api_base = banner.split("API ")[1].split(",")[0]
+        section = yaml.safe_load(
+            (await asyncio.wait_for(proc.stdout.readuntil(b"Ctrl-C"), 30))
+            .decode()
+            .split("points at it:\n")[1]
+            .removesuffix("Ctrl-C")
+        )
+        assert section["procore"]["api_base"] == api_base
+        config = tmp_path / "c.yaml"
+        config.write_text(yaml.safe_dump({**section, "mirror": {"root": "m"}, "sync": {"lag": 0}}))
+        run = await syncer("sync", "--config", str(config))
+        assert run.code == ExitCode.OK, run.err
+        assert "30 photos downloaded" in run.out
+    finally:
+        proc.terminate()
+        assert await asyncio.wait_for(proc.wait(), timeout=10) == 0
