@@ -339,7 +339,11 @@ class SyncEngine:
                     raise FetchError("Procore gave no download URL for this photo", retry=False)
                 what = f"photo {photo.id}"
                 fetched = await self.fetcher.fetch(
-                    photo.url, expected_size=photo.size, part_name=f"{photo.id}.part", what=what
+                    photo.url,
+                    expected_size=photo.size,
+                    part_name=f"{photo.id}.part",
+                    file_key=photo.file_key,
+                    what=what,
                 )
                 self.progress.received(fetched.size)
                 rel = self._render(photo, project)

@@ -1,18 +1,24 @@
-"""One photo download: redirects by hand, the token only on Procore hosts, verified bytes.
+"""One photo download: redirects by hand, the token only on Procore hosts, verified bytes, resume.
 
 The first hop usually sits on a Procore host and needs the bearer token; it redirects to a
 presigned object-store URL that must not get it (S3 refuses a request with both). So redirects are
-followed here, deciding at every hop whether the token may go. The body streams into a temp file
-under `.syncer/tmp/`, hashed as it arrives, then its length is checked against the listing's
+followed here, deciding at every hop whether the token may go. The body streams into
+`.syncer/tmp/<id>.part`, hashed as it arrives, then its length is checked against the listing's
 `size` and `Content-Length`, and it is fsynced. Only then may the caller publish it.
+
+Resuming: every `DURABLE_EVERY` bytes the part is fsynced and `<id>.part.json` records how many
+bytes are durable, with the file's identity and ETag. A later attempt, even after `kill -9` or a
+power cut, keeps only those bytes and asks for the rest with `Range` (and `If-Range`); a server
+that answers 200 instead, a different ETag or a changed file means starting again from zero.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import aiofiles
@@ -28,6 +34,8 @@ REDIRECTS = frozenset({301, 302, 303, 307, 308})
 EXPIRED = frozenset({401, 403, 404, 410})
 WRITE_BATCH = 1 << 20
 """Bytes gathered before each write, so a file costs few thread hops."""
+DURABLE_EVERY = 1 << 20
+"""Bytes between fsyncs of a part file; what a resume can keep."""
 
 
 class FetchError(Exception):
@@ -51,8 +59,59 @@ class Fetched:
     sha256: str
 
 
+@dataclass(frozen=True)
+class PartState:
+    """What `<id>.part.json` says of a partial download."""
+
+    file_key: str
+    durable: int
+    etag: str | None
+
+
 def _redact(url: URL) -> str:
     return str(url.with_query(None).with_fragment(None))
+
+
+class Part:
+    """A partial download on disk and its state file."""
+
+    def __init__(self, fs: MirrorFS, name: str, file_key: str) -> None:
+        self.fs = fs
+        self.path = fs.tmp_path(name)
+        self.state_path = self.path.with_name(self.path.name + ".json")
+        self.file_key = file_key
+
+    def resumable(self) -> PartState | None:
+        """The durable prefix of an earlier attempt at this same file, if any."""
+        try:
+            state = PartState(**json.loads(self.state_path.read_text(encoding="utf-8")))
+            size = self.path.stat().st_size
+        except (OSError, ValueError, TypeError):
+            return None
+        if state.file_key != self.file_key or not 0 < state.durable <= size:
+            return None
+        return state
+
+    def save(self, durable: int, etag: str | None) -> None:
+        tmp = self.state_path.with_name(self.state_path.name + ".new")
+        tmp.write_text(json.dumps(asdict(PartState(self.file_key, durable, etag))), encoding="utf-8")
+        os.replace(tmp, self.state_path)
+
+    def discard(self) -> None:
+        self.path.unlink(missing_ok=True)
+        self.state_path.unlink(missing_ok=True)
+
+    def forget_state(self) -> None:
+        self.state_path.unlink(missing_ok=True)
+
+    def hash_prefix(self, length: int) -> hashlib._Hash:
+        """The hash of the first `length` bytes, after cutting off anything not known durable."""
+        digest = hashlib.sha256()
+        with self.path.open("r+b") as fh:
+            fh.truncate(length)
+            while chunk := fh.read(WRITE_BATCH):
+                digest.update(chunk)
+        return digest
 
 
 class Fetcher:
@@ -60,23 +119,33 @@ class Fetcher:
         self.http = http
         self.fs = fs
         self.bytes_received = 0
+        self.resumed = 0
 
-    async def _hop(self, url: URL, what: str) -> aiohttp.ClientResponse:
+    async def _hop(self, url: URL, what: str, headers: dict[str, str]) -> aiohttp.ClientResponse:
         if self.http.is_procore_url(url):
             try:
-                return await self.http.open(url, what=what)
+                return await self.http.open(url, what=what, headers=headers)
             except ProcoreError as exc:
                 raise FetchError(str(exc), retry=True) from None
         try:
-            return await self.http.session.get(url, allow_redirects=False)
+            return await self.http.session.get(url, allow_redirects=False, headers=headers)
         except TRANSPORT_ERRORS as exc:
             raise FetchError(f"{what}: {type(exc).__name__}: {exc}", retry=True) from None
 
-    async def fetch(self, url: str, *, expected_size: int | None, part_name: str, what: str) -> Fetched:
-        """Download `url` into a verified, fsynced temp file."""
+    async def fetch(
+        self, url: str, *, expected_size: int | None, part_name: str, file_key: str, what: str
+    ) -> Fetched:
+        """Download `url` into a verified, fsynced temp file, resuming an earlier part if allowed."""
+        part = Part(self.fs, part_name, file_key)
+        state = await self.fs.run(part.resumable)
+        headers: dict[str, str] = {}
+        if state is not None:
+            headers["Range"] = f"bytes={state.durable}-"
+            if state.etag:
+                headers["If-Range"] = state.etag
         current = URL(url)
         for _ in range(MAX_REDIRECTS + 1):
-            response = await self._hop(current, what)
+            response = await self._hop(current, what, headers)
             async with response:
                 status = response.status
                 if status in REDIRECTS:
@@ -95,31 +164,62 @@ class Fetcher:
                 if status == 429 or status >= 500:
                     wait = retry_after_seconds(response.headers, now=time.time())
                     raise FetchError(f"{what}: HTTP {status} from {current.host}", retry=True, wait=wait)
-                if status != 200:
+                if status == 416:  # our Range no longer fits the file: start again
+                    await self.fs.run(part.discard)
+                    raise FetchError(f"{what}: range not satisfiable, restarting", retry=True)
+                if status not in (200, 206):
                     body = await response.read()
                     raise FetchError(
-                        f"{what}: HTTP {status} from {_redact(current)}: {excerpt(body)}",
-                        retry=False,
+                        f"{what}: HTTP {status} from {_redact(current)}: {excerpt(body)}", retry=False
                     )
-                return await self._stream(response, expected_size, part_name, what)
+                offset = self._resume_offset(response, state, expected_size)
+                return await self._stream(response, part, offset, expected_size, what)
         raise FetchError(f"{what}: more than {MAX_REDIRECTS} redirects", retry=False)
 
+    @staticmethod
+    def _resume_offset(
+        response: aiohttp.ClientResponse, state: PartState | None, expected: int | None
+    ) -> int:
+        """Where the body starts: the durable prefix if the server really resumed this file, else 0."""
+        if response.status != 206 or state is None:
+            return 0
+        content_range = response.headers.get("Content-Range", "")
+        etag = response.headers.get("ETag")
+        try:
+            start_text, total_text = content_range.removeprefix("bytes ").split("/")
+            start = int(start_text.split("-")[0])
+            total = int(total_text)
+        except ValueError:
+            raise FetchError("unreadable Content-Range on a resumed download", retry=True) from None
+        if (
+            start != state.durable
+            or (expected is not None and total != expected)
+            or (state.etag and etag and etag != state.etag)
+        ):
+            raise FetchError("the file changed since the partial download; restarting", retry=True)
+        return start
+
     async def _stream(
-        self, response: aiohttp.ClientResponse, expected_size: int | None, part_name: str, what: str
+        self, response: aiohttp.ClientResponse, part: Part, offset: int, expected_size: int | None, what: str
     ) -> Fetched:
         length = response.content_length
-        if expected_size is not None and length is not None and length != expected_size:
+        total = offset + length if length is not None else None
+        if expected_size is not None and total is not None and total != expected_size:
             # The record and the file disagree: the photo was probably replaced since listing.
             raise FetchError(
-                f"{what}: server sends {length} bytes, listing says {expected_size}",
-                retry=True,
-                refresh=True,
+                f"{what}: server sends {total} bytes, listing says {expected_size}", retry=True, refresh=True
             )
-        tmp = self.fs.tmp_path(part_name)
-        digest = hashlib.sha256()
-        received = 0
+        etag = response.headers.get("ETag")
+        if offset:
+            digest = await self.fs.run(part.hash_prefix, offset)
+            self.resumed += 1
+        else:
+            digest = hashlib.sha256()
+            await self.fs.run(part.forget_state)
+        received, durable = offset, offset
         try:
-            async with aiofiles.open(tmp, "wb", executor=self.fs.executor) as out:
+            async with aiofiles.open(part.path, "r+b" if offset else "wb", executor=self.fs.executor) as out:
+                await out.seek(offset)
                 buffer = bytearray()
                 async for chunk in response.content.iter_chunked(256 * 1024):
                     digest.update(chunk)
@@ -128,6 +228,11 @@ class Fetcher:
                     if len(buffer) >= WRITE_BATCH:
                         await out.write(bytes(buffer))
                         buffer.clear()
+                        if received - durable >= DURABLE_EVERY:
+                            await out.flush()
+                            await self.fs.run(os.fsync, out.fileno())
+                            durable = received
+                            await self.fs.run(part.save, durable, etag)
                 if buffer:
                     await out.write(bytes(buffer))
                 await out.flush()
@@ -137,9 +242,10 @@ class Fetcher:
                 f"{what}: body cut short after {received} bytes ({type(exc).__name__})", retry=True
             ) from None
         finally:
-            self.bytes_received += received
-        for label, expected in (("Content-Length", length), ("listing size", expected_size)):
+            self.bytes_received += received - offset
+        for label, expected in (("Content-Length", total), ("listing size", expected_size)):
             if expected is not None and received != expected:
-                tmp.unlink(missing_ok=True)
+                await self.fs.run(part.discard)
                 raise FetchError(f"{what}: got {received} bytes, {label} says {expected}", retry=True)
-        return Fetched(tmp=tmp, size=received, sha256=digest.hexdigest())
+        await self.fs.run(part.forget_state)
+        return Fetched(tmp=part.path, size=received, sha256=digest.hexdigest())

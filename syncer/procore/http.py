@@ -150,7 +150,9 @@ class ProcoreHttp:
 
         return await self._retrying(attempt, what=what)
 
-    async def open(self, url: URL, *, what: str) -> aiohttp.ClientResponse:
+    async def open(
+        self, url: URL, *, what: str, headers: Mapping[str, str] | None = None
+    ) -> aiohttp.ClientResponse:
         """Send a GET to a Procore host with the token; the caller reads and releases the answer.
 
         Used for the first hop of a photo download. 5xx, 429 and 503 are retried here; a 3xx or
@@ -158,7 +160,8 @@ class ProcoreHttp:
         not the token, so it is returned rather than treated as a dead token.
         """
         return await self._retrying(
-            lambda: self._send_once("GET", url, what=what, renew_on_401=False), what=what
+            lambda: self._send_once("GET", url, what=what, renew_on_401=False, extra_headers=headers),
+            what=what,
         )
 
     async def _retrying(self, attempt: Callable[[], Awaitable[T]], *, what: str) -> T:
@@ -191,9 +194,14 @@ class ProcoreHttp:
         auth: bool = True,
         data: Mapping[str, str] | None = None,
         renew_on_401: bool = True,
+        extra_headers: Mapping[str, str] | None = None,
     ) -> aiohttp.ClientResponse:
         token = await self.tokens.token() if auth else None
-        headers = {"Accept": "application/json", "Procore-Company-Id": str(self._company_id)}
+        headers = {
+            "Accept": "application/json",
+            "Procore-Company-Id": str(self._company_id),
+            **(extra_headers or {}),
+        }
         if token:
             if not self.is_procore_url(url):
                 raise ProcoreError(f"{what}: refusing to send the token to {url.origin()}")

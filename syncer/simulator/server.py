@@ -80,6 +80,8 @@ class Stats:
     downloads: Counter[int] = field(default_factory=Counter)
     """Complete object-store bodies sent, by photo id."""
     bytes_sent: int = 0
+    resumed: int = 0
+    """Object-store answers that resumed a body part-way (206 with a start above zero)."""
     rate_limited: int = 0
     store_authorization_headers: list[str] = field(default_factory=list)
     """Every Authorization header the object store received; must stay empty."""
@@ -645,6 +647,7 @@ class Simulator:
                 end = min(content.size, int(hi) + 1) if hi.isdigit() else content.size
                 status = 206
                 headers["Content-Range"] = f"bytes {start}-{end - 1}/{content.size}"
+                self.stats.resumed += start > 0
         response = web.StreamResponse(status=status, headers=headers)
         response.content_length = end - start
         await response.prepare(request)
@@ -663,6 +666,6 @@ class Simulator:
             if self.config.bandwidth:
                 await asyncio.sleep(len(piece) / self.config.bandwidth)
         await response.write_eof()
-        if start == 0 and end == content.size:
-            self.stats.downloads[photo.id] += 1
+        if end == content.size:
+            self.stats.downloads[photo.id] += 1  # a body completed, from the start or resumed
         return response
