@@ -53,6 +53,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
             project_ids=args.project or None,
             full=args.full,
             dry_run=args.dry_run,
+            force=args.force,
             progress=progress,
         )
     )
@@ -132,6 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--full", action="store_true", help="list everything, ignoring the checkpoint")
     sync.add_argument(
         "--dry-run", action="store_true", help="list and report what would change; write nothing"
+    )
+    sync.add_argument(
+        "--force",
+        action="store_true",
+        help="apply deletions found by --full even beyond mirror.max_delete (check they are real first)",
     )
     sync.add_argument(
         "--progress",

@@ -8,6 +8,7 @@ behave like runs from a shell.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import fields
@@ -86,10 +87,28 @@ class DatabaseSettings(_Section):
         return value
 
 
+def parse_max_delete(value: Any) -> str:
+    """`10%` (of a project's photos) or a plain count."""
+    text = str(value).strip()
+    number = text.removesuffix("%")
+    if isinstance(value, bool) or not number.replace(".", "", 1).isdigit():
+        raise ValueError(f"expected a count like 50 or a share like 10%, got {value!r}")
+    if text.endswith("%") and float(number) > 100:
+        raise ValueError("a share cannot exceed 100%")
+    return text
+
+
 class MirrorSettings(_Section):
     root: Path = Path("mirror")
     layout: str = DEFAULT_LAYOUT
     on_delete: Literal["keep", "trash", "delete"] = "keep"
+    max_delete: Annotated[str, BeforeValidator(parse_max_delete)] = "10%"
+    """The most photos one run may mark deleted per project without `--force`."""
+
+    def delete_cap(self, known: int) -> int:
+        if self.max_delete.endswith("%"):
+            return math.ceil(known * float(self.max_delete[:-1]) / 100)
+        return int(float(self.max_delete))
 
     @field_validator("layout")
     @classmethod

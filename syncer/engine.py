@@ -11,6 +11,7 @@ database and do not hold it back.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -18,10 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
-from syncer.config import SyncSettings
+from syncer.config import MirrorSettings, SyncSettings
 from syncer.listing import Lister
 from syncer.mirror.fetch import Fetcher, FetchError
-from syncer.mirror.files import MirrorFS, UnsafePath
+from syncer.mirror.files import TRASH_DIR, MirrorFS, UnsafePath
 from syncer.mirror.layout import Layout
 from syncer.mirror.sidecar import sidecar_bytes, sidecar_path
 from syncer.plan import Change, Decision, decide, photo_row
@@ -30,6 +31,7 @@ from syncer.procore.auth import AuthError
 from syncer.procore.http import ProcoreError, RetryPolicy
 from syncer.procore.models import BadRecord, Photo, Project
 from syncer.procore.query import ImageQuery
+from syncer.reconcile import upstream_ids
 from syncer.report import Progress
 from syncer.store import Downloaded, Failed, Relocated, Store, StoredPhoto, Vanished
 
@@ -71,12 +73,25 @@ class ProjectResult:
     listing_error: str | None = None
     unproven: list[str] = field(default_factory=list)
     checkpoint_advanced: bool = False
+    deleted_upstream: int = 0
+    """Photos a full run found gone from Procore and marked deleted."""
+    trashed: int = 0
+    removed: int = 0
+    deletions_blocked: str | None = None
+    """Why deletions were not applied although the run found some (the max_delete cap)."""
+    deletions_unchecked: str | None = None
+    """Why a full run could not tell which photos are gone (an id listing it could not prove)."""
     requests: int = 0
     seconds: float = 0.0
 
     @property
     def ok(self) -> bool:
-        return not self.failures and self.listing_error is None and not self.unproven
+        return (
+            not self.failures
+            and self.listing_error is None
+            and not self.unproven
+            and not self.deletions_blocked
+        )
 
 
 @dataclass(frozen=True)
@@ -132,6 +147,7 @@ class SyncEngine:
         fetcher: Fetcher,
         layout: Layout,
         settings: SyncSettings,
+        mirror: MirrorSettings,
         progress: Progress,
         now: Callable[[], datetime] = utcnow,
         retry: RetryPolicy | None = None,
@@ -142,6 +158,7 @@ class SyncEngine:
         self.fetcher = fetcher
         self.layout = layout
         self.settings = settings
+        self.mirror = mirror
         self.progress = progress
         self.now = now
         self.retry = retry or RetryPolicy()
@@ -153,7 +170,7 @@ class SyncEngine:
         return min(checkpoint - timedelta(seconds=self.settings.overlap), end), end
 
     async def sync_project(
-        self, project: Project, *, full: bool = False, dry_run: bool = False
+        self, project: Project, *, full: bool = False, dry_run: bool = False, force: bool = False
     ) -> ProjectResult:
         started, clock = self.now(), time.monotonic()
         checkpoint = None if full else await self.store.checkpoint(project.id)
@@ -164,7 +181,7 @@ class SyncEngine:
             if dry_run:
                 await self._plan_only(project, result)
             else:
-                await self._sync(project, result, full=full, started=started)
+                await self._sync(project, result, full=full, force=force, started=started)
         finally:
             result.requests = self.api.http.requests_sent - requests_before
             result.seconds = time.monotonic() - clock
@@ -202,7 +219,9 @@ class SyncEngine:
         except (ProcoreError, BadRecord) as exc:
             result.listing_error = str(exc)
 
-    async def _sync(self, project: Project, result: ProjectResult, *, full: bool, started: datetime) -> None:
+    async def _sync(
+        self, project: Project, result: ProjectResult, *, full: bool, force: bool, started: datetime
+    ) -> None:
         run_id = await self.store.start_run(
             project.id,
             started_at=started,
@@ -266,6 +285,8 @@ class SyncEngine:
             if fatal:
                 raise fatal[0]
             if result.listing_error is None and not result.unproven:
+                if full:
+                    await self._reconcile(project, result, force=force)
                 await self.store.set_checkpoint(project.id, result.window_end, full=full)
                 result.checkpoint_advanced = True
             outcome = "ok" if result.ok else "incomplete"
@@ -279,6 +300,55 @@ class SyncEngine:
             raise
         finally:
             await asyncio.shield(self._close_run(run_id, recorder, result, outcome))
+
+    async def _reconcile(self, project: Project, result: ProjectResult, *, force: bool) -> None:
+        """Mark photos gone from Procore as deleted, then apply `mirror.on_delete` to their files.
+
+        Runs only after a proven listing, on a proven id set, within the `max_delete` cap."""
+        listing = await upstream_ids(self.api, self._query(project), await self.store.live_times(project.id))
+        if listing.ids is None:
+            result.deletions_unchecked = listing.problem
+            return
+        known = await self.store.live_ids(project.id)
+        gone = sorted(known - listing.ids)
+        cap = self.mirror.delete_cap(len(known))
+        if len(gone) > cap and not force:
+            result.deletions_blocked = (
+                f"{len(gone)} of {len(known)} photos are gone from Procore, more than mirror.max_delete "
+                f"({self.mirror.max_delete}, {cap} photos) allows; none was marked deleted. "
+                "If that is right, run again with --force"
+            )
+            return
+        await self.store.mark_deleted(gone, self.now())
+        result.deleted_upstream = len(gone)
+        if self.mirror.on_delete != "keep":
+            await self._apply_on_delete(project, result)
+
+    async def _apply_on_delete(self, project: Project, result: ProjectResult) -> None:
+        files = await self.store.deleted_files(project.id)
+        if self.mirror.on_delete == "trash":
+            day = self.now().strftime("%Y-%m-%d")
+            moved: list[tuple[int, str]] = []
+            for photo_id, path in files:
+                target = f"{TRASH_DIR}/{day}/{path}"
+                for source, dest in ((path, target), (sidecar_path(path), sidecar_path(target))):
+                    with contextlib.suppress(FileNotFoundError):
+                        await self.fs.move(source, dest)
+                moved.append((photo_id, target))
+            await self.store.record_trashed(moved)
+            result.trashed = len(moved)
+        else:
+            for _, path in files:
+                await self.fs.remove(path)
+                await self.fs.remove(sidecar_path(path))
+            await self.store.record_removed([photo_id for photo_id, _ in files])
+            result.removed = len(files)
+        log.info(
+            "project %s: %s %d files of photos deleted in Procore",
+            project.id,
+            "moved to the trash" if self.mirror.on_delete == "trash" else "removed",
+            len(files),
+        )
 
     async def _close_run(self, run_id: int, recorder: Recorder, result: ProjectResult, outcome: str) -> None:
         await recorder.flush()
@@ -399,17 +469,15 @@ class SyncEngine:
 
     async def _relocate(self, job: Job, recorder: Recorder, result: ProjectResult, project: Project) -> None:
         stored, photo = job.stored, job.photo
-        assert stored is not None and stored.local_path is not None and photo is not None
+        assert stored is not None and photo is not None
+        source = stored.local_path or stored.trashed_path  # in place, or in the trash to restore
+        assert source is not None
         try:
-            if stored.local_path != job.rel_path:
-                await self.fs.move(stored.local_path, job.rel_path)
-                await self.fs.remove(sidecar_path(stored.local_path))
+            if source != job.rel_path:
+                await self.fs.move(source, job.rel_path)
+                await self.fs.remove(sidecar_path(source))
         except FileNotFoundError:
-            log.warning(
-                "photo %s is missing from the mirror at %s; downloading it again",
-                photo.id,
-                stored.local_path,
-            )
+            log.warning("photo %s is missing from the mirror at %s; downloading it again", photo.id, source)
             await self._download(replace(job, download=True, stored=None), recorder, result, project)
             return
         await self._write_sidecar(job.rel_path, photo, project, size=stored.local_size, sha256=stored.sha256)

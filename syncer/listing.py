@@ -164,9 +164,12 @@ class Lister:
         )
         result = Pass()
         page_no = 1
+        first_total: int | None = None
         previous: datetime | None = None
         while True:
             page = await self.api.images_page(query, page=page_no, per_page=per_page or self.per_page)
+            if page_no == 1:
+                first_total = page.total
             self.report.requests += 1
             result.pages += 1
             result.totals.add(page.total)
@@ -184,13 +187,7 @@ class Lister:
             self.report.seen.update(p.id for p in photos)
             if photos:
                 await self.on_page(photos)
-            step = page.per_page or per_page or self.per_page
-            if not photos:
-                return result
-            if page.total is None:  # without Total, trust the links alone
-                if page.next_url is None:
-                    return result
-            elif page_no * step >= page.total:
+            if page.is_last(page_no, asked=per_page or self.per_page, first_total=first_total):
                 return result
             page_no += 1
 

@@ -26,6 +26,8 @@ class Change(StrEnum):
     """The file changed upstream: download and swap in."""
     MOVED = "moved"
     """Same file, new layout path: rename it and rewrite the sidecar."""
+    RESTORED = "restored"
+    """Back in Procore after `on_delete: trash` moved its file away: move it back."""
     METADATA = "metadata"
     """Same file and path, new metadata: rewrite the sidecar."""
     UNCHANGED = "unchanged"
@@ -46,7 +48,7 @@ class Decision:
 
     @property
     def relocate(self) -> bool:
-        return self.change in (Change.MOVED, Change.METADATA)
+        return self.change in (Change.MOVED, Change.RESTORED, Change.METADATA)
 
 
 def decide(photo: Photo, stored: StoredPhoto | None, rel_path: str) -> Decision:
@@ -59,8 +61,10 @@ def decide(photo: Photo, stored: StoredPhoto | None, rel_path: str) -> Decision:
         and photo.updated_at < stored.updated_at
     ):
         return Decision(photo, rel_path, Change.STALE, stored)
-    if stored.local_file_key != photo.file_key or stored.local_path is None:
+    if stored.local_file_key != photo.file_key or (stored.local_path is None and stored.trashed_path is None):
         change = Change.NEW if stored.local_file_key is None else Change.REPLACED
+    elif stored.local_path is None:
+        change = Change.RESTORED
     elif stored.local_path != rel_path:
         change = Change.MOVED
     elif stored.sidecar_of != photo.updated_at:

@@ -158,11 +158,21 @@ def render_summary(summary: RunSummary) -> str:
         else:
             lines.append(
                 f"{head}: {r.listed} listed, {c[Change.NEW]} new, {c[Change.REPLACED]} replaced, "
-                f"{c[Change.MOVED]} moved, {c[Change.METADATA]} metadata-only; "
+                f"{c[Change.MOVED]} moved, {c[Change.METADATA]} metadata-only, "
+                f"{c[Change.RESTORED]} restored; "
                 f"{r.downloaded} downloaded ({human_bytes(r.bytes)}), {r.relocated} updated in place, "
                 + (f"{r.vanished} deleted in Procore meanwhile, " if r.vanished else "")
                 + f"{len(r.failures)} failed; {r.requests} requests in {human_seconds(r.seconds)}"
             )
+        if r.deleted_upstream or r.trashed or r.removed:
+            lines.append(
+                f"  {r.deleted_upstream} photos gone from Procore marked deleted; "
+                f"{r.trashed} files moved to the trash, {r.removed} removed"
+            )
+        if r.deletions_blocked:
+            lines.append(f"  deletions stopped: {r.deletions_blocked}")
+        if r.deletions_unchecked:
+            lines.append(f"  deletions not checked: {r.deletions_unchecked}")
         if r.listing_error:
             lines.append(f"  listing failed: {r.listing_error}")
         for problem in r.unproven:

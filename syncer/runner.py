@@ -107,6 +107,7 @@ async def run_sync(
     project_ids: Sequence[int] | None = None,
     full: bool = False,
     dry_run: bool = False,
+    force: bool = False,
     progress: Progress | None = None,
 ) -> RunSummary:
     started = time.monotonic()
@@ -130,11 +131,14 @@ async def run_sync(
                     fetcher=Fetcher(api.http, fs),
                     layout=Layout(settings.mirror.layout),
                     settings=settings.sync,
+                    mirror=settings.mirror,
                     progress=progress,
                 )
                 with progress:
                     for project in projects:
-                        summary.results.append(await engine.sync_project(project, full=full, dry_run=dry_run))
+                        summary.results.append(
+                            await engine.sync_project(project, full=full, dry_run=dry_run, force=force)
+                        )
         finally:
             fs.close()
             await store.close()

@@ -68,11 +68,16 @@ async def sync(settings: Settings, **kwargs: Any) -> RunSummary:
     return await run_sync(settings, progress=LogProgress(), **kwargs)
 
 
+def in_mirror(path: Path, root: Path) -> bool:
+    """Whether `path` is part of the mirror proper, not its state folder or trash."""
+    return path.relative_to(root).parts[0] not in (".syncer", ".trash")
+
+
 def mirror_photos(root: Path) -> dict[int, bytes]:
-    """Photo bytes in the mirror by photo id (read from each sidecar), ignoring state folders."""
+    """Photo bytes in the mirror by photo id (read from each sidecar), ignoring state and trash."""
     found: dict[int, bytes] = {}
     for sidecar in root.rglob("*.json"):
-        if ".syncer" in sidecar.relative_to(root).parts:
+        if not in_mirror(sidecar, root):
             continue
         photo_id = json.loads(sidecar.read_text(encoding="utf-8"))["procore"]["id"]
         found[photo_id] = sidecar.with_name(sidecar.name.removesuffix(".json")).read_bytes()
@@ -90,7 +95,7 @@ def assert_byte_exact(sim: Simulator, settings: Settings) -> None:
     assert all(sim.company.photos[i].deleted for i in extra), "the mirror holds photos Procore never had"
     wrong = [pid for pid, data in expected.items() if actual[pid] != data]
     assert not wrong, f"{len(wrong)} photos differ, e.g. {wrong[:3]}"
-    files = [p for p in settings.mirror.root.rglob("*") if p.is_file() and ".syncer" not in p.parts]
+    files = [p for p in settings.mirror.root.rglob("*") if p.is_file() and in_mirror(p, settings.mirror.root)]
     assert len(files) == 2 * len(actual), "every photo has exactly one file and one sidecar"
 
 

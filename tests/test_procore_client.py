@@ -49,8 +49,10 @@ async def test_ids_only_lists_every_id(make_sim: Any) -> None:
     sim = await make_sim(photos=90, projects=1, max_per_page=40)
     project = next(iter(sim.company.projects))
     async with client(sim) as api:
-        ids = [i async for page in api.image_ids(ImageQuery(project_id=project), per_page=100) for i in page]
-    assert sorted(ids) == sorted(sim.company.photos)
+        pages = [await api.ids_page(ImageQuery(project_id=project), page=n, per_page=100) for n in (1, 2, 3)]
+    assert sorted(i for page in pages for i in page.items) == sorted(sim.company.photos)
+    assert [page.total for page in pages] == [90, 90, 90]
+    assert [page.per_page for page in pages] == [40, 40, 40]
 
 
 async def test_pacing_from_headers_avoids_429(make_sim: Any) -> None:

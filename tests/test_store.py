@@ -33,7 +33,7 @@ async def test_opening_an_up_to_date_database_is_idempotent(tmp_path: Path) -> N
         async with store.engine.connect() as conn:
             version = (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar_one()
         await store.close()
-    assert version == "0001"
+    assert version == "0002"
 
 
 async def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:

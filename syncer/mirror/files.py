@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 STATE_DIR = ".syncer"
+TRASH_DIR = ".trash"
 
 
 class UnsafePath(ValueError):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from yarl import URL
@@ -37,6 +37,19 @@ class Page:
     total: int | None
     per_page: int | None
     next_url: URL | None
+
+    def is_last(self, number: int, *, asked: int, first_total: int | None) -> bool:
+        """Whether page `number` ends a pass: it is empty, it reaches `Total`, it has no `next`
+        where there is no `Total`, or the pass has read one page past what the first page's
+        `Total` implied (a listing that keeps growing is not chased forever)."""
+        if not self.items:
+            return True
+        if self.total is None:
+            return self.next_url is None
+        step = self.per_page or asked
+        return number * step >= min(
+            self.total, (first_total if first_total is not None else self.total) + step
+        )
 
 
 class ProcoreApi:
@@ -92,23 +105,16 @@ class ProcoreApi:
         what = f"listing photos of project {query.project_id} (page {page})"
         return self._page_of(await self.http.get_json(url, what=what), what)
 
-    async def image_ids(self, query: ImageQuery, *, per_page: int) -> AsyncIterator[list[int]]:
-        """Every id matching `query`, a page at a time, via the cheap `ids_only` view."""
-        ids_query = ImageQuery(
-            project_id=query.project_id,
-            image_category_id=query.image_category_id,
-            filters=query.filters,
-            sort=query.sort,
-            serializer_view="ids_only",
-        )
-        url = self.http.api_url("/rest/v1.0/images", ids_query.params(page=1, per_page=per_page))
-        async for page in self._pages(url, f"listing photo ids of project {query.project_id}"):
-            ids = []
-            for item in page.items:
-                if isinstance(item, bool) or not isinstance(item, int):
-                    raise BadRecord(f"ids_only listing: expected integer ids, got {item!r:.40}")
-                ids.append(item)
-            yield ids
+    async def ids_page(self, query: ImageQuery, *, page: int, per_page: int) -> Page:
+        """One page of the cheap `ids_only` view; `items` are validated integer ids."""
+        ids_query = replace(query, serializer_view="ids_only", sort=None)
+        url = self.http.api_url("/rest/v1.0/images", ids_query.params(page=page, per_page=per_page))
+        what = f"listing photo ids of project {query.project_id} (page {page})"
+        result = self._page_of(await self.http.get_json(url, what=what), what)
+        for item in result.items:
+            if isinstance(item, bool) or not isinstance(item, int):
+                raise BadRecord(f"{what}: expected integer ids, got {item!r:.40}")
+        return result
 
     async def image(self, project_id: int, image_id: int) -> Photo:
         """One photo with a freshly signed `url`."""

@@ -225,6 +225,12 @@ class Simulator:
     def delete_photo(self, photo_id: int) -> None:
         self.company.photos[photo_id].deleted = True
 
+    def restore_photo(self, photo_id: int) -> None:
+        """Undo a deletion (Procore's recycle bin): the photo is back, updated now."""
+        photo = self.company.photos[photo_id]
+        photo.deleted = False
+        photo.updated_at = self.now()
+
     def expected_files(self) -> dict[int, bytes]:
         """Every live photo's bytes, by id: what a complete mirror holds."""
         return {p.id: p.content.all_bytes() for p in self.company.photos.values() if not p.deleted}

@@ -120,6 +120,8 @@ class PhotoRow(Base):
     downloaded_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     sidecar_of: Mapped[datetime | None] = mapped_column(UTCDateTime)
     """The `updated_at` whose metadata the sidecar on disk shows."""
+    trashed_path: Mapped[str | None] = mapped_column(String(4000))
+    """Where `on_delete: trash` put the file (under `.trash/`), to restore it if the photo returns."""
 
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)

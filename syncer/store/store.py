@@ -60,6 +60,7 @@ class StoredPhoto:
     sha256: str | None
     sidecar_of: datetime | None
     deleted_at: datetime | None
+    trashed_path: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +199,7 @@ class Store:
             PhotoRow.sha256,
             PhotoRow.sidecar_of,
             PhotoRow.deleted_at,
+            PhotoRow.trashed_path,
         ]
         out: dict[int, StoredPhoto] = {}
         async with self.engine.connect() as conn:
@@ -247,6 +249,7 @@ class Store:
                         attempts=0,
                         last_error=None,
                         next_retry_at=None,
+                        trashed_path=None,
                     ),
                     [
                         {
@@ -268,6 +271,7 @@ class Store:
                     .values(
                         local_path=bindparam("b_path"),
                         sidecar_of=bindparam("b_sidecar"),
+                        trashed_path=None,
                     ),
                     [{"b_id": r.id, "b_path": r.local_path, "b_sidecar": r.sidecar_of} for r in relocated],
                 )
@@ -289,6 +293,63 @@ class Store:
                     .where(PhotoRow.id == bindparam("b_id"))
                     .values(deleted_at=bindparam("b_at")),
                     [{"b_id": v.id, "b_at": v.at} for v in vanished],
+                )
+
+    # -- deletions ---------------------------------------------------------------------------
+
+    async def live_times(self, project_id: int) -> list[datetime | None]:
+        """`updated_at` of every photo not marked deleted, ascending: where to cut an id listing."""
+        query = (
+            select(PhotoRow.updated_at)
+            .where(PhotoRow.project_id == project_id, PhotoRow.deleted_at.is_(None))
+            .order_by(PhotoRow.updated_at)
+        )
+        async with self.engine.connect() as conn:
+            return list((await conn.execute(query)).scalars())
+
+    async def live_ids(self, project_id: int) -> set[int]:
+        query = select(PhotoRow.id).where(PhotoRow.project_id == project_id, PhotoRow.deleted_at.is_(None))
+        async with self.engine.connect() as conn:
+            return set((await conn.execute(query)).scalars())
+
+    async def mark_deleted(self, ids: Sequence[int], at: datetime) -> None:
+        if not ids:
+            return
+        async with self._write, self.engine.begin() as conn:
+            for chunk in _chunks(ids, ID_BATCH):
+                await conn.execute(update(PhotoRow).where(PhotoRow.id.in_(chunk)).values(deleted_at=at))
+
+    async def deleted_files(self, project_id: int) -> list[tuple[int, str]]:
+        """(id, local path) of photos marked deleted whose file is still in place."""
+        query = select(PhotoRow.id, PhotoRow.local_path).where(
+            PhotoRow.project_id == project_id,
+            PhotoRow.deleted_at.is_not(None),
+            PhotoRow.local_path.is_not(None),
+        )
+        async with self.engine.connect() as conn:
+            return [(row.id, row.local_path) for row in await conn.execute(query)]
+
+    async def record_trashed(self, moved: Sequence[tuple[int, str]]) -> None:
+        """Files now under `.trash/`: no longer in the mirror, remembered for a restore."""
+        if not moved:
+            return
+        async with self._write, self.engine.begin() as conn:
+            await conn.execute(
+                update(PhotoRow)
+                .where(PhotoRow.id == bindparam("b_id"))
+                .values(local_path=None, trashed_path=bindparam("b_trash")),
+                [{"b_id": i, "b_trash": path} for i, path in moved],
+            )
+
+    async def record_removed(self, ids: Sequence[int]) -> None:
+        if not ids:
+            return
+        async with self._write, self.engine.begin() as conn:
+            for chunk in _chunks(ids, ID_BATCH):
+                await conn.execute(
+                    update(PhotoRow)
+                    .where(PhotoRow.id.in_(chunk))
+                    .values(local_path=None, local_file_key=None, local_size=None, sha256=None)
                 )
 
     # -- runs and status ---------------------------------------------------------------------

@@ -1,0 +1,185 @@
+"""Deletions: found only by a proven full listing, applied per `on_delete`, capped, reversible."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from syncer.config import Settings
+from syncer.errors import ExitCode
+from syncer.plan import Change
+from syncer.simulator import Simulator
+from syncer.simulator.server import ListingRequest
+from tests.conftest import assert_byte_exact, db_rows, mirror_photos, sync
+
+FEW_RETRIES = {"retry_attempts": 2}
+
+
+def delete_some(sim: Simulator, count: int) -> list[int]:
+    victims = sorted(sim.company.photos)[:count]
+    for photo_id in victims:
+        sim.delete_photo(photo_id)
+    return victims
+
+
+def marked_deleted(settings: Settings) -> set[int]:
+    return {i for (i,) in db_rows(settings, "SELECT id FROM photos WHERE deleted_at IS NOT NULL")}
+
+
+def trash_files(settings: Settings) -> list[str]:
+    trash = settings.mirror.root / ".trash"
+    return sorted(str(p.relative_to(trash)) for p in trash.rglob("*") if p.is_file())
+
+
+async def test_full_run_marks_photos_gone_upstream_and_keeps_their_files(
+    sim: Simulator, settings_for: Any
+) -> None:
+    settings = settings_for(sim)
+    await sync(settings)
+    gone = delete_some(sim, 4)
+    summary = await sync(settings, full=True)
+    assert summary.exit_code == ExitCode.OK
+    assert sum(r.deleted_upstream for r in summary.results) == 4
+    assert marked_deleted(settings) == set(gone)
+    assert set(gone) <= set(mirror_photos(settings.mirror.root)), "on_delete: keep leaves the files"
+
+
+async def test_incremental_runs_never_delete(sim: Simulator, settings_for: Any) -> None:
+    settings = settings_for(sim, mirror={"on_delete": "delete"})
+    await sync(settings)
+    gone = delete_some(sim, 4)
+    await sync(settings)
+    assert marked_deleted(settings) == set()
+    assert set(gone) <= set(mirror_photos(settings.mirror.root))
+
+
+async def test_trash_moves_files_under_a_dated_folder_keeping_their_path(
+    sim: Simulator, settings_for: Any
+) -> None:
+    settings = settings_for(sim, mirror={"on_delete": "trash"})
+    await sync(settings)
+    gone = delete_some(sim, 3)
+    paths = dict(
+        db_rows(settings, f"SELECT id, local_path FROM photos WHERE id IN ({','.join(map(str, gone))})")
+    )
+    summary = await sync(settings, full=True)
+    assert sum(r.trashed for r in summary.results) == 3
+    day = summary.results[0].window_end.strftime("%Y-%m-%d")
+    expected = sorted([f"{day}/{p}" for p in paths.values()] + [f"{day}/{p}.json" for p in paths.values()])
+    assert trash_files(settings) == expected
+    assert not set(gone) & set(mirror_photos(settings.mirror.root))
+    assert_byte_exact(sim, settings)
+
+
+async def test_delete_removes_files_and_sidecars(sim: Simulator, settings_for: Any) -> None:
+    settings = settings_for(sim, mirror={"on_delete": "delete"})
+    await sync(settings)
+    gone = delete_some(sim, 3)
+    summary = await sync(settings, full=True)
+    assert sum(r.removed for r in summary.results) == 3
+    assert not set(gone) & set(mirror_photos(settings.mirror.root))
+    assert trash_files(settings) == []
+    assert_byte_exact(sim, settings)
+
+
+async def test_more_than_max_delete_stops_that_step_until_forced(sim: Simulator, settings_for: Any) -> None:
+    settings = settings_for(sim, mirror={"on_delete": "delete", "max_delete": "10%"})
+    await sync(settings)
+    gone = delete_some(sim, 15)  # a quarter of the 60 photos
+    summary = await sync(settings, full=True)
+    assert summary.exit_code == ExitCode.INCOMPLETE
+    blocked = [r.deletions_blocked for r in summary.results if r.deletions_blocked]
+    assert blocked and "run again with --force" in blocked[0]
+    assert marked_deleted(settings) == set()
+    assert set(gone) <= set(mirror_photos(settings.mirror.root))
+    summary = await sync(settings, full=True, force=True)
+    assert summary.exit_code == ExitCode.OK
+    assert marked_deleted(settings) == set(gone)
+    assert not set(gone) & set(mirror_photos(settings.mirror.root))
+
+
+async def test_nothing_is_deleted_after_a_listing_that_failed(make_sim: Any, settings_for: Any) -> None:
+    sim = await make_sim(projects=1)
+    settings = settings_for(sim, mirror={"on_delete": "delete"}, procore=FEW_RETRIES)
+    await sync(settings)
+    gone = delete_some(sim, 2)
+
+    def fail_page_two(request: ListingRequest) -> None:
+        if request.view == "normal" and request.page == 2:
+            raise web.HTTPInternalServerError()
+
+    sim.listing_hooks.append(fail_page_two)
+    summary = await sync(settings, full=True)
+    assert summary.exit_code == ExitCode.INCOMPLETE
+    assert any(r.listing_error for r in summary.results)
+    assert marked_deleted(settings) == set()
+    assert set(gone) <= set(mirror_photos(settings.mirror.root))
+
+
+async def test_nothing_is_deleted_when_the_id_listing_cannot_be_proven(
+    make_sim: Any, settings_for: Any
+) -> None:
+    sim = await make_sim(photos=120, projects=1, max_per_page=20)
+    settings = settings_for(sim, mirror={"on_delete": "delete"})
+    await sync(settings)
+    delete_some(sim, 2)
+
+    def bulk_upload(request: ListingRequest) -> None:  # the newest piece grows between its pages
+        if request.view == "ids_only":
+            for _ in range(25):
+                sim.add_photo(request.project_id)
+
+    sim.listing_hooks.append(bulk_upload)
+    summary = await sync(settings, full=True)
+    assert summary.results[0].deletions_unchecked
+    assert marked_deleted(settings) == set()
+
+
+async def test_photos_edited_during_the_id_listing_are_not_taken_for_deleted(
+    make_sim: Any, settings_for: Any
+) -> None:
+    sim = await make_sim(photos=200, projects=1, max_per_page=25)
+    settings = settings_for(sim, mirror={"on_delete": "delete"})
+    await sync(settings)
+    oldest = sorted(sim.company.photos.values(), key=lambda p: p.updated_at)[:10]
+
+    def edit_old_photos(request: ListingRequest) -> None:
+        if request.view == "ids_only" and oldest:
+            sim.edit_photo(oldest.pop().id, description="edited while ids were listed")
+
+    sim.listing_hooks.append(edit_old_photos)
+    summary = await sync(settings, full=True)
+    assert summary.exit_code == ExitCode.OK
+    assert marked_deleted(settings) == set()
+    assert_byte_exact(sim, settings)
+
+
+async def test_a_photo_that_returns_is_restored_from_the_trash_without_download(
+    sim: Simulator, settings_for: Any
+) -> None:
+    settings = settings_for(sim, mirror={"on_delete": "trash"})
+    await sync(settings)
+    (photo_id,) = delete_some(sim, 1)
+    await sync(settings, full=True)
+    downloads = sum(sim.stats.downloads.values())
+    sim.restore_photo(photo_id)
+    summary = await sync(settings)
+    assert sum(r.changes[Change.RESTORED] for r in summary.results) == 1
+    assert sum(sim.stats.downloads.values()) == downloads
+    assert trash_files(settings) == []
+    assert marked_deleted(settings) == set()
+    assert_byte_exact(sim, settings)
+
+
+async def test_a_photo_that_returns_after_delete_is_downloaded_again(
+    sim: Simulator, settings_for: Any
+) -> None:
+    settings = settings_for(sim, mirror={"on_delete": "delete"})
+    await sync(settings)
+    (photo_id,) = delete_some(sim, 1)
+    await sync(settings, full=True)
+    sim.restore_photo(photo_id)
+    summary = await sync(settings)
+    assert sum(r.downloaded for r in summary.results) == 1
+    assert_byte_exact(sim, settings)
