@@ -70,6 +70,28 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    from syncer.verify import render_verify, verify
+
+    settings = _load(args)
+    report = asyncio.run(verify(settings, project_ids=args.project or None, fix=args.fix))
+    print(render_verify(report))
+    return int(ExitCode.OK if report.matches else ExitCode.INCOMPLETE)
+
+
+def cmd_retry_failed(args: argparse.Namespace) -> int:
+    from syncer.report import make_progress, render_summary
+    from syncer.runner import run_sync
+
+    settings = _load(args)
+    progress = make_progress(enabled=None if args.progress == "auto" else args.progress == "on")
+    summary = asyncio.run(
+        run_sync(settings, project_ids=args.project or None, retry_failed=True, progress=progress)
+    )
+    print(REDACT(render_summary(summary)))
+    return int(summary.exit_code)
+
+
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     from syncer.store import Store
 
@@ -150,6 +172,26 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", parents=[with_config], help="show what the mirror holds, per project")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=cmd_status)
+
+    verify = sub.add_parser(
+        "verify",
+        parents=[with_config],
+        help="re-hash the mirror against the database (exit 0 only if it matches)",
+    )
+    verify.add_argument(
+        "--project", type=int, action="append", metavar="ID", help="only this project (repeatable)"
+    )
+    verify.add_argument(
+        "--fix", action="store_true", help="rewrite bad sidecars and queue bad photos for the next sync"
+    )
+    verify.set_defaults(func=cmd_verify)
+
+    retry = sub.add_parser("retry-failed", parents=[with_config], help="retry failed photos now, then sync")
+    retry.add_argument(
+        "--project", type=int, action="append", metavar="ID", help="only this project (repeatable)"
+    )
+    retry.add_argument("--progress", choices=["auto", "on", "off"], default="auto")
+    retry.set_defaults(func=cmd_retry_failed)
 
     db = sub.add_parser("db", help="database maintenance")
     db_sub = db.add_subparsers(dest="db_command", required=True, metavar="COMMAND")

@@ -108,8 +108,10 @@ async def run_sync(
     full: bool = False,
     dry_run: bool = False,
     force: bool = False,
+    retry_failed: bool = False,
     progress: Progress | None = None,
 ) -> RunSummary:
+    """One sync run over the selected projects; `retry_failed` first makes failed photos due now."""
     started = time.monotonic()
     summary = RunSummary()
     wanted = project_ids or (None if settings.sync.projects == "all" else list(settings.sync.projects))
@@ -120,6 +122,8 @@ async def run_sync(
         fs = MirrorFS(settings.mirror.root, threads=concurrency + 2)
         try:
             fs.prepare()
+            if retry_failed:
+                await store.retry_now(wanted)
             async with procore_client(settings, connections=concurrency * 2 + 4) as api:
                 projects, summary.errors = await select_projects(api, wanted)
                 if not dry_run:

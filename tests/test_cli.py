@@ -171,3 +171,19 @@ async def test_simulate_serves_a_company_until_stopped(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         assert await asyncio.wait_for(proc.wait(), timeout=10) == 0
+
+
+async def test_status_lists_failed_photos_with_their_error_and_next_try(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    sim = await make_sim(url_ttl=0, photos=3, projects=1)
+    config = write_config(sim, tmp_path)
+    assert (await syncer("sync", "--config", str(config))).code == ExitCode.INCOMPLETE
+    document = json.loads((await syncer("status", "--config", str(config), "--json")).out)
+    (project,) = document["projects"]
+    assert project["failed"] == 3 and project["last_outcome"] == "incomplete"
+    assert all(
+        f["attempts"] == 1 and "HTTP 401" in f["error"] and f["next_retry_at"] for f in project["failures"]
+    )
+    table = (await syncer("status", "--config", str(config))).out
+    assert table.count("failed: ") == 3

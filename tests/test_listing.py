@@ -8,6 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -15,7 +16,7 @@ from syncer.config import load_settings
 from syncer.errors import ExitCode
 from syncer.simulator import SimConfig, Simulator
 from syncer.simulator.server import ListingRequest
-from tests.conftest import assert_byte_exact, sync, write_config
+from tests.conftest import assert_byte_exact, db_rows, sync, write_config
 
 
 def tie(sim: Simulator, count: int, *, created_too: bool, seed: int = 3) -> list[int]:
@@ -147,3 +148,19 @@ def test_random_edit_and_delete_schedules_never_lose_a_photo(
             await sim.stop()
 
     asyncio.run(scenario())
+
+
+async def test_a_failed_listing_leaves_the_checkpoint_where_it_was(make_sim: Any, settings_for: Any) -> None:
+    sim = await make_sim(projects=1)
+    settings = settings_for(sim, procore={"retry_attempts": 2})
+    await sync(settings)
+    before = db_rows(settings, "SELECT checkpoint FROM projects")
+
+    def fail(request: ListingRequest) -> None:
+        raise web.HTTPBadGateway()
+
+    sim.listing_hooks.append(fail)
+    summary = await sync(settings)
+    assert summary.exit_code == ExitCode.INCOMPLETE
+    assert summary.results[0].listing_error and not summary.results[0].checkpoint_advanced
+    assert db_rows(settings, "SELECT checkpoint FROM projects") == before

@@ -106,6 +106,17 @@ class Vanished:
     at: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class MirroredFile:
+    id: int
+    project_id: int
+    project_name: str
+    local_path: str
+    size: int | None
+    sha256: str | None
+    raw_json: str
+
+
 @dataclass(frozen=True)
 class ProjectStatus:
     id: int
@@ -351,6 +362,48 @@ class Store:
                     .where(PhotoRow.id.in_(chunk))
                     .values(local_path=None, local_file_key=None, local_size=None, sha256=None)
                 )
+
+    # -- verification and retries -------------------------------------------------------------
+
+    async def mirrored_files(self, project_ids: Sequence[int] | None = None) -> list[MirroredFile]:
+        """Every file the database says is in the mirror, with what it should hash to."""
+        query = (
+            select(
+                PhotoRow.id,
+                PhotoRow.project_id,
+                ProjectRow.name.label("project_name"),
+                PhotoRow.local_path,
+                PhotoRow.local_size.label("size"),
+                PhotoRow.sha256,
+                PhotoRow.raw_json,
+            )
+            .join(ProjectRow, ProjectRow.id == PhotoRow.project_id)
+            .where(PhotoRow.local_path.is_not(None))
+        )
+        if project_ids is not None:
+            query = query.where(PhotoRow.project_id.in_(project_ids))
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(query.order_by(PhotoRow.local_path))
+            return [MirroredFile(**row._mapping) for row in rows]
+
+    async def requeue(self, ids: Sequence[int]) -> None:
+        """Forget that these photos are mirrored, so the next sync downloads them at once."""
+        async with self._write, self.engine.begin() as conn:
+            for chunk in _chunks(ids, ID_BATCH):
+                await conn.execute(
+                    update(PhotoRow)
+                    .where(PhotoRow.id.in_(chunk))
+                    .values(local_file_key=None, sha256=None, attempts=0, last_error=None, next_retry_at=None)
+                )
+
+    async def retry_now(self, project_ids: Sequence[int] | None = None) -> int:
+        """Make every failed photo due immediately; returns how many there were."""
+        failing = PhotoRow.needs_download() & (PhotoRow.attempts > 0)
+        stmt = update(PhotoRow).where(failing).values(next_retry_at=None)
+        if project_ids is not None:
+            stmt = stmt.where(PhotoRow.project_id.in_(project_ids))
+        async with self._write, self.engine.begin() as conn:
+            return (await conn.execute(stmt)).rowcount
 
     # -- runs and status ---------------------------------------------------------------------
 
