@@ -304,7 +304,8 @@ class SyncEngine:
     async def _reconcile(self, project: Project, result: ProjectResult, *, force: bool) -> None:
         """Mark photos gone from Procore as deleted, then apply `mirror.on_delete` to their files.
 
-        Runs only after a proven listing, on a proven id set, within the `max_delete` cap."""
+        Runs only after a proven listing, on a proven id set, within the `max_delete` cap, and
+        each deletion is confirmed by a direct lookup."""
         listing = await upstream_ids(self.api, self._query(project), await self.store.live_times(project.id))
         if listing.ids is None:
             result.deletions_unchecked = listing.problem
@@ -319,10 +320,31 @@ class SyncEngine:
                 "If that is right, run again with --force"
             )
             return
-        await self.store.mark_deleted(gone, self.now())
-        result.deleted_upstream = len(gone)
+        confirmed = await self._confirm_gone(project, gone)
+        await self.store.mark_deleted(confirmed, self.now())
+        result.deleted_upstream = len(confirmed)
         if self.mirror.on_delete != "keep":
             await self._apply_on_delete(project, result)
+
+    async def _confirm_gone(self, project: Project, candidates: list[int]) -> list[int]:
+        """The candidates Procore answers 404 for when asked one by one.
+
+        A photo can be missing from the id listing and still exist: it stopped matching
+        `sync.filters`, or it has no `updated_at` for a range to match. Only a 404 is a deletion."""
+        limit = asyncio.Semaphore(self.settings.concurrency)
+
+        async def gone(photo_id: int) -> bool:
+            async with limit:
+                try:
+                    await self.api.image(project.id, photo_id)
+                except ProcoreError as exc:
+                    return exc.status == 404
+                except BadRecord:
+                    return False
+                return False
+
+        answers = await asyncio.gather(*(gone(i) for i in candidates))
+        return [i for i, is_gone in zip(candidates, answers, strict=True) if is_gone]
 
     async def _apply_on_delete(self, project: Project, result: ProjectResult) -> None:
         files = await self.store.deleted_files(project.id)

@@ -14,7 +14,7 @@ from typing import Any
 from syncer.config import Settings, load_settings
 from syncer.errors import ExitCode
 from syncer.simulator import Simulator
-from tests.conftest import assert_byte_exact, sync, write_config
+from tests.conftest import assert_byte_exact, db_rows, sync, write_config
 
 BIG = {"photos": 12, "projects": 1, "photo_size": 3_000_000, "bandwidth": 4_000_000}
 
@@ -121,6 +121,7 @@ async def test_kill_9_at_any_moment_then_rerun_ends_byte_exact(make_sim: Any, tm
         os.kill(proc.pid, signal.SIGKILL)
         assert await proc.wait() == -signal.SIGKILL
         assert_no_torn_files(sim, root)
+        assert db_rows(load_settings(config), "SELECT checkpoint FROM projects") in ([], [(None,)])
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

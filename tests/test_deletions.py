@@ -183,3 +183,16 @@ async def test_a_photo_that_returns_after_delete_is_downloaded_again(
     summary = await sync(settings)
     assert sum(r.downloaded for r in summary.results) == 1
     assert_byte_exact(sim, settings)
+
+
+async def test_a_photo_that_leaves_the_filters_is_not_taken_for_deleted(
+    sim: Simulator, settings_for: Any
+) -> None:
+    settings = settings_for(sim, mirror={"on_delete": "delete"}, sync={"filters": {"starred": True}})
+    await sync(settings)
+    starred = [p for p in sim.company.photos.values() if p.starred]
+    sim.edit_photo(starred[0].id, starred=False)  # still in Procore, just no longer starred
+    summary = await sync(settings, full=True)
+    assert summary.exit_code == ExitCode.OK
+    assert marked_deleted(settings) == set()
+    assert starred[0].id in mirror_photos(settings.mirror.root)
