@@ -161,6 +161,79 @@ class SyncSettings(_Section):
     """How far before the checkpoint each incremental window starts, for clock skew and late writes."""
     lag: Duration = 60.0
     """How far behind now each window ends, so rows still being written are left for the next run."""
+    max_duration: Duration | None = None
+    """Stop a run cleanly after this long (a nightly window); the next run continues."""
+
+
+class Every(_Section):
+    every: Duration = Field(gt=0)
+
+
+def _check_cron(value: Any) -> Any:
+    if isinstance(value, str):
+        from apscheduler.triggers.cron import CronTrigger
+
+        try:
+            CronTrigger.from_crontab(value)
+        except ValueError as exc:
+            raise ValueError(f"not a cron expression ({exc}); or use {{every: 15m}}") from None
+    return value
+
+
+Schedule = Annotated[str | Every, BeforeValidator(_check_cron)]
+
+
+class ScheduleSettings(_Section):
+    incremental: Schedule = "*/15 * * * *"
+    full: Schedule | None = "0 3 * * 0"
+    """The reconcile that finds deleted photos (a `--full` run); null turns it off."""
+    timezone: str = "UTC"
+    max_parallel_projects: int = Field(default=2, ge=1, le=32)
+    misfire_grace: Duration = 300.0
+    """A run that could not start on time still starts if it is at most this late."""
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}") from None
+        return value
+
+
+class NotifySettings(_Section):
+    command: str | None = None
+    """Run with the event as JSON on stdin (through the shell)."""
+    webhook: str | None = None
+    """POSTed the event as JSON."""
+    timeout: Duration = 30.0
+
+    @field_validator("webhook")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://", value):
+            raise ValueError("expected an http:// or https:// URL")
+        return value
+
+
+class HttpSettings(_Section):
+    listen: str | None = None
+    """`127.0.0.1:9464` serves /healthz, /metrics and /status; off when null."""
+    unhealthy_after: int = Field(default=3, ge=1)
+    """Consecutive failed runs of one project after which /healthz answers 503."""
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+            raise ValueError(f"expected HOST:PORT like 127.0.0.1:9464, got {value!r}")
+        return value
 
 
 class Settings(_Section):
@@ -168,6 +241,9 @@ class Settings(_Section):
     database: DatabaseSettings = DatabaseSettings()
     mirror: MirrorSettings = MirrorSettings()
     sync: SyncSettings = SyncSettings()
+    schedule: ScheduleSettings = ScheduleSettings()
+    notify: NotifySettings = NotifySettings()
+    http: HttpSettings = HttpSettings()
 
     @property
     def database_url(self) -> str:

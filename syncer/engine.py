@@ -81,6 +81,8 @@ class ProjectResult:
     """Why deletions were not applied although the run found some (the max_delete cap)."""
     deletions_unchecked: str | None = None
     """Why a full run could not tell which photos are gone (an id listing it could not prove)."""
+    stopped: str | None = None
+    """Why the run stopped before finishing (its time limit); the next run continues."""
     requests: int = 0
     seconds: float = 0.0
 
@@ -91,6 +93,7 @@ class ProjectResult:
             and self.listing_error is None
             and not self.unproven
             and not self.deletions_blocked
+            and not self.stopped
         )
 
 
@@ -170,8 +173,15 @@ class SyncEngine:
         return min(checkpoint - timedelta(seconds=self.settings.overlap), end), end
 
     async def sync_project(
-        self, project: Project, *, full: bool = False, dry_run: bool = False, force: bool = False
+        self,
+        project: Project,
+        *,
+        full: bool = False,
+        dry_run: bool = False,
+        force: bool = False,
+        deadline: float | None = None,
     ) -> ProjectResult:
+        """Sync one project; `deadline` (event-loop time) stops it cleanly, keeping what is done."""
         started, clock = self.now(), time.monotonic()
         checkpoint = None if full else await self.store.checkpoint(project.id)
         start, end = self.window(checkpoint, started)
@@ -181,7 +191,11 @@ class SyncEngine:
             if dry_run:
                 await self._plan_only(project, result)
             else:
-                await self._sync(project, result, full=full, force=force, started=started)
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        await self._sync(project, result, full=full, force=force, started=started)
+                except TimeoutError:
+                    result.stopped = "stopped at sync.max_duration; the next run continues from here"
         finally:
             result.requests = self.api.http.requests_sent - requests_before
             result.seconds = time.monotonic() - clock

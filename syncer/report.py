@@ -173,6 +173,8 @@ def render_summary(summary: RunSummary) -> str:
             lines.append(f"  deletions stopped: {r.deletions_blocked}")
         if r.deletions_unchecked:
             lines.append(f"  deletions not checked: {r.deletions_unchecked}")
+        if r.stopped:
+            lines.append(f"  {r.stopped}")
         if r.listing_error:
             lines.append(f"  listing failed: {r.listing_error}")
         for problem in r.unproven:

@@ -1,28 +1,28 @@
-"""Wiring for one sync run: the HTTP session, client, store, mirror and engine, in that order.
+"""Wiring for sync runs: the HTTP session, client, store, mirror and engine, in that order.
 
 The composition root: the only module that knows every part, so the parts need not know each
-other. `syncer sync`, `syncer demo` and the daemon all run syncs through `run_sync`.
+other. `open_syncer` builds them once; `run_sync` (for `syncer sync` and `syncer demo`) uses them
+for one run, and the daemon keeps them for its whole life.
 """
 
 from __future__ import annotations
 
-import fcntl
-import os
+import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import aiohttp
 
 import syncer
 from syncer.config import Settings
 from syncer.engine import ProjectResult, SyncEngine
-from syncer.errors import ExitCode, LockedError
+from syncer.errors import ExitCode
+from syncer.locks import Locks
 from syncer.log import REDACT
 from syncer.mirror.fetch import Fetcher
-from syncer.mirror.files import STATE_DIR, MirrorFS
+from syncer.mirror.files import MirrorFS
 from syncer.mirror.layout import Layout
 from syncer.procore.api import ProcoreApi
 from syncer.procore.http import ProcoreHttp, RetryPolicy
@@ -44,29 +44,38 @@ class RunSummary:
         return ExitCode.OK if ok else ExitCode.INCOMPLETE
 
 
-@contextmanager
-def mirror_lock(root: Path) -> Iterator[None]:
-    """One run at a time per mirror: a second `syncer` on the same mirror stops at once."""
-    state = root / STATE_DIR
-    state.mkdir(parents=True, exist_ok=True)
-    fd = os.open(state / "lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise LockedError(
-                f"another syncer is already working on {root} (lock: {state / 'lock'})"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        yield
-    finally:
-        os.close(fd)
+@dataclass
+class Syncer:
+    """The long-lived parts of a syncer process."""
+
+    settings: Settings
+    api: ProcoreApi
+    store: Store
+    fs: MirrorFS
+    engine: SyncEngine
+    locks: Locks
+
+    def wanted(self, project_ids: Sequence[int] | None = None) -> list[int] | None:
+        if project_ids:
+            return list(project_ids)
+        return None if self.settings.sync.projects == "all" else list(self.settings.sync.projects)
+
+    async def projects(self, project_ids: Sequence[int] | None = None) -> tuple[list[Project], list[str]]:
+        """The projects to sync, in Procore's order, and an error for each wanted id not visible."""
+        visible = await self.api.projects()
+        wanted = self.wanted(project_ids)
+        if wanted is None:
+            return visible, []
+        by_id = {p.id: p for p in visible}
+        errors = [
+            f"project {pid} is not visible to this service account" for pid in wanted if pid not in by_id
+        ]
+        return [by_id[pid] for pid in wanted if pid in by_id], errors
 
 
 @asynccontextmanager
 async def procore_client(settings: Settings, *, connections: int) -> AsyncIterator[ProcoreApi]:
-    """One HTTP session for the whole run, with the credentials registered for redaction."""
+    """One HTTP session for the whole process, with the credentials registered for redaction."""
     p = settings.procore
     secret = p.client_secret.get_secret_value()
     REDACT.add(secret)
@@ -91,14 +100,30 @@ async def procore_client(settings: Settings, *, connections: int) -> AsyncIterat
         yield ProcoreApi(http, company_id=p.company_id)
 
 
-async def select_projects(api: ProcoreApi, wanted: Sequence[int] | None) -> tuple[list[Project], list[str]]:
-    """The projects to sync, in Procore's order, and an error for each wanted id not visible."""
-    visible = await api.projects()
-    if wanted is None:
-        return visible, []
-    by_id = {p.id: p for p in visible}
-    errors = [f"project {pid} is not visible to this service account" for pid in wanted if pid not in by_id]
-    return [by_id[pid] for pid in wanted if pid in by_id], errors
+@asynccontextmanager
+async def open_syncer(
+    settings: Settings, *, progress: Progress, connections: int | None = None
+) -> AsyncIterator[Syncer]:
+    concurrency = settings.sync.concurrency
+    store = await Store.open(settings.database_url)
+    fs = MirrorFS(settings.mirror.root, threads=concurrency + 2)
+    try:
+        fs.prepare()
+        async with procore_client(settings, connections=connections or concurrency * 2 + 4) as api:
+            engine = SyncEngine(
+                api=api,
+                store=store,
+                fs=fs,
+                fetcher=Fetcher(api.http, fs),
+                layout=Layout(settings.mirror.layout),
+                settings=settings.sync,
+                mirror=settings.mirror,
+                progress=progress,
+            )
+            yield Syncer(settings, api, store, fs, engine, Locks(settings.mirror.root))
+    finally:
+        fs.close()
+        await store.close()
 
 
 async def run_sync(
@@ -114,37 +139,21 @@ async def run_sync(
     """One sync run over the selected projects; `retry_failed` first makes failed photos due now."""
     started = time.monotonic()
     summary = RunSummary()
-    wanted = project_ids or (None if settings.sync.projects == "all" else list(settings.sync.projects))
-    concurrency = settings.sync.concurrency
     progress = progress or LogProgress()
-    with mirror_lock(settings.mirror.root):
-        store = await Store.open(settings.database_url)
-        fs = MirrorFS(settings.mirror.root, threads=concurrency + 2)
-        try:
-            fs.prepare()
+    max_duration = settings.sync.max_duration
+    deadline = asyncio.get_running_loop().time() + max_duration if max_duration else None
+    async with open_syncer(settings, progress=progress) as syncer:
+        projects, summary.errors = await syncer.projects(project_ids)
+        with syncer.locks.projects([p.id for p in projects]):
             if retry_failed:
-                await store.retry_now(wanted)
-            async with procore_client(settings, connections=concurrency * 2 + 4) as api:
-                projects, summary.errors = await select_projects(api, wanted)
-                if not dry_run:
-                    await store.save_projects(settings.procore.company_id, projects)
-                engine = SyncEngine(
-                    api=api,
-                    store=store,
-                    fs=fs,
-                    fetcher=Fetcher(api.http, fs),
-                    layout=Layout(settings.mirror.layout),
-                    settings=settings.sync,
-                    mirror=settings.mirror,
-                    progress=progress,
-                )
-                with progress:
-                    for project in projects:
-                        summary.results.append(
-                            await engine.sync_project(project, full=full, dry_run=dry_run, force=force)
-                        )
-        finally:
-            fs.close()
-            await store.close()
+                await syncer.store.retry_now([p.id for p in projects])
+            if not dry_run:
+                await syncer.store.save_projects(settings.procore.company_id, projects)
+            with progress:
+                for project in projects:
+                    result = await syncer.engine.sync_project(
+                        project, full=full, dry_run=dry_run, force=force, deadline=deadline
+                    )
+                    summary.results.append(result)
     summary.seconds = time.monotonic() - started
     return summary

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from syncer.config import Settings
+from syncer.locks import Locks
 from syncer.mirror.files import STATE_DIR, TRASH_DIR, MirrorFS
 from syncer.mirror.sidecar import sidecar_bytes, sidecar_path
 from syncer.report import human_bytes, human_seconds
-from syncer.runner import mirror_lock
 from syncer.store import MirroredFile, Store
 
 log = logging.getLogger(__name__)
@@ -86,10 +86,11 @@ async def verify(
     report = VerifyReport(scanned_for_unexpected=project_ids is None)
     loop = asyncio.get_running_loop()
     started = loop.time()
-    with mirror_lock(settings.mirror.root):
-        store = await Store.open(settings.database_url)
-        fs = MirrorFS(settings.mirror.root, threads=4)
-        try:
+    store = await Store.open(settings.database_url)
+    fs = MirrorFS(settings.mirror.root, threads=4)
+    try:
+        projects = project_ids if project_ids is not None else [p.id for p in await store.status()]
+        with Locks(settings.mirror.root).projects(projects):  # no sync may write while this reads
             files = await store.mirrored_files(project_ids)
             bad_ids: list[int] = []
             limit = asyncio.Semaphore(4)
@@ -121,9 +122,9 @@ async def verify(
             if fix and bad_ids:
                 await store.requeue(bad_ids)
                 report.queued = len(bad_ids)
-        finally:
-            fs.close()
-            await store.close()
+    finally:
+        fs.close()
+        await store.close()
     report.seconds = loop.time() - started
     return report
 

@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from syncer.errors import ExitCode
-from syncer.runner import mirror_lock
+from syncer.locks import Locks
 from syncer.simulator import Simulator
 from tests.conftest import write_config
 
@@ -115,10 +115,11 @@ async def test_unreachable_procore_is_one_line_and_exit_1(tmp_path: Path) -> Non
 
 async def test_second_run_on_a_locked_mirror_exits_4(sim: Simulator, tmp_path: Path) -> None:
     config = write_config(sim, tmp_path)
-    with mirror_lock(tmp_path / "mirror"):
+    busy = next(iter(sim.company.projects))
+    with Locks(tmp_path / "mirror").projects([busy]):
         run = await syncer("sync", "--config", str(config))
     assert run.code == ExitCode.LOCKED
-    assert "another syncer is already working on" in run.err
+    assert f"another syncer is already working on project {busy}" in run.err
 
 
 async def test_db_upgrade_creates_the_schema(sim: Simulator, tmp_path: Path) -> None:

@@ -8,7 +8,9 @@ checked to stay inside the root even if someone planted a symlink in the mirror.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -37,13 +39,18 @@ class MirrorFS:
         self.tmp_dir = self.root / STATE_DIR / "tmp"
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mirror-io")
 
-    def prepare(self) -> None:
-        """Create the state folder and drop sidecar temp files an interrupted run left behind.
+    def prepare(self, *, stale_after: float = 3600.0) -> None:
+        """Create the state folder and drop temp files an interrupted run left behind.
 
-        Called under the mirror lock, so no other run is writing them."""
+        Another process may be syncing another project into this mirror right now, so only files
+        untouched for `stale_after` seconds go; partial downloads (`.part`) stay a week for resuming."""
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
-        for leftover in self.tmp_dir.glob("*.tmp"):
-            leftover.unlink(missing_ok=True)
+        now = time.time()
+        for leftover in self.tmp_dir.iterdir():
+            limit = 7 * 86400 if ".part" in leftover.name else stale_after
+            with contextlib.suppress(OSError):
+                if now - leftover.stat().st_mtime > limit:
+                    leftover.unlink()
 
     def close(self) -> None:
         self.executor.shutdown(wait=True)

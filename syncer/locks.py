@@ -1,0 +1,81 @@
+"""File locks that keep runs apart, under the mirror's `.syncer/` folder.
+
+One lock per project: a cron `syncer sync` and the daemon never work on the same project at once,
+and a second `syncer sync` stops at once (exit 4) instead of waiting. One lock for the daemon's
+whole life: a second daemon on the same mirror refuses to start. `flock` locks vanish with their
+process, so a killed run never leaves a stale lock behind.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+from syncer.errors import LockedError
+from syncer.mirror.files import STATE_DIR
+
+
+def _try_lock(path: Path) -> int | None:
+    """An open, exclusively locked descriptor for `path`, or None if another process holds it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+@contextmanager
+def _held(path: Path, busy: str) -> Iterator[None]:
+    fd = _try_lock(path)
+    if fd is None:
+        raise LockedError(busy)
+    try:
+        yield
+    finally:
+        os.close(fd)
+
+
+class Locks:
+    def __init__(self, mirror_root: Path) -> None:
+        self.folder = mirror_root / STATE_DIR / "locks"
+
+    def _project_path(self, project_id: int) -> Path:
+        return self.folder / f"project-{project_id}.lock"
+
+    @contextmanager
+    def daemon(self) -> Iterator[None]:
+        with _held(
+            self.folder / "daemon.lock", f"a syncer daemon is already running on this mirror ({self.folder})"
+        ):
+            yield
+
+    @contextmanager
+    def projects(self, project_ids: Sequence[int]) -> Iterator[None]:
+        """All of the projects' locks, or LockedError naming the first one that is busy."""
+        with ExitStack() as stack:
+            for project_id in project_ids:
+                stack.enter_context(
+                    _held(
+                        self._project_path(project_id),
+                        f"another syncer is already working on project {project_id} in this mirror",
+                    )
+                )
+            yield
+
+    @contextmanager
+    def try_project(self, project_id: int) -> Iterator[bool]:
+        """The project's lock if it is free (yields True), else yields False without waiting."""
+        fd = _try_lock(self._project_path(project_id))
+        try:
+            yield fd is not None
+        finally:
+            if fd is not None:
+                os.close(fd)
