@@ -70,6 +70,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from syncer.daemon import Daemon
+
+    daemon = Daemon(_config_path(args))
+    return asyncio.run(daemon.run())
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     from syncer.verify import render_verify, verify
 
@@ -168,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="progress bar (auto: only on a terminal)",
     )
     sync.set_defaults(func=cmd_sync)
+
+    run = sub.add_parser("run", parents=[with_config], help="run as a service on the configured schedule")
+    run.set_defaults(func=cmd_run)
 
     status = sub.add_parser("status", parents=[with_config], help="show what the mirror holds, per project")
     status.add_argument("--json", action="store_true", help="machine-readable output")

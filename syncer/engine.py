@@ -28,7 +28,7 @@ from syncer.mirror.sidecar import sidecar_bytes, sidecar_path
 from syncer.plan import Change, Decision, decide, photo_row
 from syncer.procore.api import ProcoreApi
 from syncer.procore.auth import AuthError
-from syncer.procore.http import ProcoreError, RetryPolicy
+from syncer.procore.http import TALLY, ProcoreError, RetryPolicy, Tally
 from syncer.procore.models import BadRecord, Photo, Project
 from syncer.procore.query import ImageQuery
 from syncer.reconcile import upstream_ids
@@ -186,7 +186,8 @@ class SyncEngine:
         checkpoint = None if full else await self.store.checkpoint(project.id)
         start, end = self.window(checkpoint, started)
         result = ProjectResult(project=project, window_start=start, window_end=end, dry_run=dry_run)
-        requests_before = self.api.http.requests_sent
+        tally = Tally()
+        counting = TALLY.set(tally)  # inherited by the workers this sync starts
         try:
             if dry_run:
                 await self._plan_only(project, result)
@@ -197,7 +198,8 @@ class SyncEngine:
                 except TimeoutError:
                     result.stopped = "stopped at sync.max_duration; the next run continues from here"
         finally:
-            result.requests = self.api.http.requests_sent - requests_before
+            TALLY.reset(counting)
+            result.requests = tally.requests
             result.seconds = time.monotonic() - clock
         return result
 

@@ -9,12 +9,15 @@ from syncer.report import human_bytes
 from syncer.store import Store
 
 
-async def status_document(settings: Settings) -> dict[str, Any]:
-    store = await Store.open(settings.database_url)
-    try:
-        projects = await store.status()
-    finally:
-        await store.close()
+async def status_document(settings: Settings, store: Store | None = None) -> dict[str, Any]:
+    """The status of every project, from `store` or from the configured database."""
+    if store is None:
+        store = await Store.open(settings.database_url)
+        try:
+            return await status_document(settings, store)
+        finally:
+            await store.close()
+    projects = await store.status()
     return {
         "mirror": str(settings.mirror.root),
         "projects": [

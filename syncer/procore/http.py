@@ -14,6 +14,7 @@ import json
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -27,6 +28,16 @@ from syncer.procore.query import encode_query
 
 T = TypeVar("T")
 EXCERPT_CHARS = 160
+
+
+@dataclass
+class Tally:
+    """Requests sent on behalf of one piece of work (a project's sync), across all its tasks."""
+
+    requests: int = 0
+
+
+TALLY: ContextVar[Tally | None] = ContextVar("syncer_request_tally", default=None)
 TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError)
 
 
@@ -209,6 +220,8 @@ class ProcoreHttp:
         try:
             async with self.pacer.slot():
                 self.requests_sent += 1
+                if (tally := TALLY.get()) is not None:
+                    tally.requests += 1
                 response = await self.session.request(
                     method, url, headers=headers, data=data, allow_redirects=False
                 )
