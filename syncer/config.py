@@ -161,6 +161,8 @@ class SyncSettings(_Section):
     """How far before the checkpoint each incremental window starts, for clock skew and late writes."""
     lag: Duration = 60.0
     """How far behind now each window ends, so rows still being written are left for the next run."""
+    retry_backoff: Duration = Field(default=300.0, gt=0)
+    """A failed photo is tried again after this, then twice as long each time, at most a day later."""
     max_duration: Duration | None = None
     """Stop a run cleanly after this long (a nightly window); the next run continues."""
 

@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 DOWNLOAD_ATTEMPTS = 5
 RECORD_BATCH = 200
 RECORD_EVERY = 2.0
-RETRY_BASE = timedelta(minutes=5)
 RETRY_MAX = timedelta(days=1)
 
 
@@ -48,9 +47,9 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def retry_at(now: datetime, attempts: int) -> datetime:
-    """When a failed photo is next due: 5 min, 10, 20, ... capped at a day."""
-    return now + min(RETRY_MAX, RETRY_BASE * (1 << min(attempts, 16)))
+def retry_at(now: datetime, attempts: int, base: float) -> datetime:
+    """When a failed photo is next due: `base` (sync.retry_backoff), then doubling, at most a day."""
+    return now + min(RETRY_MAX, timedelta(seconds=base) * (1 << min(attempts, 16)))
 
 
 @dataclass
@@ -83,6 +82,8 @@ class ProjectResult:
     """Why a full run could not tell which photos are gone (an id listing it could not prove)."""
     stopped: str | None = None
     """Why the run stopped before finishing (its time limit); the next run continues."""
+    waiting: int = 0
+    """Photos that failed in earlier runs and wait for their retry time: the mirror lacks them."""
     requests: int = 0
     seconds: float = 0.0
 
@@ -94,6 +95,7 @@ class ProjectResult:
             and not self.unproven
             and not self.deletions_blocked
             and not self.stopped
+            and not self.waiting
         )
 
 
@@ -300,11 +302,7 @@ class SyncEngine:
             await asyncio.gather(*workers)
             if fatal:
                 raise fatal[0]
-            if result.listing_error is None and not result.unproven:
-                if full:
-                    await self._reconcile(project, result, force=force)
-                await self.store.set_checkpoint(project.id, result.window_end, full=full)
-                result.checkpoint_advanced = True
+            await self._finish(project, result, recorder, full=full, force=force)
             outcome = "ok" if result.ok else "incomplete"
         except BaseException as exc:
             outcome = (
@@ -316,6 +314,18 @@ class SyncEngine:
             raise
         finally:
             await asyncio.shield(self._close_run(run_id, recorder, result, outcome))
+
+    async def _finish(
+        self, project: Project, result: ProjectResult, recorder: Recorder, *, full: bool, force: bool
+    ) -> None:
+        """After the transfers: count what still waits, find deletions, move the checkpoint."""
+        await recorder.flush()
+        result.waiting = await self.store.failing_count(project.id) - len(result.failures)
+        if result.listing_error is None and not result.unproven:
+            if full:
+                await self._reconcile(project, result, force=force)
+            await self.store.set_checkpoint(project.id, result.window_end, full=full)
+            result.checkpoint_advanced = True
 
     async def _reconcile(self, project: Project, result: ProjectResult, *, force: bool) -> None:
         """Mark photos gone from Procore as deleted, then apply `mirror.on_delete` to their files.
@@ -435,7 +445,9 @@ class SyncEngine:
     async def _fail(self, job: Job, error: str, recorder: Recorder, result: ProjectResult) -> None:
         log.warning("photo %s (%s) failed: %s", job.photo_id, job.rel_path, error)
         result.failures.append((job.photo_id, job.rel_path, error))
-        await recorder.add(Failed(job.photo_id, error, retry_at(self.now(), job.attempts)))
+        await recorder.add(
+            Failed(job.photo_id, error, retry_at(self.now(), job.attempts, self.settings.retry_backoff))
+        )
 
     async def _download(self, job: Job, recorder: Recorder, result: ProjectResult, project: Project) -> None:
         photo, error = job.photo, "not attempted"

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Protocol
 from syncer.plan import Change
 
 if TYPE_CHECKING:
+    from syncer.engine import ProjectResult
     from syncer.runner import RunSummary
 
 log = logging.getLogger("syncer")
@@ -143,48 +144,47 @@ def make_progress(*, enabled: bool | None = None) -> Progress:
     return BarProgress() if enabled else LogProgress()
 
 
+def _project_lines(r: ProjectResult) -> list[str]:
+    c = r.changes
+    head = f"{r.project.name} (project {r.project.id})"
+    if r.dry_run:
+        lines = [
+            f"{head}: would download {c[Change.NEW] + c[Change.REPLACED] + r.retried} "
+            f"(new {c[Change.NEW]}, replaced {c[Change.REPLACED]}, due from earlier runs {r.retried}), "
+            f"would update {c[Change.MOVED] + c[Change.METADATA]}; {r.listed} listed"
+        ]
+    else:
+        lines = [
+            f"{head}: {r.listed} listed, {c[Change.NEW]} new, {c[Change.REPLACED]} replaced, "
+            f"{c[Change.MOVED]} moved, {c[Change.METADATA]} metadata-only, {c[Change.RESTORED]} restored; "
+            f"{r.downloaded} downloaded ({human_bytes(r.bytes)}), {r.relocated} updated in place, "
+            + (f"{r.vanished} deleted in Procore meanwhile, " if r.vanished else "")
+            + f"{len(r.failures)} failed; {r.requests} requests in {human_seconds(r.seconds)}"
+        ]
+    notes = [
+        (r.deleted_upstream or r.trashed or r.removed)
+        and f"{r.deleted_upstream} photos gone from Procore marked deleted; "
+        f"{r.trashed} files moved to the trash, {r.removed} removed",
+        r.deletions_blocked and f"deletions stopped: {r.deletions_blocked}",
+        r.deletions_unchecked and f"deletions not checked: {r.deletions_unchecked}",
+        r.stopped,
+        r.waiting
+        and f"{r.waiting} photos that failed before are not mirrored yet and wait for their next try "
+        "(`syncer status` lists them, `syncer retry-failed` tries them now)",
+        r.listing_error and f"listing failed: {r.listing_error}",
+        *(f"listing not proven complete: {problem}" for problem in r.unproven),
+        not r.dry_run
+        and not r.checkpoint_advanced
+        and "checkpoint kept where it was; the next run lists this window again",
+        *(f"failed: photo {pid} -> {path}: {error}" for pid, path, error in r.failures[:20]),
+        len(r.failures) > 20 and f"... and {len(r.failures) - 20} more (see `syncer status`)",
+    ]
+    return lines + [f"  {note}" for note in notes if note]
+
+
 def render_summary(summary: RunSummary) -> str:
     """The run summary: one block per project, then the totals. Failures are named."""
-    lines: list[str] = []
-    for r in summary.results:
-        c = r.changes
-        head = f"{r.project.name} (project {r.project.id})"
-        if r.dry_run:
-            lines.append(
-                f"{head}: would download {c[Change.NEW] + c[Change.REPLACED] + r.retried} "
-                f"(new {c[Change.NEW]}, replaced {c[Change.REPLACED]}, due from earlier runs {r.retried}), "
-                f"would update {c[Change.MOVED] + c[Change.METADATA]}; {r.listed} listed"
-            )
-        else:
-            lines.append(
-                f"{head}: {r.listed} listed, {c[Change.NEW]} new, {c[Change.REPLACED]} replaced, "
-                f"{c[Change.MOVED]} moved, {c[Change.METADATA]} metadata-only, "
-                f"{c[Change.RESTORED]} restored; "
-                f"{r.downloaded} downloaded ({human_bytes(r.bytes)}), {r.relocated} updated in place, "
-                + (f"{r.vanished} deleted in Procore meanwhile, " if r.vanished else "")
-                + f"{len(r.failures)} failed; {r.requests} requests in {human_seconds(r.seconds)}"
-            )
-        if r.deleted_upstream or r.trashed or r.removed:
-            lines.append(
-                f"  {r.deleted_upstream} photos gone from Procore marked deleted; "
-                f"{r.trashed} files moved to the trash, {r.removed} removed"
-            )
-        if r.deletions_blocked:
-            lines.append(f"  deletions stopped: {r.deletions_blocked}")
-        if r.deletions_unchecked:
-            lines.append(f"  deletions not checked: {r.deletions_unchecked}")
-        if r.stopped:
-            lines.append(f"  {r.stopped}")
-        if r.listing_error:
-            lines.append(f"  listing failed: {r.listing_error}")
-        for problem in r.unproven:
-            lines.append(f"  listing not proven complete: {problem}")
-        if not r.dry_run and not r.checkpoint_advanced:
-            lines.append("  checkpoint kept where it was; the next run lists this window again")
-        for photo_id, path, error in r.failures[:20]:
-            lines.append(f"  failed: photo {photo_id} -> {path}: {error}")
-        if len(r.failures) > 20:
-            lines.append(f"  ... and {len(r.failures) - 20} more (see `syncer status`)")
+    lines = [line for r in summary.results for line in _project_lines(r)]
     lines.extend(f"error: {e}" for e in summary.errors)
     downloaded = sum(r.downloaded for r in summary.results)
     size = sum(r.bytes for r in summary.results)

@@ -396,6 +396,14 @@ class Store:
                     .values(local_file_key=None, sha256=None, attempts=0, last_error=None, next_retry_at=None)
                 )
 
+    async def failing_count(self, project_id: int) -> int:
+        """Photos that failed to download and are not mirrored yet."""
+        query = select(func.count()).where(
+            PhotoRow.project_id == project_id, PhotoRow.needs_download(), PhotoRow.attempts > 0
+        )
+        async with self.engine.connect() as conn:
+            return int(await conn.scalar(query) or 0)
+
     async def retry_now(self, project_ids: Sequence[int] | None = None) -> int:
         """Make every failed photo due immediately; returns how many there were."""
         failing = PhotoRow.needs_download() & (PhotoRow.attempts > 0)

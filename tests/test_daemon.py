@@ -1,0 +1,288 @@
+"""`syncer run` as a real process: scheduled runs, metrics, signals, locks and notifications."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from syncer.config import load_settings
+from syncer.errors import ExitCode
+from syncer.simulator import Simulator
+from tests.conftest import assert_byte_exact, write_config
+from tests.test_cli import syncer
+from tests.test_crash import BIG, assert_no_torn_files
+
+EVERY_SECOND = {"incremental": {"every": "1s"}, "full": None}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class Running:
+    def __init__(self, proc: asyncio.subprocess.Process, port: int, log: Path) -> None:
+        self.proc, self.port, self.log = proc, port, log
+
+    async def get(self, path: str) -> tuple[int, str]:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://127.0.0.1:{self.port}{path}") as r,
+        ):
+            return r.status, await r.text()
+
+    async def runs(self, outcome: str = "ok", kind: str = "incremental") -> dict[str, float]:
+        """syncer_runs_total by project for one kind and outcome, read from /metrics."""
+        try:
+            _, text = await self.get("/metrics")
+        except aiohttp.ClientError:
+            return {}
+        found = {}
+        for line in text.splitlines():
+            if (
+                line.startswith("syncer_runs_total{")
+                and f'kind="{kind}"' in line
+                and f'outcome="{outcome}"' in line
+            ):
+                project = line.split('project="')[1].split('"')[0]
+                found[project] = float(line.rsplit(" ", 1)[1])
+        return found
+
+    def log_text(self) -> str:
+        return self.log.read_text(encoding="utf-8", errors="replace")
+
+
+async def eventually(check: Callable[[], Any], within: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@asynccontextmanager
+async def daemon(config: Path, folder: Path) -> AsyncIterator[Running]:
+    port = load_settings(config).http.listen
+    assert port is not None
+    log = folder / f"daemon-{time.monotonic_ns()}.log"
+    with log.open("wb") as sink:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "syncer", "run", "--config", str(config), stdout=sink, stderr=sink
+        )
+    running = Running(proc, int(port.rsplit(":", 1)[1]), log)
+    try:
+        yield running
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+def daemon_config(sim: Simulator, folder: Path, **sections: Any) -> Path:
+    schedule = {**EVERY_SECOND, **sections.pop("schedule", {})}
+    http = {"listen": f"127.0.0.1:{free_port()}", **sections.pop("http", {})}
+    return write_config(sim, folder, schedule=schedule, http=http, **sections)
+
+
+async def stop(running: Running) -> tuple[int, float]:
+    started = time.monotonic()
+    running.proc.send_signal(signal.SIGTERM)
+    code = await asyncio.wait_for(running.proc.wait(), timeout=15)
+    return code, time.monotonic() - started
+
+
+async def test_runs_on_schedule_and_reports_through_health_metrics_and_status(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    config = daemon_config(sim, tmp_path)
+    async with daemon(config, tmp_path) as running:
+
+        async def two_runs_each() -> bool:
+            runs = await running.runs()
+            return len(runs) == len(sim.company.projects) and min(runs.values()) >= 2
+
+        await eventually(two_runs_each, what="two completed runs per project in /metrics")
+        status, body = await running.get("/healthz")
+        assert status == 200 and json.loads(body)["status"] == "ok"
+        _, metrics = await running.get("/metrics")
+        for name in (
+            "syncer_photos_downloaded_total",
+            "syncer_downloaded_bytes_total",
+            "syncer_run_duration_seconds",
+            "syncer_rate_limit_remaining",
+            "syncer_checkpoint_age_seconds",
+            "syncer_rate_limited_responses",
+        ):
+            assert name in metrics, name
+        _, document = await running.get("/status")
+        assert sum(p["mirrored"] for p in json.loads(document)["projects"]) == len(sim.company.photos)
+        code, _ = await stop(running)
+    assert code == 0
+    assert_byte_exact(sim, load_settings(config))
+
+
+async def test_sigterm_mid_download_exits_0_within_10_seconds(make_sim: Any, tmp_path: Path) -> None:
+    sim = await make_sim(**BIG)
+    config = daemon_config(sim, tmp_path, sync={"concurrency": 3})
+    async with daemon(config, tmp_path) as running:
+        await eventually(lambda: sim.stats.bytes_sent > 4_000_000, what="downloads in flight")
+        code, took = await stop(running)
+        assert code == 0 and took < 10, (code, took)
+        assert "SIGTERM received" in running.log_text()
+    root = tmp_path / "mirror"
+    assert_no_torn_files(sim, root)
+    run = await syncer("sync", "--config", str(config))
+    assert run.code == ExitCode.OK, run.err
+    assert_byte_exact(sim, load_settings(config))
+
+
+async def test_a_second_daemon_on_the_same_mirror_refuses_to_start(sim: Simulator, tmp_path: Path) -> None:
+    config = daemon_config(sim, tmp_path)
+    async with daemon(config, tmp_path) as first:
+        await eventually(first.runs, what="the first daemon's first run")
+        second = await syncer("run", "--config", str(config))
+        assert second.code == ExitCode.LOCKED
+        assert "a syncer daemon is already running on this mirror" in second.err
+        assert (await stop(first))[0] == 0
+
+
+async def test_a_cron_run_never_syncs_a_project_the_daemon_is_syncing(make_sim: Any, tmp_path: Path) -> None:
+    sim = await make_sim(**BIG)
+    config = daemon_config(sim, tmp_path, sync={"concurrency": 2})
+    async with daemon(config, tmp_path) as running:
+        await eventually(lambda: sim.stats.bytes_sent > 1_000_000, what="the daemon downloading")
+        cron = await syncer("sync", "--config", str(config))
+        assert cron.code == ExitCode.LOCKED
+        assert "another syncer is already working on project" in cron.err
+        await stop(running)
+
+
+HOOK = """#!/bin/sh
+cat >> "{events}"
+echo >> "{events}"
+{tail}
+"""
+
+
+def hook(folder: Path, tail: str) -> tuple[str, Path]:
+    events = folder / "events.jsonl"
+    script = folder / "hook.sh"
+    script.write_text(HOOK.format(events=events, tail=tail))
+    script.chmod(0o755)
+    return str(script), events
+
+
+def events(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+async def test_a_failing_and_slow_notify_hook_never_stops_syncing(make_sim: Any, tmp_path: Path) -> None:
+    sim = await make_sim(url_ttl=0, photos=8, projects=1)  # every download fails: a failed run
+    command, sink = hook(tmp_path, "sleep 30; exit 1")
+    config = daemon_config(
+        sim,
+        tmp_path,
+        notify={"command": command, "timeout": "1s"},
+        http={"unhealthy_after": 2},
+        sync={"retry_backoff": "1s"},
+    )
+    async with daemon(config, tmp_path) as running:
+        await eventually(lambda: running.runs("incomplete"), what="a failed run")
+        await eventually(lambda: events(sink), what="the run_failed notification")
+        await eventually(
+            lambda: _healthz_is(running, 503), what="/healthz to turn unhealthy after 2 failed runs"
+        )
+        sim.config.url_ttl = 600
+        await eventually(lambda: running.runs("ok"), what="runs to go on and succeed despite the hook")
+        await eventually(lambda: len(events(sink)) >= 2, what="the recovery notification")
+        assert [e["event"] for e in events(sink)] == ["run_failed", "recovered"]
+        assert "notify.command did not finish within 1 s" in running.log_text()
+        assert (await running.get("/healthz"))[0] == 200
+        assert (await stop(running))[0] == 0
+    assert_byte_exact(sim, load_settings(config))
+
+
+async def _healthz_is(running: Running, status: int) -> bool:
+    return (await running.get("/healthz"))[0] == status
+
+
+async def test_an_auth_failure_is_reported_once_per_incident(sim: Simulator, tmp_path: Path) -> None:
+    command, sink = hook(tmp_path, "exit 0")
+    config = daemon_config(sim, tmp_path, notify={"command": command}, procore={"client_secret": "rotated"})
+    async with daemon(config, tmp_path) as running:
+        await eventually(lambda: events(sink), what="the auth_failed notification")
+        await asyncio.sleep(3.5)  # several more ticks fail the same way
+        assert [e["event"] for e in events(sink)] == ["auth_failed"]
+        assert running.log_text().count("syncing is paused until it works again") == 1
+        sim.config.client_secret = "rotated"  # the operator fixes it upstream
+        await eventually(lambda: len(events(sink)) == 2, what="the recovery notification")
+        assert events(sink)[1] == {"event": "recovered", "what": "authentication"}
+        await eventually(running.runs, what="syncing to resume")
+        assert "rotated" not in running.log_text()
+        await stop(running)
+
+
+async def test_sighup_reloads_the_configuration_and_refuses_a_broken_one(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    config = daemon_config(sim, tmp_path)
+    async with daemon(config, tmp_path) as running:
+        await eventually(running.runs, what="a first run")
+        good = config.read_text()
+        config.write_text(good.replace("concurrency: 4", "concurrency: lots"))
+        running.proc.send_signal(signal.SIGHUP)
+        await eventually(lambda: "reload refused" in running.log_text(), what="the refusal")
+        assert "sync.concurrency" in running.log_text()
+        config.write_text(good.replace("concurrency: 4", "concurrency: 2"))
+        running.proc.send_signal(signal.SIGHUP)
+        await eventually(lambda: "configuration reloaded" in running.log_text(), what="the reload")
+        before = sum((await running.runs()).values())
+        await eventually(lambda: _more_runs(running, before), what="runs after the reload")
+        assert (await stop(running))[0] == 0
+
+
+async def _more_runs(running: Running, before: float) -> bool:
+    return sum((await running.runs()).values()) > before
+
+
+async def test_max_duration_stops_a_run_cleanly_and_the_next_continues(make_sim: Any, tmp_path: Path) -> None:
+    sim = await make_sim(**BIG)
+    config = write_config(sim, tmp_path, sync={"concurrency": 2, "max_duration": "1s"})
+    run = await syncer("sync", "--config", str(config))
+    assert run.code == ExitCode.INCOMPLETE
+    assert "stopped at sync.max_duration" in run.out
+    assert_no_torn_files(sim, tmp_path / "mirror")
+    config.write_text(config.read_text().replace("max_duration: 1s", "max_duration: 1h"))
+    run = await syncer("sync", "--config", str(config))
+    assert run.code == ExitCode.OK, run.out + run.err
+    assert_byte_exact(sim, load_settings(config))
+
+
+def test_deploy_units_run_the_documented_commands() -> None:
+    root = Path(__file__).resolve().parent.parent / "deploy"
+    service = (root / "procore-photo-sync.service").read_text()
+    assert (
+        "ExecStart=/usr/local/bin/syncer run --config /etc/procore-photo-sync/config.yaml --log-format json"
+        in service
+    )
+    oneshot = (root / "procore-photo-sync-once.service").read_text()
+    assert "syncer sync --config" in oneshot
+    assert "OnCalendar=" in (root / "procore-photo-sync-once.timer").read_text()
