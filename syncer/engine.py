@@ -37,7 +37,6 @@ from syncer.store import Downloaded, Failed, Relocated, Store, StoredPhoto, Vani
 
 log = logging.getLogger(__name__)
 
-DOWNLOAD_ATTEMPTS = 5
 RECORD_BATCH = 200
 RECORD_EVERY = 2.0
 RETRY_MAX = timedelta(days=1)
@@ -451,7 +450,7 @@ class SyncEngine:
 
     async def _download(self, job: Job, recorder: Recorder, result: ProjectResult, project: Project) -> None:
         photo, error = job.photo, "not attempted"
-        for attempt in range(DOWNLOAD_ATTEMPTS):
+        for attempt in range(self.retry.attempts):
             try:
                 if photo is None or photo.url is None:
                     photo = await self.api.image(project.id, job.photo_id)

@@ -119,6 +119,7 @@ async def open_syncer(
                 settings=settings.sync,
                 mirror=settings.mirror,
                 progress=progress,
+                retry=api.http.retry,
             )
             yield Syncer(settings, api, store, fs, engine, Locks(settings.mirror.root))
     finally:

@@ -28,6 +28,7 @@ def tie(sim: Simulator, count: int, *, created_too: bool, seed: int = 3) -> list
         p.updated_at = moment
         if created_too:
             p.created_at = moment - timedelta(hours=1)
+    sim.changed()
     return [p.id for p in photos]
 
 
@@ -72,6 +73,7 @@ async def test_a_bulk_edit_of_one_second_comes_through_whole(make_sim: Any, sett
     for pid in moved:
         sim.edit_photo(pid, description="bulk moved")
         sim.company.photos[pid].updated_at = moment
+    sim.changed()
     summary = await sync(settings)
     assert summary.exit_code == ExitCode.OK
     assert summary.results[0].listed >= 500

@@ -199,6 +199,7 @@ async def test_hostile_upstream_names_stay_inside_the_mirror(
         album.name = ".." if album.project_id == project.id else "CON"
     for photo, name in zip(sim.company.photos.values(), HOSTILE_NAMES * 10, strict=False):
         photo.filename = name
+    sim.changed()
     settings = settings_for(sim)
     summary = await sync(settings)
     assert summary.exit_code == ExitCode.OK

@@ -7,6 +7,7 @@ register `listing_hooks` that run between page requests, and to read `stats`.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import hashlib
 import hmac
 import json
@@ -141,6 +142,7 @@ class Simulator:
         self._key = secrets.token_bytes(32)
         self._rng = random.Random(c.seed + 1)
         self._runners: list[web.AppRunner] = []
+        self._orders: dict[tuple[Any, ...], tuple[list[SimPhoto], list[tuple[int, int]]]] = {}
         self.api_base = ""
         self.store_base = ""
 
@@ -186,6 +188,10 @@ class Simulator:
     def now(self) -> datetime:
         return datetime.now(UTC).replace(microsecond=0)
 
+    def changed(self) -> None:
+        """Forget cached listing orders; call after changing `company` data directly."""
+        self._orders.clear()
+
     def edit_photo(self, photo_id: int, **changes: Any) -> SimPhoto:
         """A metadata edit: changes fields and moves `updated_at` to now."""
         photo = self.company.photos[photo_id]
@@ -194,6 +200,7 @@ class Simulator:
                 raise AttributeError(key)
             setattr(photo, key, value)
         photo.updated_at = self.now()
+        self.changed()
         return photo
 
     def replace_photo(self, photo_id: int, *, size: int | None = None) -> SimPhoto:
@@ -202,6 +209,7 @@ class Simulator:
         photo.version += 1
         photo.requested_size = size if size is not None else photo.requested_size + 1_234
         photo.updated_at = self.now()
+        self.changed()
         return photo
 
     def add_photo(self, project_id: int, **fields: Any) -> SimPhoto:
@@ -220,16 +228,19 @@ class Simulator:
             **fields,
         )
         self.company.photos[photo.id] = photo
+        self.changed()
         return photo
 
     def delete_photo(self, photo_id: int) -> None:
         self.company.photos[photo_id].deleted = True
+        self.changed()
 
     def restore_photo(self, photo_id: int) -> None:
         """Undo a deletion (Procore's recycle bin): the photo is back, updated now."""
         photo = self.company.photos[photo_id]
         photo.deleted = False
         photo.updated_at = self.now()
+        self.changed()
 
     def expected_files(self) -> dict[int, bytes]:
         """Every live photo's bytes, by id: what a complete mirror holds."""
@@ -415,16 +426,22 @@ class Simulator:
             }
         )
 
-    def _paginate(self, request: web.Request, items: list[Any]) -> web.Response:
+    def _paginate(
+        self, request: web.Request, total: int, window: Callable[[int, int], list[Any]]
+    ) -> web.Response:
+        """A page of `total` items, `window(start, stop)` giving the items, with Procore's headers."""
         try:
             page = max(1, int(request.query.get("page", "1")))
             per_page = max(1, int(request.query.get("per_page", "100")))
         except ValueError:
             raise _BadRequest("page and per_page must be integers") from None
         per_page = min(per_page, self.config.max_per_page)
-        total = len(items)
         last = max(1, math.ceil(total / per_page))
-        chunk = items[(page - 1) * per_page : page * per_page]
+        chunk = (
+            window((page - 1) * per_page, min(total, page * per_page))
+            if (page - 1) * per_page < total
+            else []
+        )
 
         def link(n: int) -> str:
             url = request.url.update_query(page=str(n), per_page=str(per_page))
@@ -436,9 +453,11 @@ class Simulator:
         if page < last:
             links.append(f'{link(page + 1)}; rel="next"')
         return web.json_response(
-            chunk,
-            headers={"Total": str(total), "Per-Page": str(per_page), "Link": ", ".join(links)},
+            chunk, headers={"Total": str(total), "Per-Page": str(per_page), "Link": ", ".join(links)}
         )
+
+    def _paginate_list(self, request: web.Request, items: list[Any]) -> web.Response:
+        return self._paginate(request, len(items), lambda a, b: items[a:b])
 
     def _project_id(self, request: web.Request) -> int:
         try:
@@ -454,7 +473,7 @@ class Simulator:
     async def _projects(self, request: web.Request) -> web.Response:
         if request.query.get("company_id") != str(self.company.id):
             raise _BadRequest("company_id is required")
-        return self._paginate(
+        return self._paginate_list(
             request,
             [
                 {
@@ -475,7 +494,7 @@ class Simulator:
             (a for a in self.company.albums.values() if a.project_id == pid),
             key=lambda a: a.position,
         )
-        return self._paginate(
+        return self._paginate_list(
             request,
             [
                 {
@@ -529,11 +548,21 @@ class Simulator:
             raise _BadRequest("invalid date range") from None
         return True
 
-    def _ordered(self, photos: list[SimPhoto], sort: str | None) -> list[SimPhoto]:
-        """Sorted by a documented key, ties in a fresh random order on every request."""
+    def _ordered(self, pid: int, query: MultiMapping[str]) -> tuple[list[SimPhoto], list[tuple[int, int]]]:
+        """The matching photos sorted by a documented key, and the runs of equal keys in it.
+
+        Cached per query until the data changes; ties are shuffled per request by `_window`."""
+        sort = query.get("sort")
         key_name = (sort or "").lstrip("-")
         if key_name not in SORTS:  # undocumented sort values are ignored, as Procore may do
             key_name, sort = "created_at", "-created_at"
+        cache_key = (
+            pid,
+            sort,
+            tuple(sorted((k, v) for k, v in query.items() if k not in ("page", "per_page"))),
+        )
+        if (cached := self._orders.get(cache_key)) is not None:
+            return cached
         epoch = datetime.min.replace(tzinfo=UTC)
 
         def key(p: SimPhoto) -> datetime:
@@ -543,9 +572,31 @@ class Simulator:
                 return p.created_at
             return p.updated_at if key_name == "most_recent" else epoch
 
-        shuffled = photos[:]
-        self._rng.shuffle(shuffled)
-        return sorted(shuffled, key=key, reverse=(sort or "").startswith("-"))
+        photos = [p for p in self.company.live_photos(pid) if self._matches(p, query)]
+        ordered = sorted(photos, key=key, reverse=(sort or "").startswith("-"))
+        ties: list[tuple[int, int]] = []
+        start = 0
+        for i in range(1, len(ordered) + 1):
+            if i == len(ordered) or key(ordered[i]) != key(ordered[start]):
+                if i - start > 1:
+                    ties.append((start, i))
+                start = i
+        self._orders[cache_key] = (ordered, ties)
+        return ordered, ties
+
+    def _window(self, ordered: list[SimPhoto], ties: list[tuple[int, int]], a: int, b: int) -> list[SimPhoto]:
+        """Items [a, b) with every run of equal keys in a fresh random order, as on every request."""
+        out = ordered[a:b]
+        for start, stop in ties[max(0, bisect.bisect_right(ties, (a, a)) - 1) :]:
+            if start >= b:
+                break
+            if stop <= a:
+                continue
+            members = ordered[start:stop]
+            self._rng.shuffle(members)
+            for i in range(max(start, a), min(stop, b)):
+                out[i - a] = members[i - start]
+        return out
 
     async def _images(self, request: web.Request) -> web.Response:
         pid = self._project_id(request)
@@ -558,15 +609,13 @@ class Simulator:
         )
         for hook in list(self.listing_hooks):
             hook(ListingRequest(project_id=pid, page=page, per_page=per_page, view=view))
-        photos = [p for p in self.company.live_photos(pid) if self._matches(p, request.query)]
-        ordered = self._ordered(photos, request.query.get("sort"))
-        if view == "ids_only":
-            return self._paginate(request, [p.id for p in ordered])
-        response = self._paginate(request, [p.id for p in ordered])
-        ids = json.loads(response.body)  # type: ignore[arg-type]
-        by_id = self.company.photos
-        response.body = json.dumps([self._serialize(by_id[i]) for i in ids]).encode()
-        return response
+        ordered, ties = self._ordered(pid, request.query)
+
+        def window(a: int, b: int) -> list[Any]:
+            photos = self._window(ordered, ties, a, b)
+            return [p.id for p in photos] if view == "ids_only" else [self._serialize(p) for p in photos]
+
+        return self._paginate(request, len(ordered), window)
 
     async def _image(self, request: web.Request) -> web.Response:
         pid = self._project_id(request)
