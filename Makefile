@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint clean
+.PHONY: demo test lint bench bench-quick clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,12 +21,18 @@ demo: $(VENV)/.demo-installed
 	$(BIN)/syncer demo --dir ./demo-mirror
 
 lint: $(VENV)/.dev-installed
-	$(BIN)/ruff check syncer tests migrations
-	$(BIN)/ruff format --check syncer tests migrations
+	$(BIN)/ruff check syncer tests migrations bench
+	$(BIN)/ruff format --check syncer tests migrations bench
 	$(BIN)/mypy
 
 test: lint
 	$(BIN)/pytest
+
+bench: $(VENV)/.dev-installed
+	$(BIN)/python -m bench.run --scale full
+
+bench-quick: $(VENV)/.dev-installed
+	$(BIN)/python -m bench.run --scale quick
 
 clean:
 	rm -rf $(VENV) demo-mirror .pytest_cache .mypy_cache .ruff_cache

@@ -125,6 +125,35 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return asyncio.run(demo(args))
 
 
+def _add_simulate(sub: Any, common: argparse.ArgumentParser) -> None:
+    sim = sub.add_parser(
+        "simulate", parents=[common], help="serve the built-in Procore simulator on 127.0.0.1"
+    )
+    sim.add_argument("--port", type=int, default=8470, help="API port (0 picks a free one)")
+    sim.add_argument("--store-port", type=int, default=0, help="object-store port (default: a free one)")
+    sim.add_argument("--photos", type=int, default=500)
+    sim.add_argument("--projects", type=int, default=3)
+    sim.add_argument("--seed", type=int, default=1)
+    sim.add_argument("--error-rate", type=float, default=0.0, help="share of answers that are 5xx")
+    sim.add_argument("--cut-rate", type=float, default=0.0, help="share of file bodies cut short")
+    sim.add_argument("--spike-limit", type=int, default=2000, help="requests allowed per spike window")
+    sim.add_argument("--spike-window", type=float, default=10.0, help="seconds of the spike window")
+    sim.add_argument("--hourly-limit", type=int, default=100_000)
+    sim.add_argument(
+        "--free-file-requests",
+        action="store_true",
+        help="file URLs on the API origin do not count against the rate limit",
+    )
+    sim.add_argument("--photo-size", type=int, default=None, help="bytes per photo (default: varied)")
+    sim.add_argument("--latency", type=float, default=0.0, help="seconds before each API answer")
+    sim.add_argument(
+        "--store-latency", type=float, default=0.0, help="seconds before each object-store answer"
+    )
+    sim.add_argument("--bandwidth", type=float, default=None, help="bytes per second per file answer")
+    sim.add_argument("--max-per-page", type=int, default=1000)
+    sim.set_defaults(func=cmd_simulate)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="syncer",
@@ -209,18 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
         "upgrade", parents=[with_config], help="apply schema migrations (also done on start)"
     ).set_defaults(func=cmd_db_upgrade)
 
-    sim = sub.add_parser(
-        "simulate", parents=[common], help="serve the built-in Procore simulator on 127.0.0.1"
-    )
-    sim.add_argument("--port", type=int, default=8470, help="API port (0 picks a free one)")
-    sim.add_argument("--store-port", type=int, default=0, help="object-store port (default: a free one)")
-    sim.add_argument("--photos", type=int, default=500)
-    sim.add_argument("--projects", type=int, default=3)
-    sim.add_argument("--seed", type=int, default=1)
-    sim.add_argument("--error-rate", type=float, default=0.0, help="share of answers that are 5xx")
-    sim.add_argument("--cut-rate", type=float, default=0.0, help="share of file bodies cut short")
-    sim.add_argument("--spike-limit", type=int, default=2000, help="requests allowed per 10 seconds")
-    sim.set_defaults(func=cmd_simulate)
+    _add_simulate(sub, common)
 
     demo = sub.add_parser("demo", parents=[common], help="sync a simulated company into a folder")
     demo.add_argument("--dir", default="demo-mirror", help="where the mirror and its state go")

@@ -20,9 +20,17 @@ async def serve(args: argparse.Namespace) -> int:
             seed=args.seed,
             photos=args.photos,
             projects=args.projects,
+            photo_size=args.photo_size,
             error_rate=args.error_rate,
             cut_rate=args.cut_rate,
             spike_limit=args.spike_limit,
+            spike_window=args.spike_window,
+            hourly_limit=args.hourly_limit,
+            count_file_requests=not args.free_file_requests,
+            latency=args.latency,
+            store_latency=args.store_latency,
+            bandwidth=args.bandwidth,
+            max_per_page=args.max_per_page,
         )
     )
     await sim.start(api_port=args.port, store_port=args.store_port)

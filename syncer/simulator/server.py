@@ -317,7 +317,23 @@ class Simulator:
         app.router.add_get("/rest/v1.0/images", self._images, name="images")
         app.router.add_get("/rest/v1.0/images/{id}", self._image, name="image")
         app.router.add_get("/storage/files/{id}/{key}/{name}", self._file_redirect, name="file")
+        app.router.add_get("/_sim/stats", self._stats, name="sim_stats")
         return app
+
+    async def _stats(self, _: web.Request) -> web.Response:
+        """The simulator's own counters, for benchmarks and people; not part of Procore's API."""
+        s = self.stats
+        return web.json_response(
+            {
+                "requests": dict(s.requests),
+                "downloads": sum(s.downloads.values()),
+                "bytes_sent": s.bytes_sent,
+                "resumed": s.resumed,
+                "rate_limited": s.rate_limited,
+                "tokens_issued": s.tokens_issued,
+                "store_authorization_headers": len(s.store_authorization_headers),
+            }
+        )
 
     @web.middleware
     async def _api_middleware(  # noqa: PLR0911 - one early answer per check, in Procore's order
@@ -326,7 +342,7 @@ class Simulator:
         self.stats.requests[request.match_info.route.name or "unknown"] += 1
         if self.config.latency:
             await asyncio.sleep(self.config.latency)
-        if request.path == "/oauth/token":
+        if request.path == "/oauth/token" or request.path.startswith("/_sim/"):
             return await handler(request)
         counted = request.path.startswith("/rest/") or self.config.count_file_requests
         limit_headers: dict[str, str] = {}

@@ -1,0 +1,1 @@
+"""Benchmarks for procore-photo-sync: `make bench`, `make bench-quick`."""

@@ -1,0 +1,317 @@
+"""Run the benchmark scenarios and print a table; write bench/results/latest.json.
+
+    python -m bench.run [--scale full|quick|smoke] [--only NAME ...] [--out PATH]
+
+Every figure is a ratio or a count measured in the same run, so it holds on a noisy machine; each
+is the median of the scale's repeats, with the spread. Targets print PASS or MISS and are never
+adjusted to the result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench.harness import Figure, Sim, measure, run_syncer, scratch, simulator, syncer_config
+
+SCALES: dict[str, dict[str, Any]] = {
+    "full": {
+        "repeat": 3,
+        "transfer": 2000,
+        "small": 20_000,
+        "noop": 100_000,
+        "big": 500_000_000,
+        "budget_window": 10.0,
+        "budget_windows": 3,
+    },
+    "quick": {
+        "repeat": 3,
+        "transfer": 300,
+        "small": 3000,
+        "noop": 10_000,
+        "big": 100_000_000,
+        "budget_window": 2.5,
+        "budget_windows": 3,
+    },
+    "smoke": {
+        "repeat": 1,
+        "transfer": 20,
+        "small": 40,
+        "noop": 300,
+        "big": 3_000_000,
+        "budget_window": 1.0,
+        "budget_windows": 2,
+    },
+}
+GENEROUS = {"spike_limit": 10**9, "hourly_limit": 10**9}
+
+
+def ensure_aria2c(*, install: bool) -> str | None:
+    found = shutil.which("aria2c")
+    if found or not install:
+        return found
+    print("aria2c is missing: installing Debian's aria2 package for the transfer comparison", flush=True)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "aria2"], check=False, capture_output=True)  # noqa: S607
+    if not shutil.which("aria2c"):
+        subprocess.run(["apt-get", "update", "-qq"], check=False, capture_output=True)  # noqa: S607
+        subprocess.run(["apt-get", "install", "-y", "-qq", "aria2"], check=False, capture_output=True)  # noqa: S607
+    return shutil.which("aria2c")
+
+
+def store_urls(sim: Sim) -> list[tuple[int, str]]:
+    """(id, presigned object-store URL) of every photo: the first hop resolved once, for the
+    download tools that know nothing of Procore."""
+    form = urllib.parse.urlencode(
+        {
+            "grant_type": "client_credentials",
+            "client_id": sim.procore["client_id"],
+            "client_secret": sim.procore["client_secret"],
+        }
+    )
+    with urllib.request.urlopen(f"{sim.api_base}/oauth/token", data=form.encode(), timeout=30) as r:  # noqa: S310
+        token = json.load(r)["access_token"]
+    headers = {"Authorization": f"Bearer {token}", "Procore-Company-Id": str(sim.procore["company_id"])}
+
+    def get(url: str) -> Any:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=30) as r:  # noqa: S310
+            return json.load(r)
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args: Any) -> None:
+            return None
+
+    opener = urllib.request.build_opener(NoRedirect)
+    urls = []
+    for project in get(f"{sim.api_base}/rest/v1.0/projects?company_id={sim.procore['company_id']}"):
+        page = 1
+        while items := get(
+            f"{sim.api_base}/rest/v1.0/images?project_id={project['id']}&per_page=1000&page={page}"
+        ):
+            for item in items:
+                try:
+                    opener.open(urllib.request.Request(item["url"], headers=headers), timeout=30)  # noqa: S310
+                except urllib.error.HTTPError as redirect:
+                    urls.append((item["id"], redirect.headers["Location"]))
+            page += 1
+    return urls
+
+
+def sequential_download(urls: list[tuple[int, str]], folder: Path) -> None:
+    for photo_id, url in urls:
+        with urllib.request.urlopen(url, timeout=60) as answer:  # noqa: S310 - loopback
+            (folder / f"{photo_id}.jpg").write_bytes(answer.read())
+
+
+def transfer(scale: dict[str, Any], aria2c: str | None) -> list[Figure]:
+    n, repeat = scale["transfer"], scale["repeat"]
+    vs_aria, vs_seq = [], []
+    with simulator(photos=n, projects=1, photo_size=256_000, store_latency=0.02, **GENEROUS) as sim:
+        urls = store_urls(sim)
+        for _ in range(repeat):
+            with scratch() as folder:
+                ours = run_syncer(syncer_config(sim, folder)).wall
+            with scratch() as folder:
+                started = time.perf_counter()
+                sequential_download(urls, folder)
+                vs_seq.append((time.perf_counter() - started) / ours)
+            if aria2c:
+                with scratch() as folder:
+                    listing = folder / "urls.txt"
+                    listing.write_text("".join(f"{url}\n  out={pid}.jpg\n" for pid, url in urls))
+                    tool = measure(
+                        [
+                            aria2c,
+                            "-q",
+                            "-i",
+                            str(listing),
+                            "-j",
+                            "16",
+                            "-x",
+                            "1",
+                            "-d",
+                            str(folder / "out"),
+                            "--allow-overwrite=true",
+                            "--auto-file-renaming=false",
+                        ]
+                    )
+                    if tool.code != 0:
+                        raise RuntimeError(f"aria2c failed: {tool.output[-500:]}")
+                    vs_aria.append(ours / tool.wall)
+    figures = [Figure(f"transfer {n} x 256 KB: sequential time / syncer time", vs_seq, "x", ">= 5x", None)]
+    figures[0].passed = figures[0].median >= 5
+    if vs_aria:
+        aria = Figure(f"transfer {n} x 256 KB: syncer time / aria2c -j16 time", vs_aria, "x", "<= 1.2x")
+        aria.passed = aria.median <= 1.2
+        figures.insert(0, aria)
+    return figures
+
+
+def many_small(scale: dict[str, Any], _: str | None) -> list[Figure]:
+    n, repeat = scale["small"], scale["repeat"]
+    rates, cpu = [], []
+    with simulator(photos=n, projects=1, photo_size=8_000, **GENEROUS) as sim:
+        for _ in range(repeat):
+            with scratch() as folder:
+                result = run_syncer(syncer_config(sim, folder))
+            rates.append(n / result.wall)
+            cpu.append(result.cpu * 1000 / n)
+    per_photo = Figure(f"many-small {n} x 8 KB: syncer CPU per photo", cpu, "ms", "<= 1.5 ms")
+    per_photo.passed = per_photo.median <= 1.5
+    return [Figure(f"many-small {n} x 8 KB: photos per second", rates, "photos/s"), per_photo]
+
+
+def noop_and_memory(scale: dict[str, Any], _: str | None) -> list[Figure]:
+    n, repeat, projects = scale["noop"], scale["repeat"], 2
+    walls, requests = [], []
+    with simulator(photos=n, projects=projects, photo_size=2_000, **GENEROUS) as sim, scratch() as folder:
+        config = syncer_config(sim, folder, overlap="5m")
+        first = run_syncer(config)
+        for _ in range(repeat):
+            before = sim.api_requests()
+            walls.append(run_syncer(config).wall)
+            requests.append((sim.api_requests() - before) / projects)
+    wall = Figure(f"no-op incremental run over {n} photos: wall time", walls, "s", "< 2 s")
+    wall.passed = wall.median < 2
+    reqs = Figure(
+        f"no-op incremental run over {n} photos: API requests per project", requests, "requests", "<= 3"
+    )
+    reqs.passed = reqs.median <= 3
+    rss = Figure(f"memory: first sync of {n} photos, peak RSS (1 run)", [first.peak_rss_mb], "MB", "< 200 MB")
+    rss.passed = rss.median < 200
+    return [wall, reqs, rss]
+
+
+def one_big_file(scale: dict[str, Any], _: str | None) -> list[Figure]:
+    size, repeat = scale["big"], scale["repeat"]
+    peaks = []
+    with simulator(photos=1, projects=1, photo_size=size, **GENEROUS) as sim:
+        for _ in range(repeat):
+            with scratch() as folder:
+                peaks.append(run_syncer(syncer_config(sim, folder)).peak_rss_mb)
+    rss = Figure(f"memory: one {size // 1_000_000} MB photo, peak RSS", peaks, "MB", "< 200 MB")
+    rss.passed = rss.median < 200
+    return [rss]
+
+
+def budget(scale: dict[str, Any], _: str | None) -> list[Figure]:
+    window, repeat, limit = scale["budget_window"], scale["repeat"], 25
+    photos = limit * scale["budget_windows"]
+    ceiling = limit / window * 60  # counted requests per minute; each photo costs one (its file URL)
+    shares, throttled = [], []
+    with simulator(
+        photos=photos,
+        projects=1,
+        photo_size=2_000,
+        spike_limit=limit,
+        spike_window=window,
+        hourly_limit=10**9,
+    ) as sim:
+        for _ in range(repeat):
+            before_429, before_all = sim.stats()["rate_limited"], sim.api_requests()
+            with scratch() as folder:
+                result = run_syncer(syncer_config(sim, folder))
+            shares.append((photos / result.wall * 60) / ceiling)
+            answers = sim.api_requests() - before_all
+            throttled.append(100 * (sim.stats()["rate_limited"] - before_429) / max(1, answers))
+    use = Figure(
+        f"budget {limit} per {window:g} s: photos per minute / the limit's ceiling", shares, "x", ">= 0.9"
+    )
+    use.passed = use.median >= 0.9
+    rate = Figure(f"budget {limit} per {window:g} s: answers that were 429", throttled, "%", "< 1%")
+    rate.passed = rate.median < 1
+    return [use, rate]
+
+
+SCENARIOS: dict[str, Callable[[dict[str, Any], str | None], list[Figure]]] = {
+    "transfer": transfer,
+    "many-small": many_small,
+    "no-op": noop_and_memory,
+    "memory": one_big_file,
+    "budget": budget,
+}
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        model = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+    except (OSError, StopIteration):
+        model = platform.processor()
+    return {
+        "cpus": os.cpu_count(),
+        "cpu": model,
+        "python": platform.python_version(),
+        "system": platform.platform(),
+    }
+
+
+def render(figures: list[Figure]) -> str:
+    rows = [("figure", "median", "spread", "target", "verdict")]
+    for f in figures:
+        d = f.as_dict()
+        rows.append(
+            (
+                f.name,
+                f"{d['median']:.3g} {f.unit}",
+                f"{d['min']:.3g}..{d['max']:.3g} (n={d['runs']})",
+                f.target or "",
+                d["verdict"] or "",
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--scale", choices=sorted(SCALES), default="full")
+    parser.add_argument("--only", action="append", choices=sorted(SCENARIOS))
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "latest.json")
+    parser.add_argument("--no-install", action="store_true", help="do not install aria2c when it is missing")
+    args = parser.parse_args(argv)
+    scale = SCALES[args.scale]
+    aria2c = ensure_aria2c(install=not args.no_install)
+    if aria2c is None:
+        print("aria2c is not available: the transfer comparison with it is skipped", flush=True)
+    figures: list[Figure] = []
+    started = time.perf_counter()
+    for name in args.only or list(SCENARIOS):
+        print(f"running {name} ...", flush=True)
+        figures += SCENARIOS[name](scale, aria2c)
+    table = render(figures)
+    print(table)
+    document = {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "scale": args.scale,
+        "machine": machine(),
+        "seconds": round(time.perf_counter() - started, 1),
+        "figures": [f.as_dict() for f in figures],
+        "table": table,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(document, indent=2) + "\n")
+    print(f"written to {args.out} in {document['seconds']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
