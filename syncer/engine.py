@@ -467,8 +467,13 @@ class SyncEngine:
                 self.progress.received(fetched.size)
                 rel = self._render(photo, project)
                 when = photo.when
-                await self.fs.publish(fetched.tmp, rel, mtime=when.timestamp() if when else None)
-                await self._write_sidecar(rel, photo, project, size=fetched.size, sha256=fetched.sha256)
+                await self.fs.install(
+                    rel,
+                    tmp=fetched.tmp,
+                    data=fetched.data,
+                    mtime=when.timestamp() if when else None,
+                    sidecar=(sidecar_path(rel), self._sidecar(photo, project, fetched.size, fetched.sha256)),
+                )
                 old = job.stored.local_path if job.stored else None
                 if old and old != rel:
                     await self.fs.remove(old)
@@ -505,16 +510,11 @@ class SyncEngine:
                 await asyncio.sleep(self.retry.backoff(attempt))
         await self._fail(job, error, recorder, result)
 
-    async def _write_sidecar(
-        self, rel: str, photo: Photo, project: Project, *, size: int | None, sha256: str | None
-    ) -> None:
-        """Write the sidecar beside `rel`, then fsync the folder: the photo's rename and the
-        sidecar's become durable together, before the database is told."""
-        document = sidecar_bytes(
+    @staticmethod
+    def _sidecar(photo: Photo, project: Project, size: int | None, sha256: str | None) -> bytes:
+        return sidecar_bytes(
             raw=photo.raw, project_id=project.id, project_name=project.name, size=size, sha256=sha256
         )
-        await self.fs.write_atomic(sidecar_path(rel), document)
-        await self.fs.sync_dir_of(rel)
 
     async def _relocate(self, job: Job, recorder: Recorder, result: ProjectResult, project: Project) -> None:
         stored, photo = job.stored, job.photo
@@ -529,6 +529,8 @@ class SyncEngine:
             log.warning("photo %s is missing from the mirror at %s; downloading it again", photo.id, source)
             await self._download(replace(job, download=True, stored=None), recorder, result, project)
             return
-        await self._write_sidecar(job.rel_path, photo, project, size=stored.local_size, sha256=stored.sha256)
+        await self.fs.write_durably(
+            sidecar_path(job.rel_path), self._sidecar(photo, project, stored.local_size, stored.sha256)
+        )
         result.relocated += 1
         await recorder.add(Relocated(photo.id, job.rel_path, photo.updated_at))

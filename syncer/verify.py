@@ -137,8 +137,7 @@ async def _rewrite_sidecar(fs: MirrorFS, item: MirroredFile) -> None:
         size=item.size,
         sha256=item.sha256,
     )
-    await fs.write_atomic(sidecar_path(item.local_path), document)
-    await fs.sync_dir_of(item.local_path)
+    await fs.write_durably(sidecar_path(item.local_path), document)
 
 
 def render_verify(report: VerifyReport) -> str:

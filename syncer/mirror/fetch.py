@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -57,6 +58,9 @@ class Fetched:
     tmp: Path
     size: int
     sha256: str
+    data: bytes | None = None
+    """The whole body when it was small enough to keep in memory; then `tmp` is not written yet
+    (the caller writes, fsyncs and renames it in one trip to a file thread)."""
 
 
 @dataclass(frozen=True)
@@ -120,6 +124,8 @@ class Fetcher:
         self.fs = fs
         self.bytes_received = 0
         self.resumed = 0
+        self.partial = {p.name for p in fs.tmp_dir.glob("*.part.json")} if fs.tmp_dir.is_dir() else set()
+        """State files of partial downloads; no state file, no disk look-up before a download."""
 
     async def _hop(self, url: URL, what: str, headers: dict[str, str]) -> aiohttp.ClientResponse:
         if self.http.is_procore_url(url):
@@ -137,7 +143,7 @@ class Fetcher:
     ) -> Fetched:
         """Download `url` into a verified, fsynced temp file, resuming an earlier part if allowed."""
         part = Part(self.fs, part_name, file_key)
-        state = await self.fs.run(part.resumable)
+        state = await self.fs.run(part.resumable) if part.state_path.name in self.partial else None
         headers: dict[str, str] = {}
         if state is not None:
             headers["Range"] = f"bytes={state.durable}-"
@@ -209,43 +215,81 @@ class Fetcher:
             raise FetchError(
                 f"{what}: server sends {total} bytes, listing says {expected_size}", retry=True, refresh=True
             )
-        etag = response.headers.get("ETag")
-        if offset:
-            digest = await self.fs.run(part.hash_prefix, offset)
-            self.resumed += 1
-        else:
-            digest = hashlib.sha256()
-            await self.fs.run(part.forget_state)
-        received, durable = offset, offset
+        digest = await self._begin(part, offset)
+        chunks = response.content.iter_chunked(256 * 1024)
+        head = bytearray()
+        received = offset
         try:
-            async with aiofiles.open(part.path, "r+b" if offset else "wb", executor=self.fs.executor) as out:
-                await out.seek(offset)
-                buffer = bytearray()
-                async for chunk in response.content.iter_chunked(256 * 1024):
+            if not offset:  # most photos arrive whole before the first write would be due
+                async for chunk in chunks:
                     digest.update(chunk)
-                    buffer += chunk
-                    received += len(chunk)
-                    if len(buffer) >= WRITE_BATCH:
-                        await out.write(bytes(buffer))
-                        buffer.clear()
-                        if received - durable >= DURABLE_EVERY:
-                            await out.flush()
-                            await self.fs.run(os.fsync, out.fileno())
-                            durable = received
-                            await self.fs.run(part.save, durable, etag)
-                if buffer:
-                    await out.write(bytes(buffer))
-                await out.flush()
-                await self.fs.run(os.fsync, out.fileno())
+                    head += chunk
+                    if len(head) >= WRITE_BATCH:
+                        break
+                else:
+                    received = len(head)
+                    self._check_length(part, received, total, expected_size, what)
+                    return Fetched(tmp=part.path, size=received, sha256=digest.hexdigest(), data=bytes(head))
+            received = await self._write(
+                part, chunks, offset=offset, head=head, digest=digest, etag=response.headers.get("ETag")
+            )
         except TRANSPORT_ERRORS as exc:
-            raise FetchError(
-                f"{what}: body cut short after {received} bytes ({type(exc).__name__})", retry=True
-            ) from None
+            raise FetchError(f"{what}: body cut short ({type(exc).__name__})", retry=True) from None
         finally:
             self.bytes_received += received - offset
-        for label, expected in (("Content-Length", total), ("listing size", expected_size)):
-            if expected is not None and received != expected:
-                await self.fs.run(part.discard)
-                raise FetchError(f"{what}: got {received} bytes, {label} says {expected}", retry=True)
+        self._check_length(part, received, total, expected_size, what)
         await self.fs.run(part.forget_state)
+        self.partial.discard(part.state_path.name)
         return Fetched(tmp=part.path, size=received, sha256=digest.hexdigest())
+
+    async def _begin(self, part: Part, offset: int) -> hashlib._Hash:
+        """The running hash: over the kept prefix when resuming, else fresh (old state dropped)."""
+        if offset:
+            self.resumed += 1
+            digest: hashlib._Hash = await self.fs.run(part.hash_prefix, offset)
+            return digest
+        if part.state_path.name in self.partial:
+            await self.fs.run(part.forget_state)
+            self.partial.discard(part.state_path.name)
+        return hashlib.sha256()
+
+    async def _write(
+        self,
+        part: Part,
+        chunks: AsyncIterator[bytes],
+        *,
+        offset: int,
+        head: bytearray,
+        digest: hashlib._Hash,
+        etag: str | None,
+    ) -> int:
+        """Stream the rest of a large body to the part file, recording durable progress each MiB."""
+        received = durable = offset + len(head)
+        buffer = head
+        async with aiofiles.open(part.path, "r+b" if offset else "wb", executor=self.fs.executor) as out:
+            await out.seek(offset)
+            async for chunk in chunks:
+                digest.update(chunk)
+                buffer += chunk
+                received += len(chunk)
+                if len(buffer) >= WRITE_BATCH:
+                    await out.write(bytes(buffer))
+                    buffer.clear()
+                    if received - durable >= DURABLE_EVERY:
+                        await out.flush()
+                        await self.fs.run(os.fsync, out.fileno())
+                        durable = received
+                        await self.fs.run(part.save, durable, etag)
+                        self.partial.add(part.state_path.name)
+            if buffer:
+                await out.write(bytes(buffer))
+            await out.flush()
+            await self.fs.run(os.fsync, out.fileno())
+        return received
+
+    @staticmethod
+    def _check_length(part: Part, received: int, total: int | None, expected: int | None, what: str) -> None:
+        for label, wanted in (("Content-Length", total), ("listing size", expected)):
+            if wanted is not None and received != wanted:
+                part.discard()  # a few small unlinks; not worth a thread hop
+                raise FetchError(f"{what}: got {received} bytes, {label} says {wanted}", retry=True)

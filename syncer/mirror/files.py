@@ -25,6 +25,13 @@ class UnsafePath(ValueError):
     pass
 
 
+def _write_synced(path: Path, data: bytes) -> None:
+    with path.open("wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -38,6 +45,7 @@ class MirrorFS:
         self.root = root.resolve()
         self.tmp_dir = self.root / STATE_DIR / "tmp"
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mirror-io")
+        self._verified: set[Path] = set()
 
     def prepare(self, *, stale_after: float = 3600.0) -> None:
         """Create the state folder and drop temp files an interrupted run left behind.
@@ -70,9 +78,12 @@ class MirrorFS:
         ):
             raise UnsafePath(f"refusing unsafe mirror path {rel!r}")
         target = self.root.joinpath(*parts)
-        parent = target.parent.resolve()
-        if parent != self.root and self.root not in parent.parents:
-            raise UnsafePath(f"mirror path {rel!r} leaves the mirror root through a link")
+        if target.parent not in self._verified:  # resolving costs a stat per level: once per folder
+            parent = target.parent.resolve()
+            if parent != self.root and self.root not in parent.parents:
+                raise UnsafePath(f"mirror path {rel!r} leaves the mirror root through a link")
+            if target.parent.is_dir():
+                self._verified.add(target.parent)
         return target
 
     def tmp_path(self, name: str) -> Path:
@@ -87,26 +98,37 @@ class MirrorFS:
         os.replace(tmp, target)
         return target
 
-    async def publish(self, tmp: Path, rel: str, *, mtime: float | None) -> Path:
-        """Rename a verified, fsynced temp file to its final path (the caller fsyncs the folder)."""
-        result: Path = await self.run(self._publish, tmp, rel, mtime)
-        return result
-
     def _write_atomic(self, rel: str, data: bytes) -> None:
         target = self.path(rel)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.tmp_dir / f"{uuid.uuid4().hex}.tmp"
-        with tmp.open("wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+        _write_synced(tmp, data)
         os.replace(tmp, target)
 
-    async def write_atomic(self, rel: str, data: bytes) -> None:
-        await self.run(self._write_atomic, rel, data)
+    def _write_with_folder(self, rel: str, data: bytes) -> None:
+        self._write_atomic(rel, data)
+        fsync_dir(self.path(rel).parent)
 
-    async def sync_dir_of(self, rel: str) -> None:
-        await self.run(fsync_dir, self.path(rel).parent)
+    async def write_durably(self, rel: str, data: bytes) -> None:
+        """Write a small file atomically and make it durable, folder included."""
+        await self.run(self._write_with_folder, rel, data)
+
+    def _install(
+        self, rel: str, tmp: Path, data: bytes | None, mtime: float | None, sidecar: tuple[str, bytes]
+    ) -> None:
+        if data is not None:
+            _write_synced(tmp, data)
+        self._publish(tmp, rel, mtime)
+        self._write_atomic(*sidecar)
+        fsync_dir(self.path(rel).parent)
+
+    async def install(
+        self, rel: str, *, tmp: Path, data: bytes | None, mtime: float | None, sidecar: tuple[str, bytes]
+    ) -> None:
+        """Put a verified photo and its sidecar in place, durably, in one trip to a file thread:
+        write the temp file if it is still in memory, fsync, rename, write the sidecar, fsync the
+        folder. Only after this returns may the database record the photo."""
+        await self.run(self._install, rel, tmp, data, mtime, sidecar)
 
     def _move(self, old: str, new: str) -> None:
         source, target = self.path(old), self.path(new)

@@ -27,4 +27,5 @@ def sidecar_bytes(
         "file": {"size": size, "sha256": sha256},
         "procore": raw,
     }
-    return (json.dumps(document, ensure_ascii=False, indent=2, sort_keys=False) + "\n").encode("utf-8")
+    # Compact: the C encoder is several times faster than the indented one (`jq .` pretty-prints).
+    return (json.dumps(document, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
