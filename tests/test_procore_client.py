@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from email.utils import formatdate
 from typing import Any
 
 import aiohttp
@@ -197,3 +198,25 @@ async def test_pacer_reads_reset_against_the_servers_clock() -> None:
     async with pacer.slot():
         pass
     assert slept == [10.0]
+
+
+async def test_pacer_learns_the_servers_clock_finer_than_whole_second_dates() -> None:
+    now = [0.0]
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    pacer = Pacer(clock=lambda: now[0], wall=lambda: now[0], sleep=sleep, jitter=lambda: 0.0)
+
+    def answer(at: float, **limits: str) -> None:  # our clock and the server's agree; Date is truncated
+        now[0] = at
+        pacer.observe({"Date": formatdate(int(at), usegmt=True), **limits})
+
+    answer(1000.95)
+    answer(1001.02)
+    answer(1001.90, **{"X-Rate-Limit-Remaining": "0", "X-Rate-Limit-Reset": "1011"})
+    async with pacer.slot():
+        pass
+    assert len(slept) == 1 and abs(slept[0] - 9.12) < 0.01, slept  # one Date alone would say 10.0
