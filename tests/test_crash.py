@@ -42,14 +42,20 @@ async def interrupt_after(sim: Simulator, settings: Settings, sent: int) -> None
         await task
 
 
+async def interrupted_sync(make_sim: Any, settings_for: Any) -> tuple[Simulator, Settings]:
+    """Twelve 3 MB photos whose first sync was interrupted after 5 MB had been sent."""
+    sim = await make_sim(**BIG)
+    settings = settings_for(sim, sync={"concurrency": 2})
+    await interrupt_after(sim, settings, 5_000_000)
+    return sim, settings
+
+
 def parts(settings: Settings) -> list[Path]:
     return sorted((settings.mirror.root / ".syncer" / "tmp").glob("*.part"))
 
 
 async def test_an_interrupted_download_resumes_with_range(make_sim: Any, settings_for: Any) -> None:
-    sim = await make_sim(**BIG)
-    settings = settings_for(sim, sync={"concurrency": 2})
-    await interrupt_after(sim, settings, 5_000_000)
+    sim, settings = await interrupted_sync(make_sim, settings_for)
     assert parts(settings), "the interrupted run left partial downloads"
     assert_no_torn_files(sim, settings.mirror.root)
     sent_before = sim.stats.bytes_sent
@@ -62,9 +68,7 @@ async def test_an_interrupted_download_resumes_with_range(make_sim: Any, setting
 
 
 async def test_a_server_that_ignores_range_gets_a_fresh_download(make_sim: Any, settings_for: Any) -> None:
-    sim = await make_sim(**BIG)
-    settings = settings_for(sim, sync={"concurrency": 2})
-    await interrupt_after(sim, settings, 5_000_000)
+    sim, settings = await interrupted_sync(make_sim, settings_for)
     sim.config.range_support = False
     assert (await sync(settings)).exit_code == ExitCode.OK
     assert sim.stats.resumed == 0
@@ -72,9 +76,7 @@ async def test_a_server_that_ignores_range_gets_a_fresh_download(make_sim: Any, 
 
 
 async def test_a_part_of_a_file_replaced_since_is_not_resumed(make_sim: Any, settings_for: Any) -> None:
-    sim = await make_sim(**BIG)
-    settings = settings_for(sim, sync={"concurrency": 2})
-    await interrupt_after(sim, settings, 5_000_000)
+    sim, settings = await interrupted_sync(make_sim, settings_for)
     for part in parts(settings):
         sim.replace_photo(int(part.name.split(".")[0]))
     assert (await sync(settings)).exit_code == ExitCode.OK
@@ -83,9 +85,7 @@ async def test_a_part_of_a_file_replaced_since_is_not_resumed(make_sim: Any, set
 
 
 async def test_bytes_past_the_durable_mark_are_discarded(make_sim: Any, settings_for: Any) -> None:
-    sim = await make_sim(**BIG)
-    settings = settings_for(sim, sync={"concurrency": 2})
-    await interrupt_after(sim, settings, 5_000_000)
+    sim, settings = await interrupted_sync(make_sim, settings_for)
     for part in parts(settings):
         with part.open("ab") as fh:
             fh.write(b"\0" * 70_000)  # as after a power cut: a tail the disk never confirmed
