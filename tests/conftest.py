@@ -16,6 +16,9 @@ from syncer.config import Settings, load_settings
 from syncer.report import LogProgress
 from syncer.runner import RunSummary, run_sync
 from syncer.simulator import SimConfig, Simulator
+from tests.postgres import new_database, postgres_server
+
+__all__ = ["postgres_server"]  # a fixture, shared with every test module
 
 SMALL = {"photos": 60, "projects": 2, "photo_size": 6_000}
 
@@ -97,6 +100,14 @@ def assert_byte_exact(sim: Simulator, settings: Settings) -> None:
     assert not wrong, f"{len(wrong)} photos differ, e.g. {wrong[:3]}"
     files = [p for p in settings.mirror.root.rglob("*") if p.is_file() and in_mirror(p, settings.mirror.root)]
     assert len(files) == 2 * len(actual), "every photo has exactly one file and one sidecar"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The same store test on both back ends, as a config `database.url`."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/state/syncer.db"
+    return new_database(request.getfixturevalue("postgres_server"))
 
 
 def db_rows(settings: Settings, sql: str) -> list[tuple[Any, ...]]:

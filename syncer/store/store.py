@@ -532,7 +532,8 @@ class Store:
         for proj in projects:
             if project_ids is not None and proj.id not in project_ids:
                 continue
-            known, done, pending, failed, size = by_project.get(proj.id, (0, 0, 0, 0, 0))
+            # int(): PostgreSQL sums come back as Decimal
+            known, done, pending, failed, size = (int(v or 0) for v in by_project.get(proj.id, (0, 0, 0, 0, 0)))
             run = runs.get(proj.id)
             out.append(
                 ProjectStatus(
