@@ -533,7 +533,9 @@ class Store:
             if project_ids is not None and proj.id not in project_ids:
                 continue
             # int(): PostgreSQL sums come back as Decimal
-            known, done, pending, failed, size = (int(v or 0) for v in by_project.get(proj.id, (0, 0, 0, 0, 0)))
+            known, done, pending, failed, size = (
+                int(v or 0) for v in by_project.get(proj.id, (0, 0, 0, 0, 0))
+            )
             run = runs.get(proj.id)
             out.append(
                 ProjectStatus(
