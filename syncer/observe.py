@@ -55,6 +55,9 @@ class _LiveValues(Collector):
         throttled = GaugeMetricFamily("syncer_rate_limited_responses", "429 answers seen since start")
         throttled.add_metric([], pacer.throttled)
         yield throttled
+        waited = GaugeMetricFamily("syncer_rate_limit_wait_seconds", "Seconds spent waiting for the budget")
+        waited.add_metric([], pacer.waited)
+        yield waited
         remaining = GaugeMetricFamily(
             "syncer_rate_limit_remaining", "Requests left in Procore's tightest window"
         )

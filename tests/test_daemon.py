@@ -128,6 +128,7 @@ async def test_runs_on_schedule_and_reports_through_health_metrics_and_status(
             "syncer_rate_limit_remaining",
             "syncer_checkpoint_age_seconds",
             "syncer_rate_limited_responses",
+            "syncer_rate_limit_wait_seconds",
         ):
             assert name in metrics, name
         _, document = await running.get("/status")

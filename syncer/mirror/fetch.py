@@ -122,8 +122,6 @@ class Fetcher:
     def __init__(self, http: ProcoreHttp, fs: MirrorFS) -> None:
         self.http = http
         self.fs = fs
-        self.bytes_received = 0
-        self.resumed = 0
         self.partial = {p.name for p in fs.tmp_dir.glob("*.part.json")} if fs.tmp_dir.is_dir() else set()
         """State files of partial downloads; no state file, no disk look-up before a download."""
 
@@ -218,7 +216,6 @@ class Fetcher:
         digest = await self._begin(part, offset)
         chunks = response.content.iter_chunked(256 * 1024)
         head = bytearray()
-        received = offset
         try:
             if not offset:  # most photos arrive whole before the first write would be due
                 async for chunk in chunks:
@@ -227,16 +224,13 @@ class Fetcher:
                     if len(head) >= WRITE_BATCH:
                         break
                 else:
-                    received = len(head)
-                    self._check_length(part, received, total, expected_size, what)
-                    return Fetched(tmp=part.path, size=received, sha256=digest.hexdigest(), data=bytes(head))
+                    self._check_length(part, len(head), total, expected_size, what)
+                    return Fetched(tmp=part.path, size=len(head), sha256=digest.hexdigest(), data=bytes(head))
             received = await self._write(
                 part, chunks, offset=offset, head=head, digest=digest, etag=response.headers.get("ETag")
             )
         except TRANSPORT_ERRORS as exc:
             raise FetchError(f"{what}: body cut short ({type(exc).__name__})", retry=True) from None
-        finally:
-            self.bytes_received += received - offset
         self._check_length(part, received, total, expected_size, what)
         await self.fs.run(part.forget_state)
         self.partial.discard(part.state_path.name)
@@ -245,7 +239,6 @@ class Fetcher:
     async def _begin(self, part: Part, offset: int) -> hashlib._Hash:
         """The running hash: over the kept prefix when resuming, else fresh (old state dropped)."""
         if offset:
-            self.resumed += 1
             digest: hashlib._Hash = await self.fs.run(part.hash_prefix, offset)
             return digest
         if part.state_path.name in self.partial:

@@ -146,6 +146,3 @@ class MirrorFS:
 
     async def remove(self, rel: str) -> None:
         await self.run(self._remove, rel)
-
-    def exists(self, rel: str) -> bool:
-        return self.path(rel).is_file()

@@ -126,7 +126,6 @@ class ProcoreHttp:
         self.retry = retry or RetryPolicy()
         self._sleep = sleep
         self.tokens = TokenSource(self._fetch_token)
-        self.requests_sent = 0
 
     def is_procore_url(self, url: URL) -> bool:
         """Whether the bearer token may go to `url`: the API origin, or HTTPS on *.procore.com."""
@@ -219,7 +218,6 @@ class ProcoreHttp:
             headers["Authorization"] = f"Bearer {token}"
         try:
             async with self.pacer.slot():
-                self.requests_sent += 1
                 if (tally := TALLY.get()) is not None:
                     tally.requests += 1
                 response = await self.session.request(

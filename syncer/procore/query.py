@@ -7,7 +7,7 @@ rather than by the HTTP library so the wire form is pinned by tests, not by a li
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from datetime import UTC, date, datetime
 from typing import Literal
 from urllib.parse import quote
@@ -85,9 +85,6 @@ class ImageFilters:
     updated_at: Range | str | None = None
     uploader_id: list[int] | None = None
     id: list[int] | None = None
-
-    def with_updated_at(self, window: Range) -> ImageFilters:
-        return replace(self, updated_at=window)
 
 
 @dataclass(frozen=True)
