@@ -15,6 +15,7 @@ from syncer.config import Settings, load_settings
 from syncer.errors import ExitCode
 from syncer.simulator import Simulator
 from tests.conftest import assert_byte_exact, db_rows, sync, write_config
+from tests.test_cli import syncer
 
 BIG = {"photos": 12, "projects": 1, "photo_size": 3_000_000, "bandwidth": 4_000_000}
 
@@ -122,17 +123,7 @@ async def test_kill_9_at_any_moment_then_rerun_ends_byte_exact(make_sim: Any, tm
         assert await proc.wait() == -signal.SIGKILL
         assert_no_torn_files(sim, root)
         assert db_rows(load_settings(config), "SELECT checkpoint FROM projects") in ([], [(None,)])
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "syncer",
-        "sync",
-        "--config",
-        str(config),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, err = await proc.communicate()
-    assert proc.returncode == ExitCode.OK, err.decode()
+    run = await syncer("sync", "--config", str(config))
+    assert run.code == ExitCode.OK, run.err
     assert sim.stats.resumed > 0, "the killed run's durable parts were resumed with Range"
     assert_byte_exact(sim, load_settings(config))
