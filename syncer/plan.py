@@ -1,10 +1,10 @@
 """Deciding what a listed photo means for the mirror, apart from doing it.
 
 The rule that tells a replaced file from an edit: the file's identity is the path of its download
-URL plus its `size` (`Photo.file_key`). Procore puts a file's storage key in that path, so new bytes
-give a new path or size; a metadata edit (description, album, star, trades) changes neither, and
-then the bytes are never fetched again: the sidecar is rewritten and, if the layout path changed,
-the file is renamed.
+URL (without a last segment that is only the file name) plus its `size` (`Photo.file_key`).
+Procore puts a file's storage key in that path, so new bytes give a new path or size; a metadata
+edit (name, description, album, star, trades) changes neither, and then the bytes are never
+fetched again: the sidecar is rewritten and, if the layout path changed, the file is renamed.
 """
 
 from __future__ import annotations

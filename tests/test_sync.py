@@ -221,3 +221,20 @@ async def test_photo_files_carry_the_time_they_were_taken(sim: Simulator, settin
         path = next(p for p in settings.mirror.root.rglob(f"{photo.id}_*") if not p.name.endswith(".json"))
         expected = (photo.taken_at or photo.created_at).timestamp()
         assert path.stat().st_mtime == expected
+
+
+async def test_a_renamed_photo_is_renamed_on_disk_not_downloaded_again(
+    sim: Simulator, settings_for: Any
+) -> None:
+    settings = settings_for(sim)
+    await sync(settings)
+    photo = next(iter(sim.company.photos.values()))
+    sim.edit_photo(photo.id, filename="Level 3 slab pour.jpg")
+    downloads = sum(sim.stats.downloads.values())
+    summary = await sync(settings)
+    assert sum(r.changes[Change.MOVED] for r in summary.results) == 1
+    assert sum(sim.stats.downloads.values()) == downloads
+    assert [p.name for p in settings.mirror.root.rglob(f"{photo.id}_*.jpg")] == [
+        f"{photo.id}_Level 3 slab pour.jpg"
+    ]
+    assert_byte_exact(sim, settings)

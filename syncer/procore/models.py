@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from syncer.errors import SyncerError
 
@@ -182,8 +182,14 @@ class Photo:
 
     @property
     def file_key(self) -> str:
-        """What identifies the bytes: the URL path plus the size. A change means a new file."""
+        """What identifies the bytes: the URL path plus the size. A change means a new file.
+
+        A last path segment that is just the photo's file name is left out: renaming a photo in
+        Procore changes that segment but not the bytes, and must not cost a download."""
         path = urlsplit(self.url).path if self.url else ""
+        head, _, last = path.rpartition("/")
+        if self.filename and unquote(last) == self.filename:
+            path = head
         return f"{path}#{self.size if self.size is not None else '?'}"
 
     @property
