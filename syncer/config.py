@@ -67,6 +67,8 @@ class ProcoreSettings(_Section):
     request_timeout: Duration = 60.0
     retry_attempts: int = Field(default=8, ge=1, le=50)
     """Attempts per request on 5xx, 429 and network errors before the request counts as failed."""
+    workers_share: float = Field(default=1.0, gt=0, le=1)
+    """The part of the company's rate-limit budget this worker may spend: 1/N with N workers."""
 
     @field_validator("api_base", "login_base")
     @classmethod
@@ -78,6 +80,8 @@ class ProcoreSettings(_Section):
 
 class DatabaseSettings(_Section):
     url: str = "sqlite:///state/syncer.db"
+    lease_ttl: Duration = Field(default=60.0, ge=3, le=3600)
+    """With PostgreSQL: how long a worker's leases and claims outlive its last heartbeat."""
 
     @field_validator("url")
     @classmethod

@@ -15,12 +15,14 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from syncer.config import MirrorSettings, SyncSettings
 from syncer.listing import Lister
+from syncer.membership import LeaseLost, Membership
 from syncer.mirror.fetch import Fetcher, FetchError
 from syncer.mirror.files import TRASH_DIR, MirrorFS, UnsafePath
 from syncer.mirror.layout import Layout
@@ -40,6 +42,8 @@ log = logging.getLogger(__name__)
 RECORD_BATCH = 200
 RECORD_EVERY = 2.0
 RETRY_MAX = timedelta(days=1)
+POLL = 0.2
+"""Seconds between looks at the database for work, when several workers share it."""
 
 
 def utcnow() -> datetime:
@@ -85,6 +89,22 @@ class ProjectResult:
     """Photos that failed in earlier runs and wait for their retry time: the mirror lacks them."""
     requests: int = 0
     seconds: float = 0.0
+    helped: bool = False
+    """Another worker listed the project; this one only downloaded its share."""
+
+    def absorb(self, earlier: ProjectResult | None) -> ProjectResult:
+        """This result with the transfers of an `earlier` one for the same project added in (a
+        worker that helped with a project, then took it over)."""
+        if earlier is not None:
+            self.retried += earlier.retried
+            self.downloaded += earlier.downloaded
+            self.bytes += earlier.bytes
+            self.relocated += earlier.relocated
+            self.vanished += earlier.vanished
+            self.failures[:0] = earlier.failures
+            self.requests += earlier.requests
+            self.seconds += earlier.seconds
+        return self
 
     @property
     def ok(self) -> bool:
@@ -113,8 +133,9 @@ class Job:
 class Recorder:
     """Collects worker results and writes them in batches through the store's single writer."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, membership: Membership | None = None) -> None:
         self.store = store
+        self.membership = membership
         self._downloaded: list[Downloaded] = []
         self._relocated: list[Relocated] = []
         self._failed: list[Failed] = []
@@ -122,6 +143,8 @@ class Recorder:
         self._last = time.monotonic()
 
     async def add(self, item: Downloaded | Relocated | Failed | Vanished) -> None:
+        if self.membership is not None:
+            self.membership.count(item)
         if isinstance(item, Downloaded):
             self._downloaded.append(item)
         elif isinstance(item, Relocated):
@@ -141,6 +164,39 @@ class Recorder:
         await self.store.record(*batch)
 
 
+class Pool:
+    """The transfer workers of one project sync: a bounded queue (so a million-photo project
+    never holds a million jobs), a fixed set of tasks draining it, and their recorder."""
+
+    def __init__(self, engine: SyncEngine, project: Project, result: ProjectResult) -> None:
+        concurrency = engine.settings.concurrency
+        self.queue: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=concurrency * 4)
+        self.recorder = Recorder(engine.store, engine.membership)
+        self.fatal: list[BaseException] = []
+        self.unfinished = 0
+        """Jobs queued or running."""
+        self.tasks = [asyncio.create_task(engine._worker(self, result, project)) for _ in range(concurrency)]
+
+    async def put(self, job: Job) -> None:
+        if self.fatal:
+            raise self.fatal[0]
+        self.unfinished += 1
+        await self.queue.put(job)
+
+    async def close(self) -> None:
+        """Let the workers finish what is queued, then end them."""
+        for _ in self.tasks:
+            await self.queue.put(None)
+        await asyncio.gather(*self.tasks)
+        if self.fatal:
+            raise self.fatal[0]
+
+    async def cancel(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
 class SyncEngine:
     def __init__(
         self,
@@ -155,6 +211,7 @@ class SyncEngine:
         progress: Progress,
         now: Callable[[], datetime] = utcnow,
         retry: RetryPolicy | None = None,
+        membership: Membership | None = None,
     ) -> None:
         self.api = api
         self.store = store
@@ -166,6 +223,9 @@ class SyncEngine:
         self.progress = progress
         self.now = now
         self.retry = retry or RetryPolicy()
+        self.membership = membership
+        """Set when several workers share a PostgreSQL database: downloads are then claimed
+        from the database instead of queued straight from the listing."""
 
     def window(self, checkpoint: datetime | None, started: datetime) -> tuple[datetime | None, datetime]:
         end = (started - timedelta(seconds=self.settings.lag)).replace(microsecond=0)
@@ -183,26 +243,63 @@ class SyncEngine:
         deadline: float | None = None,
     ) -> ProjectResult:
         """Sync one project; `deadline` (event-loop time) stops it cleanly, keeping what is done."""
-        started, clock = self.now(), time.monotonic()
+        started = self.now()
         checkpoint = None if full else await self.store.checkpoint(project.id)
         start, end = self.window(checkpoint, started)
         result = ProjectResult(project=project, window_start=start, window_end=end, dry_run=dry_run)
-        tally = Tally()
-        counting = TALLY.set(tally)  # inherited by the workers this sync starts
+        if dry_run:
+            await self._measured(result, self._plan_only(project, result), None)
+        else:
+            await self._measured(
+                result, self._sync(project, result, full=full, force=force, started=started), deadline
+            )
+        return result
+
+    async def help_project(self, project: Project, *, deadline: float | None = None) -> ProjectResult:
+        """Download the project's due photos while another worker lists it, until none is left
+        (several workers only). Returns once that worker let go of the project."""
+        member = self.membership
+        assert member is not None
+        result = ProjectResult(project=project, window_start=None, window_end=self.now(), helped=True)
+        member.doing[project.id] = "downloading"
+
+        async def listing_over() -> bool:
+            return await member.shared.lease_holder(project.id) is None
+
+        async def help_() -> None:
+            pool = Pool(self, project, result)
+            try:
+                await self._feed(pool, project, result, None, listing_over)
+                await pool.close()
+            except BaseException:
+                await pool.cancel()
+                raise
+            finally:
+                await asyncio.shield(pool.recorder.flush())
+
         try:
-            if dry_run:
-                await self._plan_only(project, result)
-            else:
-                try:
-                    async with asyncio.timeout_at(deadline):
-                        await self._sync(project, result, full=full, force=force, started=started)
-                except TimeoutError:
-                    result.stopped = "stopped at sync.max_duration; the next run continues from here"
+            await self._measured(result, help_(), deadline)
+        finally:
+            member.doing.pop(project.id, None)
+        return result
+
+    @staticmethod
+    async def _measured(
+        result: ProjectResult, work: Coroutine[Any, Any, None], deadline: float | None
+    ) -> None:
+        """Run `work`, counting its requests and time into `result`; stop it at `deadline`."""
+        clock = time.monotonic()
+        tally = Tally()
+        counting = TALLY.set(tally)  # inherited by the tasks the work starts
+        try:
+            async with asyncio.timeout_at(deadline):
+                await work
+        except TimeoutError:
+            result.stopped = "stopped at sync.max_duration; the next run continues from here"
         finally:
             TALLY.reset(counting)
             result.requests = tally.requests
             result.seconds = time.monotonic() - clock
-        return result
 
     def _render(self, photo: Photo, project: Project) -> str:
         return self.layout.render(photo, project_name=project.name, project_id=project.id)
@@ -226,15 +323,44 @@ class SyncEngine:
             for d in await self._decisions(photos, project, seen):
                 result.changes[d.change] += 1
 
+        await self._list(project, result, on_page)
+        if result.listing_error is None:
+            due = await self.store.due_downloads(project.id, self.now())
+            result.retried = sum(1 for d in due if d.id not in seen)
+
+    async def _list(
+        self, project: Project, result: ProjectResult, on_page: Callable[[list[Photo]], Awaitable[None]]
+    ) -> None:
+        """List the window, handing each page to `on_page`; a failure becomes the listing error."""
         try:
+            if not result.dry_run:
+                await self.store.save_albums(project.id, await self.api.albums(project.id))
             report = await Lister(
                 self.api, self._query(project), per_page=self.settings.per_page, on_page=on_page
             ).run(result.window_start, result.window_end)
             result.listed, result.unproven = len(report.seen), report.unproven
-            due = await self.store.due_downloads(project.id, self.now())
-            result.retried = sum(1 for d in due if d.id not in seen)
         except (ProcoreError, BadRecord) as exc:
             result.listing_error = str(exc)
+
+    async def _save_page(self, decisions: list[Decision], project: Project) -> None:
+        """Record a listed page in one transaction. With several workers, the signed URL of each
+        photo to download goes along, for whichever worker claims it."""
+        if self.membership is not None:
+            self.membership.check()  # a worker that lost its lease must not write what it listed
+        now, handing = self.now(), self.membership is not None
+        await self.store.save_photos(
+            [
+                photo_row(
+                    d.photo,
+                    project_id=project.id,
+                    rel_path=d.rel_path,
+                    now=now,
+                    fetch_url=d.photo.url if handing and d.download else None,
+                )
+                for d in decisions
+                if d.change is not Change.STALE
+            ]
+        )
 
     async def _sync(
         self, project: Project, result: ProjectResult, *, full: bool, force: bool, started: datetime
@@ -246,73 +372,116 @@ class SyncEngine:
             window_end=result.window_end,
             full=full,
         )
-        queue: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=self.settings.concurrency * 4)
-        recorder = Recorder(self.store)
-        fatal: list[BaseException] = []
-        workers = [
-            asyncio.create_task(self._worker(queue, recorder, result, project, fatal))
-            for _ in range(self.settings.concurrency)
-        ]
+        member = self.membership
+        pool = Pool(self, project, result)
         seen: set[int] = set()
         queued: set[int] = set()
+        listing_done = asyncio.Event()
+        feeder: asyncio.Task[None] | None = None
+        backlog = self.settings.concurrency * 4 * (await member.shared.live_count() if member else 1)
 
         async def enqueue(job: Job, size: int | None) -> None:
-            if fatal:
-                raise fatal[0]
             queued.add(job.photo_id)
             self.progress.queued(1, size or 0)
-            await queue.put(job)
+            await pool.put(job)
 
         async def on_page(photos: list[Photo]) -> None:
             decisions = await self._decisions(photos, project, seen)
-            now = self.now()
-            await self.store.save_photos(
-                [
-                    photo_row(d.photo, project_id=project.id, rel_path=d.rel_path, now=now)
-                    for d in decisions
-                    if d.change is not Change.STALE
-                ]
-            )
+            await self._save_page(decisions, project)
             for d in decisions:
                 result.changes[d.change] += 1
-                if d.download or d.relocate:
+                if d.relocate or (d.download and member is None):
                     job = Job(d.photo.id, d.rel_path, d.photo, d.stored, download=d.download)
                     await enqueue(job, d.photo.size if d.download else 0)
+            if feeder is not None:
+                await self._hold_listing(project, feeder, backlog)
+
+        async def listing_over() -> bool:
+            return listing_done.is_set()
 
         outcome = "failed"
         try:
-            try:
-                await self.store.save_albums(project.id, await self.api.albums(project.id))
-                report = await Lister(
-                    self.api, self._query(project), per_page=self.settings.per_page, on_page=on_page
-                ).run(result.window_start, result.window_end)
-                result.listed, result.unproven = len(report.seen), report.unproven
-            except (ProcoreError, BadRecord) as exc:
-                result.listing_error = str(exc)
-            for due in await self.store.due_downloads(project.id, self.now()):
-                if due.id not in queued:
-                    result.retried += 1
-                    await enqueue(
-                        Job(due.id, due.rel_path, None, None, download=True, attempts=due.attempts),
-                        due.size,
-                    )
-            for _ in workers:
-                await queue.put(None)
-            await asyncio.gather(*workers)
-            if fatal:
-                raise fatal[0]
-            await self._finish(project, result, recorder, full=full, force=force)
+            if member is not None:
+                member.doing[project.id] = "listing"
+                feeder = asyncio.create_task(self._feed(pool, project, result, seen, listing_over))
+            await self._list(project, result, on_page)
+            if feeder is None:
+                for due in await self.store.due_downloads(project.id, self.now()):
+                    if due.id not in queued:
+                        result.retried += 1
+                        await enqueue(
+                            Job(due.id, due.rel_path, None, None, download=True, attempts=due.attempts),
+                            due.size,
+                        )
+            else:
+                assert member is not None
+                member.doing[project.id] = "downloading"
+                listing_done.set()
+                await feeder
+            await pool.close()
+            await self._finish(project, result, pool.recorder, full=full, force=force)
             outcome = "ok" if result.ok else "incomplete"
         except BaseException as exc:
             outcome = (
                 "interrupted" if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt) else "failed"
             )
-            for worker in workers:
-                worker.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
+            if feeder is not None:
+                feeder.cancel()
+                await asyncio.gather(feeder, return_exceptions=True)
+            await pool.cancel()
             raise
         finally:
-            await asyncio.shield(self._close_run(run_id, recorder, result, outcome))
+            await asyncio.shield(self._close_run(run_id, pool.recorder, result, outcome))
+
+    async def _feed(
+        self,
+        pool: Pool,
+        project: Project,
+        result: ProjectResult,
+        seen: set[int] | None,
+        listing_over: Callable[[], Awaitable[bool]],
+    ) -> None:
+        """Claim the project's due photos in batches into the pool until none is left anywhere:
+        the listing is over, nothing is claimable, and no live worker holds one still in flight
+        (a worker that dies gives its claims back, and they are claimed here)."""
+        member = self.membership
+        assert member is not None
+        batch = self.settings.concurrency
+        while True:
+            member.check()
+            if pool.fatal:
+                raise pool.fatal[0]
+            if pool.queue.qsize() >= batch:
+                await asyncio.sleep(POLL / 10)
+                continue
+            over = await listing_over()  # asked before claiming, so no row listed after it is missed
+            claims = await member.shared.claim(project.id, batch, self.now())
+            if not claims and over and pool.unfinished == 0:
+                await pool.recorder.flush()
+                if not await member.shared.held_due(project.id):
+                    claims = await member.shared.claim(project.id, batch, self.now())
+                    if not claims:
+                        return
+            if not claims:
+                await asyncio.sleep(POLL)
+                continue
+            for claim in claims:
+                if seen is not None and claim.id not in seen:
+                    result.retried += 1
+                self.progress.queued(1, claim.size or 0)
+                job = Job(claim.id, claim.rel_path, claim.photo, claim.stored, True, claim.attempts)
+                await pool.put(job)
+
+    async def _hold_listing(self, project: Project, feeder: asyncio.Task[None], backlog: int) -> None:
+        """Let the listing run only `backlog` photos ahead of the downloads, so the signed URLs it
+        hands over are still fresh when a worker claims them."""
+        member = self.membership
+        assert member is not None
+        while await member.shared.unclaimed_due(project.id, self.now()) > backlog:
+            if feeder.done():
+                feeder.result()  # its error, if it failed
+                return
+            await asyncio.sleep(POLL)
 
     async def _finish(
         self, project: Project, result: ProjectResult, recorder: Recorder, *, full: bool, force: bool
@@ -418,27 +587,23 @@ class SyncEngine:
             errors=errors,
         )
 
-    async def _worker(
-        self,
-        queue: asyncio.Queue[Job | None],
-        recorder: Recorder,
-        result: ProjectResult,
-        project: Project,
-        fatal: list[BaseException],
-    ) -> None:
-        while (job := await queue.get()) is not None:
-            if fatal:
-                continue
+    async def _worker(self, pool: Pool, result: ProjectResult, project: Project) -> None:
+        while (job := await pool.queue.get()) is not None:
             try:
+                if pool.fatal:
+                    continue
+                if self.membership is not None:
+                    self.membership.check()
                 if job.download:
-                    await self._download(job, recorder, result, project)
+                    await self._download(job, pool.recorder, result, project)
                 else:
-                    await self._relocate(job, recorder, result, project)
-            except AuthError as exc:
-                fatal.append(exc)
+                    await self._relocate(job, pool.recorder, result, project)
+            except (AuthError, LeaseLost) as exc:
+                pool.fatal.append(exc)
             except (OSError, UnsafePath) as exc:
-                await self._fail(job, f"{type(exc).__name__}: {exc}", recorder, result)
+                await self._fail(job, f"{type(exc).__name__}: {exc}", pool.recorder, result)
             finally:
+                pool.unfinished -= 1
                 self.progress.finished()
 
     async def _fail(self, job: Job, error: str, recorder: Recorder, result: ProjectResult) -> None:

@@ -74,8 +74,11 @@ def decide(photo: Photo, stored: StoredPhoto | None, rel_path: str) -> Decision:
     return Decision(photo, rel_path, change, stored)
 
 
-def photo_row(photo: Photo, *, project_id: int, rel_path: str, now: datetime) -> dict[str, Any]:
-    """The database row for a listed photo (metadata columns; local-file columns stay as they are)."""
+def photo_row(
+    photo: Photo, *, project_id: int, rel_path: str, now: datetime, fetch_url: str | None = None
+) -> dict[str, Any]:
+    """The database row for a listed photo (metadata columns; local-file columns stay as they are).
+    `fetch_url` hands the signed URL to another worker (several workers only)."""
     return {
         "id": photo.id,
         "project_id": project_id,
@@ -100,5 +103,6 @@ def photo_row(photo: Photo, *, project_id: int, rel_path: str, now: datetime) ->
         "rel_path": rel_path,
         "first_seen_at": now,
         "last_seen_at": now,
+        "fetch_url": fetch_url,
         "attempts": 0,
     }

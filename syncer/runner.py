@@ -8,10 +8,13 @@ for one run, and the daemon keeps them for its whole life.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import aiohttp
 
@@ -21,14 +24,18 @@ from syncer.engine import ProjectResult, SyncEngine
 from syncer.errors import ExitCode
 from syncer.locks import Locks
 from syncer.log import REDACT
+from syncer.membership import Membership, membership
 from syncer.mirror.fetch import Fetcher
 from syncer.mirror.files import MirrorFS
 from syncer.mirror.layout import Layout
 from syncer.procore.api import ProcoreApi
 from syncer.procore.http import ProcoreHttp, RetryPolicy
 from syncer.procore.models import Project
+from syncer.procore.pacing import Pacer
 from syncer.report import LogProgress, Progress
 from syncer.store import Store
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -54,6 +61,9 @@ class Syncer:
     fs: MirrorFS
     engine: SyncEngine
     locks: Locks
+    membership: Membership | None
+    """This process as one of several workers (PostgreSQL); None with SQLite, where the file
+    locks in `locks` keep runs apart."""
 
     def wanted(self, project_ids: Sequence[int] | None = None) -> list[int] | None:
         if project_ids:
@@ -89,6 +99,7 @@ async def procore_client(settings: Settings, *, connections: int) -> AsyncIterat
     ) as session:
         http = ProcoreHttp(
             session,
+            pacer=Pacer(share=p.workers_share),
             api_base=p.api_base,
             login_base=p.login_base,
             company_id=p.company_id,
@@ -109,22 +120,46 @@ async def open_syncer(
     fs = MirrorFS(settings.mirror.root, threads=concurrency + 2)
     try:
         fs.prepare()
-        async with procore_client(settings, connections=connections or concurrency * 2 + 4) as api:
+        async with (
+            procore_client(settings, connections=connections or concurrency * 2 + 4) as api,
+            _membership(settings, store) as member,
+        ):
             engine = SyncEngine(
                 api=api,
                 store=store,
                 fs=fs,
-                fetcher=Fetcher(api.http, fs),
+                fetcher=Fetcher(api.http, fs, shared=member is not None),
                 layout=Layout(settings.mirror.layout),
                 settings=settings.sync,
                 mirror=settings.mirror,
                 progress=progress,
                 retry=api.http.retry,
+                membership=member,
             )
-            yield Syncer(settings, api, store, fs, engine, Locks(settings.mirror.root))
+            yield Syncer(settings, api, store, fs, engine, Locks(settings.mirror.root), member)
     finally:
         fs.close()
         await store.close()
+
+
+@asynccontextmanager
+async def _membership(settings: Settings, store: Store) -> AsyncIterator[Membership | None]:
+    """With PostgreSQL, join the workers sharing it; SQLite has no membership."""
+    if store.engine.dialect.name != "postgresql":
+        yield None
+        return
+    async with membership(store, ttl=settings.database.lease_ttl) as member:
+        live, share = await member.shared.live_count(), settings.procore.workers_share
+        if live * share > 1.0 + 1e-9:
+            log.warning(
+                "%d workers share this database, each spending procore.workers_share=%g of the rate "
+                "budget (%g of it together); set procore.workers_share to %g or less to avoid 429s",
+                live,
+                share,
+                live * share,
+                1 / live,
+            )
+        yield member
 
 
 async def run_sync(
@@ -145,16 +180,58 @@ async def run_sync(
     deadline = asyncio.get_running_loop().time() + max_duration if max_duration else None
     async with open_syncer(settings, progress=progress) as syncer:
         projects, summary.errors = await syncer.projects(project_ids)
-        with syncer.locks.projects([p.id for p in projects]):
+        ids = [p.id for p in projects]
+        with syncer.locks.projects(ids) if syncer.membership is None else contextlib.nullcontext():
             if retry_failed:
-                await syncer.store.retry_now([p.id for p in projects])
+                await syncer.store.retry_now(ids)
             if not dry_run:
                 await syncer.store.save_projects(settings.procore.company_id, projects)
             with progress:
-                for project in projects:
-                    result = await syncer.engine.sync_project(
-                        project, full=full, dry_run=dry_run, force=force, deadline=deadline
+                if syncer.membership is not None and not dry_run:
+                    summary.results = await _share(
+                        syncer, projects, full=full, force=force, deadline=deadline
                     )
-                    summary.results.append(result)
+                else:
+                    for project in projects:
+                        result = await syncer.engine.sync_project(
+                            project, full=full, dry_run=dry_run, force=force, deadline=deadline
+                        )
+                        summary.results.append(result)
     summary.seconds = time.monotonic() - started
     return summary
+
+
+async def _share(
+    syncer: Syncer, projects: list[Project], *, full: bool, force: bool, deadline: float | None
+) -> list[ProjectResult]:
+    """Sync the projects as one of several workers.
+
+    Each project is listed by the worker holding its lease. This worker first takes every project
+    no one holds; then it downloads its share of the others until their holders let go. A
+    project whose holder finished is done; one whose holder died or failed before moving the
+    checkpoint is taken over and synced here."""
+    member = syncer.membership
+    assert member is not None
+    results: dict[int, ProjectResult] = {}
+    marks: dict[int, tuple[datetime | None, datetime | None]] = {}
+    waiting = list(projects)
+    while waiting:
+        for project in list(waiting):
+            async with member.project(project.id) as mine:
+                if mine:
+                    result = await syncer.engine.sync_project(
+                        project, full=full, force=force, deadline=deadline
+                    )
+                    results[project.id] = result.absorb(results.get(project.id))
+                    waiting.remove(project)
+                else:
+                    marks.setdefault(project.id, await syncer.store.marks(project.id))
+        for project in list(waiting):
+            log.info("project %s is listed by another worker; downloading a share of it", project.id)
+            helped = await syncer.engine.help_project(project, deadline=deadline)
+            results[project.id] = helped.absorb(results.get(project.id))
+            checkpoint, last_full = await syncer.store.marks(project.id)
+            before = marks[project.id]
+            if helped.stopped or (last_full != before[1] if full else checkpoint != before[0]):
+                waiting.remove(project)
+    return [results[p.id] for p in projects if p.id in results]

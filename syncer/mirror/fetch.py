@@ -119,11 +119,14 @@ class Part:
 
 
 class Fetcher:
-    def __init__(self, http: ProcoreHttp, fs: MirrorFS) -> None:
+    def __init__(self, http: ProcoreHttp, fs: MirrorFS, *, shared: bool = False) -> None:
         self.http = http
         self.fs = fs
         self.partial = {p.name for p in fs.tmp_dir.glob("*.part.json")} if fs.tmp_dir.is_dir() else set()
         """State files of partial downloads; no state file, no disk look-up before a download."""
+        self.shared = shared
+        """Other workers write to this mirror too: a part one of them left may appear at any time,
+        so the disk is asked before every download."""
 
     async def _hop(self, url: URL, what: str, headers: dict[str, str]) -> aiohttp.ClientResponse:
         if self.http.is_procore_url(url):
@@ -141,7 +144,8 @@ class Fetcher:
     ) -> Fetched:
         """Download `url` into a verified, fsynced temp file, resuming an earlier part if allowed."""
         part = Part(self.fs, part_name, file_key)
-        state = await self.fs.run(part.resumable) if part.state_path.name in self.partial else None
+        look = self.shared or part.state_path.name in self.partial
+        state = await self.fs.run(part.resumable) if look else None
         headers: dict[str, str] = {}
         if state is not None:
             headers["Range"] = f"bytes={state.durable}-"
@@ -241,7 +245,7 @@ class Fetcher:
         if offset:
             digest: hashlib._Hash = await self.fs.run(part.hash_prefix, offset)
             return digest
-        if part.state_path.name in self.partial:
+        if self.shared or part.state_path.name in self.partial:
             await self.fs.run(part.forget_state)
             self.partial.discard(part.state_path.name)
         return hashlib.sha256()

@@ -4,6 +4,9 @@ Procore reports the window closest to running out in `X-Rate-Limit-Limit/-Remain
 The pacer spends `Remaining` and, at zero, holds every caller until `Reset`; a 429 or 503 pauses
 everyone for `Retry-After`. Requests already in flight when an answer arrives are not yet counted
 in it, so they are taken off the reported budget.
+
+Several workers of one company see the same company-wide budget in their answers. Each spends
+only its `share` of what it sees (`procore.workers_share`), so together they stay within it.
 """
 
 from __future__ import annotations
@@ -50,8 +53,10 @@ class Pacer:
         wall: Callable[[], float] = time.time,
         sleep: Sleep = asyncio.sleep,
         jitter: Callable[[], float] = random.random,
+        share: float = 1.0,
     ) -> None:
         self._clock = clock
+        self.share = share
         self._wall = wall
         self._sleep = sleep
         self._jitter = jitter
@@ -110,7 +115,7 @@ class Pacer:
         self.reported_remaining = remaining
         self._reset_at = self._clock() + max(0.0, reset - server_now)
         # This request is still counted as in flight; the others were sent but not yet counted.
-        self._remaining = remaining - max(0, self._in_flight - 1)
+        self._remaining = remaining * self.share - max(0, self._in_flight - 1)
 
     def _server_now(self, headers: Mapping[str, str]) -> float:
         """The server's clock, so `Reset` is read without our clock's skew.

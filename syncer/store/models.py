@@ -23,10 +23,14 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     or_,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.sql.elements import ColumnElement
+
+DUE_SQL = "deleted_at IS NULL AND (local_file_key IS NULL OR local_file_key != file_key)"
+"""Photos whose file the mirror lacks: what `PhotoRow.needs_download` selects."""
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -127,13 +131,59 @@ class PhotoRow(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     next_retry_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
-    __table_args__ = (Index("ix_photos_project_updated", "project_id", "updated_at"),)
+    claimed_by: Mapped[str | None] = mapped_column(String(40))
+    """With several workers: the worker downloading this photo; valid while that worker lives."""
+    fetch_url: Mapped[str | None] = mapped_column(Text)
+    """With several workers: the signed URL from the listing, for whichever worker claims the
+    download. It expires within minutes, needs the bearer token on its first hop, and is cleared
+    once the photo is downloaded or fails."""
+
+    __table_args__ = (
+        Index("ix_photos_project_updated", "project_id", "updated_at"),
+        Index(
+            "ix_photos_due",
+            "project_id",
+            "id",
+            sqlite_where=text(DUE_SQL),
+            postgresql_where=text(DUE_SQL),
+        ),
+    )
 
     @classmethod
     def needs_download(cls) -> ColumnElement[bool]:
+        """The same condition as the `ix_photos_due` index, so queries for due photos can use it."""
         return (cls.deleted_at.is_(None)) & or_(
             cls.local_file_key.is_(None), cls.local_file_key != cls.file_key
         )
+
+
+class WorkerRow(Base):
+    """One syncer process sharing a PostgreSQL database. It is live while `expires_at` lies
+    ahead; its project leases and photo claims are valid exactly as long."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    activity: Mapped[str | None] = mapped_column(String(200))
+    downloaded: Mapped[int] = mapped_column(Integer, default=0)
+    bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    failed: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class ProjectLeaseRow(Base):
+    """Which worker lists a project and moves its checkpoint; free again when that worker dies."""
+
+    __tablename__ = "project_leases"
+
+    project_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    worker_id: Mapped[str] = mapped_column(String(40))
+    acquired_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class SyncRunRow(Base):

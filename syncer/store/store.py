@@ -45,6 +45,7 @@ METADATA_COLUMNS = (
     "file_key",
     "rel_path",
     "last_seen_at",
+    "fetch_url",
 )
 
 
@@ -189,6 +190,13 @@ class Store:
         async with self.engine.connect() as conn:
             return await conn.scalar(select(ProjectRow.checkpoint).where(ProjectRow.id == project_id))
 
+    async def marks(self, project_id: int) -> tuple[datetime | None, datetime | None]:
+        """The project's checkpoint and the end of its last full run: what a finished run moves."""
+        query = select(ProjectRow.checkpoint, ProjectRow.last_full_at).where(ProjectRow.id == project_id)
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        return (row.checkpoint, row.last_full_at) if row else (None, None)
+
     async def set_checkpoint(self, project_id: int, value: datetime, *, full: bool) -> None:
         values: dict[str, Any] = {"checkpoint": value}
         if full:
@@ -242,7 +250,8 @@ class Store:
         failed: Sequence[Failed] = (),
         vanished: Sequence[Vanished] = (),
     ) -> None:
-        """Write a batch of worker results; called only after the files are durable."""
+        """Write a batch of worker results; called only after the files are durable. Each result
+        also ends the photo's claim (with several workers) and drops its signed URL."""
         if not (downloaded or relocated or failed or vanished):
             return
         async with self._write, self.engine.begin() as conn:
@@ -261,6 +270,8 @@ class Store:
                         last_error=None,
                         next_retry_at=None,
                         trashed_path=None,
+                        claimed_by=None,
+                        fetch_url=None,
                     ),
                     [
                         {
@@ -283,6 +294,7 @@ class Store:
                         local_path=bindparam("b_path"),
                         sidecar_of=bindparam("b_sidecar"),
                         trashed_path=None,
+                        claimed_by=None,
                     ),
                     [{"b_id": r.id, "b_path": r.local_path, "b_sidecar": r.sidecar_of} for r in relocated],
                 )
@@ -294,6 +306,8 @@ class Store:
                         attempts=PhotoRow.attempts + 1,
                         last_error=bindparam("b_error"),
                         next_retry_at=bindparam("b_retry"),
+                        claimed_by=None,
+                        fetch_url=None,
                     ),
                     [{"b_id": f.id, "b_error": f.error, "b_retry": f.next_retry_at} for f in failed],
                 )
@@ -302,7 +316,7 @@ class Store:
                 await conn.execute(
                     update(PhotoRow)
                     .where(PhotoRow.id == bindparam("b_id"))
-                    .values(deleted_at=bindparam("b_at")),
+                    .values(deleted_at=bindparam("b_at"), claimed_by=None, fetch_url=None),
                     [{"b_id": v.id, "b_at": v.at} for v in vanished],
                 )
 

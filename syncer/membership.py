@@ -1,0 +1,147 @@
+"""This process as one of several workers sharing a PostgreSQL database and a mirror.
+
+A worker joins with a fresh id, then renews its row every third of `database.lease_ttl`; the
+renewal keeps its project leases and download claims alive too (see `store/shared.py`). If the
+database cannot be reached for long enough, the others will soon treat this worker as dead and
+take its work, so it stops itself first: `check()` fails once its last renewal is older than
+three quarters of the lease time, and the engine calls it before every claim, page and download.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from syncer.errors import SyncerError
+from syncer.store import Downloaded, Failed, Store
+from syncer.store.shared import SharedState
+
+log = logging.getLogger(__name__)
+
+SAFE_PART = 0.75
+"""Share of the lease time after the last renewal during which this worker still trusts it holds
+its leases; the rest is margin for clocks and a slow answer."""
+
+
+class LeaseLost(SyncerError):
+    """The worker could not renew its lease in time; others may already do its work."""
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()[:20]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+class Membership:
+    def __init__(self, store: Store, *, ttl: float) -> None:
+        self.store = store
+        self.ttl = ttl
+        self.shared = SharedState(store, worker_id=new_worker_id(), ttl=ttl)
+        self._valid_until = 0.0
+        self._beat: asyncio.Task[None] | None = None
+        self.lost = False
+        self.doing: dict[int, str] = {}
+        """What this worker does per project (listing, downloading), for `syncer status`."""
+        self.downloaded = 0
+        self.bytes = 0
+        self.failed = 0
+
+    @property
+    def worker_id(self) -> str:
+        return self.shared.worker_id
+
+    async def join(self) -> None:
+        started = time.monotonic()
+        await self.shared.join(socket.gethostname(), os.getpid())
+        self._valid_until = started + self.ttl * SAFE_PART
+        self.lost = False
+        self._beat = asyncio.create_task(self._heartbeats(), name="heartbeat")
+        log.info("joined as worker %s (%d live)", self.worker_id, await self.shared.live_count())
+
+    async def leave(self) -> None:
+        if self._beat is not None:
+            self._beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._beat
+            self._beat = None
+        with contextlib.suppress(SQLAlchemyError, OSError):
+            await self.shared.leave()
+
+    async def rejoin(self) -> None:
+        """Start over under a new id after this worker's lease was lost (the daemon goes on)."""
+        await self.leave()
+        self.shared = SharedState(self.store, worker_id=new_worker_id(), ttl=self.ttl)
+        self.doing.clear()
+        await self.join()
+
+    def check(self) -> None:
+        """Fail unless this worker surely still holds its leases and claims."""
+        if self.lost or time.monotonic() > self._valid_until:
+            self.lost = True
+            raise LeaseLost(
+                f"worker {self.worker_id} could not renew its lease within {self.ttl:g} s "
+                "(database.lease_ttl); it stopped so that the other workers can take over its work"
+            )
+
+    def count(self, result: object) -> None:
+        """Add one download result to this worker's totals, which `syncer status` shows."""
+        if isinstance(result, Downloaded):
+            self.downloaded += 1
+            self.bytes += result.size
+        elif isinstance(result, Failed):
+            self.failed += 1
+
+    def activity(self) -> str:
+        return "; ".join(f"{what} project {pid}" for pid, what in sorted(self.doing.items())) or "idle"
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await asyncio.sleep(self.ttl / 3)
+            sent = time.monotonic()
+            try:
+                alive = await self.shared.heartbeat(
+                    activity=self.activity(),
+                    downloaded=self.downloaded,
+                    bytes_=self.bytes,
+                    failed=self.failed,
+                )
+            except (SQLAlchemyError, OSError) as exc:
+                log.warning("could not renew this worker's lease (trying again): %s", exc)
+                continue
+            if not alive:
+                self.lost = True
+                log.error("worker %s was declared dead by the others; it stops its work", self.worker_id)
+                return
+            self._valid_until = sent + self.ttl * SAFE_PART
+
+    @asynccontextmanager
+    async def project(self, project_id: int) -> AsyncIterator[bool]:
+        """The project's lease if it is free (yields True), else yields False without waiting."""
+        self.check()
+        if not await self.shared.try_lease(project_id):
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            self.doing.pop(project_id, None)
+            with contextlib.suppress(SQLAlchemyError, OSError):
+                await self.shared.release_lease(project_id)
+
+
+@asynccontextmanager
+async def membership(store: Store, *, ttl: float) -> AsyncIterator[Membership]:
+    member = Membership(store, ttl=ttl)
+    await member.join()
+    try:
+        yield member
+    finally:
+        await member.leave()
