@@ -4,7 +4,9 @@ APScheduler 3 runs one job per project and kind (incremental, full reconcile) wi
 `max_instances=1` and `coalesce`, so a slow run is never doubled and missed ticks collapse into one.
 Projects run concurrently up to `schedule.max_parallel_projects`, sharing one HTTP session and so
 one rate-limit pacer. Each run takes the project's file lock, so a cron `syncer sync` and the
-daemon never work on the same project at once.
+daemon never work on the same project at once. With PostgreSQL, several daemons (on one host or
+many) share the work: a run takes the project's lease in the database, and a run that finds the
+lease taken downloads a share of the project's photos instead.
 
 SIGTERM/SIGINT stop taking work and cancel running syncs: workers stop at their next await, what is
 done is committed, partial files stay under `.syncer/tmp/` for the next run to resume. SIGHUP
@@ -17,6 +19,7 @@ authentication failure (once, until it works again), and each recovery.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from datetime import datetime
@@ -28,6 +31,7 @@ from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
+from sqlalchemy.exc import SQLAlchemyError
 
 from syncer.config import Every, Settings, load_settings
 from syncer.engine import ProjectResult
@@ -68,7 +72,9 @@ class Daemon:
         self.slots = asyncio.Semaphore(self.settings.schedule.max_parallel_projects)
 
     async def run(self) -> int:
-        with Locks(self.settings.mirror.root).daemon():
+        # With SQLite one daemon owns the mirror; with PostgreSQL several may share it.
+        sole = self.settings.database.url.startswith("sqlite")
+        with Locks(self.settings.mirror.root).daemon() if sole else contextlib.nullcontext():
             async with open_syncer(self.settings, progress=LogProgress(every=60.0)) as syncer:
                 return await self._serve(syncer)
 
@@ -240,23 +246,50 @@ class Daemon:
         self.running.add(task)
         try:
             async with busy, self.slots:
-                with self.syncer.locks.try_project(project_id) as mine:
-                    if not mine:
-                        log.info(
-                            "project %s is being synced by another process; skipping this %s run",
-                            project_id,
-                            kind,
-                        )
-                        return
-                    await self._sync(project, kind)
+                if self.syncer.membership is None:
+                    with self.syncer.locks.try_project(project_id) as mine:
+                        if not mine:
+                            log.info(
+                                "project %s is being synced by another process; skipping this %s run",
+                                project_id,
+                                kind,
+                            )
+                            return
+                        await self._sync(project, kind)
+                else:
+                    await self._share(project, kind)
         finally:
             self.running.discard(task)
 
-    async def _sync(self, project: Project, kind: str) -> None:
-        max_duration = self.settings.sync.max_duration
-        deadline = asyncio.get_running_loop().time() + max_duration if max_duration else None
+    async def _share(self, project: Project, kind: str) -> None:
+        """As one of several workers: sync the project under its lease, or, while another worker
+        holds it, download a share of the project's photos."""
+        member = self.syncer.membership
+        assert member is not None
         try:
-            result = await self.syncer.engine.sync_project(project, full=kind == "full", deadline=deadline)
+            if member.lost:
+                await member.rejoin()
+            async with member.project(project.id) as mine:
+                if mine:
+                    await self._sync(project, kind)
+                    return
+            helped = await self.syncer.engine.help_project(project, deadline=self._deadline())
+        except (SyncerError, SQLAlchemyError, OSError) as exc:
+            log.error("project %s: %s", project.id, exc)
+            return
+        log.info(
+            "%s sync of %s: listed by another worker; %s", kind, project.name, _one_line(helped, "helped")
+        )
+
+    def _deadline(self) -> float | None:
+        max_duration = self.settings.sync.max_duration
+        return asyncio.get_running_loop().time() + max_duration if max_duration else None
+
+    async def _sync(self, project: Project, kind: str) -> None:
+        try:
+            result = await self.syncer.engine.sync_project(
+                project, full=kind == "full", deadline=self._deadline()
+            )
         except AuthError as exc:
             self._auth_failed(exc)
             return

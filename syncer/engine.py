@@ -456,9 +456,10 @@ class SyncEngine:
                 continue
             over = await listing_over()  # asked before claiming, so no row listed after it is missed
             claims = await member.shared.claim(project.id, batch, self.now())
-            if not claims and over and pool.unfinished == 0:
-                await pool.recorder.flush()
-                if not await member.shared.held_due(project.id):
+            if not claims and pool.unfinished == 0:
+                await pool.recorder.flush()  # idle here: let the other workers see what is done
+                if over and not await member.shared.held_due(project.id):
+                    # A claim that expired since the first try is claimable now; else all is done.
                     claims = await member.shared.claim(project.id, batch, self.now())
                     if not claims:
                         return

@@ -73,13 +73,14 @@ class Membership:
                 await self._beat
             self._beat = None
         with contextlib.suppress(SQLAlchemyError, OSError):
-            await self.shared.leave()
+            await self.shared.leave(downloaded=self.downloaded, bytes_=self.bytes, failed=self.failed)
 
     async def rejoin(self) -> None:
         """Start over under a new id after this worker's lease was lost (the daemon goes on)."""
         await self.leave()
         self.shared = SharedState(self.store, worker_id=new_worker_id(), ttl=self.ttl)
         self.doing.clear()
+        self.downloaded = self.bytes = self.failed = 0
         await self.join()
 
     def check(self) -> None:

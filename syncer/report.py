@@ -153,6 +153,12 @@ def _project_lines(r: ProjectResult) -> list[str]:
             f"(new {c[Change.NEW]}, replaced {c[Change.REPLACED]}, due from earlier runs {r.retried}), "
             f"would update {c[Change.MOVED] + c[Change.METADATA]}; {r.listed} listed"
         ]
+    elif r.helped:
+        lines = [
+            f"{head}: listed by another worker; this one downloaded {r.downloaded} "
+            f"({human_bytes(r.bytes)}), {len(r.failures)} failed; "
+            f"{r.requests} requests in {human_seconds(r.seconds)}"
+        ]
     else:
         lines = [
             f"{head}: {r.listed} listed, {c[Change.NEW]} new, {c[Change.REPLACED]} replaced, "
@@ -174,6 +180,7 @@ def _project_lines(r: ProjectResult) -> list[str]:
         r.listing_error and f"listing failed: {r.listing_error}",
         *(f"listing not proven complete: {problem}" for problem in r.unproven),
         not r.dry_run
+        and not r.helped
         and not r.checkpoint_advanced
         and "checkpoint kept where it was; the next run lists this window again",
         *(f"failed: photo {pid} -> {path}: {error}" for pid, path, error in r.failures[:20]),

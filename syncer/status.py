@@ -1,4 +1,5 @@
-"""`syncer status`: what the database says the mirror holds, per project."""
+"""`syncer status`: what the database says the mirror holds, per project, and, with PostgreSQL,
+which workers share the work, what each holds and how far it got."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 from syncer.config import Settings
 from syncer.report import human_bytes
 from syncer.store import Store
+from syncer.store.shared import WorkerInfo, team_status
 
 
 async def status_document(settings: Settings, store: Store | None = None) -> dict[str, Any]:
@@ -18,7 +20,8 @@ async def status_document(settings: Settings, store: Store | None = None) -> dic
         finally:
             await store.close()
     projects = await store.status()
-    return {
+    team = await team_status(store) if store.engine.dialect.name == "postgresql" else None
+    document: dict[str, Any] = {
         "mirror": str(settings.mirror.root),
         "projects": [
             {
@@ -36,6 +39,29 @@ async def status_document(settings: Settings, store: Store | None = None) -> dic
             }
             for p in projects
         ],
+    }
+    if team is not None:
+        for entry in document["projects"]:
+            entry["listed_by"] = team.leases.get(entry["id"])
+            entry["downloading"] = team.in_flight.get(entry["id"], 0)
+        document["workers"] = [_worker(w) for w in team.workers]
+    return document
+
+
+def _worker(w: WorkerInfo) -> dict[str, Any]:
+    return {
+        "id": w.id,
+        "host": w.host,
+        "pid": w.pid,
+        "state": "live" if w.live else "stopped" if w.stopped_at else "dead",
+        "started_at": w.started_at.isoformat(),
+        "heartbeat_at": w.heartbeat_at.isoformat(),
+        "lease_expires_at": w.expires_at.isoformat(),
+        "activity": w.activity if w.live else None,
+        "projects": w.projects,
+        "downloaded": w.downloaded,
+        "bytes": w.bytes,
+        "failed": w.failed,
     }
 
 
@@ -60,6 +86,7 @@ def render_status(document: dict[str, Any]) -> str:
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     if len(rows) == 1:
         lines.append("(no projects yet: run `syncer sync`)")
+    lines += _worker_lines(document)
     for p in document["projects"]:
         for f in p["failures"][:20]:
             lines.append(
@@ -67,3 +94,26 @@ def render_status(document: dict[str, Any]) -> str:
                 f"next try {(f['next_retry_at'] or 'next run')[:19]}): {f['error']}"
             )
     return "\n".join(lines)
+
+
+def _worker_lines(document: dict[str, Any]) -> list[str]:
+    """The workers sharing the database (PostgreSQL only), then who lists which project now."""
+    if "workers" not in document:
+        return []
+    workers = document["workers"]
+    live = [w for w in workers if w["state"] == "live"]
+    lines = ["", f"workers: {len(live)} live, {len(workers) - len(live)} stopped or dead in the last week"]
+    for w in workers:
+        doing = f"; {w['activity']}" if w["activity"] else ""
+        lines.append(
+            f"  {w['id']} ({w['state']}, pid {w['pid']} on {w['host']}, last heartbeat "
+            f"{w['heartbeat_at'][:19]}): {w['downloaded']} downloaded ({human_bytes(w['bytes'])}), "
+            f"{w['failed']} failed{doing}"
+        )
+    for p in document["projects"]:
+        if p["listed_by"] or p["downloading"]:
+            lines.append(
+                f"  {p['name']} ({p['id']}): listed by {p['listed_by'] or 'nobody now'}, "
+                f"{p['downloading']} downloads in flight"
+            )
+    return lines

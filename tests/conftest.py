@@ -110,6 +110,13 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return new_database(request.getfixturevalue("postgres_server"))
 
 
+def async_url(url: str) -> str:
+    """The SQLAlchemy URL the syncer derives from a config `database.url`."""
+    return Settings.model_validate(
+        {"procore": {"company_id": 1, "client_id": "a", "client_secret": "b"}, "database": {"url": url}}
+    ).database_url
+
+
 def db_rows(settings: Settings, sql: str) -> list[tuple[Any, ...]]:
     path = settings.database.url.removeprefix("sqlite:///")
     with sqlite3.connect(path) as conn:

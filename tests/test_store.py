@@ -11,19 +11,12 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, text
 
-from syncer.config import Settings
 from syncer.errors import ExitCode
 from syncer.simulator import Simulator
 from syncer.store import Store
 from syncer.store.db import alembic_config
 from syncer.store.models import Base
-from tests.conftest import assert_byte_exact, sync
-
-
-def async_url(url: str) -> str:
-    return Settings.model_validate(
-        {"procore": {"company_id": 1, "client_id": "a", "client_secret": "b"}, "database": {"url": url}}
-    ).database_url
+from tests.conftest import assert_byte_exact, async_url, sync
 
 
 def _diff(connection: Connection) -> list[object]:

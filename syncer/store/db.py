@@ -14,10 +14,12 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, event
+from sqlalchemy import Connection, event, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 import syncer
+
+MIGRATION_LOCK = 0x5359_4E43  # "SYNC": the advisory lock key that serialises schema upgrades
 
 
 def migrations_dir() -> Path:
@@ -70,10 +72,17 @@ def _current(connection: Connection) -> str | None:
 
 
 async def upgrade(engine: AsyncEngine) -> None:
-    """Bring the schema to the newest revision; cheap when it is already there."""
+    """Bring the schema to the newest revision; cheap when it is already there.
+
+    Workers sharing a PostgreSQL database may start together: one migrates under an advisory
+    lock while the others wait, then find the schema current. (SQLite's BEGIN IMMEDIATE
+    serialises the same way.)"""
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     async with engine.connect() as conn:
         if await conn.run_sync(_current) == head:
             return
     async with engine.begin() as conn:
-        await conn.run_sync(_upgrade)
+        if engine.dialect.name == "postgresql":
+            await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
+        if await conn.run_sync(_current) != head:
+            await conn.run_sync(_upgrade)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import Select, delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -31,6 +31,11 @@ FORGET_AFTER = timedelta(days=7)
 def db_now() -> ColumnElement[datetime]:
     """The database's clock as naive UTC, the form every time column holds."""
     return func.timezone("UTC", func.clock_timestamp())
+
+
+def live_workers() -> Select[str]:
+    """The ids of the workers whose leases and claims hold right now."""
+    return select(WorkerRow.id).where(WorkerRow.expires_at > db_now(), WorkerRow.stopped_at.is_(None))
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,12 +92,8 @@ class SharedState:
         self.worker_id = worker_id
         self.ttl = timedelta(seconds=ttl)
 
-    @staticmethod
-    def _live_workers() -> Any:
-        return select(WorkerRow.id).where(WorkerRow.expires_at > db_now(), WorkerRow.stopped_at.is_(None))
-
     def _unclaimed(self) -> ColumnElement[bool]:
-        return or_(PhotoRow.claimed_by.is_(None), PhotoRow.claimed_by.not_in(self._live_workers()))
+        return or_(PhotoRow.claimed_by.is_(None), PhotoRow.claimed_by.not_in(live_workers()))
 
     # -- membership ----------------------------------------------------------------------------
 
@@ -133,13 +134,20 @@ class SharedState:
         async with self.store.engine.begin() as conn:
             return bool((await conn.execute(stmt)).rowcount)
 
-    async def leave(self) -> None:
+    async def leave(self, *, downloaded: int, bytes_: int, failed: int) -> None:
         """Stop at once: leases and claims return to the pool without waiting for the expiry."""
         async with self.store.engine.begin() as conn:
             await conn.execute(
                 update(WorkerRow)
                 .where(WorkerRow.id == self.worker_id)
-                .values(stopped_at=db_now(), expires_at=db_now(), activity="stopped")
+                .values(
+                    stopped_at=db_now(),
+                    expires_at=db_now(),
+                    activity="stopped",
+                    downloaded=downloaded,
+                    bytes=bytes_,
+                    failed=failed,
+                )
             )
             await conn.execute(delete(ProjectLeaseRow).where(ProjectLeaseRow.worker_id == self.worker_id))
             await conn.execute(
@@ -148,9 +156,7 @@ class SharedState:
 
     async def live_count(self) -> int:
         async with self.store.engine.connect() as conn:
-            return int(
-                await conn.scalar(select(func.count()).select_from(self._live_workers().subquery())) or 0
-            )
+            return int(await conn.scalar(select(func.count()).select_from(live_workers().subquery())) or 0)
 
     # -- project leases ------------------------------------------------------------------------
 
@@ -162,7 +168,7 @@ class SharedState:
         stmt = ins.on_conflict_do_update(
             index_elements=["project_id"],
             set_={"worker_id": ins.excluded.worker_id, "acquired_at": ins.excluded.acquired_at},
-            where=ProjectLeaseRow.worker_id.not_in(self._live_workers()),
+            where=ProjectLeaseRow.worker_id.not_in(live_workers()),
         ).returning(ProjectLeaseRow.worker_id)
         async with self.store.engine.begin() as conn:
             return (await conn.execute(stmt)).first() is not None
@@ -178,7 +184,7 @@ class SharedState:
     async def lease_holder(self, project_id: int) -> str | None:
         """The live worker listing the project, if any."""
         query = select(ProjectLeaseRow.worker_id).where(
-            ProjectLeaseRow.project_id == project_id, ProjectLeaseRow.worker_id.in_(self._live_workers())
+            ProjectLeaseRow.project_id == project_id, ProjectLeaseRow.worker_id.in_(live_workers())
         )
         async with self.store.engine.connect() as conn:
             holder: str | None = await conn.scalar(query)
@@ -268,28 +274,49 @@ class SharedState:
         query = select(func.count()).where(
             PhotoRow.project_id == project_id,
             PhotoRow.needs_download(),
-            PhotoRow.claimed_by.in_(self._live_workers()),
+            PhotoRow.claimed_by.in_(live_workers()),
         )
         async with self.store.engine.connect() as conn:
             return int(await conn.scalar(query) or 0)
 
-    # -- status --------------------------------------------------------------------------------
 
-    async def workers(self) -> list[WorkerInfo]:
-        """Every worker seen in the last week, newest first, with the projects it holds."""
-        live = WorkerRow.id.in_(self._live_workers())
-        async with self.store.engine.connect() as conn:
-            leases: dict[str, list[int]] = {}
+@dataclass(frozen=True)
+class TeamStatus:
+    """What `syncer status` shows of the workers sharing a database."""
+
+    workers: list[WorkerInfo]
+    leases: dict[int, str]
+    """Project id to the live worker listing it."""
+    in_flight: dict[int, int]
+    """Project id to the number of its downloads live workers hold."""
+
+
+async def team_status(store: Store) -> TeamStatus:
+    """Every worker seen in the last week (newest first), the live leases and claims."""
+    live_ids = live_workers()
+    live = WorkerRow.id.in_(live_ids)
+    async with store.engine.connect() as conn:
+        leases = {
+            row.project_id: row.worker_id
             for row in await conn.execute(
-                select(ProjectLeaseRow.worker_id, ProjectLeaseRow.project_id).order_by(
-                    ProjectLeaseRow.project_id
+                select(ProjectLeaseRow.project_id, ProjectLeaseRow.worker_id).where(
+                    ProjectLeaseRow.worker_id.in_(live_ids)
                 )
-            ):
-                leases.setdefault(row.worker_id, []).append(row.project_id)
-            rows = await conn.execute(
-                select(*WorkerRow.__table__.c, live.label("live")).order_by(WorkerRow.started_at.desc())
             )
-            return [
-                WorkerInfo(**{**row._mapping, "projects": leases.get(row.id, []) if row.live else []})
-                for row in rows
-            ]
+        }
+        in_flight = {
+            row.project_id: int(row.n)
+            for row in await conn.execute(
+                select(PhotoRow.project_id, func.count().label("n"))
+                .where(PhotoRow.needs_download(), PhotoRow.claimed_by.in_(live_ids))
+                .group_by(PhotoRow.project_id)
+            )
+        }
+        rows = await conn.execute(
+            select(*WorkerRow.__table__.c, live.label("live")).order_by(WorkerRow.started_at.desc())
+        )
+        holding: dict[str, list[int]] = {}
+        for project_id, worker_id in sorted(leases.items()):
+            holding.setdefault(worker_id, []).append(project_id)
+        workers = [WorkerInfo(**{**row._mapping, "projects": holding.get(row.id, [])}) for row in rows]
+    return TeamStatus(workers=workers, leases=leases, in_flight=in_flight)

@@ -1,0 +1,279 @@
+"""Several workers on one PostgreSQL database and one mirror: project leases, download claims,
+takeover after a worker dies, and real `syncer` processes splitting a sync between them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+from syncer.config import load_settings
+from syncer.errors import ExitCode
+from syncer.membership import LeaseLost, Membership
+from syncer.plan import photo_row
+from syncer.procore.models import Photo, Project
+from syncer.simulator import Simulator
+from syncer.store import Downloaded, Failed, Store
+from syncer.store.shared import SharedState
+from tests.conftest import assert_byte_exact, async_url, write_config
+from tests.postgres import new_database
+from tests.test_cli import syncer
+
+PROJECT = 7
+
+
+@pytest.fixture
+def pg_url(postgres_server: str) -> str:
+    return new_database(postgres_server)
+
+
+@pytest.fixture
+async def store(pg_url: str) -> AsyncIterator[Store]:
+    opened = await Store.open(async_url(pg_url))
+    await opened.save_projects(1, [Project(id=PROJECT, name="Tower", active=True)])
+    yield opened
+    await opened.close()
+
+
+async def add_due_photos(store: Store, count: int) -> list[int]:
+    """`count` listed photos that the mirror does not have yet."""
+    now = datetime.now(UTC)
+    ids = list(range(1000, 1000 + count))
+    rows = [
+        photo_row(
+            Photo.from_api(
+                {"id": i, "url": f"https://api.procore.com/storage/files/{i}/k/{i}.jpg", "size": 10}
+            ),
+            project_id=PROJECT,
+            rel_path=f"Tower/{i}.jpg",
+            now=now,
+        )
+        for i in ids
+    ]
+    await store.save_photos(rows)
+    return ids
+
+
+async def worker(store: Store, name: str, ttl: float = 30.0) -> SharedState:
+    state = SharedState(store, worker_id=name, ttl=ttl)
+    await state.join("test-host", os.getpid())
+    return state
+
+
+async def drain(state: SharedState, batch: int) -> list[int]:
+    """Claim until nothing is left for this worker; the ids it got."""
+    got: list[int] = []
+    while claims := await state.claim(PROJECT, batch, datetime.now(UTC)):
+        got += [c.id for c in claims]
+        await asyncio.sleep(0)
+    return got
+
+
+# -- leases --------------------------------------------------------------------------------------
+
+
+async def test_a_project_lease_is_held_by_one_worker_at_a_time(store: Store) -> None:
+    a, b = await worker(store, "a"), await worker(store, "b")
+    assert await a.try_lease(PROJECT)
+    assert not await b.try_lease(PROJECT)
+    assert await b.lease_holder(PROJECT) == "a"
+    await a.release_lease(PROJECT)
+    assert await b.try_lease(PROJECT)
+
+
+async def test_a_dead_workers_lease_is_taken_over_once_its_heartbeat_expires(store: Store) -> None:
+    dead, alive = await worker(store, "dead", ttl=1.0), await worker(store, "alive")
+    assert await dead.try_lease(PROJECT)
+    assert not await alive.try_lease(PROJECT)
+    await asyncio.sleep(1.2)  # no heartbeat from "dead"
+    assert await alive.lease_holder(PROJECT) is None
+    assert await alive.try_lease(PROJECT)
+    assert not await dead.heartbeat(activity="", downloaded=0, bytes_=0, failed=0), "a dead worker stays dead"
+
+
+async def test_a_stopping_worker_frees_its_lease_and_claims_at_once(store: Store) -> None:
+    await add_due_photos(store, 10)
+    leaving, staying = await worker(store, "leaving"), await worker(store, "staying")
+    assert await leaving.try_lease(PROJECT)
+    assert len(await leaving.claim(PROJECT, 4, datetime.now(UTC))) == 4
+    await leaving.leave(downloaded=0, bytes_=0, failed=0)
+    assert await staying.try_lease(PROJECT)
+    assert len(await drain(staying, 100)) == 10
+
+
+# -- claims --------------------------------------------------------------------------------------
+
+
+async def test_concurrent_claims_never_hand_one_photo_to_two_workers(store: Store) -> None:
+    ids = await add_due_photos(store, 400)
+    workers = [await worker(store, f"w{i}") for i in range(4)]
+    shares = await asyncio.gather(*(drain(w, 7) for w in workers))
+    claimed = [i for share in shares for i in share]
+    assert sorted(claimed) == ids, "every due photo claimed exactly once"
+    assert all(shares), "each worker got a share"
+
+
+async def test_a_dead_workers_claims_return_to_the_pool(store: Store) -> None:
+    ids = await add_due_photos(store, 20)
+    dead, alive = await worker(store, "dead", ttl=1.0), await worker(store, "alive")
+    held = [c.id for c in await dead.claim(PROJECT, 8, datetime.now(UTC))]
+    assert await alive.held_due(PROJECT) == 8
+    assert sorted(await drain(alive, 100)) == sorted(set(ids) - set(held))
+    await asyncio.sleep(1.2)
+    assert await alive.held_due(PROJECT) == 12, "only the live worker's own claims still hold"
+    assert sorted(await drain(alive, 100)) == held
+
+
+async def test_a_recorded_result_ends_the_claim(store: Store) -> None:
+    first, second = await add_due_photos(store, 2)
+    w = await worker(store, "w")
+    await w.claim(PROJECT, 2, datetime.now(UTC))
+    now = datetime.now(UTC)
+    key = (await store.stored_photos([first]))[first].file_key
+    await store.record(
+        downloaded=[Downloaded(first, "Tower/a.jpg", key, 10, "0" * 64, None, now)],
+        failed=[Failed(second, "HTTP 500", now + timedelta(hours=1))],
+    )
+    assert await w.held_due(PROJECT) == 0
+    assert await w.unclaimed_due(PROJECT, now) == 0, "the failed photo waits for its retry time"
+    assert [c.id for c in await w.claim(PROJECT, 5, now + timedelta(hours=2))] == [second]
+
+
+async def test_a_claim_hands_over_the_listed_signed_url(store: Store) -> None:
+    now = datetime.now(UTC)
+    signed = "https://api.procore.com/storage/files/5/k/5.jpg?sig=abc&expires=99"
+    photo = Photo.from_api({"id": 5, "url": signed, "size": 10, "filename": "5.jpg"})
+    await store.save_photos(
+        [photo_row(photo, project_id=PROJECT, rel_path="Tower/5.jpg", now=now, fetch_url=signed)]
+    )
+    (claim,) = await (await worker(store, "w")).claim(PROJECT, 1, now)
+    assert claim.photo is not None and claim.photo.url == signed
+    assert claim.photo.file_key == photo.file_key
+
+
+# -- a worker's own view of its lease ---------------------------------------------------------------
+
+
+async def test_a_worker_declared_dead_by_the_others_stops(store: Store) -> None:
+    member = Membership(store, ttl=3.0)
+    await member.join()
+    try:
+        member.check()
+        async with store.engine.begin() as conn:  # as if its heartbeats had not arrived in time
+            await conn.execute(
+                text("UPDATE workers SET expires_at = expires_at - interval '1 hour' WHERE id = :id"),
+                {"id": member.worker_id},
+            )
+        await asyncio.sleep(1.5)  # its next heartbeat finds it expired
+        with pytest.raises(LeaseLost, match=r"database\.lease_ttl"):
+            member.check()
+    finally:
+        await member.leave()
+
+
+# -- real worker processes -----------------------------------------------------------------------
+
+SHARED = {"photos": 90, "projects": 2, "photo_size": 150_000, "bandwidth": 1_000_000}
+
+
+def shared_config(sim: Simulator, folder: Path, pg_url: str, **sections: dict[str, Any]) -> Path:
+    return write_config(
+        sim,
+        folder,
+        database={"url": pg_url, "lease_ttl": 3},
+        procore={"workers_share": 0.33},
+        sync={"concurrency": 3, "per_page": 10},
+        **sections,
+    )
+
+
+async def start_worker(config: Path, *args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "syncer",
+        "sync",
+        "-v",
+        "--config",
+        str(config),
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def finish(proc: asyncio.subprocess.Process) -> tuple[int, str]:
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout=40)
+    except TimeoutError:
+        proc.send_signal(signal.SIGINT)
+        out, err = await proc.communicate()
+        raise AssertionError(out.decode() + err.decode()) from None
+    assert proc.returncode is not None
+    return proc.returncode, out.decode() + err.decode()
+
+
+async def test_three_workers_split_a_sync_and_fetch_every_photo_once(
+    make_sim: Any, tmp_path: Path, pg_url: str
+) -> None:
+    sim = await make_sim(**SHARED, spike_limit=150, spike_window=2.0)
+    config = shared_config(sim, tmp_path, pg_url)
+    procs = [await start_worker(config) for _ in range(3)]
+    runs = [await finish(p) for p in procs]
+    assert all(code == ExitCode.OK for code, _ in runs), runs
+    assert_byte_exact(sim, load_settings(config))
+    assert sorted(sim.stats.downloads) == sorted(sim.expected_files()), "every photo fetched"
+    assert set(sim.stats.downloads.values()) == {1}, "no photo fetched twice"
+    assert sim.stats.rate_limited == 0, "three workers with a third of the budget each stay within it"
+    status = json.loads((await syncer("status", "--config", str(config), "--json")).out)
+    workers = status["workers"]
+    assert len(workers) == 3 and all(w["state"] == "stopped" for w in workers)
+    assert sum(w["downloaded"] for w in workers) == 90
+    assert sum(1 for w in workers if w["downloaded"]) >= 2, "the downloads were shared"
+
+
+async def test_when_a_worker_is_killed_the_others_finish_its_share(
+    make_sim: Any, tmp_path: Path, pg_url: str
+) -> None:
+    sim = await make_sim(**{**SHARED, "projects": 1, "bandwidth": 300_000})
+    config = shared_config(sim, tmp_path, pg_url)
+    procs = [await start_worker(config) for _ in range(3)]
+    check = await Store.open(load_settings(config).database_url)
+    try:
+        while sum(sim.stats.downloads.values()) < 15:
+            await asyncio.sleep(0.01)
+        async with check.engine.connect() as conn:  # kill the worker listing the project
+            pid, worker_id, claimed = (
+                await conn.execute(
+                    text(
+                        "SELECT w.pid, w.id, (SELECT count(*) FROM photos p WHERE p.claimed_by = w.id) "
+                        "FROM project_leases l JOIN workers w ON w.id = l.worker_id"
+                    )
+                )
+            ).one()
+        victim = next(p for p in procs if p.pid == pid)
+        os.kill(victim.pid, signal.SIGKILL)
+        assert await victim.wait() == -signal.SIGKILL
+        async with check.engine.connect() as conn:
+            held = set(
+                (
+                    await conn.execute(text("SELECT id FROM photos WHERE claimed_by = :w"), {"w": worker_id})
+                ).scalars()
+            )
+        assert claimed > 0, "the killed worker held downloads"
+    finally:
+        await check.close()
+    survivors = [await finish(p) for p in procs if p is not victim]
+    assert all(code == ExitCode.OK for code, _ in survivors), survivors
+    assert_byte_exact(sim, load_settings(config))
+    fetched_twice = {pid for pid, n in sim.stats.downloads.items() if n > 1}
+    assert fetched_twice <= held, "only the killed worker's unfinished downloads were fetched again"
