@@ -14,6 +14,7 @@ import re
 from dataclasses import fields
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -27,6 +28,7 @@ from pydantic import (
 )
 
 from syncer.errors import ConfigError
+from syncer.log import REDACT
 from syncer.mirror.layout import DEFAULT_LAYOUT, Layout, LayoutError
 from syncer.procore.query import ImageFilters, parse_range
 
@@ -312,6 +314,10 @@ def parse_settings(data: Any, folder: Path) -> Settings:
         settings = Settings.model_validate(data)
     except ValidationError as exc:
         raise ConfigError("; ".join(_describe(e) for e in exc.errors())) from None
+    # Secrets never reach a log line or an error message, wherever the text comes from.
+    REDACT.add(settings.procore.client_secret.get_secret_value())
+    if password := urlsplit(settings.database.url).password:
+        REDACT.add(password)
     return _resolve_paths(settings, folder)
 
 

@@ -10,6 +10,7 @@ import yaml
 
 from syncer.config import load_settings, parse_settings
 from syncer.errors import ConfigError
+from syncer.log import REDACT
 
 ROOT = Path(__file__).resolve().parent.parent
 MINIMAL: dict[str, Any] = {"procore": {"company_id": 1, "client_id": "id", "client_secret": "secret"}}
@@ -132,3 +133,21 @@ def test_invalid_yaml_names_the_line(tmp_path: Path) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not found"):
         load_settings(tmp_path / "absent.yaml")
+
+
+def test_the_workers_share_is_a_part_of_the_budget() -> None:
+    assert error_for(with_(procore={"workers_share": 0})).startswith("procore.workers_share: ")
+    assert error_for(with_(procore={"workers_share": 1.5})).startswith("procore.workers_share: ")
+    assert parse_settings(with_(procore={"workers_share": 0.25}), Path("/x")).procore.workers_share == 0.25
+
+
+def test_the_lease_time_is_a_duration_of_at_least_three_seconds() -> None:
+    assert error_for(with_(database={"lease_ttl": "1s"})).startswith("database.lease_ttl: ")
+    assert parse_settings(with_(database={"lease_ttl": "2m"}), Path("/x")).database.lease_ttl == 120.0
+
+
+def test_the_database_password_is_redacted_from_any_output() -> None:
+    parse_settings(with_(database={"url": "postgresql://syncer:s3cr3t-pw@db/syncer"}), Path("/x"))
+    assert REDACT("connection to postgresql://syncer:s3cr3t-pw@db failed") == (
+        "connection to postgresql://syncer:***@db failed"
+    )

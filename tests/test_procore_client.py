@@ -166,7 +166,7 @@ def test_pagination_links_off_the_api_origin_are_refused() -> None:
         ProcoreApi(http, company_id=1)._page_of(answer, "listing")
 
 
-def fake_clock_pacer() -> tuple[Pacer, list[float]]:
+def fake_clock_pacer(share: float = 1.0) -> tuple[Pacer, list[float]]:
     """A pacer on a fake clock that starts at 1000 s; returns it and the list of its sleeps."""
     now = [1000.0]
     slept: list[float] = []
@@ -175,7 +175,8 @@ def fake_clock_pacer() -> tuple[Pacer, list[float]]:
         slept.append(seconds)
         now[0] += seconds
 
-    return Pacer(clock=lambda: now[0], wall=lambda: now[0], sleep=sleep, jitter=lambda: 0.0), slept
+    pacer = Pacer(clock=lambda: now[0], wall=lambda: now[0], sleep=sleep, jitter=lambda: 0.0, share=share)
+    return pacer, slept
 
 
 async def test_pacer_holds_callers_until_the_reset_when_the_budget_is_spent() -> None:
@@ -187,6 +188,18 @@ async def test_pacer_holds_callers_until_the_reset_when_the_budget_is_spent() ->
     async with pacer.slot():
         pass
     assert slept == [7.0]
+
+
+async def test_a_pacer_with_a_share_spends_only_its_part_of_the_budget() -> None:
+    pacer, slept = fake_clock_pacer(share=0.25)  # one of four workers seeing the company's budget
+    pacer.observe({"X-Rate-Limit-Limit": "25", "X-Rate-Limit-Remaining": "20", "X-Rate-Limit-Reset": "1010"})
+    for _ in range(5):
+        async with pacer.slot():
+            pass
+    assert slept == []
+    async with pacer.slot():
+        pass
+    assert slept == [10.0]
 
 
 async def test_pacer_reads_reset_against_the_servers_clock() -> None:

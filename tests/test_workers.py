@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from sqlalchemy import text
 
@@ -27,6 +28,7 @@ from syncer.store.shared import SharedState
 from tests.conftest import assert_byte_exact, async_url, write_config
 from tests.postgres import new_database
 from tests.test_cli import syncer
+from tests.test_daemon import daemon, daemon_config, eventually, stop
 
 PROJECT = 7
 
@@ -277,3 +279,46 @@ async def test_when_a_worker_is_killed_the_others_finish_its_share(
     assert_byte_exact(sim, load_settings(config))
     fetched_twice = {pid for pid, n in sim.stats.downloads.items() if n > 1}
     assert fetched_twice <= held, "only the killed worker's unfinished downloads were fetched again"
+
+
+async def test_status_names_each_worker_with_what_it_did(make_sim: Any, tmp_path: Path, pg_url: str) -> None:
+    sim = await make_sim()
+    config = shared_config(sim, tmp_path, pg_url)
+    assert (await syncer("sync", "--config", str(config))).code == ExitCode.OK
+    table = (await syncer("status", "--config", str(config))).out
+    assert "workers: 0 live, 1 stopped or dead in the last week" in table
+    assert "(stopped, pid " in table and "60 downloaded (" in table
+
+
+async def test_two_daemons_share_one_database_and_mirror(make_sim: Any, tmp_path: Path, pg_url: str) -> None:
+    sim = await make_sim(**SHARED)
+    mirror = {"root": str(tmp_path / "mirror")}
+    folders = [tmp_path / "a", tmp_path / "b"]
+    for folder in folders:
+        folder.mkdir()
+    configs = [
+        daemon_config(
+            sim,
+            folder,
+            database={"url": pg_url, "lease_ttl": 3},
+            procore={"workers_share": 0.5},
+            sync={"concurrency": 3, "per_page": 10},
+            mirror=mirror,
+        )
+        for folder in folders
+    ]
+    async with daemon(configs[0], folders[0]) as first, daemon(configs[1], folders[1]) as second:
+
+        async def all_mirrored_by_both() -> bool:
+            try:
+                _, body = await first.get("/status")
+            except aiohttp.ClientError:
+                return False
+            document = json.loads(body)
+            live = [w for w in document["workers"] if w["state"] == "live"]
+            return len(live) == 2 and sum(p["mirrored"] for p in document["projects"]) == 90
+
+        await eventually(all_mirrored_by_both, what="the two daemons to mirror every photo")
+        assert [(await stop(running))[0] for running in (first, second)] == [0, 0]
+    assert_byte_exact(sim, load_settings(configs[0]))
+    assert set(sim.stats.downloads.values()) == {1}, "no photo fetched twice"
