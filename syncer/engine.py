@@ -631,6 +631,8 @@ class SyncEngine:
                     what=what,
                 )
                 self.progress.received(fetched.size)
+                if self.membership is not None:
+                    self.membership.check()  # after a long download: is the claim still ours?
                 rel = self._render(photo, project)
                 when = photo.when
                 await self.fs.install(
