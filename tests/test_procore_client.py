@@ -192,8 +192,8 @@ async def test_pacer_holds_callers_until_the_reset_when_the_budget_is_spent() ->
 
 async def test_a_pacer_with_a_share_spends_only_its_part_of_the_budget() -> None:
     pacer, slept = fake_clock_pacer(share=0.25)  # one of four workers seeing the company's budget
-    pacer.observe({"X-Rate-Limit-Limit": "25", "X-Rate-Limit-Remaining": "20", "X-Rate-Limit-Reset": "1010"})
-    for _ in range(5):
+    pacer.observe({"X-Rate-Limit-Limit": "50", "X-Rate-Limit-Remaining": "40", "X-Rate-Limit-Reset": "1010"})
+    for _ in range(40 // 4 - 3):  # a quarter, less one request for each other worker's older view
         async with pacer.slot():
             pass
     assert slept == []

@@ -115,7 +115,10 @@ class Pacer:
         self.reported_remaining = remaining
         self._reset_at = self._clock() + max(0.0, reset - server_now)
         # This request is still counted as in flight; the others were sent but not yet counted.
-        self._remaining = remaining * self.share - max(0, self._in_flight - 1)
+        # Each other worker may spend a request or so from a view of the budget one answer older
+        # than this one, so a shared budget keeps that much in reserve.
+        reserve = 1 / self.share - 1
+        self._remaining = remaining * self.share - max(0, self._in_flight - 1) - reserve
 
     def _server_now(self, headers: Mapping[str, str]) -> float:
         """The server's clock, so `Reset` is read without our clock's skew.
