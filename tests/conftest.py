@@ -6,6 +6,8 @@ import json
 import logging
 import sqlite3
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +15,12 @@ import pytest
 import yaml
 
 from syncer.config import Settings, load_settings
+from syncer.plan import photo_row
+from syncer.procore.models import Photo, Project
 from syncer.report import LogProgress
 from syncer.runner import RunSummary, run_sync
 from syncer.simulator import SimConfig, Simulator
+from syncer.store import Store
 from tests.postgres import new_database, postgres_server
 
 __all__ = ["postgres_server"]  # a fixture, shared with every test module
@@ -115,6 +120,28 @@ def async_url(url: str) -> str:
     return Settings.model_validate(
         {"procore": {"company_id": 1, "client_id": "a", "client_secret": "b"}, "database": {"url": url}}
     ).database_url
+
+
+@asynccontextmanager
+async def project_store(url: str, project_id: int, name: str) -> AsyncIterator[Store]:
+    """A store on a config `database.url` that knows one project."""
+    store = await Store.open(async_url(url))
+    try:
+        await store.save_projects(1, [Project(id=project_id, name=name, active=True)])
+        yield store
+    finally:
+        await store.close()
+
+
+def listed_row(
+    photo_id: int, project_id: int, *, size: int = 10, description: str = "", key: str = "k1"
+) -> dict[str, Any]:
+    """The database row of a listed photo the mirror does not have yet."""
+    url = f"https://api.procore.com/storage/files/{photo_id}/{key}/p.jpg"
+    photo = Photo.from_api({"id": photo_id, "url": url, "size": size, "description": description})
+    return photo_row(
+        photo, project_id=project_id, rel_path=f"project-{project_id}/{photo_id}.jpg", now=datetime.now(UTC)
+    )
 
 
 def db_rows(settings: Settings, sql: str) -> list[tuple[Any, ...]]:

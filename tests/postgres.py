@@ -1,97 +1,38 @@
 """A throwaway PostgreSQL server for the tests: its data in a temporary folder, on loopback.
 
-Started once per test session from the machine's PostgreSQL 15 binaries (Debian's `postgresql`
-package; `.ci/run` installs it where missing). Each test gets a database of its own.
+`.ci/run` starts one for the whole run and names it in `SYNCER_TEST_POSTGRES`; elsewhere (a
+developer's `make test`) it is started once per test session from the machine's PostgreSQL 15
+binaries (Debian's `postgresql` package). Each test gets a database of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import shutil
-import socket
-import subprocess
-import tempfile
-import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import asyncpg
 import pytest
 
-BINARIES = Path("/usr/lib/postgresql/15/bin")
+from tests import pgserver
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+ENV = "SYNCER_TEST_POSTGRES"
+"""A server URL given by `.ci/run`; without it the fixture starts a server of its own."""
 
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[str]:
-    if not (BINARIES / "initdb").exists():
-        pytest.skip("PostgreSQL 15 is not installed here (Debian package postgresql)")
-    folder = Path(tempfile.mkdtemp(prefix="syncer-pg-"))
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
-        shutil.chown(folder, "postgres", "postgres")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    data = folder / "data"
-    subprocess.run(
-        [
-            *as_user,
-            str(BINARIES / "initdb"),
-            "-D",
-            str(data),
-            "-U",
-            "postgres",
-            "-A",
-            "trust",
-            "--no-sync",
-            "-E",
-            "UTF8",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    port = _free_port()
-    server = subprocess.Popen(
-        [
-            *as_user,
-            str(BINARIES / "postgres"),
-            "-D",
-            str(data),
-            "-p",
-            str(port),
-            "-k",
-            str(folder),
-            "-c",
-            "listen_addresses=127.0.0.1",
-            "-c",
-            "fsync=off",
-            "-c",
-            "max_connections=200",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"postgresql://postgres@127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        time.sleep(0.1)
-    time.sleep(0.3)
-    try:
+    if url := os.environ.get(ENV):
         yield url
+        return
+    if not pgserver.available():
+        pytest.skip("PostgreSQL 15 is not installed here (Debian package postgresql)")
+    server = pgserver.start()
+    try:
+        yield server.url
     finally:
-        server.terminate()
-        server.wait(timeout=30)
-        shutil.rmtree(folder, ignore_errors=True)
+        server.stop()
 
 
 async def _create_database(server: str, name: str) -> None:

@@ -3,9 +3,12 @@ and a whole sync works the same on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -13,10 +16,10 @@ from sqlalchemy import Connection, text
 
 from syncer.errors import ExitCode
 from syncer.simulator import Simulator
-from syncer.store import Store
+from syncer.store import Downloaded, Failed, Store
 from syncer.store.db import alembic_config
 from syncer.store.models import Base
-from tests.conftest import assert_byte_exact, async_url, sync
+from tests.conftest import assert_byte_exact, async_url, listed_row, project_store, sync
 
 
 def _diff(connection: Connection) -> list[object]:
@@ -69,3 +72,91 @@ async def test_a_full_sync_edit_and_reconcile_work_on_both_back_ends(
     finally:
         await store.close()
     assert sum(p.mirrored for p in status) == len(sim.company.photos) - 1
+
+
+# -- the engine's queries, the same on both back ends ---------------------------------------------
+
+PROJECT = 3
+
+
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[Store]:
+    async with project_store(database_url, PROJECT, "Depot") as opened:
+        yield opened
+
+
+def listed(photo_id: int, **fields: Any) -> dict[str, Any]:
+    return listed_row(photo_id, PROJECT, **fields)
+
+
+async def mirror(store: Store, photo_id: int) -> None:
+    """Record the photo's current file as downloaded."""
+    stored = (await store.stored_photos([photo_id]))[photo_id]
+    at = datetime.now(UTC)
+    await store.record(
+        downloaded=[Downloaded(photo_id, stored.rel_path, stored.file_key, 10, "0" * 64, None, at)]
+    )
+
+
+async def due(store: Store, now: datetime | None = None) -> list[int]:
+    return [d.id for d in await store.due_downloads(PROJECT, now or datetime.now(UTC))]
+
+
+async def test_a_listed_photo_is_due_until_its_file_is_recorded(store: Store) -> None:
+    await store.save_photos([listed(1), listed(2)])
+    assert await due(store) == [1, 2]
+    await mirror(store, 1)
+    assert await due(store) == [2]
+
+
+async def test_relisting_updates_metadata_and_keeps_the_local_file(store: Store) -> None:
+    await store.save_photos([listed(1)])
+    await mirror(store, 1)
+    await store.save_photos([listed(1, description="north wall")])
+    stored = (await store.stored_photos([1]))[1]
+    assert stored.local_path == f"project-{PROJECT}/1.jpg" and stored.local_file_key == stored.file_key
+    assert await due(store) == []
+
+
+async def test_a_replaced_file_is_due_again(store: Store) -> None:
+    await store.save_photos([listed(1)])
+    await mirror(store, 1)
+    await store.save_photos([listed(1, key="k2", size=11)])
+    assert await due(store) == [1]
+
+
+async def test_a_failed_photo_waits_for_its_retry_time_unless_retried_now(store: Store) -> None:
+    await store.save_photos([listed(1)])
+    now = datetime.now(UTC)
+    await store.record(failed=[Failed(1, "HTTP 500", now + timedelta(minutes=5))])
+    assert await due(store, now) == []
+    assert await due(store, now + timedelta(minutes=6)) == [1]
+    assert await store.failing_count(PROJECT) == 1
+    assert await store.retry_now([PROJECT]) == 1
+    assert await due(store, now) == [1]
+
+
+async def test_a_photo_marked_deleted_is_not_due_and_returns_when_listed_again(store: Store) -> None:
+    await store.save_photos([listed(1), listed(2)])
+    await store.mark_deleted([2], datetime.now(UTC))
+    assert await due(store) == [1]
+    assert await store.live_ids(PROJECT) == {1}
+    await store.save_photos([listed(2)])
+    assert await store.live_ids(PROJECT) == {1, 2}
+
+
+async def test_the_checkpoint_and_the_last_full_run_are_kept_per_project(store: Store) -> None:
+    first, second = datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 2, 1, tzinfo=UTC)
+    await store.set_checkpoint(PROJECT, first, full=True)
+    await store.set_checkpoint(PROJECT, second, full=False)
+    assert await store.checkpoint(PROJECT) == second
+    assert await store.marks(PROJECT) == (second, first)
+
+
+async def test_status_counts_known_mirrored_pending_and_failed_photos(store: Store) -> None:
+    await store.save_photos([listed(1), listed(2), listed(3)])
+    await mirror(store, 1)
+    await store.record(failed=[Failed(2, "HTTP 500", datetime.now(UTC) + timedelta(hours=1))])
+    (status,) = await store.status()
+    assert (status.known, status.mirrored, status.pending, status.failed, status.bytes) == (3, 1, 2, 1, 10)
+    assert [f["id"] for f in status.failures] == [2]

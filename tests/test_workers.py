@@ -21,11 +21,11 @@ from syncer.config import load_settings
 from syncer.errors import ExitCode
 from syncer.membership import LeaseLost, Membership
 from syncer.plan import photo_row
-from syncer.procore.models import Photo, Project
+from syncer.procore.models import Photo
 from syncer.simulator import Simulator
 from syncer.store import Downloaded, Failed, Store
 from syncer.store.shared import SharedState
-from tests.conftest import assert_byte_exact, async_url, write_config
+from tests.conftest import assert_byte_exact, listed_row, project_store, write_config
 from tests.postgres import new_database
 from tests.test_cli import syncer
 from tests.test_daemon import daemon, daemon_config, eventually, stop
@@ -40,28 +40,14 @@ def pg_url(postgres_server: str) -> str:
 
 @pytest.fixture
 async def store(pg_url: str) -> AsyncIterator[Store]:
-    opened = await Store.open(async_url(pg_url))
-    await opened.save_projects(1, [Project(id=PROJECT, name="Tower", active=True)])
-    yield opened
-    await opened.close()
+    async with project_store(pg_url, PROJECT, "Tower") as opened:
+        yield opened
 
 
 async def add_due_photos(store: Store, count: int) -> list[int]:
     """`count` listed photos that the mirror does not have yet."""
-    now = datetime.now(UTC)
     ids = list(range(1000, 1000 + count))
-    rows = [
-        photo_row(
-            Photo.from_api(
-                {"id": i, "url": f"https://api.procore.com/storage/files/{i}/k/{i}.jpg", "size": 10}
-            ),
-            project_id=PROJECT,
-            rel_path=f"Tower/{i}.jpg",
-            now=now,
-        )
-        for i in ids
-    ]
-    await store.save_photos(rows)
+    await store.save_photos([listed_row(i, PROJECT) for i in ids])
     return ids
 
 
