@@ -44,6 +44,7 @@ RECORD_EVERY = 2.0
 RETRY_MAX = timedelta(days=1)
 POLL = 0.2
 """Seconds between looks at the database for work, when several workers share it."""
+REPEATED = "due again after this run already tried it (Procore may serve another file than it lists)"
 
 
 def utcnow() -> datetime:
@@ -447,6 +448,7 @@ class SyncEngine:
         member = self.membership
         assert member is not None
         batch = self.settings.concurrency
+        claimed: set[int] = set()
         while True:
             member.check()
             if pool.fatal:
@@ -467,10 +469,20 @@ class SyncEngine:
                 await asyncio.sleep(POLL)
                 continue
             for claim in claims:
+                job = Job(claim.id, claim.rel_path, claim.photo, claim.stored, True, claim.attempts)
+                if claim.id in claimed:
+                    # Each photo is tried once per run, as without PostgreSQL. Due again after a
+                    # download here means Procore serves another file than it lists; fetching it
+                    # again at once could go on for ever.
+                    if all(failed_id != claim.id for failed_id, _, _ in result.failures):
+                        await self._fail(job, REPEATED, pool.recorder, result)
+                    else:
+                        await pool.recorder.add(Failed(claim.id, REPEATED, self._retry_at(job)))
+                    continue
+                claimed.add(claim.id)
                 if seen is not None and claim.id not in seen:
                     result.retried += 1
                 self.progress.queued(1, claim.size or 0)
-                job = Job(claim.id, claim.rel_path, claim.photo, claim.stored, True, claim.attempts)
                 await pool.put(job)
 
     async def _hold_listing(self, project: Project, feeder: asyncio.Task[None], backlog: int) -> None:
@@ -610,9 +622,10 @@ class SyncEngine:
     async def _fail(self, job: Job, error: str, recorder: Recorder, result: ProjectResult) -> None:
         log.warning("photo %s (%s) failed: %s", job.photo_id, job.rel_path, error)
         result.failures.append((job.photo_id, job.rel_path, error))
-        await recorder.add(
-            Failed(job.photo_id, error, retry_at(self.now(), job.attempts, self.settings.retry_backoff))
-        )
+        await recorder.add(Failed(job.photo_id, error, self._retry_at(job)))
+
+    def _retry_at(self, job: Job) -> datetime:
+        return retry_at(self.now(), job.attempts, self.settings.retry_backoff)
 
     async def _download(self, job: Job, recorder: Recorder, result: ProjectResult, project: Project) -> None:
         photo, error = job.photo, "not attempted"

@@ -25,7 +25,7 @@ from syncer.procore.models import Photo
 from syncer.simulator import Simulator
 from syncer.store import Downloaded, Failed, Store
 from syncer.store.shared import SharedState
-from tests.conftest import assert_byte_exact, listed_row, project_store, write_config
+from tests.conftest import assert_byte_exact, listed_row, project_store, sync, write_config
 from tests.postgres import new_database
 from tests.test_cli import syncer
 from tests.test_daemon import daemon, daemon_config, eventually, stop
@@ -146,6 +146,15 @@ async def test_a_claim_hands_over_the_listed_signed_url(store: Store) -> None:
     (claim,) = await (await worker(store, "w")).claim(PROJECT, 1, now)
     assert claim.photo is not None and claim.photo.url == signed
     assert claim.photo.file_key == photo.file_key
+
+
+async def test_a_worker_tries_each_photo_once_per_run(make_sim: Any, settings_for: Any, pg_url: str) -> None:
+    sim = await make_sim(url_ttl=0, photos=10, projects=1)  # every download fails
+    settings = settings_for(sim, database={"url": pg_url}, sync={"retry_backoff": "10ms"})
+    summary = await asyncio.wait_for(sync(settings), timeout=60)  # due again at once, yet it ends
+    assert summary.exit_code == ExitCode.INCOMPLETE
+    (result,) = summary.results
+    assert sorted(pid for pid, _, _ in result.failures) == sorted(sim.expected_files())
 
 
 # -- a worker's own view of its lease ---------------------------------------------------------------
