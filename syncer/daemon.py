@@ -277,8 +277,10 @@ class Daemon:
         except (SyncerError, SQLAlchemyError, OSError) as exc:
             log.error("project %s: %s", project.id, exc)
             return
+        outcome = _outcome(helped)
+        self.metrics.record(helped, "help", outcome)
         log.info(
-            "%s sync of %s: listed by another worker; %s", kind, project.name, _one_line(helped, "helped")
+            "%s sync of %s: listed by another worker; %s", kind, project.name, _one_line(helped, outcome)
         )
 
     def _deadline(self) -> float | None:
@@ -299,7 +301,7 @@ class Daemon:
             self._notify_failed(project, kind, str(exc))
             return
         self._auth_ok()
-        outcome = "ok" if result.ok else "stopped" if result.stopped else "incomplete"
+        outcome = _outcome(result)
         self.metrics.record(result, kind, outcome)
         self.health.record(project.id, result.ok)
         self.health.checkpoints[project.id] = await self.syncer.store.checkpoint(project.id)
@@ -344,6 +346,10 @@ class Daemon:
             self.health.auth_failing = False
             log.info("authentication works again")
             self.notifier.send({"event": "recovered", "what": "authentication"})
+
+
+def _outcome(result: ProjectResult) -> str:
+    return "ok" if result.ok else "stopped" if result.stopped else "incomplete"
 
 
 def _project(project: Project) -> dict[str, Any]:
