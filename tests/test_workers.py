@@ -28,6 +28,7 @@ from syncer.store.shared import SharedState
 from tests.conftest import assert_byte_exact, listed_row, project_store, sync, write_config
 from tests.postgres import new_database
 from tests.test_cli import syncer
+from tests.test_crash import BIG
 from tests.test_daemon import daemon, daemon_config, eventually, stop
 
 PROJECT = 7
@@ -193,6 +194,14 @@ def shared_config(sim: Simulator, folder: Path, pg_url: str, **sections: dict[st
     )
 
 
+async def claimant(store: Store, photo_id: int) -> int | None:
+    """The process id of the worker downloading the photo, if any."""
+    query = "SELECT w.pid FROM photos p JOIN workers w ON w.id = p.claimed_by WHERE p.id = :photo"
+    async with store.engine.connect() as conn:
+        pid: int | None = (await conn.execute(text(query), {"photo": photo_id})).scalar()
+        return pid
+
+
 async def start_worker(config: Path, *args: str) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         sys.executable,
@@ -317,3 +326,30 @@ async def test_two_daemons_share_one_database_and_mirror(make_sim: Any, tmp_path
         assert [(await stop(running))[0] for running in (first, second)] == [0, 0]
     assert_byte_exact(sim, load_settings(configs[0]))
     assert set(sim.stats.downloads.values()) == {1}, "no photo fetched twice"
+
+
+async def test_a_killed_workers_partial_download_is_resumed_by_another(
+    make_sim: Any, tmp_path: Path, pg_url: str
+) -> None:
+    sim = await make_sim(**BIG)
+    config = shared_config(sim, tmp_path, pg_url)
+    procs = [await start_worker(config) for _ in range(2)]
+    states = tmp_path / "mirror" / ".syncer" / "tmp"
+    check = await Store.open(load_settings(config).database_url)
+    try:
+        holder = None
+        while holder is None:  # a download with a durable megabyte, and the worker doing it
+            await asyncio.sleep(0.01)
+            for state in states.glob("*.part.json") if states.is_dir() else []:
+                if (holder := await claimant(check, int(state.name.split(".")[0]))) is not None:
+                    break
+    finally:
+        await check.close()
+    victim = next(p for p in procs if p.pid == holder)
+    os.kill(victim.pid, signal.SIGKILL)
+    await victim.wait()
+    (survivor,) = [p for p in procs if p is not victim]
+    code, output = await finish(survivor)
+    assert code == ExitCode.OK, output
+    assert sim.stats.resumed > 0, "the survivor resumed the dead worker's part with Range"
+    assert_byte_exact(sim, load_settings(config))
