@@ -1,9 +1,9 @@
 """Syncing one project: list the window with proof, record each page, transfer in parallel.
 
 Listing and transferring overlap: each page is recorded in the database and its work queued at
-once, and a fixed pool of workers drains the queue, so a million-photo project never holds a
-million tasks. Workers never write to the database themselves; their results go through the
-`Recorder` in batches, after the files they describe are durable. The checkpoint moves to the
+once into a bounded pool of tasks (`transfer.py`), so a million-photo project never holds a
+million tasks. With several workers on PostgreSQL the pool is fed from the database instead:
+downloads are claimed in batches, by whichever worker has room. The checkpoint moves to the
 window's upper bound only when the listing was proven complete; failed files stay due in the
 database and do not hold it back.
 """
@@ -35,12 +35,11 @@ from syncer.procore.models import BadRecord, Photo, Project
 from syncer.procore.query import ImageQuery
 from syncer.reconcile import upstream_ids
 from syncer.report import Progress
-from syncer.store import Downloaded, Failed, Relocated, Store, StoredPhoto, Vanished
+from syncer.store import Downloaded, Failed, Relocated, Store, Vanished
+from syncer.transfer import Job, Pool, Recorder
 
 log = logging.getLogger(__name__)
 
-RECORD_BATCH = 200
-RECORD_EVERY = 2.0
 RETRY_MAX = timedelta(days=1)
 POLL = 0.2
 """Seconds between looks at the database for work, when several workers share it."""
@@ -119,85 +118,6 @@ class ProjectResult:
         )
 
 
-@dataclass(frozen=True)
-class Job:
-    photo_id: int
-    rel_path: str
-    photo: Photo | None
-    """The listed record; None for a photo due from an earlier run (a fresh record is fetched)."""
-    stored: StoredPhoto | None
-    download: bool
-    attempts: int = 0
-    """Failed attempts in earlier runs, which set the next retry time."""
-
-
-class Recorder:
-    """Collects worker results and writes them in batches through the store's single writer."""
-
-    def __init__(self, store: Store, membership: Membership | None = None) -> None:
-        self.store = store
-        self.membership = membership
-        self._downloaded: list[Downloaded] = []
-        self._relocated: list[Relocated] = []
-        self._failed: list[Failed] = []
-        self._vanished: list[Vanished] = []
-        self._last = time.monotonic()
-
-    async def add(self, item: Downloaded | Relocated | Failed | Vanished) -> None:
-        if self.membership is not None:
-            self.membership.count(item)
-        if isinstance(item, Downloaded):
-            self._downloaded.append(item)
-        elif isinstance(item, Relocated):
-            self._relocated.append(item)
-        elif isinstance(item, Vanished):
-            self._vanished.append(item)
-        else:
-            self._failed.append(item)
-        pending = len(self._downloaded) + len(self._relocated) + len(self._failed) + len(self._vanished)
-        if pending >= RECORD_BATCH or time.monotonic() - self._last >= RECORD_EVERY:
-            await self.flush()
-
-    async def flush(self) -> None:
-        batch = (self._downloaded, self._relocated, self._failed, self._vanished)
-        self._downloaded, self._relocated, self._failed, self._vanished = [], [], [], []
-        self._last = time.monotonic()
-        await self.store.record(*batch)
-
-
-class Pool:
-    """The transfer workers of one project sync: a bounded queue (so a million-photo project
-    never holds a million jobs), a fixed set of tasks draining it, and their recorder."""
-
-    def __init__(self, engine: SyncEngine, project: Project, result: ProjectResult) -> None:
-        concurrency = engine.settings.concurrency
-        self.queue: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=concurrency * 4)
-        self.recorder = Recorder(engine.store, engine.membership)
-        self.fatal: list[BaseException] = []
-        self.unfinished = 0
-        """Jobs queued or running."""
-        self.tasks = [asyncio.create_task(engine._worker(self, result, project)) for _ in range(concurrency)]
-
-    async def put(self, job: Job) -> None:
-        if self.fatal:
-            raise self.fatal[0]
-        self.unfinished += 1
-        await self.queue.put(job)
-
-    async def close(self) -> None:
-        """Let the workers finish what is queued, then end them."""
-        for _ in self.tasks:
-            await self.queue.put(None)
-        await asyncio.gather(*self.tasks)
-        if self.fatal:
-            raise self.fatal[0]
-
-    async def cancel(self) -> None:
-        for task in self.tasks:
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
-
-
 class SyncEngine:
     def __init__(
         self,
@@ -227,6 +147,14 @@ class SyncEngine:
         self.membership = membership
         """Set when several workers share a PostgreSQL database: downloads are then claimed
         from the database instead of queued straight from the listing."""
+
+    def _pool(self, project: Project, result: ProjectResult) -> Pool:
+        return Pool(
+            self.store,
+            concurrency=self.settings.concurrency,
+            work=lambda pool: self._worker(pool, result, project),
+            membership=self.membership,
+        )
 
     def window(self, checkpoint: datetime | None, started: datetime) -> tuple[datetime | None, datetime]:
         end = (started - timedelta(seconds=self.settings.lag)).replace(microsecond=0)
@@ -268,7 +196,7 @@ class SyncEngine:
             return await member.shared.lease_holder(project.id) is None
 
         async def help_() -> None:
-            pool = Pool(self, project, result)
+            pool = self._pool(project, result)
             try:
                 await self._feed(pool, project, result, None, listing_over)
                 await pool.close()
@@ -374,7 +302,7 @@ class SyncEngine:
             full=full,
         )
         member = self.membership
-        pool = Pool(self, project, result)
+        pool = self._pool(project, result)
         seen: set[int] = set()
         queued: set[int] = set()
         listing_done = asyncio.Event()
