@@ -184,10 +184,12 @@ SHARED = {"photos": 90, "projects": 2, "photo_size": 150_000, "bandwidth": 1_000
 
 
 def shared_config(sim: Simulator, folder: Path, pg_url: str, **sections: dict[str, Any]) -> Path:
+    """Three workers' settings. The 5 s lease returns a killed worker's share within the test, yet
+    leaves a busy two-core machine time for every heartbeat."""
     return write_config(
         sim,
         folder,
-        database={"url": pg_url, "lease_ttl": 3},
+        database={"url": pg_url, "lease_ttl": 5},
         procore={"workers_share": 0.33},
         sync={"concurrency": 3, "per_page": 10},
         **sections,
@@ -304,7 +306,7 @@ async def test_two_daemons_share_one_database_and_mirror(make_sim: Any, tmp_path
         daemon_config(
             sim,
             folder,
-            database={"url": pg_url, "lease_ttl": 3},
+            database={"url": pg_url, "lease_ttl": 5},
             procore={"workers_share": 0.5},
             sync={"concurrency": 3, "per_page": 10},
             mirror=mirror,
