@@ -13,17 +13,20 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import socket
 import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
 
 from syncer.errors import SyncerError
+from syncer.mirror.files import STATE_DIR
 from syncer.store import Downloaded, Failed, Store
-from syncer.store.shared import SharedState
+from syncer.store.shared import FORGET_AFTER, SharedState
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +40,17 @@ class LeaseLost(SyncerError):
 
 
 def new_worker_id() -> str:
-    return f"{socket.gethostname()[:20]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    host = re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname()[:20])
+    return f"{host}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
 class Membership:
-    def __init__(self, store: Store, *, ttl: float) -> None:
+    def __init__(self, store: Store, *, ttl: float, mirror_root: Path) -> None:
         self.store = store
         self.ttl = ttl
+        self.markers = mirror_root / STATE_DIR / "workers"
+        """One file per worker that joined, written before it joins: a live worker whose file is
+        not here writes to another folder, and the mirror would be split between them."""
         self.shared = SharedState(store, worker_id=new_worker_id(), ttl=ttl)
         self._valid_until = 0.0
         self._beat: asyncio.Task[None] | None = None
@@ -60,11 +67,37 @@ class Membership:
 
     async def join(self) -> None:
         started = time.monotonic()
+        self._mark()
         await self.shared.join(socket.gethostname(), os.getpid())
         self._valid_until = started + self.ttl * SAFE_PART
         self.lost = False
         self._beat = asyncio.create_task(self._heartbeats(), name="heartbeat")
         log.info("joined as worker %s (%d live)", self.worker_id, await self.shared.live_count())
+        await self._check_shared_mirror()
+
+    def _mark(self) -> None:
+        self.markers.mkdir(parents=True, exist_ok=True)
+        now = time.time()
+        for old in self.markers.iterdir():
+            with contextlib.suppress(OSError):
+                if now - old.stat().st_mtime > FORGET_AFTER.total_seconds():
+                    old.unlink()
+        (self.markers / self.worker_id).write_text(
+            f"{socket.gethostname()} {os.getpid()}\n", encoding="utf-8"
+        )
+
+    async def _check_shared_mirror(self) -> None:
+        others = [(wid, host) for wid, host in await self.shared.live_members() if wid != self.worker_id]
+        strangers = [f"{wid} on {host}" for wid, host in others if not (self.markers / wid).exists()]
+        if strangers:
+            log.error(
+                "worker %s shares the database with worker%s %s, but not the mirror folder %s: every "
+                "worker must use the same (shared) folder, or the mirror is split between them",
+                self.worker_id,
+                "s" if len(strangers) > 1 else "",
+                ", ".join(strangers),
+                self.markers.parent.parent,
+            )
 
     async def leave(self) -> None:
         if self._beat is not None:
@@ -74,6 +107,7 @@ class Membership:
             self._beat = None
         with contextlib.suppress(SQLAlchemyError, OSError):
             await self.shared.leave(downloaded=self.downloaded, bytes_=self.bytes, failed=self.failed)
+        (self.markers / self.worker_id).unlink(missing_ok=True)
 
     async def rejoin(self) -> None:
         """Start over under a new id after this worker's lease was lost (the daemon goes on)."""
@@ -139,8 +173,8 @@ class Membership:
 
 
 @asynccontextmanager
-async def membership(store: Store, *, ttl: float) -> AsyncIterator[Membership]:
-    member = Membership(store, ttl=ttl)
+async def membership(store: Store, *, ttl: float, mirror_root: Path) -> AsyncIterator[Membership]:
+    member = Membership(store, ttl=ttl, mirror_root=mirror_root)
     await member.join()
     try:
         yield member

@@ -148,7 +148,7 @@ async def _membership(settings: Settings, store: Store) -> AsyncIterator[Members
     if store.engine.dialect.name != "postgresql":
         yield None
         return
-    async with membership(store, ttl=settings.database.lease_ttl) as member:
+    async with membership(store, ttl=settings.database.lease_ttl, mirror_root=settings.mirror.root) as member:
         live, share = await member.shared.live_count(), settings.procore.workers_share
         if live * share > 1.0 + 1e-9:
             log.warning(

@@ -161,8 +161,8 @@ async def test_a_worker_tries_each_photo_once_per_run(make_sim: Any, settings_fo
 # -- a worker's own view of its lease ---------------------------------------------------------------
 
 
-async def test_a_worker_declared_dead_by_the_others_stops(store: Store) -> None:
-    member = Membership(store, ttl=3.0)
+async def test_a_worker_declared_dead_by_the_others_stops(store: Store, tmp_path: Path) -> None:
+    member = Membership(store, ttl=3.0, mirror_root=tmp_path)
     await member.join()
     try:
         member.check()
@@ -176,6 +176,35 @@ async def test_a_worker_declared_dead_by_the_others_stops(store: Store) -> None:
             member.check()
     finally:
         await member.leave()
+
+
+async def joined(store: Store, root: Path) -> Membership:
+    member = Membership(store, ttl=30.0, mirror_root=root)
+    await member.join()
+    return member
+
+
+async def test_a_worker_writing_to_another_mirror_folder_is_reported(
+    store: Store, tmp_path: Path, log_lines: pytest.LogCaptureFixture
+) -> None:
+    first = await joined(store, tmp_path / "share")
+    second = await joined(store, tmp_path / "local-disk")
+    try:
+        assert f"shares the database with worker {first.worker_id}" in log_lines.text
+        assert "but not the mirror folder" in log_lines.text
+    finally:
+        await second.leave()
+        await first.leave()
+
+
+async def test_workers_on_one_mirror_folder_raise_no_alarm(
+    store: Store, tmp_path: Path, log_lines: pytest.LogCaptureFixture
+) -> None:
+    members = [await joined(store, tmp_path / "share") for _ in range(2)]
+    for member in members:
+        await member.leave()
+    assert "not the mirror folder" not in log_lines.text
+    assert list((tmp_path / "share" / ".syncer" / "workers").iterdir()) == [], "markers go when workers stop"
 
 
 # -- real worker processes -----------------------------------------------------------------------

@@ -154,6 +154,12 @@ class SharedState:
                 update(PhotoRow).where(PhotoRow.claimed_by == self.worker_id).values(claimed_by=None)
             )
 
+    async def live_members(self) -> list[tuple[str, str]]:
+        """(id, host) of every live worker."""
+        query = select(WorkerRow.id, WorkerRow.host).where(WorkerRow.id.in_(live_workers()))
+        async with self.store.engine.connect() as conn:
+            return [(row.id, row.host) for row in await conn.execute(query)]
+
     async def live_count(self) -> int:
         async with self.store.engine.connect() as conn:
             return int(await conn.scalar(select(func.count()).select_from(live_workers().subquery())) or 0)
