@@ -202,6 +202,23 @@ async def test_a_pacer_with_a_share_spends_only_its_part_of_the_budget() -> None
     assert slept == [10.0]
 
 
+async def test_a_pacer_with_a_share_sends_at_most_its_share_of_each_windows_limit() -> None:
+    pacer, slept = fake_clock_pacer(share=0.5)  # one of two workers; a window allows 10 requests
+    window = {"X-Rate-Limit-Limit": "10", "X-Rate-Limit-Reset": "1010"}
+    pacer.observe({**window, "X-Rate-Limit-Remaining": "10"})
+    for _ in range(4):
+        async with pacer.slot():
+            pass
+    # Its own four requests are counted; the other worker's are still on their way.
+    pacer.observe({**window, "X-Rate-Limit-Remaining": "6"})
+    async with pacer.slot():
+        pass
+    assert slept == []
+    async with pacer.slot():
+        pass
+    assert slept == [10.0], "its sixth request waits for the next window, though the last answer said 6"
+
+
 async def test_pacer_reads_reset_against_the_servers_clock() -> None:
     pacer, slept = fake_clock_pacer()
     # The server's clock is 100 s ahead of ours: Reset means "10 s from now", not "110 s".

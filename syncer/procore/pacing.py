@@ -6,7 +6,9 @@ everyone for `Retry-After`. Requests already in flight when an answer arrives ar
 in it, so they are taken off the reported budget.
 
 Several workers of one company see the same company-wide budget in their answers. Each spends
-only its `share` of what it sees (`procore.workers_share`), so together they stay within it.
+only its `share` of what it sees (`procore.workers_share`), and, since what it sees is a little
+old by the time it acts on it, also at most its share of each window's limit: together they stay
+within the budget whatever the others' timing.
 """
 
 from __future__ import annotations
@@ -65,6 +67,11 @@ class Pacer:
         self._reset_at = 0.0
         self._paused_until = 0.0
         self._in_flight = 0
+        self._window_end: float | None = None
+        """The server's `Reset` of the window the answers report."""
+        self._window_sent = 0
+        """Requests sent in that window, as far as can be told; with a share below 1 at most
+        `share * limit`."""
         self._offset: float | None = None
         """Server clock minus ours, from `Date`: the highest sample seen, since `Date` is truncated
         to whole seconds and so only ever errs low."""
@@ -92,17 +99,25 @@ class Pacer:
                 wait = 0.0
                 if now < self._paused_until:
                     wait = self._paused_until - now
-                elif self._remaining is not None and self._remaining <= 0 and now < self._reset_at:
+                elif (self._spent() or self._over_quota()) and now < self._reset_at:
                     wait = self._reset_at - now + 0.2 * self._jitter()
                 if wait <= 0:
                     break
                 self.waited += wait
                 await self._sleep(wait)
-            if self._remaining is not None:
-                if self._clock() >= self._reset_at:
-                    self._remaining = None  # a new window; the next answer tells its budget
-                else:
-                    self._remaining -= 1
+            if self._clock() >= self._reset_at:
+                # A new window: the next answer tells its budget; what is still out may count in it.
+                self._remaining = None
+                self._window_sent = self._in_flight
+            elif self._remaining is not None:
+                self._remaining -= 1
+            self._window_sent += 1
+
+    def _spent(self) -> bool:
+        return self._remaining is not None and self._remaining <= 0
+
+    def _over_quota(self) -> bool:
+        return self.share < 1 and self.limit is not None and self._window_sent >= self.share * self.limit
 
     def observe(self, headers: Mapping[str, str]) -> None:
         """Learn the budget from an answer's headers (any status: errors count too)."""
@@ -113,6 +128,9 @@ class Pacer:
         if remaining is None or reset is None:
             return
         self.reported_remaining = remaining
+        if self._window_end is not None and reset > self._window_end:
+            self._window_sent = self._in_flight  # this answer comes from a new window
+        self._window_end = reset
         self._reset_at = self._clock() + max(0.0, reset - server_now)
         # This request is still counted as in flight; the others were sent but not yet counted.
         # Each other worker may spend a request or so from a view of the budget one answer older
