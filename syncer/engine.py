@@ -307,7 +307,10 @@ class SyncEngine:
         queued: set[int] = set()
         listing_done = asyncio.Event()
         feeder: asyncio.Task[None] | None = None
-        backlog = self.settings.concurrency * 4 * (await member.shared.live_count() if member else 1)
+        # A page's worth ahead of each worker's queue, so the downloads never wait for the next page.
+        backlog = (self.settings.per_page + self.settings.concurrency * 4) * (
+            await member.shared.live_count() if member else 1
+        )
 
         async def enqueue(job: Job, size: int | None) -> None:
             queued.add(job.photo_id)
