@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 RETRY_MAX = timedelta(days=1)
 POLL = 0.2
 """Seconds between looks at the database for work, when several workers share it."""
+WRITING_ELSEWHERE = "another process is writing this photo (a worker that lost its lease?); tried again later"
 REPEATED = "due again after this run already tried it (Procore may serve another file than it lists)"
 
 
@@ -559,6 +560,18 @@ class SyncEngine:
         return retry_at(self.now(), job.attempts, self.settings.retry_backoff)
 
     async def _download(self, job: Job, recorder: Recorder, result: ProjectResult, project: Project) -> None:
+        if self.membership is None:  # the project's file lock keeps other processes away
+            await self._fetch_and_install(job, recorder, result, project)
+            return
+        async with self.fs.writing(str(job.photo_id)) as alone:
+            if alone:
+                await self._fetch_and_install(job, recorder, result, project)
+                return
+        await self._fail(job, WRITING_ELSEWHERE, recorder, result)
+
+    async def _fetch_and_install(
+        self, job: Job, recorder: Recorder, result: ProjectResult, project: Project
+    ) -> None:
         photo, error = job.photo, "not attempted"
         for attempt in range(self.retry.attempts):
             try:

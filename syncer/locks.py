@@ -8,24 +8,21 @@ process, so a killed run never leaves a stale lock behind.
 
 from __future__ import annotations
 
-import fcntl
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from syncer.errors import LockedError
-from syncer.mirror.files import STATE_DIR
+from syncer.mirror.files import STATE_DIR, try_flock
 
 
 def _try_lock(path: Path) -> int | None:
-    """An open, exclusively locked descriptor for `path`, or None if another process holds it."""
+    """An open, exclusively locked descriptor for `path` (which names the holder's pid), or None
+    if another process holds it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
+    fd = try_flock(path)
+    if fd is None:
         return None
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())

@@ -18,8 +18,10 @@ import pytest
 from sqlalchemy import text
 
 from syncer.config import load_settings
+from syncer.engine import WRITING_ELSEWHERE
 from syncer.errors import ExitCode
 from syncer.membership import LeaseLost, Membership
+from syncer.mirror.files import MirrorFS
 from syncer.plan import photo_row
 from syncer.procore.models import Photo
 from syncer.simulator import Simulator
@@ -384,3 +386,38 @@ async def test_a_killed_workers_partial_download_is_resumed_by_another(
     assert code == ExitCode.OK, output
     assert sim.stats.resumed > 0, "the survivor resumed the dead worker's part with Range"
     assert_byte_exact(sim, load_settings(config))
+
+
+# -- one writer per photo --------------------------------------------------------------------------
+
+
+async def test_only_one_process_at_a_time_may_write_a_photo(tmp_path: Path) -> None:
+    ours, theirs = MirrorFS(tmp_path), MirrorFS(tmp_path)  # separate opens conflict like processes
+    try:
+        async with ours.writing("42") as first, theirs.writing("42") as second:
+            assert first and not second
+        async with theirs.writing("42") as again:
+            assert again, "free once the writer let go"
+        assert list(ours.writing_dir.iterdir()) == [], "no lock file is left behind"
+    finally:
+        ours.close()
+        theirs.close()
+
+
+async def test_a_photo_another_process_is_writing_is_left_for_a_later_run(
+    make_sim: Any, settings_for: Any, pg_url: str
+) -> None:
+    sim = await make_sim(photos=10, projects=1)
+    settings = settings_for(sim, database={"url": pg_url})
+    busy = min(sim.expected_files())
+    stalled = MirrorFS(settings.mirror.root)  # as a worker that lost its claim but still writes
+    try:
+        async with stalled.writing(str(busy)):
+            summary = await sync(settings)
+    finally:
+        stalled.close()
+    (result,) = summary.results
+    assert [(pid, error) for pid, _, error in result.failures] == [(busy, WRITING_ELSEWHERE)]
+    assert busy not in sim.stats.downloads
+    assert (await sync(settings, retry_failed=True)).exit_code == ExitCode.OK
+    assert_byte_exact(sim, settings)

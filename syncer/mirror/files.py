@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import time
 import uuid
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -40,10 +44,38 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def try_flock(path: Path) -> int | None:
+    """An open descriptor holding an exclusive `flock` on `path` (created if missing), or None if
+    another process holds it. `flock` locks go with their process, so a killed holder frees it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _lock_removable(path: Path) -> int | None:
+    """`try_flock` for a lock file its holder removes when it lets go: a lock taken on a file that
+    was removed (or replaced) meanwhile is not the lock at `path`, so check, and try again."""
+    while (fd := try_flock(path)) is not None:
+        try:
+            current = path.stat().st_ino
+        except FileNotFoundError:
+            current = None
+        if current == os.fstat(fd).st_ino:
+            return fd
+        os.close(fd)
+    return None
+
+
 class MirrorFS:
     def __init__(self, root: Path, *, threads: int = 8) -> None:
         self.root = root.resolve()
         self.tmp_dir = self.root / STATE_DIR / "tmp"
+        self.writing_dir = self.root / STATE_DIR / "locks" / "writing"
+        """Locks of the photos being written, when several processes share the mirror."""
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mirror-io")
         self._verified: set[Path] = set()
 
@@ -137,6 +169,25 @@ class MirrorFS:
         os.replace(source, target)
         fsync_dir(target.parent)
         fsync_dir(source.parent)
+
+    def _unlock(self, path: Path, fd: int) -> None:
+        path.unlink(missing_ok=True)  # while still held, so no one can lock the old file
+        os.close(fd)
+
+    @asynccontextmanager
+    async def writing(self, name: str) -> AsyncIterator[bool]:
+        """Whether this process alone is writing `name` (a photo, from download to install).
+
+        Yields False at once if another process is: with several workers, one that lost its claim
+        while stalled could still be at it, and two writers would tear the file."""
+        path = self.writing_dir / name
+        await self.run(partial(self.writing_dir.mkdir, parents=True, exist_ok=True))
+        fd: int | None = await self.run(_lock_removable, path)
+        try:
+            yield fd is not None
+        finally:
+            if fd is not None:
+                await self.run(self._unlock, path, fd)
 
     async def move(self, old: str, new: str) -> None:
         await self.run(self._move, old, new)
