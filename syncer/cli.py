@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import syncer
-from syncer.errors import ConfigError, ExitCode, SyncerError
+from syncer.errors import ConfigError, ExitCode, SyncerError, database_error
 from syncer.log import REDACT, setup_logging
 
 log = logging.getLogger("syncer")
@@ -261,6 +261,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("syncer: interrupted; what was committed stays committed", file=sys.stderr)
         return int(ExitCode.INTERRUPTED)
     except Exception as exc:  # a bug: say so in one line; -v shows where
+        from sqlalchemy.exc import SQLAlchemyError
+
+        if isinstance(exc, SQLAlchemyError):  # the database went away or refused: not a bug
+            error = database_error(exc)
+            print(f"syncer: {REDACT(str(error))}", file=sys.stderr)
+            return int(error.exit_code)
         if args.verbose:
             log.exception("unexpected error")
         print(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,6 +112,21 @@ async def test_unreachable_procore_is_one_line_and_exit_1(tmp_path: Path) -> Non
     assert run.code == ExitCode.INCOMPLETE
     assert run.err.strip().splitlines()[-1].startswith("syncer: token request: ")
     assert_no_traceback(run)
+
+
+async def test_an_unreachable_database_is_one_line_and_exit_1(sim: Simulator, tmp_path: Path) -> None:
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    url = f"postgresql://syncer:db-pass-9@127.0.0.1:{port}/photos"
+    config = write_config(sim, tmp_path, database={"url": url})
+    for command in ("sync", "status"):
+        run = await syncer(command, "--config", str(config))
+        assert run.code == ExitCode.INCOMPLETE
+        assert run.err.strip() == (
+            f"syncer: database postgresql+asyncpg://syncer:***@127.0.0.1:{port}/photos: "
+            f"ConnectionRefusedError: [Errno 111] Connect call failed ('127.0.0.1', {port})"
+        )
 
 
 async def test_second_run_on_a_locked_mirror_exits_4(sim: Simulator, tmp_path: Path) -> None:

@@ -16,8 +16,10 @@ from typing import Any
 from sqlalchemy import bindparam, case, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from syncer.errors import database_error
 from syncer.procore.models import Album, Project
 from syncer.store.db import create_engine, upgrade
 from syncer.store.models import AlbumRow, Base, PhotoRow, ProjectRow, SyncRunRow
@@ -147,9 +149,15 @@ class Store:
     @classmethod
     async def open(cls, url: str) -> Store:
         """Connect and bring the schema up to date (the app migrates itself on start)."""
-        engine = create_engine(url)
+        try:
+            engine = create_engine(url)
+        except OSError as exc:  # SQLite: the folder for the file cannot be made
+            raise database_error(exc, url) from None
         try:
             await upgrade(engine)
+        except (OSError, SQLAlchemyError) as exc:
+            await engine.dispose()
+            raise database_error(exc, engine.url.render_as_string(hide_password=True)) from None
         except BaseException:
             await engine.dispose()
             raise
