@@ -17,7 +17,7 @@ from sqlalchemy import Connection, text
 from syncer.errors import ExitCode
 from syncer.simulator import Simulator
 from syncer.store import Downloaded, Failed, Store
-from syncer.store.db import alembic_config
+from syncer.store.db import SCHEMA_HEAD, alembic_config
 from syncer.store.models import Base
 from tests.conftest import assert_byte_exact, async_url, listed_row, project_store, sync
 
@@ -42,7 +42,11 @@ async def test_opening_an_up_to_date_database_is_idempotent(database_url: str) -
         async with store.engine.connect() as conn:
             version = (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar_one()
         await store.close()
-    assert version == ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert version == SCHEMA_HEAD
+
+
+def test_the_schema_head_the_app_checks_is_the_newest_migration() -> None:
+    assert ScriptDirectory.from_config(alembic_config()).get_current_head() == SCHEMA_HEAD
 
 
 async def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:

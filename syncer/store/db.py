@@ -8,18 +8,21 @@ SQLITE_BUSY at once in WAL mode, whatever the timeout).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, event, text
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 import syncer
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+
 MIGRATION_LOCK = 0x5359_4E43  # "SYNC": the advisory lock key that serialises schema upgrades
+SCHEMA_HEAD = "0003"
+"""The newest migration in `migrations/` (a test checks). Knowing it here spares every start the
+import of Alembic, which is needed only when there is something to migrate."""
 
 
 def migrations_dir() -> Path:
@@ -30,6 +33,8 @@ def migrations_dir() -> Path:
 
 
 def alembic_config() -> Config:
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(migrations_dir()))
     return cfg
@@ -62,13 +67,21 @@ def create_engine(url: str) -> AsyncEngine:
 
 
 def _upgrade(connection: Connection) -> None:
+    from alembic import command
+
     cfg = alembic_config()
     cfg.attributes["connection"] = connection
     command.upgrade(cfg, "head")
 
 
-def _current(connection: Connection) -> str | None:
-    return MigrationContext.configure(connection).get_current_revision()
+async def _current(conn: AsyncConnection) -> str | None:
+    """The schema's revision, or None for a database Alembic has not touched yet."""
+    try:
+        async with conn.begin_nested() if conn.in_transaction() else conn.begin():
+            version: str | None = await conn.scalar(text("SELECT version_num FROM alembic_version"))
+            return version
+    except SQLAlchemyError:
+        return None
 
 
 async def upgrade(engine: AsyncEngine) -> None:
@@ -77,12 +90,11 @@ async def upgrade(engine: AsyncEngine) -> None:
     Workers sharing a PostgreSQL database may start together: one migrates under an advisory
     lock while the others wait, then find the schema current. (SQLite's BEGIN IMMEDIATE
     serialises the same way.)"""
-    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     async with engine.connect() as conn:
-        if await conn.run_sync(_current) == head:
+        if await _current(conn) == SCHEMA_HEAD:
             return
     async with engine.begin() as conn:
         if engine.dialect.name == "postgresql":
             await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
-        if await conn.run_sync(_current) != head:
+        if await _current(conn) != SCHEMA_HEAD:
             await conn.run_sync(_upgrade)
