@@ -68,7 +68,11 @@ class Membership:
     async def join(self) -> None:
         started = time.monotonic()
         self._mark()
-        await self.shared.join(socket.gethostname(), os.getpid())
+        try:
+            await self.shared.join(socket.gethostname(), os.getpid())
+        except BaseException:
+            (self.markers / self.worker_id).unlink(missing_ok=True)
+            raise
         self._valid_until = started + self.ttl * SAFE_PART
         self.lost = False
         self._beat = asyncio.create_task(self._heartbeats(), name="heartbeat")

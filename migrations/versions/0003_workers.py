@@ -1,5 +1,6 @@
 """Several workers on one PostgreSQL database: worker rows, project leases, photo claims, and an
-index of the photos still due for download (which every claim and `due_downloads` query reads).
+index of the photos still due for download (which every claim and `due_downloads` query reads),
+and one of the claimed photos (which a stopping worker hands back).
 
 Revision ID: 0003
 Revises: 0002
@@ -11,7 +12,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from syncer.store.models import DUE_SQL, UTCDateTime
+from syncer.store.models import CLAIMED_SQL, DUE_SQL, UTCDateTime
 
 revision = "0003"
 down_revision = "0002"
@@ -52,9 +53,17 @@ def upgrade() -> None:
         sqlite_where=sa.text(DUE_SQL),
         postgresql_where=sa.text(DUE_SQL),
     )
+    op.create_index(
+        "ix_photos_claimed",
+        "photos",
+        ["claimed_by"],
+        sqlite_where=sa.text(CLAIMED_SQL),
+        postgresql_where=sa.text(CLAIMED_SQL),
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("ix_photos_claimed", table_name="photos")
     op.drop_index("ix_photos_due", table_name="photos")
     with op.batch_alter_table("photos") as batch:
         batch.drop_column("fetch_url")

@@ -31,6 +31,8 @@ from sqlalchemy.sql.elements import ColumnElement
 
 DUE_SQL = "deleted_at IS NULL AND (local_file_key IS NULL OR local_file_key != file_key)"
 """Photos whose file the mirror lacks: what `PhotoRow.needs_download` selects."""
+CLAIMED_SQL = "claimed_by IS NOT NULL"
+"""Photos a worker holds or held: few at any time, found at once when a worker stops."""
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -146,6 +148,12 @@ class PhotoRow(Base):
             "id",
             sqlite_where=text(DUE_SQL),
             postgresql_where=text(DUE_SQL),
+        ),
+        Index(
+            "ix_photos_claimed",
+            "claimed_by",
+            sqlite_where=text(CLAIMED_SQL),
+            postgresql_where=text(CLAIMED_SQL),
         ),
     )
 
