@@ -207,31 +207,37 @@ async def _share(
     """Sync the projects as one of several workers.
 
     Each project is listed by the worker holding its lease. This worker first takes every project
-    no one holds; then it downloads its share of the others until their holders let go. A
-    project whose holder finished is done; one whose holder died or failed before moving the
-    checkpoint is taken over and synced here."""
+    no one holds and no one has listed since this run began; then it downloads its share of the
+    others until their holders let go. A project whose holder moved its checkpoint is done; one
+    whose holder died or failed first is taken over and synced here."""
     member = syncer.membership
     assert member is not None
+    engine, store = syncer.engine, syncer.store
+    _, run_end = engine.window(None, engine.now())  # where this run's windows would end
     results: dict[int, ProjectResult] = {}
     marks: dict[int, tuple[datetime | None, datetime | None]] = {}
+
+    def moved(project: Project, now: tuple[datetime | None, datetime | None]) -> bool:
+        """Whether another worker listed the project since this run began (or since it was busy)."""
+        mark, before = now[1 if full else 0], marks.get(project.id, (None, None))[1 if full else 0]
+        return mark is not None and (mark >= run_end or (project.id in marks and mark != before))
+
     waiting = list(projects)
     while waiting:
         for project in list(waiting):
+            if moved(project, await store.marks(project.id)):
+                continue  # listed meanwhile: only its downloads may be left (below)
             async with member.project(project.id) as mine:
                 if mine:
-                    result = await syncer.engine.sync_project(
-                        project, full=full, force=force, deadline=deadline
-                    )
+                    result = await engine.sync_project(project, full=full, force=force, deadline=deadline)
                     results[project.id] = result.absorb(results.get(project.id))
                     waiting.remove(project)
                 else:
-                    marks.setdefault(project.id, await syncer.store.marks(project.id))
+                    marks.setdefault(project.id, await store.marks(project.id))
         for project in list(waiting):
             log.info("project %s is listed by another worker; downloading a share of it", project.id)
-            helped = await syncer.engine.help_project(project, deadline=deadline)
+            helped = await engine.help_project(project, deadline=deadline)
             results[project.id] = helped.absorb(results.get(project.id))
-            checkpoint, last_full = await syncer.store.marks(project.id)
-            before = marks[project.id]
-            if helped.stopped or (last_full != before[1] if full else checkpoint != before[0]):
+            if helped.stopped or moved(project, await store.marks(project.id)):
                 waiting.remove(project)
     return [results[p.id] for p in projects if p.id in results]

@@ -160,6 +160,20 @@ async def test_a_worker_tries_each_photo_once_per_run(make_sim: Any, settings_fo
     assert sorted(pid for pid, _, _ in result.failures) == sorted(sim.expected_files())
 
 
+async def test_a_project_listed_past_this_runs_window_is_not_listed_again(
+    make_sim: Any, settings_for: Any, pg_url: str
+) -> None:
+    sim = await make_sim()
+    assert (await sync(settings_for(sim, database={"url": pg_url}))).exit_code == ExitCode.OK
+    listed = sim.stats.requests["images"]
+    # A run whose window ends ten minutes ago finds both projects listed to a later moment.
+    later = settings_for(sim, database={"url": pg_url}, sync={"lag": "10m"})
+    summary = await sync(later)
+    assert summary.exit_code == ExitCode.OK
+    assert sim.stats.requests["images"] == listed
+    assert all(r.helped for r in summary.results)
+
+
 # -- a worker's own view of its lease ---------------------------------------------------------------
 
 
