@@ -267,8 +267,7 @@ class Daemon:
         member = self.syncer.membership
         assert member is not None
         try:
-            if member.lost:
-                await member.rejoin()
+            await member.rejoin()
             async with member.project(project.id) as mine:
                 if mine:
                     await self._sync(project, kind)

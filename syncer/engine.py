@@ -205,7 +205,7 @@ class SyncEngine:
                 await pool.cancel()
                 raise
             finally:
-                await asyncio.shield(pool.recorder.flush())
+                await asyncio.shield(pool.settle(project.id))
 
         try:
             await self._measured(result, help_(), deadline)
@@ -364,7 +364,7 @@ class SyncEngine:
             await pool.cancel()
             raise
         finally:
-            await asyncio.shield(self._close_run(run_id, pool.recorder, result, outcome))
+            await asyncio.shield(self._close_run(run_id, pool, result, outcome))
 
     async def _feed(
         self,
@@ -511,8 +511,8 @@ class SyncEngine:
             len(files),
         )
 
-    async def _close_run(self, run_id: int, recorder: Recorder, result: ProjectResult, outcome: str) -> None:
-        await recorder.flush()
+    async def _close_run(self, run_id: int, pool: Pool, result: ProjectResult, outcome: str) -> None:
+        await pool.settle(result.project.id)
         errors = [f"{pid} {path}: {err}" for pid, path, err in result.failures[:100]]
         if result.listing_error:
             errors.insert(0, f"listing: {result.listing_error}")

@@ -54,6 +54,7 @@ class Membership:
         self.shared = SharedState(store, worker_id=new_worker_id(), ttl=ttl)
         self._valid_until = 0.0
         self._beat: asyncio.Task[None] | None = None
+        self._rejoining = asyncio.Lock()
         self.lost = False
         self.doing: dict[int, str] = {}
         """What this worker does per project (listing, downloading), for `syncer status`."""
@@ -114,12 +115,16 @@ class Membership:
         (self.markers / self.worker_id).unlink(missing_ok=True)
 
     async def rejoin(self) -> None:
-        """Start over under a new id after this worker's lease was lost (the daemon goes on)."""
-        await self.leave()
-        self.shared = SharedState(self.store, worker_id=new_worker_id(), ttl=self.ttl)
-        self.doing.clear()
-        self.downloaded = self.bytes = self.failed = 0
-        await self.join()
+        """Start over under a new id if this worker's lease was lost (the daemon goes on). Its
+        project jobs may all find out at once; only the first starts over."""
+        async with self._rejoining:
+            if not self.lost:
+                return
+            await self.leave()
+            self.shared = SharedState(self.store, worker_id=new_worker_id(), ttl=self.ttl)
+            self.doing.clear()
+            self.downloaded = self.bytes = self.failed = 0
+            await self.join()
 
     def check(self) -> None:
         """Fail unless this worker surely still holds its leases and claims."""

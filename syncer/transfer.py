@@ -81,6 +81,7 @@ class Pool:
         membership: Membership | None = None,
     ) -> None:
         self.queue: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=concurrency * 4)
+        self.membership = membership
         self.recorder = Recorder(store, membership)
         self.fatal: list[BaseException] = []
         """Errors that end the whole sync (authentication, a lost lease); `put` raises them."""
@@ -101,6 +102,13 @@ class Pool:
         await asyncio.gather(*self.tasks)
         if self.fatal:
             raise self.fatal[0]
+
+    async def settle(self, project_id: int) -> None:
+        """Record what is done and, with several workers, hand back the claims of the jobs that
+        were never done (the sync stopped), so they need not wait for this worker to end."""
+        await self.recorder.flush()
+        if self.membership is not None:
+            await self.membership.shared.release(project_id)
 
     async def cancel(self) -> None:
         for task in self.tasks:

@@ -24,10 +24,12 @@ from syncer.membership import LeaseLost, Membership
 from syncer.mirror.files import MirrorFS
 from syncer.plan import photo_row
 from syncer.procore.models import Photo
+from syncer.report import LogProgress
+from syncer.runner import open_syncer
 from syncer.simulator import Simulator
 from syncer.store import Downloaded, Failed, Store
 from syncer.store.shared import SharedState
-from tests.conftest import assert_byte_exact, listed_row, project_store, sync, write_config
+from tests.conftest import assert_byte_exact, listed_row, mirror_photos, project_store, sync, write_config
 from tests.postgres import new_database
 from tests.test_cli import syncer
 from tests.test_crash import BIG
@@ -172,6 +174,24 @@ async def test_a_project_listed_past_this_runs_window_is_not_listed_again(
     assert summary.exit_code == ExitCode.OK
     assert sim.stats.requests["images"] == listed
     assert all(r.helped for r in summary.results)
+
+
+async def test_a_stopped_sync_hands_back_the_claims_it_never_worked_on(
+    make_sim: Any, settings_for: Any, pg_url: str
+) -> None:
+    sim = await make_sim(photos=40, projects=1, photo_size=200_000, bandwidth=400_000)
+    settings = settings_for(sim, database={"url": pg_url}, sync={"concurrency": 2})
+    async with open_syncer(settings, progress=LogProgress()) as running:  # a daemon's life, say
+        member = running.membership
+        assert member is not None
+        (project,), _ = await running.projects()
+        await running.store.save_projects(settings.procore.company_id, [project])
+        deadline = asyncio.get_running_loop().time() + 1.0
+        async with member.project(project.id) as mine:
+            assert mine
+            result = await running.engine.sync_project(project, deadline=deadline)
+        assert result.stopped and 0 < result.downloaded < 40
+        assert await member.shared.held_due(project.id) == 0, "no photo waits for this live worker"
 
 
 # -- a worker's own view of its lease ---------------------------------------------------------------
@@ -400,6 +420,38 @@ async def test_a_killed_workers_partial_download_is_resumed_by_another(
     assert code == ExitCode.OK, output
     assert sim.stats.resumed > 0, "the survivor resumed the dead worker's part with Range"
     assert_byte_exact(sim, load_settings(config))
+
+
+async def test_a_daemon_declared_dead_rejoins_as_a_new_worker_and_goes_on(
+    sim: Simulator, tmp_path: Path, pg_url: str
+) -> None:
+    config = daemon_config(sim, tmp_path, database={"url": pg_url, "lease_ttl": 3})
+    async with daemon(config, tmp_path) as running:
+
+        async def workers() -> list[dict[str, Any]]:
+            try:
+                _, body = await running.get("/status")
+            except aiohttp.ClientError:
+                return []
+            found: list[dict[str, Any]] = json.loads(body).get("workers", [])
+            return found
+
+        async def live() -> int:
+            return sum(w["state"] == "live" for w in await workers())
+
+        await eventually(live, what="the daemon to join")
+        async with project_store(pg_url, PROJECT, "unused") as store, store.engine.begin() as conn:
+            await conn.execute(text("UPDATE workers SET expires_at = expires_at - interval '1 hour'"))
+        added = sim.add_photo(next(iter(sim.company.projects)))
+
+        async def rejoined_and_synced() -> bool:
+            found = await workers()
+            live = [w for w in found if w["state"] == "live"]
+            return len(found) == 2 and len(live) == 1 and added.id in mirror_photos(tmp_path / "mirror")
+
+        await eventually(rejoined_and_synced, what="a new worker that mirrors the new photo")
+        assert (await stop(running))[0] == 0
+    assert "was declared dead by the others" in running.log_text()
 
 
 # -- one writer per photo --------------------------------------------------------------------------

@@ -93,7 +93,12 @@ class SharedState:
         self.ttl = timedelta(seconds=ttl)
 
     def _unclaimed(self) -> ColumnElement[bool]:
-        return or_(PhotoRow.claimed_by.is_(None), PhotoRow.claimed_by.not_in(live_workers()))
+        """Held by no live worker, and not by this one: its own claims stay its own even when the
+        others have just declared it dead and are about to take them."""
+        return or_(
+            PhotoRow.claimed_by.is_(None),
+            (PhotoRow.claimed_by != self.worker_id) & PhotoRow.claimed_by.not_in(live_workers()),
+        )
 
     # -- membership ----------------------------------------------------------------------------
 
@@ -267,6 +272,16 @@ class SharedState:
             for r in rows
         ]
         return sorted(claims, key=lambda c: c.id)
+
+    async def release(self, project_id: int) -> None:
+        """Hand back this worker's claims in the project (jobs a stopped sync never did)."""
+        stmt = (
+            update(PhotoRow)
+            .where(PhotoRow.claimed_by == self.worker_id, PhotoRow.project_id == project_id)
+            .values(claimed_by=None)
+        )
+        async with self.store.engine.begin() as conn:
+            await conn.execute(stmt)
 
     async def unclaimed_due(self, project_id: int, now: datetime) -> int:
         """Due photos of the project that wait for a worker: how far listing runs ahead."""
