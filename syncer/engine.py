@@ -205,7 +205,7 @@ class SyncEngine:
                 await pool.cancel()
                 raise
             finally:
-                await asyncio.shield(pool.settle(project.id))
+                await asyncio.shield(pool.settle(project.id, lister=False))
 
         try:
             await self._measured(result, help_(), deadline)
@@ -512,7 +512,7 @@ class SyncEngine:
         )
 
     async def _close_run(self, run_id: int, pool: Pool, result: ProjectResult, outcome: str) -> None:
-        await pool.settle(result.project.id)
+        await pool.settle(result.project.id, lister=True)
         errors = [f"{pid} {path}: {err}" for pid, path, err in result.failures[:100]]
         if result.listing_error:
             errors.insert(0, f"listing: {result.listing_error}")

@@ -103,12 +103,13 @@ class Pool:
         if self.fatal:
             raise self.fatal[0]
 
-    async def settle(self, project_id: int) -> None:
+    async def settle(self, project_id: int, *, lister: bool) -> None:
         """Record what is done and, with several workers, hand back the claims of the jobs that
-        were never done (the sync stopped), so they need not wait for this worker to end."""
+        were never done (the sync stopped), so they need not wait for this worker to end; the
+        `lister` of the project also drops the signed URLs no one will use now."""
         await self.recorder.flush()
         if self.membership is not None:
-            await self.membership.shared.release(project_id)
+            await self.membership.shared.release(project_id, lister=lister)
 
     async def cancel(self) -> None:
         for task in self.tasks:

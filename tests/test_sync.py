@@ -21,9 +21,9 @@ async def test_full_sync_mirrors_every_photo_byte_exact(sim: Simulator, settings
 
 
 async def test_second_run_downloads_nothing_and_costs_a_few_requests(
-    sim: Simulator, settings_for: Any
+    sim: Simulator, settings_for: Any, database_url: str
 ) -> None:
-    settings = settings_for(sim)
+    settings = settings_for(sim, database={"url": database_url})
     await sync(settings)
     downloads_before = sum(sim.stats.downloads.values())
     summary = await sync(settings)

@@ -29,7 +29,15 @@ from syncer.runner import open_syncer
 from syncer.simulator import Simulator
 from syncer.store import Downloaded, Failed, Store
 from syncer.store.shared import SharedState
-from tests.conftest import assert_byte_exact, listed_row, mirror_photos, project_store, sync, write_config
+from tests.conftest import (
+    assert_byte_exact,
+    async_url,
+    listed_row,
+    mirror_photos,
+    project_store,
+    sync,
+    write_config,
+)
 from tests.postgres import new_database
 from tests.test_cli import syncer
 from tests.test_crash import BIG
@@ -192,6 +200,28 @@ async def test_a_stopped_sync_hands_back_the_claims_it_never_worked_on(
             result = await running.engine.sync_project(project, deadline=deadline)
         assert result.stopped and 0 < result.downloaded < 40
         assert await member.shared.held_due(project.id) == 0, "no photo waits for this live worker"
+
+
+async def test_no_signed_url_stays_in_the_database_when_a_run_ends(
+    make_sim: Any, settings_for: Any, pg_url: str
+) -> None:
+    sim = await make_sim(photos=40, projects=1, photo_size=200_000, bandwidth=400_000)
+    slow = {"concurrency": 2}
+
+    async def signed_rows() -> list[int]:
+        store = await Store.open(async_url(pg_url))
+        try:
+            async with store.engine.connect() as conn:
+                query = text("SELECT id FROM photos WHERE fetch_url IS NOT NULL OR raw_json LIKE '%sig=%'")
+                return list((await conn.execute(query)).scalars())
+        finally:
+            await store.close()
+
+    stopped = await sync(settings_for(sim, database={"url": pg_url}, sync={**slow, "max_duration": "1s"}))
+    assert stopped.results[0].stopped
+    assert await signed_rows() == []
+    assert (await sync(settings_for(sim, database={"url": pg_url}, sync=slow))).exit_code == ExitCode.OK
+    assert await signed_rows() == []
 
 
 # -- a worker's own view of its lease ---------------------------------------------------------------

@@ -130,8 +130,8 @@ class Album:
 @dataclass(frozen=True, slots=True)
 class Photo:
     """One image record. `url` is the signed download URL: never logged, never in a sidecar or
-    `raw_json`; with several workers it goes to the claiming worker through `photos.fetch_url`
-    until the photo is downloaded (it expires within minutes and needs the token first)."""
+    `raw_json`; with several workers it goes to the claiming worker through `photos.fetch_url`,
+    which holds it only during the run that listed it."""
 
     id: int
     url: str | None

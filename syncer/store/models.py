@@ -137,8 +137,9 @@ class PhotoRow(Base):
     """With several workers: the worker downloading this photo; valid while that worker lives."""
     fetch_url: Mapped[str | None] = mapped_column(Text)
     """With several workers: the signed URL from the listing, for whichever worker claims the
-    download. It expires within minutes, needs the bearer token on its first hop, and is cleared
-    once the photo is downloaded or fails."""
+    download. It is a short-lived credential, so it stays only while a download may use it:
+    cleared when the photo is downloaded, fails or is handed back, and by the listing worker for
+    whatever is left when its run ends."""
 
     __table_args__ = (
         Index("ix_photos_project_updated", "project_id", "updated_at"),

@@ -273,15 +273,27 @@ class SharedState:
         ]
         return sorted(claims, key=lambda c: c.id)
 
-    async def release(self, project_id: int) -> None:
-        """Hand back this worker's claims in the project (jobs a stopped sync never did)."""
-        stmt = (
-            update(PhotoRow)
-            .where(PhotoRow.claimed_by == self.worker_id, PhotoRow.project_id == project_id)
-            .values(claimed_by=None)
-        )
+    async def release(self, project_id: int, *, lister: bool) -> None:
+        """Hand back this worker's claims in the project (jobs a stopped sync never did), their
+        signed URLs dropped. The `lister` also drops the URLs it handed over that no live worker
+        holds: a signed URL stays in the database only while a download may use it."""
+        mine = PhotoRow.claimed_by == self.worker_id
         async with self.store.engine.begin() as conn:
-            await conn.execute(stmt)
+            await conn.execute(
+                update(PhotoRow)
+                .where(PhotoRow.project_id == project_id, mine)
+                .values(claimed_by=None, fetch_url=None)
+            )
+            if lister:
+                await conn.execute(
+                    update(PhotoRow)
+                    .where(
+                        PhotoRow.project_id == project_id,
+                        PhotoRow.fetch_url.is_not(None),
+                        self._unclaimed(),
+                    )
+                    .values(fetch_url=None)
+                )
 
     async def unclaimed_due(self, project_id: int, now: datetime) -> int:
         """Due photos of the project that wait for a worker: how far listing runs ahead."""
