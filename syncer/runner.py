@@ -215,29 +215,37 @@ async def _share(
     engine, store = syncer.engine, syncer.store
     _, run_end = engine.window(None, engine.now())  # where this run's windows would end
     results: dict[int, ProjectResult] = {}
-    marks: dict[int, tuple[datetime | None, datetime | None]] = {}
+    busy_at: dict[int, datetime | None] = {}
+    """The project's mark when it was first found busy."""
 
-    def moved(project: Project, now: tuple[datetime | None, datetime | None]) -> bool:
+    async def mark(project: Project) -> datetime | None:
+        """What a finished run of this kind moves: the checkpoint, or the last full run."""
+        checkpoint, last_full = await store.marks(project.id)
+        return last_full if full else checkpoint
+
+    async def moved(project: Project) -> bool:
         """Whether another worker listed the project since this run began (or since it was busy)."""
-        mark, before = now[1 if full else 0], marks.get(project.id, (None, None))[1 if full else 0]
-        return mark is not None and (mark >= run_end or (project.id in marks and mark != before))
+        now = await mark(project)
+        if now is None:
+            return False
+        return now >= run_end or (project.id in busy_at and now != busy_at[project.id])
 
     waiting = list(projects)
     while waiting:
         for project in list(waiting):
-            if moved(project, await store.marks(project.id)):
+            if await moved(project):
                 continue  # listed meanwhile: only its downloads may be left (below)
             async with member.project(project.id) as mine:
                 if mine:
                     result = await engine.sync_project(project, full=full, force=force, deadline=deadline)
                     results[project.id] = result.absorb(results.get(project.id))
                     waiting.remove(project)
-                else:
-                    marks.setdefault(project.id, await store.marks(project.id))
+                elif project.id not in busy_at:
+                    busy_at[project.id] = await mark(project)
         for project in list(waiting):
             log.info("project %s is listed by another worker; downloading a share of it", project.id)
             helped = await engine.help_project(project, deadline=deadline)
             results[project.id] = helped.absorb(results.get(project.id))
-            if helped.stopped or moved(project, await store.marks(project.id)):
+            if helped.stopped or await moved(project):
                 waiting.remove(project)
     return [results[p.id] for p in projects if p.id in results]

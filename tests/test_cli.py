@@ -7,6 +7,7 @@ import json
 import os
 import socket
 import sys
+from asyncio.subprocess import Process
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,16 +27,23 @@ class Run:
     err: str
 
 
-async def syncer(*args: str, env: dict[str, str] | None = None) -> Run:
-    proc = await asyncio.create_subprocess_exec(
+async def spawn(
+    *args: str, output: Any = asyncio.subprocess.PIPE, env: dict[str, str] | None = None
+) -> Process:
+    """A `syncer` process with these arguments; stdout and stderr both go to `output`."""
+    return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "syncer",
         *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+        stdout=output,
+        stderr=output,
         env={**os.environ, **(env or {})},
     )
+
+
+async def syncer(*args: str, env: dict[str, str] | None = None) -> Run:
+    proc = await spawn(*args, env=env)
     out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
     assert proc.returncode is not None
     return Run(proc.returncode, out.decode(), err.decode())

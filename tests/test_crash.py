@@ -7,7 +7,6 @@ import contextlib
 import json
 import os
 import signal
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ from syncer.config import Settings, load_settings
 from syncer.errors import ExitCode
 from syncer.simulator import Simulator
 from tests.conftest import assert_byte_exact, db_rows, sync, write_config
-from tests.test_cli import syncer
+from tests.test_cli import spawn, syncer
 
 BIG = {"photos": 12, "projects": 1, "photo_size": 3_000_000, "bandwidth": 4_000_000}
 
@@ -106,16 +105,7 @@ async def test_kill_9_at_any_moment_then_rerun_ends_byte_exact(make_sim: Any, tm
 
     # First while the first bytes arrive, then once a partial file has a durable megabyte.
     for ready in (lambda: sim.stats.bytes_sent > 500_000, durable_part_exists):
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "syncer",
-            "sync",
-            "--config",
-            str(config),
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
+        proc = await spawn("sync", "--config", str(config), output=asyncio.subprocess.DEVNULL)
         while not ready() and proc.returncode is None:
             await asyncio.sleep(0.005)
         assert proc.returncode is None, "the run ended before it could be killed"

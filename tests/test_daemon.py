@@ -6,7 +6,6 @@ import asyncio
 import json
 import signal
 import socket
-import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -19,7 +18,7 @@ from syncer.config import load_settings
 from syncer.errors import ExitCode
 from syncer.simulator import Simulator
 from tests.conftest import assert_byte_exact, write_config
-from tests.test_cli import syncer
+from tests.test_cli import spawn, syncer
 from tests.test_crash import BIG, assert_no_torn_files
 
 EVERY_SECOND = {"incremental": {"every": "1s"}, "full": None}
@@ -82,9 +81,7 @@ async def daemon(config: Path, folder: Path) -> AsyncIterator[Running]:
     assert port is not None
     log = folder / f"daemon-{time.monotonic_ns()}.log"
     with log.open("wb") as sink:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "syncer", "run", "--config", str(config), stdout=sink, stderr=sink
-        )
+        proc = await spawn("run", "--config", str(config), output=sink)
     running = Running(proc, int(port.rsplit(":", 1)[1]), log)
     try:
         yield running

@@ -7,7 +7,6 @@ import asyncio
 import json
 import os
 import signal
-import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -39,7 +38,7 @@ from tests.conftest import (
     write_config,
 )
 from tests.postgres import new_database
-from tests.test_cli import syncer
+from tests.test_cli import spawn, syncer
 from tests.test_crash import BIG
 from tests.test_daemon import daemon, daemon_config, eventually, stop
 
@@ -299,19 +298,8 @@ async def claimant(store: Store, photo_id: int) -> int | None:
         return pid
 
 
-async def start_worker(config: Path, *args: str) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "syncer",
-        "sync",
-        "-v",
-        "--config",
-        str(config),
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+async def start_worker(config: Path) -> asyncio.subprocess.Process:
+    return await spawn("sync", "-v", "--config", str(config))
 
 
 async def finish(proc: asyncio.subprocess.Process) -> tuple[int, str]:
