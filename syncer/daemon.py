@@ -19,7 +19,6 @@ authentication failure (once, until it works again), and each recovery.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 from datetime import datetime
@@ -34,15 +33,14 @@ from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy.exc import SQLAlchemyError
 
 from syncer.config import Every, Settings, load_settings
-from syncer.engine import ProjectResult
 from syncer.errors import ConfigError, SyncerError
-from syncer.locks import Locks
 from syncer.mirror.layout import Layout
 from syncer.notify import Notifier
 from syncer.observe import Health, Metrics, web_app
 from syncer.procore.auth import AuthError
 from syncer.procore.models import Project
 from syncer.report import LogProgress, human_bytes, human_seconds
+from syncer.result import ProjectResult
 from syncer.runner import Syncer, open_syncer
 from syncer.status import status_document
 
@@ -72,10 +70,8 @@ class Daemon:
         self.slots = asyncio.Semaphore(self.settings.schedule.max_parallel_projects)
 
     async def run(self) -> int:
-        # With SQLite one daemon owns the mirror; with PostgreSQL several may share it.
-        sole = self.settings.database.url.startswith("sqlite")
-        with Locks(self.settings.mirror.root).daemon() if sole else contextlib.nullcontext():
-            async with open_syncer(self.settings, progress=LogProgress(every=60.0)) as syncer:
+        async with open_syncer(self.settings, progress=LogProgress(every=60.0)) as syncer:
+            with syncer.coordinator.serving():  # with SQLite, one daemon per mirror
                 return await self._serve(syncer)
 
     async def _serve(self, syncer: Syncer) -> int:
@@ -246,35 +242,25 @@ class Daemon:
         self.running.add(task)
         try:
             async with busy, self.slots:
-                if self.syncer.membership is None:
-                    with self.syncer.locks.try_project(project_id) as mine:
-                        if not mine:
-                            log.info(
-                                "project %s is being synced by another process; skipping this %s run",
-                                project_id,
-                                kind,
-                            )
-                            return
-                        await self._sync(project, kind)
-                else:
-                    await self._share(project, kind)
+                await self._take_turn(project, kind)
         finally:
             self.running.discard(task)
 
-    async def _share(self, project: Project, kind: str) -> None:
-        """As one of several workers: sync the project under its lease, or, while another worker
-        holds it, download a share of the project's photos."""
-        member = self.syncer.membership
-        assert member is not None
+    async def _take_turn(self, project: Project, kind: str) -> None:
+        """Sync the project if no other process lists it now; else download a share of it where
+        the coordinator gives one (several workers), or skip this tick."""
+        coordinator, engine = self.syncer.coordinator, self.syncer.engine
         try:
-            await member.rejoin()
-            async with member.project(project.id) as mine:
+            async with coordinator.take(project.id) as mine:
                 if mine:
                     await self._sync(project, kind)
                     return
-            helped = await self.syncer.engine.help_project(project, deadline=self._deadline())
+            helped = await coordinator.help(engine, project, deadline=engine.deadline())
         except (SyncerError, SQLAlchemyError, OSError) as exc:
             log.error("project %s: %s", project.id, exc)
+            return
+        if helped is None:
+            log.info("project %s is being synced by another process; skipping this %s run", project.id, kind)
             return
         outcome = _outcome(helped)
         self.metrics.record(helped, "help", outcome)
@@ -282,14 +268,10 @@ class Daemon:
             "%s sync of %s: listed by another worker; %s", kind, project.name, _one_line(helped, outcome)
         )
 
-    def _deadline(self) -> float | None:
-        max_duration = self.settings.sync.max_duration
-        return asyncio.get_running_loop().time() + max_duration if max_duration else None
-
     async def _sync(self, project: Project, kind: str) -> None:
         try:
             result = await self.syncer.engine.sync_project(
-                project, full=kind == "full", deadline=self._deadline()
+                project, full=kind == "full", deadline=self.syncer.engine.deadline()
             )
         except AuthError as exc:
             self._auth_failed(exc)

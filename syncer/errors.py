@@ -30,6 +30,11 @@ class SyncerError(Exception):
     exit_code = ExitCode.INCOMPLETE
 
 
+class FatalError(SyncerError):
+    """Ends the whole run at once instead of failing one photo: the credentials were refused, or
+    this worker lost its lease."""
+
+
 class ConfigError(SyncerError):
     exit_code = ExitCode.USAGE
 

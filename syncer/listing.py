@@ -21,8 +21,9 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
-from syncer.procore.api import ProcoreApi
+from syncer.procore.api import Page, ProcoreApi
 from syncer.procore.models import Photo
 from syncer.procore.query import ImageQuery, Range
 
@@ -52,22 +53,56 @@ class Piece:
 
 @dataclass
 class Pass:
+    """One pass over a listing, page by page: what it saw and what `Total` said on each page."""
+
     distinct: set[int] = field(default_factory=set)
     totals: set[int | None] = field(default_factory=set)
-    starts: list[datetime | None] = field(default_factory=list)
-    """`created_at` of the first photo of each page, for splitting."""
-    sorted_ok: bool = True
     pages: int = 0
-    updated: set[datetime] = field(default_factory=set)
-    created: set[datetime] = field(default_factory=set)
 
     @property
     def proven(self) -> bool:
+        """Every page gave the same `Total`, and the pass saw exactly that many distinct ids."""
         return (
             len(self.totals) == 1
             and None not in self.totals
             and len(self.distinct) == next(iter(self.totals))
         )
+
+
+P = TypeVar("P", bound=Pass)
+
+
+async def paged_pass(
+    into: P,
+    get_page: Callable[[int], Awaitable[Page]],
+    *,
+    asked: int,
+    take: Callable[[Page], Awaitable[list[int]]],
+) -> P:
+    """Read pages 1, 2, ... until the last, adding each page's ids (what `take` makes of the page)
+    and its `Total` to `into`. The one paged proof, used by the listing and by reconcile."""
+    page_no, first_total = 1, None
+    while True:
+        page = await get_page(page_no)
+        if page_no == 1:
+            first_total = page.total
+        into.pages += 1
+        into.totals.add(page.total)
+        into.distinct.update(await take(page))
+        if page.is_last(page_no, asked=asked, first_total=first_total):
+            return into
+        page_no += 1
+
+
+@dataclass
+class PiecePass(Pass):
+    """A pass over a piece of the window, with what splitting the piece needs."""
+
+    starts: list[datetime | None] = field(default_factory=list)
+    """`created_at` of the first photo of each page, for splitting."""
+    sorted_ok: bool = True
+    updated: set[datetime] = field(default_factory=set)
+    created: set[datetime] = field(default_factory=set)
 
 
 @dataclass
@@ -151,7 +186,7 @@ class Lister:
             f"Procore reported {sorted(result.totals, key=str)}"
         )
 
-    async def _pass(self, piece: Piece, *, per_page: int | None = None) -> Pass:
+    async def _pass(self, piece: Piece, *, per_page: int | None = None) -> PiecePass:
         query = replace(
             self.query,
             filters=replace(
@@ -162,37 +197,35 @@ class Lister:
                 else Range(piece.created_from, piece.created_to),
             ),
         )
-        result = Pass()
-        page_no = 1
-        first_total: int | None = None
+        asked = per_page or self.per_page
+        result = PiecePass()
         previous: datetime | None = None
-        while True:
-            page = await self.api.images_page(query, page=page_no, per_page=per_page or self.per_page)
-            if page_no == 1:
-                first_total = page.total
+
+        async def take(page: Page) -> list[int]:
+            nonlocal previous
             self.report.requests += 1
-            result.pages += 1
-            result.totals.add(page.total)
             photos = [Photo.from_api(item) for item in page.items]
             result.starts.append(photos[0].created_at if photos else None)
             for photo in photos:
                 if photo.created_at is None or (previous is not None and photo.created_at < previous):
                     result.sorted_ok = False
                 previous = photo.created_at or previous
-                result.distinct.add(photo.id)
                 if photo.updated_at is not None:
                     result.updated.add(_floor(photo.updated_at))
                 if photo.created_at is not None:
                     result.created.add(_floor(photo.created_at))
-            self.report.seen.update(p.id for p in photos)
+            ids = [p.id for p in photos]
+            self.report.seen.update(ids)
             if photos:
                 await self.on_page(photos)
-            if page.is_last(page_no, asked=per_page or self.per_page, first_total=first_total):
-                return result
-            page_no += 1
+            return ids
+
+        return await paged_pass(
+            result, lambda n: self.api.images_page(query, page=n, per_page=asked), asked=asked, take=take
+        )
 
     @staticmethod
-    def _split(piece: Piece, result: Pass) -> list[Piece]:
+    def _split(piece: Piece, result: PiecePass) -> list[Piece]:
         if result.pages > 1 and result.sorted_ok:
             bounds = sorted(
                 {s for s in result.starts[1:] if s is not None and piece.created_from < s <= piece.created_to}

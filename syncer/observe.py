@@ -17,8 +17,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from syncer.engine import ProjectResult
 from syncer.procore.pacing import Pacer
+from syncer.result import ProjectResult
 
 
 @dataclass

@@ -9,11 +9,8 @@ fetched again: the sidecar is rewritten and, if the layout path changed, the fil
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from datetime import datetime
 from enum import StrEnum
-from typing import Any
 
 from syncer.procore.models import Photo
 from syncer.store import StoredPhoto
@@ -72,37 +69,3 @@ def decide(photo: Photo, stored: StoredPhoto | None, rel_path: str) -> Decision:
     else:
         change = Change.UNCHANGED
     return Decision(photo, rel_path, change, stored)
-
-
-def photo_row(
-    photo: Photo, *, project_id: int, rel_path: str, now: datetime, fetch_url: str | None = None
-) -> dict[str, Any]:
-    """The database row for a listed photo (metadata columns; local-file columns stay as they are).
-    `fetch_url` hands the signed URL to another worker (several workers only)."""
-    return {
-        "id": photo.id,
-        "project_id": project_id,
-        "album_id": photo.album_id,
-        "album_name": photo.album_name,
-        "filename": photo.filename,
-        "description": photo.description,
-        "size": photo.size,
-        "taken_at": photo.taken_at,
-        "created_at": photo.created_at,
-        "updated_at": photo.updated_at,
-        "private": photo.private,
-        "starred": photo.starred,
-        "width": photo.width,
-        "height": photo.height,
-        "gps_lat": photo.gps_lat,
-        "gps_long": photo.gps_long,
-        "location_name": photo.location_name,
-        "uploader_name": photo.uploader_name,
-        "raw_json": json.dumps(photo.raw, ensure_ascii=False, separators=(",", ":")),
-        "file_key": photo.file_key,
-        "rel_path": rel_path,
-        "first_seen_at": now,
-        "last_seen_at": now,
-        "fetch_url": fetch_url,
-        "attempts": 0,
-    }

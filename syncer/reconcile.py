@@ -1,22 +1,39 @@
-"""Which photos still exist upstream, proven, so deletions are never guessed.
+"""Deletions: which photos are gone from Procore, proven, and what happens to their files.
 
-`ids_only` is cheap but pages the same unstable order as every listing. So the id set is listed
-in pieces of `updated_at` cut from the database's own knowledge of the project: each piece holds
-about one page of known photos, and a piece counts only when its distinct ids match `Total`.
-Pieces go oldest first and the open-ended newest piece last: a photo edited while this runs moves
-into that last piece, which is listed after the move, so no photo can fall between two pieces.
-A piece that never proves itself makes the whole answer `None`, and nothing is deleted.
+Only a full run that proved its listing gets here. `ids_only` is cheap but pages the same
+unstable order as every listing. So the id set is listed in pieces of `updated_at` cut from the
+database's own knowledge of the project: each piece holds about one page of known photos, and a
+piece counts only when its distinct ids match `Total`. Pieces go oldest first and the open-ended
+newest piece last: a photo edited while this runs moves into that last piece, which is listed
+after the move, so no photo can fall between two pieces. A piece that never proves itself makes
+the whole answer `None`, and nothing is deleted.
+
+Then the photos known but not upstream are confirmed one by one (only a 404 is a deletion), the
+`mirror.max_delete` cap is applied, and `mirror.on_delete` decides their files: keep, trash or
+delete.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from syncer.listing import BEGINNING, FAR_FUTURE, SECOND
-from syncer.procore.api import ProcoreApi
+from syncer.config import MirrorSettings
+from syncer.listing import BEGINNING, FAR_FUTURE, SECOND, Pass, paged_pass
+from syncer.mirror.files import TRASH_DIR, MirrorFS
+from syncer.mirror.sidecar import sidecar_path
+from syncer.procore.api import Page, ProcoreApi
+from syncer.procore.http import ProcoreError
+from syncer.procore.models import BadRecord, Project
 from syncer.procore.query import ImageQuery, Range
+from syncer.result import ProjectResult
+from syncer.store import Store
+
+log = logging.getLogger(__name__)
 
 IDS_PER_PAGE = 1000
 PASSES = 3
@@ -67,20 +84,101 @@ async def upstream_ids(
 
 
 async def _prove(api: ProcoreApi, query: ImageQuery, result: IdListing) -> set[int] | None:
+    async def take(page: Page) -> list[int]:
+        result.requests += 1
+        return page.items
+
     for _ in range(PASSES):
-        seen: set[int] = set()
-        totals: set[int | None] = set()
-        page_no = 1
-        first_total: int | None = None
-        while True:
-            page = await api.ids_page(query, page=page_no, per_page=IDS_PER_PAGE)
-            result.requests += 1
-            first_total = page.total if page_no == 1 else first_total
-            totals.add(page.total)
-            seen.update(page.items)
-            if page.is_last(page_no, asked=IDS_PER_PAGE, first_total=first_total):
-                break
-            page_no += 1
-        if len(totals) == 1 and None not in totals and len(seen) == next(iter(totals)):
-            return seen
+        done = await paged_pass(
+            Pass(),
+            lambda n: api.ids_page(query, page=n, per_page=IDS_PER_PAGE),
+            asked=IDS_PER_PAGE,
+            take=take,
+        )
+        if done.proven:
+            return done.distinct
     return None
+
+
+@dataclass
+class Deletions:
+    """Finding and applying the deletions of one full run of one project."""
+
+    api: ProcoreApi
+    store: Store
+    fs: MirrorFS
+    mirror: MirrorSettings
+    concurrency: int
+    now: Callable[[], datetime]
+
+    async def reconcile(self, query: ImageQuery, result: ProjectResult, *, force: bool) -> None:
+        """Mark photos gone from Procore as deleted, then apply `mirror.on_delete` to their files.
+
+        Runs only after a proven listing, on a proven id set, within the `max_delete` cap, and
+        each deletion is confirmed by a direct lookup."""
+        project = result.project
+        listing = await upstream_ids(self.api, query, await self.store.live_times(project.id))
+        if listing.ids is None:
+            result.deletions_unchecked = listing.problem
+            return
+        known = await self.store.live_ids(project.id)
+        gone = sorted(known - listing.ids)
+        cap = self.mirror.delete_cap(len(known))
+        if len(gone) > cap and not force:
+            result.deletions_blocked = (
+                f"{len(gone)} of {len(known)} photos are gone from Procore, more than mirror.max_delete "
+                f"({self.mirror.max_delete}, {cap} photos) allows; none was marked deleted. "
+                "If that is right, run again with --force"
+            )
+            return
+        confirmed = await self._confirm_gone(project, gone)
+        await self.store.mark_deleted(confirmed, self.now())
+        result.deleted_upstream = len(confirmed)
+        if self.mirror.on_delete != "keep":
+            await self._apply_on_delete(project, result)
+
+    async def _confirm_gone(self, project: Project, candidates: list[int]) -> list[int]:
+        """The candidates Procore answers 404 for when asked one by one.
+
+        A photo can be missing from the id listing and still exist: it stopped matching
+        `sync.filters`, or it has no `updated_at` for a range to match. Only a 404 is a deletion."""
+        limit = asyncio.Semaphore(self.concurrency)
+
+        async def gone(photo_id: int) -> bool:
+            async with limit:
+                try:
+                    await self.api.image(project.id, photo_id)
+                except ProcoreError as exc:
+                    return exc.status == 404
+                except BadRecord:
+                    return False
+                return False
+
+        answers = await asyncio.gather(*(gone(i) for i in candidates))
+        return [i for i, is_gone in zip(candidates, answers, strict=True) if is_gone]
+
+    async def _apply_on_delete(self, project: Project, result: ProjectResult) -> None:
+        files = await self.store.deleted_files(project.id)
+        if self.mirror.on_delete == "trash":
+            day = self.now().strftime("%Y-%m-%d")
+            moved: list[tuple[int, str]] = []
+            for photo_id, path in files:
+                target = f"{TRASH_DIR}/{day}/{path}"
+                for source, dest in ((path, target), (sidecar_path(path), sidecar_path(target))):
+                    with contextlib.suppress(FileNotFoundError):
+                        await self.fs.move(source, dest)
+                moved.append((photo_id, target))
+            await self.store.record_trashed(moved)
+            result.trashed = len(moved)
+        else:
+            for _, path in files:
+                await self.fs.remove(path)
+                await self.fs.remove(sidecar_path(path))
+            await self.store.record_removed([photo_id for photo_id, _ in files])
+            result.removed = len(files)
+        log.info(
+            "project %s: %s %d files of photos deleted in Procore",
+            project.id,
+            "moved to the trash" if self.mirror.on_delete == "trash" else "removed",
+            len(files),
+        )

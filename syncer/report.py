@@ -6,13 +6,10 @@ import logging
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from syncer.plan import Change
-
-if TYPE_CHECKING:
-    from syncer.engine import ProjectResult
-    from syncer.runner import RunSummary
+from syncer.result import ProjectResult, RunSummary
 
 log = logging.getLogger("syncer")
 

@@ -7,24 +7,22 @@ for one run, and the daemon keeps them for its whole life.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass
 
 import aiohttp
 
 import syncer
 from syncer.config import Settings
-from syncer.engine import ProjectResult, SyncEngine
-from syncer.errors import ExitCode
+from syncer.coordination import Coordinator
+from syncer.coordination.solo import Solo
+from syncer.coordination.team import team
+from syncer.engine import Engine
 from syncer.locks import Locks
 from syncer.log import REDACT
-from syncer.membership import Membership, membership
 from syncer.mirror.fetch import Fetcher
 from syncer.mirror.files import MirrorFS
 from syncer.mirror.layout import Layout
@@ -33,22 +31,10 @@ from syncer.procore.http import ProcoreHttp, RetryPolicy
 from syncer.procore.models import Project
 from syncer.procore.pacing import Pacer
 from syncer.report import LogProgress, Progress
+from syncer.result import RunSummary
 from syncer.store import Store
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class RunSummary:
-    results: list[ProjectResult] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-    """Problems outside any one project (a configured project that is not visible, say)."""
-    seconds: float = 0.0
-
-    @property
-    def exit_code(self) -> ExitCode:
-        ok = not self.errors and all(r.ok for r in self.results)
-        return ExitCode.OK if ok else ExitCode.INCOMPLETE
 
 
 @dataclass
@@ -59,11 +45,9 @@ class Syncer:
     api: ProcoreApi
     store: Store
     fs: MirrorFS
-    engine: SyncEngine
-    locks: Locks
-    membership: Membership | None
-    """This process as one of several workers (PostgreSQL); None with SQLite, where the file
-    locks in `locks` keep runs apart."""
+    engine: Engine
+    coordinator: Coordinator
+    """How this process shares the mirror: file locks (SQLite) or leases and claims (PostgreSQL)."""
 
     def wanted(self, project_ids: Sequence[int] | None = None) -> list[int] | None:
         if project_ids:
@@ -122,44 +106,35 @@ async def open_syncer(
         fs.prepare()
         async with (
             procore_client(settings, connections=connections or concurrency * 2 + 4) as api,
-            _membership(settings, store) as member,
+            _coordinator(settings, store, fs) as coordinator,
         ):
-            engine = SyncEngine(
+            engine = Engine(
                 api=api,
                 store=store,
                 fs=fs,
-                fetcher=Fetcher(api.http, fs, shared=member is not None),
+                fetcher=Fetcher(api.http, fs, shared=coordinator.shares_mirror),
                 layout=Layout(settings.mirror.layout),
                 settings=settings.sync,
                 mirror=settings.mirror,
                 progress=progress,
+                work=coordinator,
                 retry=api.http.retry,
-                membership=member,
             )
-            yield Syncer(settings, api, store, fs, engine, Locks(settings.mirror.root), member)
+            yield Syncer(settings, api, store, fs, engine, coordinator)
     finally:
         fs.close()
         await store.close()
 
 
 @asynccontextmanager
-async def _membership(settings: Settings, store: Store) -> AsyncIterator[Membership | None]:
-    """With PostgreSQL, join the workers sharing it; SQLite has no membership."""
+async def _coordinator(settings: Settings, store: Store, fs: MirrorFS) -> AsyncIterator[Coordinator]:
+    """The one place that asks which database this is: PostgreSQL makes this process one of
+    several workers; SQLite keeps processes apart with file locks."""
     if store.engine.dialect.name != "postgresql":
-        yield None
+        yield Solo(store, Locks(settings.mirror.root))
         return
-    async with membership(store, ttl=settings.database.lease_ttl, mirror_root=settings.mirror.root) as member:
-        live, share = await member.shared.live_count(), settings.procore.workers_share
-        if live * share > 1.0 + 1e-9:
-            log.warning(
-                "%d workers share this database, each spending procore.workers_share=%g of the rate "
-                "budget (%g of it together); set procore.workers_share to %g or less to avoid 429s",
-                live,
-                share,
-                live * share,
-                1 / live,
-            )
-        yield member
+    async with team(store, fs, ttl=settings.database.lease_ttl, share=settings.procore.workers_share) as mine:
+        yield mine
 
 
 async def run_sync(
@@ -176,76 +151,24 @@ async def run_sync(
     started = time.monotonic()
     summary = RunSummary()
     progress = progress or LogProgress()
-    max_duration = settings.sync.max_duration
-    deadline = asyncio.get_running_loop().time() + max_duration if max_duration else None
     async with open_syncer(settings, progress=progress) as syncer:
+        engine, coordinator = syncer.engine, syncer.coordinator
+        deadline = engine.deadline()
         projects, summary.errors = await syncer.projects(project_ids)
         ids = [p.id for p in projects]
-        with syncer.locks.projects(ids) if syncer.membership is None else contextlib.nullcontext():
+        with coordinator.hold(ids):
             if retry_failed:
                 await syncer.store.retry_now(ids)
             if not dry_run:
                 await syncer.store.save_projects(settings.procore.company_id, projects)
             with progress:
-                if syncer.membership is not None and not dry_run:
-                    summary.results = await _share(
-                        syncer, projects, full=full, force=force, deadline=deadline
-                    )
+                if dry_run:
+                    summary.results = [
+                        await engine.sync_project(project, full=full, dry_run=True) for project in projects
+                    ]
                 else:
-                    for project in projects:
-                        result = await syncer.engine.sync_project(
-                            project, full=full, dry_run=dry_run, force=force, deadline=deadline
-                        )
-                        summary.results.append(result)
+                    summary.results = await coordinator.sync(
+                        engine, projects, full=full, force=force, deadline=deadline
+                    )
     summary.seconds = time.monotonic() - started
     return summary
-
-
-async def _share(
-    syncer: Syncer, projects: list[Project], *, full: bool, force: bool, deadline: float | None
-) -> list[ProjectResult]:
-    """Sync the projects as one of several workers.
-
-    Each project is listed by the worker holding its lease. This worker first takes every project
-    no one holds and no one has listed since this run began; then it downloads its share of the
-    others until their holders let go. A project whose holder moved its checkpoint is done; one
-    whose holder died or failed first is taken over and synced here."""
-    member = syncer.membership
-    assert member is not None
-    engine, store = syncer.engine, syncer.store
-    _, run_end = engine.window(None, engine.now())  # where this run's windows would end
-    results: dict[int, ProjectResult] = {}
-    busy_at: dict[int, datetime | None] = {}
-    """The project's mark when it was first found busy."""
-
-    async def mark(project: Project) -> datetime | None:
-        """What a finished run of this kind moves: the checkpoint, or the last full run."""
-        checkpoint, last_full = await store.marks(project.id)
-        return last_full if full else checkpoint
-
-    async def moved(project: Project) -> bool:
-        """Whether another worker listed the project since this run began (or since it was busy)."""
-        now = await mark(project)
-        if now is None:
-            return False
-        return now >= run_end or (project.id in busy_at and now != busy_at[project.id])
-
-    waiting = list(projects)
-    while waiting:
-        for project in list(waiting):
-            if await moved(project):
-                continue  # listed meanwhile: only its downloads may be left (below)
-            async with member.project(project.id) as mine:
-                if mine:
-                    result = await engine.sync_project(project, full=full, force=force, deadline=deadline)
-                    results[project.id] = result.absorb(results.get(project.id))
-                    waiting.remove(project)
-                elif project.id not in busy_at:
-                    busy_at[project.id] = await mark(project)
-        for project in list(waiting):
-            log.info("project %s is listed by another worker; downloading a share of it", project.id)
-            helped = await engine.help_project(project, deadline=deadline)
-            results[project.id] = helped.absorb(results.get(project.id))
-            if helped.stopped or await moved(project):
-                waiting.remove(project)
-    return [results[p.id] for p in projects if p.id in results]

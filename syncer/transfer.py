@@ -1,25 +1,68 @@
-"""The transfer side of a sync: the jobs, the bounded pool of tasks that carry them out, and the
-recorder that writes their results.
+"""The transfer side of a sync: the whole life of one job, and the bounded pool that carries jobs out.
 
-The tasks never write to the database themselves; their results go through the `Recorder` in
-batches, after the files they describe are durable, so SQLite sees one writer.
+A job is one photo to download (new or replaced) or to relocate (same file, new path or metadata).
+`Transfer.run` is its whole life, as rclone's `operations.Copy` is: take the job, fetch a fresh
+record if it has no usable URL, download into `.syncer/tmp/`, install durably, remove the old copy,
+then record the result, or record the failure with its next retry time. The tasks never write
+to the database themselves: results go through the `Recorder` in batches, after the files they
+describe are durable, so SQLite sees one writer.
+
+What the process around a transfer may forbid is a `Guard`, chosen once at setup: alone on a
+mirror (SQLite, where project file locks keep other processes out) the guard allows everything;
+as one of several workers (PostgreSQL) it stops work once the worker's lease is lost and lets only
+one process write a photo at a time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Protocol
 
-from syncer.membership import Membership
-from syncer.procore.models import Photo
+from syncer.errors import FatalError
+from syncer.mirror.fetch import Fetcher, FetchError
+from syncer.mirror.files import MirrorFS, UnsafePath
+from syncer.mirror.layout import Layout
+from syncer.mirror.sidecar import sidecar_bytes, sidecar_path
+from syncer.procore.api import ProcoreApi
+from syncer.procore.http import ProcoreError, RetryPolicy
+from syncer.procore.models import BadRecord, Photo, Project
+from syncer.report import Progress
+from syncer.result import ProjectResult
 from syncer.store import Downloaded, Failed, Relocated, Store, StoredPhoto, Vanished
+
+log = logging.getLogger(__name__)
 
 RECORD_BATCH = 200
 RECORD_EVERY = 2.0
 """Results are written every RECORD_BATCH results or RECORD_EVERY seconds, whichever first."""
+RETRY_MAX = timedelta(days=1)
+WRITING_ELSEWHERE = "another process is writing this photo (a worker that lost its lease?); tried again later"
+
+Result = Downloaded | Relocated | Failed | Vanished
+
+
+def retry_at(now: datetime, attempts: int, base: float) -> datetime:
+    """When a failed photo is next due: `base` (sync.retry_backoff), then doubling, at most a day."""
+    return now + min(RETRY_MAX, timedelta(seconds=base) * (1 << min(attempts, 16)))
+
+
+class Guard(Protocol):
+    """What a transfer asks of the process it runs in."""
+
+    def check(self) -> None:
+        """Raise a `FatalError` if this process may no longer write (its lease is gone)."""
+
+    def writing(self, photo_id: int) -> AbstractAsyncContextManager[bool]:
+        """Whether this process alone writes the photo, held from download to install."""
+
+    def count(self, result: Result) -> None:
+        """Add one result to this process's totals."""
 
 
 @dataclass(frozen=True)
@@ -35,83 +78,220 @@ class Job:
 
 
 class Recorder:
-    """Collects worker results and writes them in batches through the store's single writer."""
+    """Collects transfer results and writes them in batches through the store's single writer."""
 
-    def __init__(self, store: Store, membership: Membership | None = None) -> None:
+    def __init__(self, store: Store, guard: Guard) -> None:
         self.store = store
-        self.membership = membership
-        self._downloaded: list[Downloaded] = []
-        self._relocated: list[Relocated] = []
-        self._failed: list[Failed] = []
-        self._vanished: list[Vanished] = []
+        self.guard = guard
+        self._pending: list[Result] = []
         self._last = time.monotonic()
 
-    async def add(self, item: Downloaded | Relocated | Failed | Vanished) -> None:
-        if self.membership is not None:
-            self.membership.count(item)
-        if isinstance(item, Downloaded):
-            self._downloaded.append(item)
-        elif isinstance(item, Relocated):
-            self._relocated.append(item)
-        elif isinstance(item, Vanished):
-            self._vanished.append(item)
-        else:
-            self._failed.append(item)
-        pending = len(self._downloaded) + len(self._relocated) + len(self._failed) + len(self._vanished)
-        if pending >= RECORD_BATCH or time.monotonic() - self._last >= RECORD_EVERY:
+    async def add(self, item: Result) -> None:
+        self.guard.count(item)
+        self._pending.append(item)
+        if len(self._pending) >= RECORD_BATCH or time.monotonic() - self._last >= RECORD_EVERY:
             await self.flush()
 
     async def flush(self) -> None:
-        batch = (self._downloaded, self._relocated, self._failed, self._vanished)
-        self._downloaded, self._relocated, self._failed, self._vanished = [], [], [], []
+        batch, self._pending = self._pending, []
         self._last = time.monotonic()
-        await self.store.record(*batch)
+        await self.store.record(
+            [r for r in batch if isinstance(r, Downloaded)],
+            [r for r in batch if isinstance(r, Relocated)],
+            [r for r in batch if isinstance(r, Failed)],
+            [r for r in batch if isinstance(r, Vanished)],
+        )
+
+
+@dataclass
+class Transfer:
+    """The transfers of one project run: the parts they use and where their results go."""
+
+    api: ProcoreApi
+    fetcher: Fetcher
+    fs: MirrorFS
+    layout: Layout
+    guard: Guard
+    progress: Progress
+    retry: RetryPolicy
+    backoff: float
+    """sync.retry_backoff: the first wait before a failed photo is due again."""
+    now: Callable[[], datetime]
+    project: Project
+    result: ProjectResult
+    recorder: Recorder
+
+    async def run(self, job: Job) -> None:
+        """Carry out one job to its recorded end. Only a `FatalError` escapes: it ends the run."""
+        try:
+            self.guard.check()
+            if job.download:
+                await self._download(job)
+            else:
+                await self._relocate(job)
+        except (OSError, UnsafePath) as exc:
+            await self.fail(job, f"{type(exc).__name__}: {exc}")
+
+    async def fail(self, job: Job, error: str) -> None:
+        log.warning("photo %s (%s) failed: %s", job.photo_id, job.rel_path, error)
+        self.result.failures.append((job.photo_id, job.rel_path, error))
+        await self.recorder.add(Failed(job.photo_id, error, self.retry_at(job)))
+
+    def retry_at(self, job: Job) -> datetime:
+        return retry_at(self.now(), job.attempts, self.backoff)
+
+    def render(self, photo: Photo) -> str:
+        return self.layout.render(photo, project_name=self.project.name, project_id=self.project.id)
+
+    def sidecar(self, photo: Photo, size: int | None, sha256: str | None) -> bytes:
+        return sidecar_bytes(
+            raw=photo.raw,
+            project_id=self.project.id,
+            project_name=self.project.name,
+            size=size,
+            sha256=sha256,
+        )
+
+    async def _download(self, job: Job) -> None:
+        async with self.guard.writing(job.photo_id) as alone:
+            if alone:
+                await self._fetch_and_install(job)
+                return
+        await self.fail(job, WRITING_ELSEWHERE)
+
+    async def _fetch_and_install(self, job: Job) -> None:
+        photo, error = job.photo, "not attempted"
+        for attempt in range(self.retry.attempts):
+            try:
+                if photo is None or photo.url is None:
+                    photo = await self.api.image(self.project.id, job.photo_id)
+                if photo.url is None:
+                    raise FetchError("Procore gave no download URL for this photo", retry=False)
+                fetched = await self.fetcher.fetch(
+                    photo.url,
+                    expected_size=photo.size,
+                    part_name=f"{photo.id}.part",
+                    file_key=photo.file_key,
+                    what=f"photo {photo.id}",
+                )
+                self.progress.received(fetched.size)
+                self.guard.check()  # after a long download: is the claim still ours?
+                rel = self.render(photo)
+                when = photo.when
+                await self.fs.install(
+                    rel,
+                    tmp=fetched.tmp,
+                    data=fetched.data,
+                    mtime=when.timestamp() if when else None,
+                    sidecar=(sidecar_path(rel), self.sidecar(photo, fetched.size, fetched.sha256)),
+                )
+                old = job.stored.local_path if job.stored else None
+                if old and old != rel:
+                    await self.fs.remove(old)
+                    await self.fs.remove(sidecar_path(old))
+                self.result.downloaded += 1
+                self.result.bytes += fetched.size
+                await self.recorder.add(
+                    Downloaded(
+                        id=photo.id,
+                        local_path=rel,
+                        file_key=photo.file_key,
+                        size=fetched.size,
+                        sha256=fetched.sha256,
+                        sidecar_of=photo.updated_at,
+                        at=self.now(),
+                    )
+                )
+                return
+            except FetchError as exc:
+                error = str(exc)
+                if not exc.retry:
+                    break
+                if exc.refresh:
+                    photo = None  # a fresh record brings a freshly signed URL; no need to wait
+                else:
+                    await asyncio.sleep(exc.wait if exc.wait is not None else self.retry.backoff(attempt))
+            except (ProcoreError, BadRecord) as exc:
+                error = str(exc)
+                if isinstance(exc, ProcoreError) and exc.status == 404:
+                    log.info("photo %s was deleted in Procore after it was listed", job.photo_id)
+                    self.result.vanished += 1
+                    await self.recorder.add(Vanished(job.photo_id, self.now()))
+                    return
+                await asyncio.sleep(self.retry.backoff(attempt))
+        await self.fail(job, error)
+
+    async def _relocate(self, job: Job) -> None:
+        stored, photo = job.stored, job.photo
+        assert stored is not None and photo is not None
+        source = stored.local_path or stored.trashed_path  # in place, or in the trash to restore
+        assert source is not None
+        try:
+            if source != job.rel_path:
+                await self.fs.move(source, job.rel_path)
+                await self.fs.remove(sidecar_path(source))
+        except FileNotFoundError:
+            log.warning("photo %s is missing from the mirror at %s; downloading it again", photo.id, source)
+            await self._download(replace(job, download=True, stored=None))
+            return
+        await self.fs.write_durably(
+            sidecar_path(job.rel_path), self.sidecar(photo, stored.local_size, stored.sha256)
+        )
+        self.result.relocated += 1
+        await self.recorder.add(Relocated(photo.id, job.rel_path, photo.updated_at))
 
 
 class Pool:
-    """The transfer workers of one project sync: a bounded queue (so a million-photo project
-    never holds a million jobs), a fixed set of tasks draining it, and their recorder."""
+    """The transfer tasks of one project run: a bounded queue (so a million-photo project never
+    holds a million jobs) and a fixed set of tasks draining it through one `Transfer`."""
 
-    def __init__(
-        self,
-        store: Store,
-        *,
-        concurrency: int,
-        work: Callable[[Pool], Coroutine[Any, Any, None]],
-        membership: Membership | None = None,
-    ) -> None:
-        self.queue: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=concurrency * 4)
-        self.membership = membership
-        self.recorder = Recorder(store, membership)
-        self.fatal: list[BaseException] = []
-        """Errors that end the whole sync (authentication, a lost lease); `put` raises them."""
-        self.unfinished = 0
-        """Jobs queued or running."""
-        self.tasks = [asyncio.create_task(work(self)) for _ in range(concurrency)]
+    def __init__(self, transfer: Transfer, *, concurrency: int) -> None:
+        self.transfer = transfer
+        self.recorder = transfer.recorder
+        self._queue: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=concurrency * 4)
+        self._fatal: FatalError | None = None
+        self._unfinished = 0
+        self._tasks = [asyncio.create_task(self._work()) for _ in range(concurrency)]
+
+    @property
+    def waiting(self) -> int:
+        """Jobs queued and not yet taken by a task."""
+        return self._queue.qsize()
+
+    @property
+    def idle(self) -> bool:
+        """No job is queued or running."""
+        return self._unfinished == 0
+
+    def raise_fatal(self) -> None:
+        """Raise the error that ended the transfers (authentication, a lost lease), if any."""
+        if self._fatal is not None:
+            raise self._fatal
 
     async def put(self, job: Job) -> None:
-        if self.fatal:
-            raise self.fatal[0]
-        self.unfinished += 1
-        await self.queue.put(job)
+        self.raise_fatal()
+        self._unfinished += 1
+        await self._queue.put(job)
 
     async def close(self) -> None:
-        """Let the workers finish what is queued, then end them."""
-        for _ in self.tasks:
-            await self.queue.put(None)
-        await asyncio.gather(*self.tasks)
-        if self.fatal:
-            raise self.fatal[0]
-
-    async def settle(self, project_id: int, *, lister: bool) -> None:
-        """Record what is done and, with several workers, hand back the claims of the jobs that
-        were never done (the sync stopped), so they need not wait for this worker to end; the
-        `lister` of the project also drops the signed URLs no one will use now."""
-        await self.recorder.flush()
-        if self.membership is not None:
-            await self.membership.shared.release(project_id, lister=lister)
+        """Let the tasks finish what is queued, then end them."""
+        for _ in self._tasks:
+            await self._queue.put(None)
+        await asyncio.gather(*self._tasks)
+        self.raise_fatal()
 
     async def cancel(self) -> None:
-        for task in self.tasks:
+        for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _work(self) -> None:
+        while (job := await self._queue.get()) is not None:
+            try:
+                if self._fatal is None:
+                    await self.transfer.run(job)
+            except FatalError as exc:
+                self._fatal = self._fatal or exc
+            finally:
+                self._unfinished -= 1
+                self.transfer.progress.finished()

@@ -15,12 +15,12 @@ import pytest
 import yaml
 
 from syncer.config import Settings, load_settings
-from syncer.plan import photo_row
 from syncer.procore.models import Photo, Project
 from syncer.report import LogProgress
-from syncer.runner import RunSummary, run_sync
+from syncer.result import RunSummary
+from syncer.runner import run_sync
 from syncer.simulator import SimConfig, Simulator
-from syncer.store import Store
+from syncer.store import Store, photo_row
 from tests.postgres import new_database, postgres_server
 
 __all__ = ["postgres_server"]  # a fixture, shared with every test module

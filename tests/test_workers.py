@@ -17,17 +17,17 @@ import pytest
 from sqlalchemy import text
 
 from syncer.config import load_settings
-from syncer.engine import WRITING_ELSEWHERE
+from syncer.coordination.membership import LeaseLost, Membership
+from syncer.coordination.team import Team
 from syncer.errors import ExitCode
-from syncer.membership import LeaseLost, Membership
 from syncer.mirror.files import MirrorFS
-from syncer.plan import photo_row
 from syncer.procore.models import Photo
 from syncer.report import LogProgress
 from syncer.runner import open_syncer
 from syncer.simulator import Simulator
-from syncer.store import Downloaded, Failed, Store
+from syncer.store import Downloaded, Failed, Store, photo_row
 from syncer.store.shared import SharedState
+from syncer.transfer import WRITING_ELSEWHERE
 from tests.conftest import (
     assert_byte_exact,
     async_url,
@@ -189,8 +189,8 @@ async def test_a_stopped_sync_hands_back_the_claims_it_never_worked_on(
     sim = await make_sim(photos=40, projects=1, photo_size=200_000, bandwidth=400_000)
     settings = settings_for(sim, database={"url": pg_url}, sync={"concurrency": 2})
     async with open_syncer(settings, progress=LogProgress()) as running:  # a daemon's life, say
-        member = running.membership
-        assert member is not None
+        assert isinstance(running.coordinator, Team)  # PostgreSQL: one of several workers
+        member = running.coordinator.member
         (project,), _ = await running.projects()
         await running.store.save_projects(settings.procore.company_id, [project])
         deadline = asyncio.get_running_loop().time() + 1.0

@@ -13,13 +13,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from syncer.errors import ExitCode, SyncerError
+from syncer.errors import ExitCode, FatalError
 
 RENEW_BEFORE = 300.0
 """Seconds before expiry at which a token is replaced, so no request leaves with a dying token."""
 
 
-class AuthError(SyncerError):
+class AuthError(FatalError):
     """Procore refused the credentials (exit 3)."""
 
     exit_code = ExitCode.AUTH

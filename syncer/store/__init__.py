@@ -1,16 +1,17 @@
-"""SQLAlchemy models, engine setup and the few batched queries the engine needs."""
+"""The database: SQLAlchemy models, engine setup, and the few batched queries a run needs."""
 
-from syncer.store.store import (
+from syncer.store.rows import (
     Downloaded,
     DueDownload,
     Failed,
     MirroredFile,
-    ProjectStatus,
     Relocated,
-    Store,
     StoredPhoto,
     Vanished,
+    photo_row,
 )
+from syncer.store.runs import ProjectStatus
+from syncer.store.store import Store
 
 __all__ = [
     "Downloaded",
@@ -22,4 +23,5 @@ __all__ = [
     "Store",
     "StoredPhoto",
     "Vanished",
+    "photo_row",
 ]

@@ -165,6 +165,11 @@ class PhotoRow(Base):
             cls.local_file_key.is_(None), cls.local_file_key != cls.file_key
         )
 
+    @classmethod
+    def due(cls, now: datetime) -> ColumnElement[bool]:
+        """Needs a download and its retry time has come: what a run downloads."""
+        return cls.needs_download() & (cls.next_retry_at.is_(None) | (cls.next_retry_at <= now))
+
 
 class WorkerRow(Base):
     """One syncer process sharing a PostgreSQL database. It is live while `expires_at` lies

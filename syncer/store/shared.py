@@ -22,7 +22,8 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from syncer.procore.models import BadRecord, Photo
 from syncer.store.models import PhotoRow, ProjectLeaseRow, WorkerRow
-from syncer.store.store import Store, StoredPhoto
+from syncer.store.rows import STORED_COLUMNS, StoredPhoto
+from syncer.store.store import Store
 
 FORGET_AFTER = timedelta(days=7)
 """Rows of workers that stopped or died are kept this long, for `syncer status`."""
@@ -203,12 +204,9 @@ class SharedState:
 
     # -- download claims -----------------------------------------------------------------------
 
-    def _due(self, project_id: int, now: datetime) -> ColumnElement[bool]:
-        return (
-            (PhotoRow.project_id == project_id)
-            & PhotoRow.needs_download()
-            & (PhotoRow.next_retry_at.is_(None) | (PhotoRow.next_retry_at <= now))
-        )
+    @staticmethod
+    def _due(project_id: int, now: datetime) -> ColumnElement[bool]:
+        return (PhotoRow.project_id == project_id) & PhotoRow.due(now)
 
     async def claim(self, project_id: int, limit: int, now: datetime) -> list[Claim]:
         """Up to `limit` due photos of the project that no live worker holds, now held by this one.
@@ -226,24 +224,7 @@ class SharedState:
             update(p)
             .where(p.id.in_(pick.scalar_subquery()))
             .values(claimed_by=self.worker_id)
-            .returning(
-                p.id,
-                p.project_id,
-                p.rel_path,
-                p.size,
-                p.attempts,
-                p.raw_json,
-                p.fetch_url,
-                p.file_key,
-                p.updated_at,
-                p.local_path,
-                p.local_file_key,
-                p.local_size,
-                p.sha256,
-                p.sidecar_of,
-                p.deleted_at,
-                p.trashed_path,
-            )
+            .returning(p.project_id, p.size, p.attempts, p.raw_json, p.fetch_url, *STORED_COLUMNS)
         )
         async with self.store.engine.begin() as conn:
             rows = (await conn.execute(stmt)).all()
@@ -255,19 +236,7 @@ class SharedState:
                 size=r.size,
                 attempts=r.attempts,
                 photo=_photo(r.raw_json, r.fetch_url),
-                stored=StoredPhoto(
-                    id=r.id,
-                    file_key=r.file_key,
-                    rel_path=r.rel_path,
-                    updated_at=r.updated_at,
-                    local_path=r.local_path,
-                    local_file_key=r.local_file_key,
-                    local_size=r.local_size,
-                    sha256=r.sha256,
-                    sidecar_of=r.sidecar_of,
-                    deleted_at=r.deleted_at,
-                    trashed_path=r.trashed_path,
-                ),
+                stored=StoredPhoto(*r[5:]),
             )
             for r in rows
         ]

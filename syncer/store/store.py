@@ -7,13 +7,11 @@ their results reach the database through the engine's recorder in batches.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, case, func, insert, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import SQLAlchemyError
@@ -22,117 +20,21 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from syncer.errors import database_error
 from syncer.procore.models import Album, Project
 from syncer.store.db import create_engine, upgrade
-from syncer.store.models import AlbumRow, Base, PhotoRow, ProjectRow, SyncRunRow
+from syncer.store.models import AlbumRow, Base, PhotoRow, ProjectRow
+from syncer.store.rows import (
+    INSERT_ONLY,
+    STORED_COLUMNS,
+    Downloaded,
+    DueDownload,
+    Failed,
+    MirroredFile,
+    Relocated,
+    StoredPhoto,
+    Vanished,
+)
+from syncer.store.runs import RunLog
 
 ID_BATCH = 500
-METADATA_COLUMNS = (
-    "project_id",
-    "album_id",
-    "album_name",
-    "filename",
-    "description",
-    "size",
-    "taken_at",
-    "created_at",
-    "updated_at",
-    "private",
-    "starred",
-    "width",
-    "height",
-    "gps_lat",
-    "gps_long",
-    "location_name",
-    "uploader_name",
-    "raw_json",
-    "file_key",
-    "rel_path",
-    "last_seen_at",
-    "fetch_url",
-)
-
-
-@dataclass(frozen=True, slots=True)
-class StoredPhoto:
-    id: int
-    file_key: str
-    rel_path: str
-    updated_at: datetime | None
-    local_path: str | None
-    local_file_key: str | None
-    local_size: int | None
-    sha256: str | None
-    sidecar_of: datetime | None
-    deleted_at: datetime | None
-    trashed_path: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class DueDownload:
-    id: int
-    rel_path: str
-    size: int | None
-    attempts: int
-
-
-@dataclass(frozen=True, slots=True)
-class Downloaded:
-    id: int
-    local_path: str
-    file_key: str
-    size: int
-    sha256: str
-    sidecar_of: datetime | None
-    at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class Relocated:
-    """The file stayed; its path or sidecar changed."""
-
-    id: int
-    local_path: str
-    sidecar_of: datetime | None
-
-
-@dataclass(frozen=True, slots=True)
-class Failed:
-    id: int
-    error: str
-    next_retry_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class Vanished:
-    """Deleted in Procore after it was listed: no longer due, marked deleted."""
-
-    id: int
-    at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class MirroredFile:
-    id: int
-    project_id: int
-    project_name: str
-    local_path: str
-    size: int | None
-    sha256: str | None
-    raw_json: str
-
-
-@dataclass(frozen=True)
-class ProjectStatus:
-    id: int
-    name: str
-    known: int
-    mirrored: int
-    pending: int
-    failed: int
-    bytes: int
-    checkpoint: datetime | None
-    last_run_at: datetime | None
-    last_outcome: str | None
-    failures: list[dict[str, Any]]
 
 
 def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
@@ -140,7 +42,7 @@ def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
         yield items[i : i + size]
 
 
-class Store:
+class Store(RunLog):
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._write = asyncio.Lock()
@@ -215,37 +117,25 @@ class Store:
     # -- photos ------------------------------------------------------------------------------
 
     async def stored_photos(self, ids: Sequence[int]) -> dict[int, StoredPhoto]:
-        cols = [
-            PhotoRow.id,
-            PhotoRow.file_key,
-            PhotoRow.rel_path,
-            PhotoRow.updated_at,
-            PhotoRow.local_path,
-            PhotoRow.local_file_key,
-            PhotoRow.local_size,
-            PhotoRow.sha256,
-            PhotoRow.sidecar_of,
-            PhotoRow.deleted_at,
-            PhotoRow.trashed_path,
-        ]
         out: dict[int, StoredPhoto] = {}
         async with self.engine.connect() as conn:
             for chunk in _chunks(ids, ID_BATCH):
-                for row in await conn.execute(select(*cols).where(PhotoRow.id.in_(chunk))):
-                    out[row.id] = StoredPhoto(**row._mapping)
+                for row in await conn.execute(select(*STORED_COLUMNS).where(PhotoRow.id.in_(chunk))):
+                    out[row.id] = StoredPhoto(*row)
         return out
 
     async def save_photos(self, rows: Sequence[dict[str, Any]]) -> None:
         """Insert or update a page of photo rows in one transaction; local file columns untouched.
         A listed photo exists, so a deletion mark from earlier is cleared."""
-        await self._upsert(PhotoRow, rows, METADATA_COLUMNS, fixed={"deleted_at": None})
+        if rows:
+            listed = [c for c in rows[0] if c not in INSERT_ONLY]
+            await self._upsert(PhotoRow, rows, listed, fixed={"deleted_at": None})
 
     async def due_downloads(self, project_id: int, now: datetime) -> list[DueDownload]:
         """Photos whose verified local file is missing or stale and whose retry time has come."""
         query = (
             select(PhotoRow.id, PhotoRow.rel_path, PhotoRow.size, PhotoRow.attempts)
-            .where(PhotoRow.project_id == project_id, PhotoRow.needs_download())
-            .where((PhotoRow.next_retry_at.is_(None)) | (PhotoRow.next_retry_at <= now))
+            .where(PhotoRow.project_id == project_id, PhotoRow.due(now))
             .order_by(PhotoRow.id)
         )
         async with self.engine.connect() as conn:
@@ -434,144 +324,3 @@ class Store:
             stmt = stmt.where(PhotoRow.project_id.in_(project_ids))
         async with self._write, self.engine.begin() as conn:
             return (await conn.execute(stmt)).rowcount
-
-    # -- runs and status ---------------------------------------------------------------------
-
-    async def start_run(
-        self,
-        project_id: int,
-        *,
-        started_at: datetime,
-        window_start: datetime | None,
-        window_end: datetime,
-        full: bool,
-    ) -> int:
-        async with self._write, self.engine.begin() as conn:
-            result = await conn.execute(
-                insert(SyncRunRow).values(
-                    project_id=project_id,
-                    started_at=started_at,
-                    window_start=window_start,
-                    window_end=window_end,
-                    full=full,
-                    listed=0,
-                    new=0,
-                    changed=0,
-                    downloaded=0,
-                    bytes=0,
-                    failed=0,
-                    outcome="running",
-                )
-            )
-            run_id = result.inserted_primary_key
-            assert run_id is not None
-            return int(run_id[0])
-
-    async def finish_run(
-        self,
-        run_id: int,
-        *,
-        finished_at: datetime,
-        outcome: str,
-        listed: int,
-        new: int,
-        changed: int,
-        downloaded: int,
-        bytes_: int,
-        failed: int,
-        errors: list[str],
-    ) -> None:
-        async with self._write, self.engine.begin() as conn:
-            await conn.execute(
-                update(SyncRunRow)
-                .where(SyncRunRow.id == run_id)
-                .values(
-                    finished_at=finished_at,
-                    outcome=outcome,
-                    listed=listed,
-                    new=new,
-                    changed=changed,
-                    downloaded=downloaded,
-                    bytes=bytes_,
-                    failed=failed,
-                    errors=json.dumps(errors) if errors else None,
-                )
-            )
-
-    async def status(self, project_ids: Sequence[int] | None = None) -> list[ProjectStatus]:
-        p = PhotoRow
-        live = p.deleted_at.is_(None)
-        mirrored = live & (p.local_file_key == p.file_key)
-        failing = p.needs_download() & (p.attempts > 0)
-        counts = select(
-            p.project_id,
-            func.sum(case((live, 1), else_=0)),
-            func.sum(case((mirrored, 1), else_=0)),
-            func.sum(case((p.needs_download(), 1), else_=0)),
-            func.sum(case((failing, 1), else_=0)),
-            func.sum(case((mirrored, p.local_size), else_=0)),
-        ).group_by(p.project_id)
-        last_run = (
-            select(SyncRunRow.project_id, func.max(SyncRunRow.id).label("run_id"))
-            .group_by(SyncRunRow.project_id)
-            .subquery()
-        )
-        async with self.engine.connect() as conn:
-            projects = (
-                await conn.execute(
-                    select(ProjectRow.id, ProjectRow.name, ProjectRow.checkpoint).order_by(ProjectRow.name)
-                )
-            ).all()
-            by_project = {row[0]: row[1:] for row in await conn.execute(counts)}
-            runs = {
-                row.project_id: row
-                for row in await conn.execute(
-                    select(
-                        SyncRunRow.project_id,
-                        SyncRunRow.finished_at,
-                        SyncRunRow.started_at,
-                        SyncRunRow.outcome,
-                    ).join(last_run, SyncRunRow.id == last_run.c.run_id)
-                )
-            }
-            failures: dict[int, list[dict[str, Any]]] = {}
-            for row in await conn.execute(
-                select(p.project_id, p.id, p.rel_path, p.attempts, p.last_error, p.next_retry_at)
-                .where(failing)
-                .order_by(p.id)
-                .limit(1000)
-            ):
-                failures.setdefault(row.project_id, []).append(
-                    {
-                        "id": row.id,
-                        "path": row.rel_path,
-                        "attempts": row.attempts,
-                        "error": row.last_error,
-                        "next_retry_at": row.next_retry_at.isoformat() if row.next_retry_at else None,
-                    }
-                )
-        out = []
-        for proj in projects:
-            if project_ids is not None and proj.id not in project_ids:
-                continue
-            # int(): PostgreSQL sums come back as Decimal
-            known, done, pending, failed, size = (
-                int(v or 0) for v in by_project.get(proj.id, (0, 0, 0, 0, 0))
-            )
-            run = runs.get(proj.id)
-            out.append(
-                ProjectStatus(
-                    id=proj.id,
-                    name=proj.name,
-                    known=known or 0,
-                    mirrored=done or 0,
-                    pending=pending or 0,
-                    failed=failed or 0,
-                    bytes=size or 0,
-                    checkpoint=proj.checkpoint,
-                    last_run_at=(run.finished_at or run.started_at) if run else None,
-                    last_outcome=run.outcome if run else None,
-                    failures=failures.get(proj.id, []),
-                )
-            )
-        return out

@@ -4,7 +4,7 @@ A worker joins with a fresh id, then renews its row every third of `database.lea
 renewal keeps its project leases and download claims alive too (see `store/shared.py`). If the
 database cannot be reached for long enough, the others will soon treat this worker as dead and
 take its work, so it stops itself first: `check()` fails once its last renewal is older than
-three quarters of the lease time, and the engine calls it before every claim, page and download.
+three quarters of the lease time, and it is asked before every claim, page and download.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from syncer.errors import SyncerError
+from syncer.errors import FatalError
 from syncer.mirror.files import STATE_DIR
 from syncer.store import Downloaded, Failed, Store
 from syncer.store.shared import FORGET_AFTER, SharedState
@@ -35,7 +35,7 @@ SAFE_PART = 0.75
 its leases; the rest is margin for clocks and a slow answer."""
 
 
-class LeaseLost(SyncerError):
+class LeaseLost(FatalError):
     """The worker could not renew its lease in time; others may already do its work."""
 
 

@@ -1,0 +1,108 @@
+"""SQLite: one process per project at a time, kept apart by file locks.
+
+A one-shot run takes every project's lock up front (a second run stops at once with exit 4); a
+daemon's scheduled run takes its project's lock or skips the tick. Inside one process nothing
+else can write the project's photos, so the transfers' guard allows everything, and downloads
+go from the listing straight into the pool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
+
+from syncer.config import SyncSettings
+from syncer.engine import Engine
+from syncer.locks import Locks
+from syncer.procore.models import Project
+from syncer.result import ProjectResult
+from syncer.store import Store
+from syncer.transfer import Job, Pool, Result
+
+
+class Alone:
+    """The guard of a process that holds its project's file lock: nothing to refuse."""
+
+    def check(self) -> None:
+        return None
+
+    @asynccontextmanager
+    async def writing(self, photo_id: int) -> AsyncIterator[bool]:
+        yield True
+
+    def count(self, result: Result) -> None:
+        return None
+
+
+class QueueSource:
+    """Downloads go from each listed page straight into the pool; after the listing, the photos
+    due from earlier runs (failed before, or left by an interrupted run) follow."""
+
+    hands_over_urls = False
+
+    def __init__(self, store: Store, pool: Pool) -> None:
+        self.store = store
+        self.pool = pool
+        self.transfer = pool.transfer
+        self.queued: set[int] = set()
+
+    async def _put(self, job: Job, size: int | None) -> None:
+        self.queued.add(job.photo_id)
+        self.transfer.progress.queued(1, size or 0)
+        await self.pool.put(job)
+
+    async def listed(self, downloads: list[Job]) -> None:
+        for job in downloads:
+            await self._put(job, job.photo.size if job.photo else None)
+
+    async def drain(self) -> None:
+        transfer = self.transfer
+        for due in await self.store.due_downloads(transfer.project.id, transfer.now()):
+            if due.id not in self.queued:
+                transfer.result.retried += 1
+                job = Job(due.id, due.rel_path, None, None, download=True, attempts=due.attempts)
+                await self._put(job, due.size)
+
+    async def abort(self) -> None:
+        return None
+
+    async def settle(self) -> None:
+        await self.pool.recorder.flush()
+
+
+class Solo:
+    """The `Coordinator` of a process on SQLite."""
+
+    shares_mirror = False
+
+    def __init__(self, store: Store, locks: Locks) -> None:
+        self.store = store
+        self.locks = locks
+        self.guard = Alone()
+
+    def source(self, pool: Pool, *, seen: set[int], settings: SyncSettings) -> QueueSource:
+        return QueueSource(self.store, pool)
+
+    def hold(self, project_ids: Sequence[int]) -> AbstractContextManager[None]:
+        return self.locks.projects(project_ids)
+
+    async def sync(
+        self, engine: Engine, projects: list[Project], *, full: bool, force: bool, deadline: float | None
+    ) -> list[ProjectResult]:
+        return [
+            await engine.sync_project(project, full=full, force=force, deadline=deadline)
+            for project in projects
+        ]
+
+    @asynccontextmanager
+    async def take(self, project_id: int) -> AsyncIterator[bool]:
+        with self.locks.try_project(project_id) as mine:
+            yield mine
+
+    async def help(self, engine: Engine, project: Project, *, deadline: float | None) -> ProjectResult | None:
+        return None  # the process holding the lock does it all
+
+    @contextmanager
+    def serving(self) -> Iterator[None]:
+        with self.locks.daemon():
+            yield

@@ -1,0 +1,88 @@
+"""What a run found and did: plain data, filled in by the engine and read by the summary, the
+daemon's log lines, its metrics and the tests. Nothing here does any work."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from syncer.errors import ExitCode
+from syncer.plan import Change
+from syncer.procore.models import Project
+
+
+@dataclass
+class ProjectResult:
+    project: Project
+    window_start: datetime | None
+    window_end: datetime
+    dry_run: bool = False
+    listed: int = 0
+    changes: Counter[Change] = field(default_factory=Counter)
+    retried: int = 0
+    """Photos due from earlier runs (failed before, or left by an interrupted run)."""
+    downloaded: int = 0
+    bytes: int = 0
+    relocated: int = 0
+    vanished: int = 0
+    """Photos deleted in Procore between listing and download; marked deleted, not failed."""
+    failures: list[tuple[int, str, str]] = field(default_factory=list)
+    """(photo id, mirror path, error) of each photo that could not be mirrored."""
+    listing_error: str | None = None
+    unproven: list[str] = field(default_factory=list)
+    checkpoint_advanced: bool = False
+    deleted_upstream: int = 0
+    """Photos a full run found gone from Procore and marked deleted."""
+    trashed: int = 0
+    removed: int = 0
+    deletions_blocked: str | None = None
+    """Why deletions were not applied although the run found some (the max_delete cap)."""
+    deletions_unchecked: str | None = None
+    """Why a full run could not tell which photos are gone (an id listing it could not prove)."""
+    stopped: str | None = None
+    """Why the run stopped before finishing (its time limit); the next run continues."""
+    waiting: int = 0
+    """Photos that failed in earlier runs and wait for their retry time: the mirror lacks them."""
+    requests: int = 0
+    seconds: float = 0.0
+    helped: bool = False
+    """Another worker listed the project; this one only downloaded its share."""
+
+    def absorb(self, earlier: ProjectResult | None) -> ProjectResult:
+        """This result with the transfers of an `earlier` one for the same project added in (a
+        worker that helped with a project, then took it over)."""
+        if earlier is not None:
+            self.retried += earlier.retried
+            self.downloaded += earlier.downloaded
+            self.bytes += earlier.bytes
+            self.relocated += earlier.relocated
+            self.vanished += earlier.vanished
+            self.failures[:0] = earlier.failures
+            self.requests += earlier.requests
+            self.seconds += earlier.seconds
+        return self
+
+    @property
+    def ok(self) -> bool:
+        return (
+            not self.failures
+            and self.listing_error is None
+            and not self.unproven
+            and not self.deletions_blocked
+            and not self.stopped
+            and not self.waiting
+        )
+
+
+@dataclass
+class RunSummary:
+    results: list[ProjectResult] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    """Problems outside any one project (a configured project that is not visible, say)."""
+    seconds: float = 0.0
+
+    @property
+    def exit_code(self) -> ExitCode:
+        ok = not self.errors and all(r.ok for r in self.results)
+        return ExitCode.OK if ok else ExitCode.INCOMPLETE
