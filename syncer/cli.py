@@ -7,16 +7,18 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import syncer
 from syncer.errors import ConfigError, ExitCode, SyncerError, database_error
 from syncer.log import REDACT, setup_logging
 
 log = logging.getLogger("syncer")
+T = TypeVar("T")
 
 EPILOG = """exit codes:
   0  everything listed is mirrored and verified
@@ -24,8 +26,29 @@ EPILOG = """exit codes:
   2  usage or configuration error; nothing was changed
   3  Procore refused the credentials
   4  another syncer is working on the same mirror
-  130 interrupted
+  130 interrupted (Ctrl-C or SIGTERM); what was installed is recorded
 """
+
+
+def run_stoppable(main: Coroutine[Any, Any, T]) -> T:
+    """Run a one-shot command. SIGTERM (what systemd, `timeout` and most schedulers send) stops
+    it as Ctrl-C does: the work in progress is cancelled, every file already installed is
+    recorded, the run is marked interrupted, and the command exits 130."""
+
+    async def stoppable() -> T:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+        try:
+            return await main
+        finally:
+            loop.remove_signal_handler(signal.SIGTERM)
+
+    try:
+        return asyncio.run(stoppable())
+    except asyncio.CancelledError:
+        raise KeyboardInterrupt from None
 
 
 def _config_path(args: argparse.Namespace) -> Path:
@@ -47,7 +70,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
     settings = _load(args)
     progress = make_progress(enabled=None if args.progress == "auto" else args.progress == "on")
-    summary = asyncio.run(
+    summary = run_stoppable(
         run_sync(
             settings,
             project_ids=args.project or None,
@@ -81,7 +104,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from syncer.verify import render_verify, verify
 
     settings = _load(args)
-    report = asyncio.run(verify(settings, project_ids=args.project or None, fix=args.fix))
+    report = run_stoppable(verify(settings, project_ids=args.project or None, fix=args.fix))
     print(render_verify(report))
     return int(ExitCode.OK if report.matches else ExitCode.INCOMPLETE)
 
@@ -92,7 +115,7 @@ def cmd_retry_failed(args: argparse.Namespace) -> int:
 
     settings = _load(args)
     progress = make_progress(enabled=None if args.progress == "auto" else args.progress == "on")
-    summary = asyncio.run(
+    summary = run_stoppable(
         run_sync(settings, project_ids=args.project or None, retry_failed=True, progress=progress)
     )
     print(REDACT(render_summary(summary)))
@@ -122,7 +145,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from syncer.simulator.cli import demo
 
-    return asyncio.run(demo(args))
+    return run_stoppable(demo(args))
 
 
 def _add_simulate(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -151,6 +174,12 @@ def _add_simulate(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     sim.add_argument("--bandwidth", type=float, default=None, help="bytes per second per file answer")
     sim.add_argument("--max-per-page", type=int, default=1000)
+    sim.add_argument(
+        "--tied",
+        type=int,
+        default=0,
+        help="photos of the first project sharing one second of created_at and updated_at (a bulk import)",
+    )
     sim.set_defaults(func=cmd_simulate)
 
 

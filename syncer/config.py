@@ -165,8 +165,9 @@ class SyncSettings(_Section):
     filters: FilterSettings = FilterSettings()
     overlap: Duration = 300.0
     """How far before the checkpoint each incremental window starts, for clock skew and late writes."""
-    lag: Duration = 60.0
-    """How far behind now each window ends, so rows still being written are left for the next run."""
+    lag: Duration = 0.0
+    """How far before the run's start (on Procore's clock) each window ends. Photos changed in
+    that stretch are left to the next run, so exit 0 then vouches only for older ones."""
     retry_backoff: Duration = Field(default=300.0, gt=0)
     """A failed photo is tried again after this, then twice as long each time, at most a day later."""
     max_duration: Duration | None = None

@@ -119,7 +119,13 @@ class Engine:
         self.now = now
         self.retry = retry or RetryPolicy()
 
+    def procore_now(self) -> datetime:
+        """Now on Procore's clock, as its `Date` headers tell (ours, before any answer)."""
+        return self.now() + timedelta(seconds=self.api.http.pacer.clock_offset)
+
     def window(self, checkpoint: datetime | None, started: datetime) -> tuple[datetime | None, datetime]:
+        """The `updated_at` range a run started at `started` (Procore's clock) lists: from the
+        checkpoint less `sync.overlap` (everything without one) to the start, less `sync.lag`."""
         end = (started - timedelta(seconds=self.settings.lag)).replace(microsecond=0)
         if checkpoint is None:
             return None, end
@@ -161,23 +167,35 @@ class Engine:
         """Sync one project; `deadline` (event-loop time) stops it cleanly, keeping what is done."""
         started = self.now()
         checkpoint = None if full else await self.store.checkpoint(project.id)
-        start, end = self.window(checkpoint, started)
-        run = ProjectSync(self, ProjectResult(project, start, end, dry_run=dry_run), full=full, force=force)
+        run = ProjectSync(self, project, checkpoint, started, dry_run=dry_run, full=full, force=force)
         if dry_run:
             await measured(run.result, run.plan_only(), None)
         else:
-            await measured(run.result, run.sync(started), deadline)
+            await measured(run.result, run.sync(), deadline)
         return run.result
 
 
 class ProjectSync:
     """One run of one project, and everything that run owns."""
 
-    def __init__(self, engine: Engine, result: ProjectResult, *, full: bool, force: bool) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        project: Project,
+        checkpoint: datetime | None,
+        started: datetime,
+        *,
+        dry_run: bool,
+        full: bool,
+        force: bool,
+    ) -> None:
         self.engine = engine
         self.store = engine.store
-        self.project = result.project
-        self.result = result
+        self.project = project
+        self.checkpoint = checkpoint
+        self.started = started
+        start, end = engine.window(checkpoint, engine.procore_now())  # until Procore answers
+        self.result = ProjectResult(project, start, end, dry_run=dry_run)
         self.full = full
         self.force = force
         self.seen: set[int] = set()
@@ -193,16 +211,18 @@ class ProjectSync:
             for d in await self._decisions(photos):
                 self.result.changes[d.change] += 1
 
-        await self._list(on_page)
+        if await self._open_window():
+            await self._list(on_page)
         if self.result.listing_error is None:
             due = await self.store.due_downloads(self.project.id, self.engine.now())
             self.result.retried = sum(1 for d in due if d.id not in self.seen)
 
-    async def sync(self, started: datetime) -> None:
+    async def sync(self) -> None:
         result, engine = self.result, self.engine
+        opened = await self._open_window()
         run_id = await self.store.start_run(
             self.project.id,
-            started_at=started,
+            started_at=self.started,
             window_start=result.window_start,
             window_end=result.window_end,
             full=self.full,
@@ -226,7 +246,8 @@ class ProjectSync:
 
         outcome = "failed"
         try:
-            await self._list(on_page)
+            if opened:
+                await self._list(on_page)
             await source.drain()
             await pool.close()
             await self._finish(pool.recorder)
@@ -252,18 +273,36 @@ class ProjectSync:
         name, pid = self.project.name, self.project.id
         return [decide(p, stored.get(p.id), render(p, project_name=name, project_id=pid)) for p in fresh]
 
-    async def _list(self, on_page: Callable[[list[Photo]], Awaitable[None]]) -> None:
-        """List the window, handing each page to `on_page`; a failure becomes the listing error."""
-        result, api = self.result, self.engine.api
+    async def _open_window(self) -> bool:
+        """Ask Procore for the project's albums (recorded, unless dry run) and end the window at
+        that moment on Procore's clock: every photo added or edited before the run started is in
+        it. False when Procore could not be asked; that is the listing error."""
+        result, engine = self.result, self.engine
         try:
-            if not result.dry_run:
-                await self.store.save_albums(self.project.id, await api.albums(self.project.id))
-            report = await Lister(
-                api, self.query(), per_page=self.engine.settings.per_page, on_page=on_page
-            ).run(result.window_start, result.window_end)
-            result.listed, result.unproven = len(report.seen), report.unproven
+            albums = await engine.api.albums(self.project.id)
         except (ProcoreError, BadRecord) as exc:
             result.listing_error = str(exc)
+            return False
+        if not result.dry_run:
+            await self.store.save_albums(self.project.id, albums)
+        result.window_start, result.window_end = engine.window(self.checkpoint, engine.procore_now())
+        return True
+
+    async def _list(self, on_page: Callable[[list[Photo]], Awaitable[None]]) -> None:
+        """List the window, handing each page to `on_page`; a failure becomes the listing error."""
+        result, engine = self.result, self.engine
+        lister = Lister(engine.api, self.query(), per_page=engine.settings.per_page, on_page=on_page)
+        try:
+            report = await lister.run(
+                result.window_start,
+                result.window_end,
+                now=lambda: engine.window(None, engine.procore_now())[1],  # for catch-up rounds
+            )
+        except (ProcoreError, BadRecord) as exc:
+            result.listing_error = str(exc)
+            return
+        result.listed, result.unproven, result.listing_notes = len(report.seen), report.unproven, report.ties
+        result.window_end = report.end or result.window_end
 
     async def _save_page(self, decisions: list[Decision], *, handing: bool) -> None:
         """Record a listed page in one transaction. `handing`: the signed URL of each photo to

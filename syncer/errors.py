@@ -6,6 +6,8 @@ documented exit code instead of a traceback.
 
 from __future__ import annotations
 
+import errno
+import os
 from enum import IntEnum
 
 
@@ -35,6 +37,38 @@ class FatalError(SyncerError):
     this worker lost its lease."""
 
 
+class LocalFault(FatalError):
+    """This machine cannot do the work (a full or read-only disk, a folder it may not write): the
+    run stops, and no photo is blamed for it."""
+
+
+LOCAL_ERRNOS = frozenset(
+    {
+        errno.ENOSPC,
+        errno.EDQUOT,
+        errno.EROFS,
+        errno.EACCES,
+        errno.EPERM,
+        errno.ENOTDIR,
+        errno.EIO,
+        errno.EMFILE,
+        errno.ENFILE,
+    }
+)
+"""What an OSError says of the machine rather than of one photo."""
+
+
+def local_fault(exc: OSError, what: str = "the mirror") -> LocalFault | None:
+    """One line naming the condition and the path, if `exc` is the machine's fault."""
+    if exc.errno not in LOCAL_ERRNOS:
+        return None
+    where = f" ({exc.filename})" if exc.filename else ""
+    return LocalFault(
+        f"{what}: {os.strerror(exc.errno or 0)}{where}; the run stopped and no photo was marked "
+        "failed: fix it, then run again"
+    )
+
+
 class ConfigError(SyncerError):
     exit_code = ExitCode.USAGE
 
@@ -43,7 +77,7 @@ class LockedError(SyncerError):
     exit_code = ExitCode.LOCKED
 
 
-class DatabaseError(SyncerError):
+class DatabaseError(FatalError):
     """The database could not be reached or refused a statement; nothing is lost by running again."""
 
 

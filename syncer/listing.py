@@ -11,8 +11,14 @@ was missed.
 A piece that fails is split at the `created_at` values where its pages began (the listing is
 sorted by `created_at`), so each sub-piece holds about one page and is proven by one request. A
 piece too dense to split that way is cut by `updated_at`, then by `created_at`, around the seconds
-its photos were seen in, down to one second each; past that, it is asked for as one large page
-(a consistent snapshot), up to a limit of tries.
+its photos were seen in, down to one second each. Past that (more photos than a page holds share
+one second of both: a bulk import or a bulk edit), passes are repeated and their union confirmed
+with `filters[id]` against `Total` (see `_prove_ties`).
+
+Photos edited while the window is listed move past its end. So when the first pass over the
+window was not proven at once (something moved, or the window was long), the stretch from its end
+to now is listed too, as a catch-up round, up to `CATCH_UP_ROUNDS` times; the checkpoint then
+moves to the end of the last round.
 """
 
 from __future__ import annotations
@@ -33,9 +39,13 @@ BEGINNING = datetime(2000, 1, 1, tzinfo=UTC)
 """The lower bound of a full listing; no Procore photo is older."""
 FAR_FUTURE = datetime(2100, 1, 1, tzinfo=UTC)
 SECOND = timedelta(seconds=1)
-EXTRA_PASSES = 4
-MAX_PER_PAGE = 10_000
-"""The largest page asked for when a piece cannot be split; the server's `Per-Page` may be lower."""
+TIE_PASSES = 12
+"""Passes over a piece that no time can split, before it is reported not proven. With 100 per
+page, 250 photos in one second are all seen after about 7 passes (21 requests)."""
+ID_CHECK_CHUNK = 50
+"""Ids per `filters[id]` request when a union of passes is confirmed: about 2 KB of URL, well
+within what servers take in a request line and what the answer's `Link` header repeats."""
+CATCH_UP_ROUNDS = 3
 
 OnPage = Callable[[list[Photo]], Awaitable[None]]
 
@@ -58,6 +68,8 @@ class Pass:
     distinct: set[int] = field(default_factory=set)
     totals: set[int | None] = field(default_factory=set)
     pages: int = 0
+    last_total: int | None = None
+    """`Total` on the last page read: the newest count."""
 
     @property
     def proven(self) -> bool:
@@ -88,6 +100,7 @@ async def paged_pass(
             first_total = page.total
         into.pages += 1
         into.totals.add(page.total)
+        into.last_total = page.total
         into.distinct.update(await take(page))
         if page.is_last(page_no, asked=asked, first_total=first_total):
             return into
@@ -112,6 +125,10 @@ class ListingReport:
     splits: int = 0
     unproven: list[str] = field(default_factory=list)
     seen: set[int] = field(default_factory=set)
+    end: datetime | None = None
+    """Where the proven listing ends: the window's end, or the end of the last catch-up round."""
+    ties: list[str] = field(default_factory=list)
+    """How each piece that no time could split was proven, with what it cost."""
 
     @property
     def proven(self) -> bool:
@@ -150,16 +167,27 @@ class Lister:
         self.on_page = on_page
         self.report = ListingReport()
 
-    async def run(self, start: datetime | None, end: datetime) -> ListingReport:
-        """List every photo with `updated_at` in `[start, end]`; `report.proven` says if it is sure."""
-        await self._prove(Piece(_floor(start or BEGINNING), _floor(end)))
+    async def run(
+        self, start: datetime | None, end: datetime, *, now: Callable[[], datetime] | None = None
+    ) -> ListingReport:
+        """List every photo with `updated_at` in `[start, end]`, then, if the window moved while
+        it was listed, up to `now()` in catch-up rounds; `report.proven` says if it is sure."""
+        lo, hi = _floor(start or BEGINNING), _floor(end)
+        for _ in range(1 + CATCH_UP_ROUNDS):
+            settled = await self._prove(Piece(lo, hi))
+            self.report.end = hi
+            later = _floor(now()) if now is not None else hi
+            if settled or later <= hi:
+                break
+            lo, hi = hi + SECOND, later
         return self.report
 
-    async def _prove(self, piece: Piece) -> None:
+    async def _prove(self, piece: Piece) -> bool:
+        """Prove the piece (or record it unproven); True if its first pass proved it at once."""
         result = await self._pass(piece)
         if result.proven:
             self.report.pieces += 1
-            return
+            return True
         subpieces = self._split(piece, result)
         if subpieces:
             self.report.splits += 1
@@ -172,22 +200,61 @@ class Lister:
             )
             for sub in subpieces:
                 await self._prove(sub)
-            return
-        # Photos equal in both times are ordered arbitrarily on every request: ask for them all on
-        # one page, which is a consistent snapshot.
-        largest = max((t for t in result.totals if t is not None), default=self.per_page)
-        per_page = min(MAX_PER_PAGE, max(self.per_page, largest))
-        for _ in range(EXTRA_PASSES):
-            if (await self._pass(piece, per_page=per_page)).proven:
+        else:
+            await self._prove_ties(piece, result)
+        return False
+
+    async def _prove_ties(self, piece: Piece, first: PiecePass) -> None:
+        """Prove a piece whose photos all share one second of both times, so no split can part
+        them and each request orders them anew: pass again until the union of what the passes saw
+        reaches `Total`, then confirm that union with `filters[id]` (`_confirm`)."""
+        union, requests = set(first.distinct), self.report.requests - first.pages
+        latest = first
+        for passes in range(1, TIE_PASSES + 1):
+            if (
+                latest.last_total is not None
+                and len(union) >= latest.last_total
+                and await self._confirm(piece, union)
+            ):
                 self.report.pieces += 1
+                cost = self.report.requests - requests
+                self.report.ties.append(
+                    f"{piece.describe()}: {latest.last_total} photos in one second, proven by "
+                    f"{passes} passes and an id check ({cost} requests)"
+                )
+                log.info("listing: %s", self.report.ties[-1])
                 return
+            if passes < TIE_PASSES:
+                latest = await self._pass(piece)
+                union |= latest.distinct
         self.report.unproven.append(
-            f"{piece.describe()}: {len(result.distinct)} photos seen, "
-            f"Procore reported {sorted(result.totals, key=str)}"
+            f"{piece.describe()}: {len(union)} photos seen in {TIE_PASSES} passes, "
+            f"Procore reported {latest.last_total}"
         )
 
-    async def _pass(self, piece: Piece, *, per_page: int | None = None) -> PiecePass:
-        query = replace(
+    async def _confirm(self, piece: Piece, union: set[int]) -> bool:
+        """Whether every photo now in the piece is in `union`.
+
+        `Total` of the piece is read first, then the piece is counted within `union`, a chunk of
+        ids at a time. Photos only ever leave a piece (its times are in the past), so if the
+        chunks add up to the first `Total`, nothing in the piece was missing from the union."""
+        query = self._piece_query(piece)
+        whole = await self.api.images_page(query, page=1, per_page=1)
+        self.report.requests += 1
+        if whole.total is None:
+            return False
+        counted, ids = 0, sorted(union)
+        for at in range(0, len(ids), ID_CHECK_CHUNK):
+            chunk = replace(query, filters=replace(query.filters, id=ids[at : at + ID_CHECK_CHUNK]))
+            page = await self.api.images_page(chunk, page=1, per_page=1)
+            self.report.requests += 1
+            if page.total is None:
+                return False
+            counted += page.total
+        return counted == whole.total
+
+    def _piece_query(self, piece: Piece) -> ImageQuery:
+        return replace(
             self.query,
             filters=replace(
                 self.query.filters,
@@ -197,7 +264,9 @@ class Lister:
                 else Range(piece.created_from, piece.created_to),
             ),
         )
-        asked = per_page or self.per_page
+
+    async def _pass(self, piece: Piece) -> PiecePass:
+        query, asked = self._piece_query(piece), self.per_page
         result = PiecePass()
         previous: datetime | None = None
 

@@ -160,7 +160,9 @@ def _project_lines(r: ProjectResult) -> list[str]:
         lines = [
             f"{head}: {r.listed} listed, {c[Change.NEW]} new, {c[Change.REPLACED]} replaced, "
             f"{c[Change.MOVED]} moved, {c[Change.METADATA]} metadata-only, {c[Change.RESTORED]} restored; "
-            f"{r.downloaded} downloaded ({human_bytes(r.bytes)}), {r.relocated} updated in place, "
+            f"{r.downloaded} downloaded ({human_bytes(r.bytes)}), "
+            + (f"{r.adopted} already in the mirror (hashed, not fetched), " if r.adopted else "")
+            + f"{r.relocated} updated in place, "
             + (f"{r.vanished} deleted in Procore meanwhile, " if r.vanished else "")
             + f"{len(r.failures)} failed; {r.requests} requests in {human_seconds(r.seconds)}"
         ]
@@ -175,6 +177,7 @@ def _project_lines(r: ProjectResult) -> list[str]:
         and f"{r.waiting} photos that failed before are not mirrored yet and wait for their next try "
         "(`syncer status` lists them, `syncer retry-failed` tries them now)",
         r.listing_error and f"listing failed: {r.listing_error}",
+        *(f"listing: {note}" for note in r.listing_notes),
         *(f"listing not proven complete: {problem}" for problem in r.unproven),
         not r.dry_run
         and not r.helped

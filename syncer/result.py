@@ -24,6 +24,8 @@ class ProjectResult:
     """Photos due from earlier runs (failed before, or left by an interrupted run)."""
     downloaded: int = 0
     bytes: int = 0
+    adopted: int = 0
+    """Photos found already in the mirror (hashed against their sidecar) and recorded unfetched."""
     relocated: int = 0
     vanished: int = 0
     """Photos deleted in Procore between listing and download; marked deleted, not failed."""
@@ -31,6 +33,8 @@ class ProjectResult:
     """(photo id, mirror path, error) of each photo that could not be mirrored."""
     listing_error: str | None = None
     unproven: list[str] = field(default_factory=list)
+    listing_notes: list[str] = field(default_factory=list)
+    """What proving the listing cost where it took more than splitting (photos tied in time)."""
     checkpoint_advanced: bool = False
     deleted_upstream: int = 0
     """Photos a full run found gone from Procore and marked deleted."""
@@ -56,6 +60,7 @@ class ProjectResult:
             self.retried += earlier.retried
             self.downloaded += earlier.downloaded
             self.bytes += earlier.bytes
+            self.adopted += earlier.adopted
             self.relocated += earlier.relocated
             self.vanished += earlier.vanished
             self.failures[:0] = earlier.failures

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 
 import aiohttp
+from sqlalchemy import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
 import syncer
 from syncer.config import Settings
@@ -21,6 +23,7 @@ from syncer.coordination import Coordinator
 from syncer.coordination.solo import Solo
 from syncer.coordination.team import team
 from syncer.engine import Engine
+from syncer.errors import database_error
 from syncer.locks import Locks
 from syncer.log import REDACT
 from syncer.mirror.fetch import Fetcher
@@ -35,6 +38,9 @@ from syncer.result import RunSummary
 from syncer.store import Store
 
 log = logging.getLogger(__name__)
+MAX_HEADER = 32 * 1024
+"""Bytes one answer header may hold: Procore's `Link` repeats the query four times, and a query
+that names ids (`filters[id]`) is long."""
 
 
 @dataclass
@@ -79,6 +85,7 @@ async def procore_client(settings: Settings, *, connections: int) -> AsyncIterat
         timeout=timeout,
         connector=connector,
         cookie_jar=aiohttp.DummyCookieJar(),
+        max_field_size=MAX_HEADER,
         headers={"User-Agent": f"procore-photo-sync/{syncer.__version__}"},
     ) as session:
         http = ProcoreHttp(
@@ -151,6 +158,41 @@ async def run_sync(
     started = time.monotonic()
     summary = RunSummary()
     progress = progress or LogProgress()
+    with database_errors(settings.database_url):
+        await _run(
+            settings,
+            summary,
+            project_ids,
+            full=full,
+            dry_run=dry_run,
+            force=force,
+            retry_failed=retry_failed,
+            progress=progress,
+        )
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+@contextmanager
+def database_errors(url: str) -> Iterator[None]:
+    """A statement the database refused (full, read-only, gone) as one line naming it."""
+    try:
+        yield
+    except SQLAlchemyError as exc:
+        raise database_error(exc, make_url(url).render_as_string(hide_password=True)) from None
+
+
+async def _run(
+    settings: Settings,
+    summary: RunSummary,
+    project_ids: Sequence[int] | None,
+    *,
+    full: bool,
+    dry_run: bool,
+    force: bool,
+    retry_failed: bool,
+    progress: Progress,
+) -> None:
     async with open_syncer(settings, progress=progress) as syncer:
         engine, coordinator = syncer.engine, syncer.coordinator
         deadline = engine.deadline()
@@ -170,5 +212,3 @@ async def run_sync(
                     summary.results = await coordinator.sync(
                         engine, projects, full=full, force=force, deadline=deadline
                     )
-    summary.seconds = time.monotonic() - started
-    return summary

@@ -18,14 +18,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Protocol
+from functools import partial
+from typing import Protocol, TypeVar
 
-from syncer.errors import FatalError
-from syncer.mirror.fetch import Fetcher, FetchError
+from sqlalchemy.exc import SQLAlchemyError
+
+from syncer.errors import database_error, local_fault
+from syncer.mirror.adopt import adopt
+from syncer.mirror.fetch import Fetched, Fetcher, FetchError
 from syncer.mirror.files import MirrorFS, UnsafePath
 from syncer.mirror.layout import Layout
 from syncer.mirror.sidecar import sidecar_bytes, sidecar_path
@@ -45,6 +49,25 @@ RETRY_MAX = timedelta(days=1)
 WRITING_ELSEWHERE = "another process is writing this photo (a worker that lost its lease?); tried again later"
 
 Result = Downloaded | Relocated | Failed | Vanished
+T = TypeVar("T")
+
+
+async def uninterrupted(work: Awaitable[T]) -> T:
+    """Await `work` to its end even if this task is cancelled meanwhile, then let the cancellation
+    through (whatever `work` returned or raised). A stopped run (Ctrl-C, SIGTERM, its time limit)
+    must not leave a file installed but unrecorded, nor a batch of results half-sent."""
+    task = asyncio.ensure_future(work)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.wait([task])
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        if not task.cancelled():
+            task.exception()  # seen: the stop is what this task ends with
+        raise asyncio.CancelledError
+    return task.result()
 
 
 def retry_at(now: datetime, attempts: int, base: float) -> datetime:
@@ -75,6 +98,9 @@ class Job:
     download: bool
     attempts: int = 0
     """Failed attempts in earlier runs, which set the next retry time."""
+    on_disk: bool = False
+    """A file is at its path although the database does not know it as mirrored: adopt it if
+    it is this photo's (`mirror/adopt.py`)."""
 
 
 class Recorder:
@@ -86,21 +112,36 @@ class Recorder:
         self._pending: list[Result] = []
         self._last = time.monotonic()
 
-    async def add(self, item: Result) -> None:
+    def note(self, item: Result) -> None:
+        """Keep a result for the next batch; no await, so nothing can come between an install
+        and the note of it."""
         self.guard.count(item)
         self._pending.append(item)
+
+    async def add(self, item: Result) -> None:
+        self.note(item)
+        await self.maybe_flush()
+
+    async def maybe_flush(self) -> None:
+        """Write the batch if it is full or old enough."""
         if len(self._pending) >= RECORD_BATCH or time.monotonic() - self._last >= RECORD_EVERY:
             await self.flush()
 
     async def flush(self) -> None:
+        """Write what is pending; a batch once begun is written whole, even by a stopping run."""
         batch, self._pending = self._pending, []
         self._last = time.monotonic()
-        await self.store.record(
-            [r for r in batch if isinstance(r, Downloaded)],
-            [r for r in batch if isinstance(r, Relocated)],
-            [r for r in batch if isinstance(r, Failed)],
-            [r for r in batch if isinstance(r, Vanished)],
-        )
+        try:
+            await uninterrupted(
+                self.store.record(
+                    [r for r in batch if isinstance(r, Downloaded)],
+                    [r for r in batch if isinstance(r, Relocated)],
+                    [r for r in batch if isinstance(r, Failed)],
+                    [r for r in batch if isinstance(r, Vanished)],
+                )
+            )
+        except SQLAlchemyError as exc:  # a read-only or full database: the run's fault
+            raise database_error(exc, self.store.url) from None
 
 
 @dataclass
@@ -122,7 +163,8 @@ class Transfer:
     recorder: Recorder
 
     async def run(self, job: Job) -> None:
-        """Carry out one job to its recorded end. Only a `FatalError` escapes: it ends the run."""
+        """Carry out one job to its recorded end. Only a `FatalError` escapes: it ends the run
+        (refused credentials, a lost lease, a full or read-only disk or database)."""
         try:
             self.guard.check()
             if job.download:
@@ -130,6 +172,8 @@ class Transfer:
             else:
                 await self._relocate(job)
         except (OSError, UnsafePath) as exc:
+            if isinstance(exc, OSError) and (fault := local_fault(exc, f"the mirror {self.fs.root}")):
+                raise fault from None  # the disk's fault, not the photo's: stop, blame no one
             await self.fail(job, f"{type(exc).__name__}: {exc}")
 
     async def fail(self, job: Job, error: str) -> None:
@@ -139,6 +183,17 @@ class Transfer:
 
     def retry_at(self, job: Job) -> datetime:
         return retry_at(self.now(), job.attempts, self.backoff)
+
+    async def mark_on_disk(self, jobs: list[Job]) -> list[Job]:
+        """The jobs, with the downloads whose file may already be in the mirror marked `on_disk`;
+        one trip to a file thread for the lot."""
+        unknown = [
+            j.rel_path for j in jobs if j.download and (j.stored is None or j.stored.local_path is None)
+        ]
+        if not unknown:
+            return jobs
+        present: set[str] = await self.fs.run(self.fs.existing, unknown)
+        return [replace(j, on_disk=True) if j.download and j.rel_path in present else j for j in jobs]
 
     def render(self, photo: Photo) -> str:
         return self.layout.render(photo, project_name=self.project.name, project_id=self.project.id)
@@ -160,11 +215,18 @@ class Transfer:
         await self.fail(job, WRITING_ELSEWHERE)
 
     async def _fetch_and_install(self, job: Job) -> None:
-        photo, error = job.photo, "not attempted"
+        """Up to `procore.retry_attempts` tries in all: the one retry layer of a download (the HTTP
+        calls under it try once each)."""
+        photo, error, look = job.photo, "not attempted", job.on_disk
+        last = self.retry.attempts - 1
         for attempt in range(self.retry.attempts):
             try:
                 if photo is None or photo.url is None:
-                    photo = await self.api.image(self.project.id, job.photo_id)
+                    photo = await self.api.image(self.project.id, job.photo_id, once=True)
+                if look:
+                    look = False
+                    if await self._adopt(photo):
+                        return
                 if photo.url is None:
                     raise FetchError("Procore gave no download URL for this photo", retry=False)
                 fetched = await self.fetcher.fetch(
@@ -176,32 +238,8 @@ class Transfer:
                 )
                 self.progress.received(fetched.size)
                 self.guard.check()  # after a long download: is the claim still ours?
-                rel = self.render(photo)
-                when = photo.when
-                await self.fs.install(
-                    rel,
-                    tmp=fetched.tmp,
-                    data=fetched.data,
-                    mtime=when.timestamp() if when else None,
-                    sidecar=(sidecar_path(rel), self.sidecar(photo, fetched.size, fetched.sha256)),
-                )
-                old = job.stored.local_path if job.stored else None
-                if old and old != rel:
-                    await self.fs.remove(old)
-                    await self.fs.remove(sidecar_path(old))
-                self.result.downloaded += 1
-                self.result.bytes += fetched.size
-                await self.recorder.add(
-                    Downloaded(
-                        id=photo.id,
-                        local_path=rel,
-                        file_key=photo.file_key,
-                        size=fetched.size,
-                        sha256=fetched.sha256,
-                        sidecar_of=photo.updated_at,
-                        at=self.now(),
-                    )
-                )
+                await uninterrupted(self._install(job, photo, fetched))
+                await self.recorder.maybe_flush()
                 return
             except FetchError as exc:
                 error = str(exc)
@@ -209,7 +247,7 @@ class Transfer:
                     break
                 if exc.refresh:
                     photo = None  # a fresh record brings a freshly signed URL; no need to wait
-                else:
+                elif attempt < last:
                     await asyncio.sleep(exc.wait if exc.wait is not None else self.retry.backoff(attempt))
             except (ProcoreError, BadRecord) as exc:
                 error = str(exc)
@@ -218,8 +256,58 @@ class Transfer:
                     self.result.vanished += 1
                     await self.recorder.add(Vanished(job.photo_id, self.now()))
                     return
-                await asyncio.sleep(self.retry.backoff(attempt))
+                if attempt < last:
+                    await asyncio.sleep(self.retry.backoff(attempt))
         await self.fail(job, error)
+
+    async def _adopt(self, photo: Photo) -> bool:
+        """Record the photo's file already in the mirror, if it is this photo's: no download."""
+        rel = self.render(photo)
+        adopted = await self.fs.run(adopt, self.fs, rel, photo, partial(self.sidecar, photo))
+        if adopted is None:
+            return False
+        self.result.adopted += 1
+        await self.recorder.add(
+            Downloaded(
+                id=photo.id,
+                local_path=rel,
+                file_key=photo.file_key,
+                size=adopted.size,
+                sha256=adopted.sha256,
+                sidecar_of=photo.updated_at,
+                at=self.now(),
+            )
+        )
+        return True
+
+    async def _install(self, job: Job, photo: Photo, fetched: Fetched) -> None:
+        """Put the verified file and its sidecar in place, remove the old copy, note the result."""
+        rel = self.render(photo)
+        when = photo.when
+        await self.fs.install(
+            rel,
+            tmp=fetched.tmp,
+            data=fetched.data,
+            mtime=when.timestamp() if when else None,
+            sidecar=(sidecar_path(rel), self.sidecar(photo, fetched.size, fetched.sha256)),
+        )
+        old = job.stored.local_path if job.stored else None
+        if old and old != rel:
+            await self.fs.remove(old)
+            await self.fs.remove(sidecar_path(old))
+        self.result.downloaded += 1
+        self.result.bytes += fetched.size
+        self.recorder.note(
+            Downloaded(
+                id=photo.id,
+                local_path=rel,
+                file_key=photo.file_key,
+                size=fetched.size,
+                sha256=fetched.sha256,
+                sidecar_of=photo.updated_at,
+                at=self.now(),
+            )
+        )
 
     async def _relocate(self, job: Job) -> None:
         stored, photo = job.stored, job.photo
@@ -249,7 +337,7 @@ class Pool:
         self.transfer = transfer
         self.recorder = transfer.recorder
         self._queue: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=concurrency * 4)
-        self._fatal: FatalError | None = None
+        self._fatal: Exception | None = None
         self._unfinished = 0
         self._tasks = [asyncio.create_task(self._work()) for _ in range(concurrency)]
 
@@ -264,7 +352,8 @@ class Pool:
         return self._unfinished == 0
 
     def raise_fatal(self) -> None:
-        """Raise the error that ended the transfers (authentication, a lost lease), if any."""
+        """Raise the error that ended the transfers (authentication, a lost lease, a full disk,
+        or a bug), if any."""
         if self._fatal is not None:
             raise self._fatal
 
@@ -290,7 +379,7 @@ class Pool:
             try:
                 if self._fatal is None:
                     await self.transfer.run(job)
-            except FatalError as exc:
+            except Exception as exc:  # a `FatalError`: the rest of the queue is not worth trying
                 self._fatal = self._fatal or exc
             finally:
                 self._unfinished -= 1

@@ -55,7 +55,7 @@ def write_config(sim: Simulator, folder: Path, **sections: dict[str, Any]) -> Pa
         "procore": sim.procore_settings(),
         "database": {"url": "sqlite:///state/syncer.db"},
         "mirror": {"root": "mirror"},
-        "sync": {"concurrency": 4, "per_page": 25, "lag": 0, "overlap": 0},
+        "sync": {"concurrency": 4, "per_page": 25, "overlap": 0},
     }
     for name, values in sections.items():
         config.setdefault(name, {}).update(values)
@@ -113,6 +113,12 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/state/syncer.db"
     return new_database(request.getfixturevalue("postgres_server"))
+
+
+@pytest.fixture
+def pg_url(postgres_server: str) -> str:
+    """A fresh PostgreSQL database, as a config `database.url`."""
+    return new_database(postgres_server)
 
 
 def async_url(url: str) -> str:

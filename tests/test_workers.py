@@ -37,17 +37,11 @@ from tests.conftest import (
     sync,
     write_config,
 )
-from tests.postgres import new_database
 from tests.test_cli import spawn, syncer
 from tests.test_crash import BIG
 from tests.test_daemon import daemon, daemon_config, eventually, stop
 
 PROJECT = 7
-
-
-@pytest.fixture
-def pg_url(postgres_server: str) -> str:
-    return new_database(postgres_server)
 
 
 @pytest.fixture

@@ -9,7 +9,12 @@ go from the listing straight into the pool.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
+from contextlib import (
+    AbstractAsyncContextManager,
+    AbstractContextManager,
+    asynccontextmanager,
+    contextmanager,
+)
 
 from syncer.config import SyncSettings
 from syncer.engine import Engine
@@ -19,16 +24,30 @@ from syncer.result import ProjectResult
 from syncer.store import Store
 from syncer.transfer import Job, Pool, Result
 
+DRAIN_BATCH = 500
+"""Photos due from earlier runs looked up on disk at a time."""
+
+
+class _Free(AbstractAsyncContextManager[bool]):
+    """An always-granted write permission, one instance for every photo (no per-photo object)."""
+
+    async def __aenter__(self) -> bool:
+        return True
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
 
 class Alone:
     """The guard of a process that holds its project's file lock: nothing to refuse."""
 
+    _free = _Free()
+
     def check(self) -> None:
         return None
 
-    @asynccontextmanager
-    async def writing(self, photo_id: int) -> AsyncIterator[bool]:
-        yield True
+    def writing(self, photo_id: int) -> AbstractAsyncContextManager[bool]:
+        return self._free
 
     def count(self, result: Result) -> None:
         return None
@@ -52,16 +71,25 @@ class QueueSource:
         await self.pool.put(job)
 
     async def listed(self, downloads: list[Job]) -> None:
-        for job in downloads:
+        for job in await self.transfer.mark_on_disk(downloads):
             await self._put(job, job.photo.size if job.photo else None)
 
     async def drain(self) -> None:
         transfer = self.transfer
-        for due in await self.store.due_downloads(transfer.project.id, transfer.now()):
-            if due.id not in self.queued:
+        due = [
+            d
+            for d in await self.store.due_downloads(transfer.project.id, transfer.now())
+            if d.id not in self.queued
+        ]
+        sizes = {d.id: d.size for d in due}
+        for start in range(0, len(due), DRAIN_BATCH):
+            jobs = [
+                Job(d.id, d.rel_path, None, None, download=True, attempts=d.attempts)
+                for d in due[start : start + DRAIN_BATCH]
+            ]
+            for job in await transfer.mark_on_disk(jobs):
                 transfer.result.retried += 1
-                job = Job(due.id, due.rel_path, None, None, download=True, attempts=due.attempts)
-                await self._put(job, due.size)
+                await self._put(job, sizes[job.photo_id])
 
     async def abort(self) -> None:
         return None

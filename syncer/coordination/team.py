@@ -138,21 +138,22 @@ class ClaimSource:
             if not claims:
                 await asyncio.sleep(POLL)
                 continue
-            for claim in claims:
-                job = Job(claim.id, claim.rel_path, claim.photo, claim.stored, True, claim.attempts)
-                if claim.id in claimed:
+            jobs = [Job(c.id, c.rel_path, c.photo, c.stored, True, c.attempts) for c in claims]
+            sizes = {c.id: c.size for c in claims}
+            for job in await transfer.mark_on_disk(jobs):
+                if job.photo_id in claimed:
                     # Each photo is tried once per run, as without PostgreSQL. Due again after a
                     # download here means Procore serves another file than it lists; fetching it
                     # again at once could go on for ever.
-                    if all(failed_id != claim.id for failed_id, _, _ in transfer.result.failures):
+                    if all(failed_id != job.photo_id for failed_id, _, _ in transfer.result.failures):
                         await transfer.fail(job, REPEATED)
                     else:
-                        await pool.recorder.add(Failed(claim.id, REPEATED, transfer.retry_at(job)))
+                        await pool.recorder.add(Failed(job.photo_id, REPEATED, transfer.retry_at(job)))
                     continue
-                claimed.add(claim.id)
-                if self.seen is not None and claim.id not in self.seen:
+                claimed.add(job.photo_id)
+                if self.seen is not None and job.photo_id not in self.seen:
                     transfer.result.retried += 1
-                transfer.progress.queued(1, claim.size or 0)
+                transfer.progress.queued(1, sizes[job.photo_id] or 0)
                 await pool.put(job)
 
 
@@ -214,7 +215,7 @@ class Team:
         share of the others until their holders let go. A project whose holder moved its checkpoint
         is done; one whose holder died or failed first is taken over and synced here."""
         store = engine.store
-        _, run_end = engine.window(None, engine.now())  # where this run's windows would end
+        _, run_end = engine.window(None, engine.procore_now())  # where this run's windows would end
         results: dict[int, ProjectResult] = {}
         busy_at: dict[int, datetime | None] = {}
         """The project's mark when it was first found busy."""

@@ -27,7 +27,7 @@ import aiohttp
 from yarl import URL
 
 from syncer.mirror.files import MirrorFS
-from syncer.procore.http import TRANSPORT_ERRORS, ProcoreError, ProcoreHttp, excerpt
+from syncer.procore.http import TRANSPORT_ERRORS, ProcoreError, ProcoreHttp, TransientError, excerpt
 from syncer.procore.pacing import retry_after_seconds
 
 MAX_REDIRECTS = 5
@@ -132,8 +132,10 @@ class Fetcher:
         if self.http.is_procore_url(url):
             try:
                 return await self.http.open(url, what=what, headers=headers)
-            except ProcoreError as exc:
-                raise FetchError(str(exc), retry=True) from None
+            except TransientError as exc:
+                raise FetchError(str(exc), retry=True, wait=exc.wait) from None
+            except ProcoreError as exc:  # the token was refused where it may go
+                raise FetchError(str(exc), retry=False) from None
         try:
             return await self.http.session.get(url, allow_redirects=False, headers=headers)
         except TRANSPORT_ERRORS as exc:

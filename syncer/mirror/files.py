@@ -11,14 +11,17 @@ import asyncio
 import contextlib
 import fcntl
 import os
+import stat
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
+
+from syncer.errors import LocalFault
 
 T = TypeVar("T")
 STATE_DIR = ".syncer"
@@ -84,7 +87,14 @@ class MirrorFS:
 
         Another process may be syncing another project into this mirror right now, so only files
         untouched for `stale_after` seconds go; partial downloads (`.part`) stay a week for resuming."""
-        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            not_folder = self.root.exists() and not self.root.is_dir()
+            reason = "is not a folder" if not_folder else f"cannot be used: {exc.strerror}"
+            raise LocalFault(
+                f"mirror.root {self.root} {reason}; the mirror needs a folder it can write"
+            ) from None
         now = time.time()
         for leftover in self.tmp_dir.iterdir():
             limit = 7 * 86400 if ".part" in leftover.name else stale_after
@@ -118,6 +128,17 @@ class MirrorFS:
                 self._verified.add(target.parent)
         return target
 
+    def existing(self, rels: Sequence[str]) -> set[str]:
+        """Which of these mirror paths hold a regular file, no link followed (on a mirror thread)."""
+        found = set()
+        for rel in rels:
+            try:
+                if stat.S_ISREG(os.lstat(self.path(rel)).st_mode):
+                    found.add(rel)
+            except (OSError, UnsafePath):
+                continue
+        return found
+
     def tmp_path(self, name: str) -> Path:
         return self.tmp_dir / name
 
@@ -137,13 +158,14 @@ class MirrorFS:
         _write_synced(tmp, data)
         os.replace(tmp, target)
 
-    def _write_with_folder(self, rel: str, data: bytes) -> None:
+    def write_with_folder(self, rel: str, data: bytes) -> None:
+        """Write a small file atomically and durably, folder included (on a mirror thread)."""
         self._write_atomic(rel, data)
         fsync_dir(self.path(rel).parent)
 
     async def write_durably(self, rel: str, data: bytes) -> None:
         """Write a small file atomically and make it durable, folder included."""
-        await self.run(self._write_with_folder, rel, data)
+        await self.run(self.write_with_folder, rel, data)
 
     def _install(
         self, rel: str, tmp: Path, data: bytes | None, mtime: float | None, sidecar: tuple[str, bytes]

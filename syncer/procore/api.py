@@ -116,8 +116,8 @@ class ProcoreApi:
                 raise BadRecord(f"{what}: expected integer ids, got {item!r:.40}")
         return result
 
-    async def image(self, project_id: int, image_id: int) -> Photo:
-        """One photo with a freshly signed `url`."""
+    async def image(self, project_id: int, image_id: int, *, once: bool = False) -> Photo:
+        """One photo with a freshly signed `url`; `once`: a single attempt (the caller retries)."""
         url = self.http.api_url(f"/rest/v1.0/images/{image_id}", [("project_id", str(project_id))])
-        answer = await self.http.get_json(url, what=f"fetching photo {image_id}")
+        answer = await self.http.get_json(url, what=f"fetching photo {image_id}", once=once)
         return Photo.from_api(answer.data)

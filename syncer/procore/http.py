@@ -49,6 +49,15 @@ class ProcoreError(SyncerError):
         self.status = status
 
 
+class TransientError(ProcoreError):
+    """One attempt failed in a way another may fix (5xx, 429, a dropped connection); `wait` is
+    how long the server asked to wait, if it said."""
+
+    def __init__(self, message: str, *, status: int | None = None, wait: float | None = None) -> None:
+        super().__init__(message, status=status)
+        self.wait = wait
+
+
 class _Retry(Exception):
     """One attempt failed in a way that another attempt may fix."""
 
@@ -138,8 +147,9 @@ class ProcoreHttp:
         query = f"?{encode_query(params)}" if params else ""
         return URL(f"{self.api_base}{path}{query}", encoded=True)
 
-    async def get_json(self, url: URL, *, what: str) -> Answer:
-        """GET an API URL and decode its JSON, retrying what can be retried."""
+    async def get_json(self, url: URL, *, what: str, once: bool = False) -> Answer:
+        """GET an API URL and decode its JSON, retrying what can be retried; `once`: a single
+        attempt, for a caller that owns the retries."""
 
         async def attempt() -> Answer:
             response = await self._send_once("GET", url, what=what)
@@ -158,26 +168,30 @@ class ProcoreHttp:
                     ) from None
                 return Answer(data=data, headers=response.headers)
 
-        return await self._retrying(attempt, what=what)
+        return await self._retrying(attempt, what=what, attempts=1 if once else self.retry.attempts)
 
     async def open(
         self, url: URL, *, what: str, headers: Mapping[str, str] | None = None
     ) -> aiohttp.ClientResponse:
-        """Send a GET to a Procore host with the token; the caller reads and releases the answer.
+        """Send one GET to a Procore host with the token; the caller reads and releases the answer.
 
-        Used for the first hop of a photo download. 5xx, 429 and 503 are retried here; a 3xx or
-        4xx is the caller's to interpret. A 401 here usually means the URL's signature expired,
-        not the token, so it is returned rather than treated as a dead token.
+        Used for the first hop of a photo download, whose caller owns the retries (one retry layer
+        per photo): 5xx, 429, 503 and transport errors raise `TransientError` after one attempt
+        (a 429 or 503 also pauses the shared budget as told). A 3xx or 4xx is the caller's to
+        interpret; a 401 here usually means the URL's signature expired, not the token.
         """
         return await self._retrying(
             lambda: self._send_once("GET", url, what=what, renew_on_401=False, extra_headers=headers),
             what=what,
+            attempts=1,
         )
 
-    async def _retrying(self, attempt: Callable[[], Awaitable[T]], *, what: str) -> T:
+    async def _retrying(self, attempt: Callable[[], Awaitable[T]], *, what: str, attempts: int) -> T:
+        """Up to `attempts` tries, backing off between them; a 401 renews the token once (not
+        counted as a try). What still fails is a `TransientError`."""
         renewed = False
-        last: ProcoreError | None = None
-        for n in range(self.retry.attempts):
+        tried = 0
+        while True:
             try:
                 return await attempt()
             except _Unauthorized as exc:
@@ -186,14 +200,17 @@ class ProcoreHttp:
                 self.tokens.invalidate(exc.token)
                 renewed = True
             except _Retry as exc:
-                last = exc.error
-                wait = exc.wait if exc.wait is not None else self.retry.backoff(n)
+                wait = exc.wait if exc.wait is not None else self.retry.backoff(tried)
+                tried += 1
                 if exc.pace:
-                    self.pacer.pause(wait)
-                else:
+                    self.pacer.pause(wait)  # the budget is shared: every request waits
+                if tried >= attempts:
+                    gave_up = f" (gave up after {attempts} attempts)" if attempts > 1 else ""
+                    raise TransientError(
+                        f"{exc.error}{gave_up}", status=exc.error.status, wait=exc.wait
+                    ) from None
+                if not exc.pace:
                     await self._sleep(wait)
-        assert last is not None
-        raise ProcoreError(f"{last} (gave up after {self.retry.attempts} attempts)", status=last.status)
 
     async def _send_once(
         self,
@@ -274,7 +291,7 @@ class ProcoreHttp:
                     raise AuthError(f"{what}: unexpected answer shape")
                 return answer
 
-        return await self._retrying(attempt, what=what)
+        return await self._retrying(attempt, what=what, attempts=self.retry.attempts)
 
 
 async def _read_quietly(response: aiohttp.ClientResponse) -> bytes:

@@ -154,6 +154,12 @@ class Pacer:
                 self._offset = sample
         return now + (self._offset or 0.0)
 
+    @property
+    def clock_offset(self) -> float:
+        """Procore's clock minus ours in seconds, as far as the `Date` headers seen tell (never
+        more than the truth: each sample errs low); 0 before any answer."""
+        return self._offset or 0.0
+
     def pause(self, seconds: float) -> None:
         """Hold every caller for `seconds` plus jitter (after a 429 or 503)."""
         until = self._clock() + seconds + self._jitter()

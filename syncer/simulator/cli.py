@@ -31,6 +31,7 @@ async def serve(args: argparse.Namespace) -> int:
             store_latency=args.store_latency,
             bandwidth=args.bandwidth,
             max_per_page=args.max_per_page,
+            tied=args.tied,
         )
     )
     await sim.start(api_port=args.port, store_port=args.store_port)

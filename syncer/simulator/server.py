@@ -63,6 +63,15 @@ class SimConfig:
     """Bytes per second for each object-store answer; None is unlimited."""
     range_support: bool = True
     retry_after: float = 1.0
+    tied: int = 0
+    """Photos of the first project that share one second of both `created_at` and `updated_at`
+    (a bulk import): more than a page of them can only be listed by the order Procore picks anew
+    on every request."""
+    hidden: set[int] = field(default_factory=set)
+    """Photo ids counted in every listing's `Total` but never served on a page: a listing that
+    holds them can never be proven complete."""
+    broken_files: set[int] = field(default_factory=set)
+    """Photo ids whose file URL on the API origin always answers 500."""
 
 
 @dataclass
@@ -80,6 +89,8 @@ class Stats:
     requests: Counter[str] = field(default_factory=Counter)
     downloads: Counter[int] = field(default_factory=Counter)
     """Complete object-store bodies sent, by photo id."""
+    file_requests: Counter[int] = field(default_factory=Counter)
+    """Requests for each photo's file URL on the API origin (the hop before the object store)."""
     bytes_sent: int = 0
     resumed: int = 0
     """Object-store answers that resumed a body part-way (206 with a start above zero)."""
@@ -135,6 +146,8 @@ class Simulator:
             photo_size=c.photo_size,
             company_id=c.company_id,
         )
+        if c.tied:
+            self._tie(c.tied)
         self.limits = RateLimits(hourly=c.hourly_limit, spike=c.spike_limit, spike_window=c.spike_window)
         self.stats = Stats()
         self.listing_hooks: list[Callable[[ListingRequest], None]] = []
@@ -182,6 +195,23 @@ class Simulator:
             "client_id": self.config.client_id,
             "client_secret": self.config.client_secret,
         }
+
+    def _tie(self, count: int) -> None:
+        first = min(self.company.projects)
+        group = sorted(
+            (p for p in self.company.photos.values() if p.project_id == first), key=lambda p: p.id
+        )[:count]
+        moment = max(p.updated_at for p in group)
+        for photo in group:
+            photo.created_at = photo.updated_at = moment
+
+    def tied_photos(self) -> list[int]:
+        """The ids of the photos made to share one second (`SimConfig.tied`) that still do."""
+        first = min(self.company.projects)
+        photos = [p for p in self.company.photos.values() if p.project_id == first]
+        seconds = Counter((p.created_at, p.updated_at) for p in photos)
+        moment, _ = seconds.most_common(1)[0]
+        return sorted(p.id for p in photos if (p.created_at, p.updated_at) == moment)
 
     # -- what tests change -------------------------------------------------------------------
 
@@ -628,7 +658,7 @@ class Simulator:
         ordered, ties = self._ordered(pid, request.query)
 
         def window(a: int, b: int) -> list[Any]:
-            photos = self._window(ordered, ties, a, b)
+            photos = [p for p in self._window(ordered, ties, a, b) if p.id not in self.config.hidden]
             return [p.id for p in photos] if view == "ids_only" else [self._serialize(p) for p in photos]
 
         return self._paginate(request, len(ordered), window)
@@ -647,7 +677,13 @@ class Simulator:
         if (reason := self._signed_ok(request.path, request.query, "sig", "expires")) is not None:
             status = 401 if "expired" in reason else 403  # Procore answers either, by case
             return web.json_response({"errors": f"Forbidden: {reason}"}, status=status)
-        photo = self.company.photos.get(int(request.match_info["id"]))
+        photo_id = int(request.match_info["id"])
+        self.stats.file_requests[photo_id] += 1
+        if photo_id in self.config.broken_files:
+            return web.Response(
+                status=500, text="<html><body>internal error</body></html>", content_type="text/html"
+            )
+        photo = self.company.photos.get(photo_id)
         if photo is None or photo.deleted:
             return web.json_response({"errors": "Not Found"}, status=404)
         key = request.match_info["key"]

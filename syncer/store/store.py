@@ -68,6 +68,11 @@ class Store(RunLog):
     async def close(self) -> None:
         await self.engine.dispose()
 
+    @property
+    def url(self) -> str:
+        """The database's URL with the password hidden, for error messages."""
+        return self.engine.url.render_as_string(hide_password=True)
+
     # -- projects and albums -----------------------------------------------------------------
 
     async def _upsert(

@@ -1,0 +1,92 @@
+"""Adopting a file the mirror already holds instead of downloading it again.
+
+After a lost or new database (a move to PostgreSQL), a worker killed between installing a file and
+recording it, or a stopped run, the mirror still has each photo at its layout path with a sidecar
+that names the photo, its file identity, its size and its SHA-256. A listed photo whose file is
+there, whose sidecar names the same photo and file, and whose bytes hash to the sidecar's SHA-256
+is recorded as mirrored without a download. Nothing is trusted unhashed: a file that fails any
+check is downloaded as usual.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from syncer.mirror.files import MirrorFS, UnsafePath
+from syncer.mirror.sidecar import sidecar_path
+from syncer.procore.models import BadRecord, Photo
+
+READ_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Adopted:
+    size: int
+    sha256: str
+
+
+def sha256_of(fd: int) -> str:
+    """The SHA-256 of an open file, read from its start."""
+    digest = hashlib.sha256()
+    os.lseek(fd, 0, os.SEEK_SET)
+    while chunk := os.read(fd, READ_CHUNK):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _sidecar_facts(data: bytes) -> tuple[int, str, int, str] | None:
+    """(photo id, file identity, size, SHA-256) as a sidecar states them, if it states them all."""
+    try:
+        document: Any = json.loads(data)
+        photo = Photo.from_api(document["procore"])
+        size, sha256 = document["file"]["size"], document["file"]["sha256"]
+    except (ValueError, TypeError, KeyError, BadRecord):
+        return None
+    if not isinstance(size, int) or not isinstance(sha256, str):
+        return None
+    return photo.id, photo.file_key, size, sha256
+
+
+def _same_file(fd: int, sidecar: bytes, photo: Photo) -> Adopted | None:
+    """The file open at `fd`, if its sidecar names `photo` and its bytes hash as the sidecar says."""
+    facts = _sidecar_facts(sidecar)
+    if facts is None:
+        return None
+    photo_id, file_key, size, sha256 = facts
+    sizes_agree = size == os.fstat(fd).st_size and photo.size in (None, size)
+    if (photo_id, file_key) != (photo.id, photo.file_key) or not sizes_agree:
+        return None
+    return Adopted(size, sha256) if sha256_of(fd) == sha256 else None
+
+
+def adopt(fs: MirrorFS, rel: str, photo: Photo, sidecar: Callable[[int, str], bytes]) -> Adopted | None:
+    """Check the file at `rel` against its sidecar and `photo`; if it is that photo's file, bring
+    its sidecar up to date (`sidecar(size, sha256)` is what it should say) and return it.
+
+    Runs on a mirror thread: it reads and hashes the whole file."""
+    try:
+        path, side = fs.path(rel), fs.path(sidecar_path(rel))
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except (OSError, UnsafePath):
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        current = side.read_bytes()
+        found = _same_file(fd, current, photo)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    if found is None:
+        return None
+    wanted = sidecar(found.size, found.sha256)
+    if wanted != current:  # the metadata changed since the sidecar was written
+        fs.write_with_folder(sidecar_path(rel), wanted)
+    return found
