@@ -81,9 +81,11 @@ class DatabaseError(FatalError):
     """The database could not be reached or refused a statement; nothing is lost by running again."""
 
 
-def database_error(exc: BaseException, url: str | None = None) -> DatabaseError:
-    """One line for a database failure: the driver's own message, the password left out."""
+def database_error(exc: BaseException, url: str | None = None, hint: str | None = None) -> DatabaseError:
+    """One line for a database failure: the driver's own message, the password left out, and
+    what is known of the cause."""
     reason = getattr(exc, "orig", None) or exc
     text = str(reason).strip().splitlines()[0] if str(reason).strip() else type(reason).__name__
     where = f" {url}" if url else ""
-    return DatabaseError(f"database{where}: {type(reason).__name__}: {text}")
+    cause = f"; {hint}" if hint else ""
+    return DatabaseError(f"database{where}: {type(reason).__name__}: {text}{cause}")

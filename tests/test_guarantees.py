@@ -309,3 +309,21 @@ async def test_a_worker_killed_between_install_and_record_costs_at_most_its_conc
     assert_byte_exact(sim, load_settings(config))
     concurrency = load_settings(config).sync.concurrency
     assert fetched(sim) <= 120 + concurrency, "only the downloads in flight when it died were repeated"
+
+
+async def test_a_read_only_database_is_one_line_and_a_rerun_completes(sim: Simulator, tmp_path: Path) -> None:
+    with tmpfs(tmp_path / "state", "64m") as state:
+        config = write_config(sim, tmp_path)
+        assert (await syncer("sync", "--config", str(config))).code == ExitCode.OK
+        sim.add_photo(min(sim.company.projects))
+        remount(state, "ro")
+        run = await syncer("sync", "--config", str(config))
+        assert run.code == ExitCode.INCOMPLETE
+        assert_no_traceback(run)
+        (line,) = run.err.strip().splitlines()
+        assert "read-only" in line, line
+        assert "syncer.db" in line, line
+        remount(state, "rw")
+        assert (await syncer("sync", "--config", str(config))).code == ExitCode.OK
+        assert blamed_photos(config) == []
+        assert_byte_exact(sim, load_settings(config))

@@ -7,8 +7,10 @@ their results reach the database through the engine's recorder in batches.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Iterable, Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import bindparam, func, select, update
@@ -37,6 +39,17 @@ from syncer.store.runs import RunLog
 ID_BATCH = 500
 
 
+def _sqlite_folder_problem(engine: AsyncEngine) -> str | None:
+    """Why SQLite cannot work in its folder, when the reason is that the folder is not writable
+    (SQLite's own message is only 'unable to open database file')."""
+    if engine.dialect.name != "sqlite" or not engine.url.database:
+        return None
+    folder = Path(engine.url.database).parent
+    if folder.is_dir() and not os.access(folder, os.W_OK):
+        return f"the folder {folder} is read-only (SQLite writes its journal beside the database)"
+    return None
+
+
 def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
@@ -59,7 +72,8 @@ class Store(RunLog):
             await upgrade(engine)
         except (OSError, SQLAlchemyError) as exc:
             await engine.dispose()
-            raise database_error(exc, engine.url.render_as_string(hide_password=True)) from None
+            url = engine.url.render_as_string(hide_password=True)
+            raise database_error(exc, url, _sqlite_folder_problem(engine)) from None
         except BaseException:
             await engine.dispose()
             raise
