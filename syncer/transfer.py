@@ -267,18 +267,20 @@ class Transfer:
         if adopted is None:
             return False
         self.result.adopted += 1
-        await self.recorder.add(
-            Downloaded(
-                id=photo.id,
-                local_path=rel,
-                file_key=photo.file_key,
-                size=adopted.size,
-                sha256=adopted.sha256,
-                sidecar_of=photo.updated_at,
-                at=self.now(),
-            )
-        )
+        await self.recorder.add(self._mirrored(photo, rel, adopted.size, adopted.sha256))
         return True
+
+    def _mirrored(self, photo: Photo, rel: str, size: int, sha256: str) -> Downloaded:
+        """The record of the photo's file, verified in place at `rel`."""
+        return Downloaded(
+            id=photo.id,
+            local_path=rel,
+            file_key=photo.file_key,
+            size=size,
+            sha256=sha256,
+            sidecar_of=photo.updated_at,
+            at=self.now(),
+        )
 
     async def _install(self, job: Job, photo: Photo, fetched: Fetched) -> None:
         """Put the verified file and its sidecar in place, remove the old copy, note the result."""
@@ -297,17 +299,7 @@ class Transfer:
             await self.fs.remove(sidecar_path(old))
         self.result.downloaded += 1
         self.result.bytes += fetched.size
-        self.recorder.note(
-            Downloaded(
-                id=photo.id,
-                local_path=rel,
-                file_key=photo.file_key,
-                size=fetched.size,
-                sha256=fetched.sha256,
-                sidecar_of=photo.updated_at,
-                at=self.now(),
-            )
-        )
+        self.recorder.note(self._mirrored(photo, rel, fetched.size, fetched.sha256))
 
     async def _relocate(self, job: Job) -> None:
         stored, photo = job.stored, job.photo
