@@ -90,7 +90,7 @@ def syncer_config(sim: Sim, folder: Path, **sync: Any) -> Path:
         "procore": sim.procore,
         "database": {"url": "sqlite:///state/syncer.db"},
         "mirror": {"root": "mirror"},
-        "sync": {"concurrency": 16, "per_page": 1000, "lag": 0, **sync},
+        "sync": {"concurrency": 16, "per_page": 100, **sync},
     }
     path = folder / "config.yaml"
     path.write_text(yaml.safe_dump(config))

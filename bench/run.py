@@ -98,7 +98,7 @@ def store_urls(sim: Sim) -> list[tuple[int, str]]:
     for project in get(f"{sim.api_base}/rest/v1.0/projects?company_id={sim.procore['company_id']}"):
         page = 1
         while items := get(
-            f"{sim.api_base}/rest/v1.0/images?project_id={project['id']}&per_page=1000&page={page}"
+            f"{sim.api_base}/rest/v1.0/images?project_id={project['id']}&per_page=100&page={page}"
         ):
             for item in items:
                 try:

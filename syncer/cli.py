@@ -173,7 +173,12 @@ def _add_simulate(sub: Any, common: argparse.ArgumentParser) -> None:
         "--store-latency", type=float, default=0.0, help="seconds before each object-store answer"
     )
     sim.add_argument("--bandwidth", type=float, default=None, help="bytes per second per file answer")
-    sim.add_argument("--max-per-page", type=int, default=1000)
+    sim.add_argument(
+        "--max-per-page",
+        type=int,
+        default=100,
+        help="largest page served (Procore's documented maximum: 100)",
+    )
     sim.add_argument(
         "--tied",
         type=int,

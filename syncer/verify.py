@@ -62,12 +62,19 @@ def _check(path: Path, size: int | None, sha256: str | None) -> str | None:
     return None
 
 
-def _sidecar_ok(path: Path) -> bool:
+def _sidecar_ok(path: Path, item: MirroredFile) -> bool:
+    """Whether the sidecar parses and says what the database says: the same photo and project, its
+    file's size and SHA-256, and (unless a change is pending) the whole record, not a stub."""
     try:
-        json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        document = json.loads(path.read_text(encoding="utf-8"))
+        same = (
+            document["procore"]["id"] == item.id
+            and document["project"]["id"] == item.project_id
+            and document["file"] == {"size": item.size, "sha256": item.sha256}
+        )
+        return bool(same and (not item.current or document["procore"] == json.loads(item.raw_json)))
+    except (OSError, ValueError, TypeError, KeyError):
         return False
-    return True
 
 
 def _walk(root: Path) -> list[str]:
@@ -98,7 +105,7 @@ async def verify(
             async def check(item: MirroredFile) -> None:
                 async with limit:
                     problem = await fs.run(_check, fs.path(item.local_path), item.size, item.sha256)
-                    sidecar_good = await fs.run(_sidecar_ok, fs.path(sidecar_path(item.local_path)))
+                    sidecar_good = await fs.run(_sidecar_ok, fs.path(sidecar_path(item.local_path)), item)
                 report.checked += 1
                 report.bytes += item.size or 0
                 if problem == "missing":

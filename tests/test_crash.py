@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import signal
@@ -50,6 +51,15 @@ async def interrupted_sync(make_sim: Any, settings_for: Any) -> tuple[Simulator,
     return sim, settings
 
 
+def assert_recorded_hashes_match(settings: Settings) -> None:
+    """The SHA-256 the database holds for each file is that of the bytes in the mirror."""
+    rows = db_rows(settings, "SELECT local_path, sha256 FROM photos WHERE local_path IS NOT NULL")
+    assert rows
+    for path, recorded in rows:
+        actual = hashlib.sha256((settings.mirror.root / path).read_bytes()).hexdigest()
+        assert actual == recorded, f"{path}: recorded {recorded[:12]}…, the file hashes to {actual[:12]}…"
+
+
 def parts(settings: Settings) -> list[Path]:
     return sorted((settings.mirror.root / ".syncer" / "tmp").glob("*.part"))
 
@@ -63,6 +73,7 @@ async def test_an_interrupted_download_resumes_with_range(make_sim: Any, setting
     assert summary.exit_code == ExitCode.OK
     assert sim.stats.resumed > 0
     assert sim.stats.bytes_sent - sent_before < 12 * 3_000_000, "resumed parts were not fetched again"
+    assert_recorded_hashes_match(settings)
     assert_byte_exact(sim, settings)
     assert parts(settings) == []
 
@@ -92,6 +103,7 @@ async def test_bytes_past_the_durable_mark_are_discarded(make_sim: Any, settings
     assert (await sync(settings)).exit_code == ExitCode.OK
     assert sim.stats.resumed > 0
     assert_byte_exact(sim, settings)
+    assert_recorded_hashes_match(settings)
 
 
 async def test_kill_9_at_any_moment_then_rerun_ends_byte_exact(make_sim: Any, tmp_path: Path) -> None:

@@ -172,6 +172,22 @@ async def test_a_photo_that_returns_is_restored_from_the_trash_without_download(
     assert_byte_exact(sim, settings)
 
 
+async def test_a_photo_restored_with_its_old_time_comes_back_from_the_trash_on_a_full_run(
+    sim: Simulator, settings_for: Any
+) -> None:
+    settings = settings_for(sim, mirror={"on_delete": "trash"})
+    await sync(settings)
+    (photo_id,) = delete_some(sim, 1)
+    await sync(settings, full=True)
+    downloads = sum(sim.stats.downloads.values())
+    sim.restore_photo(photo_id, keep_time=True)  # no incremental window will ever see it
+    summary = await sync(settings, full=True)
+    assert sum(r.changes[Change.RESTORED] for r in summary.results) == 1
+    assert sum(sim.stats.downloads.values()) == downloads
+    assert trash_files(settings) == []
+    assert_byte_exact(sim, settings)
+
+
 async def test_a_photo_that_returns_after_delete_is_downloaded_again(
     sim: Simulator, settings_for: Any
 ) -> None:
@@ -196,3 +212,20 @@ async def test_a_photo_that_leaves_the_filters_is_not_taken_for_deleted(
     assert summary.exit_code == ExitCode.OK
     assert marked_deleted(settings) == set()
     assert starred[0].id in mirror_photos(settings.mirror.root)
+
+
+async def test_max_delete_allows_exactly_its_cap_and_stops_one_more(
+    sim: Simulator, settings_for: Any
+) -> None:
+    settings = settings_for(sim, mirror={"max_delete": "3"}, sync={"projects": [min(sim.company.projects)]})
+    await sync(settings)
+    ours = sorted(p.id for p in sim.company.live_photos(min(sim.company.projects)))
+    for photo_id in ours[:3]:
+        sim.delete_photo(photo_id)
+    assert (await sync(settings, full=True)).exit_code == ExitCode.OK, "three gone, three allowed"
+    assert marked_deleted(settings) == set(ours[:3])
+    for photo_id in ours[3:7]:
+        sim.delete_photo(photo_id)
+    summary = await sync(settings, full=True)
+    assert summary.exit_code == ExitCode.INCOMPLETE, "four gone is one more than allowed"
+    assert marked_deleted(settings) == set(ours[:3])

@@ -119,6 +119,7 @@ async def test_an_unprovable_listing_keeps_the_checkpoint(make_sim: Any, setting
     summary = await sync(settings)
     assert summary.exit_code == ExitCode.INCOMPLETE
     assert summary.results[0].unproven and not summary.results[0].checkpoint_advanced
+    assert db_rows(settings, "SELECT checkpoint FROM projects") == [(None,)], "nothing written"
 
 
 schedules = st.lists(
@@ -166,3 +167,17 @@ async def test_a_failed_listing_leaves_the_checkpoint_where_it_was(make_sim: Any
     assert summary.exit_code == ExitCode.INCOMPLETE
     assert summary.results[0].listing_error and not summary.results[0].checkpoint_advanced
     assert db_rows(settings, "SELECT checkpoint FROM projects") == before
+
+
+async def test_a_photo_without_created_at_is_listed_when_its_piece_is_split(
+    make_sim: Any, settings_for: Any
+) -> None:
+    sim = await make_sim(photos=40, projects=1, max_per_page=10)
+    undated = min(sim.expected_files())
+    sim.company.photos[undated].created_at = None  # no created_at range can ever match it
+    sim.changed()
+    edit_and_delete_on_page(sim, 2, edits=3, deletes=2)  # the first pass fails: the window is split
+    settings = settings_for(sim, sync={"per_page": 10})
+    summary = await sync(settings)
+    assert summary.exit_code == ExitCode.OK
+    assert_byte_exact(sim, settings)

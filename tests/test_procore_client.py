@@ -11,6 +11,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from yarl import URL
 
 from syncer.procore.api import ProcoreApi
@@ -250,3 +251,45 @@ async def test_pacer_learns_the_servers_clock_finer_than_whole_second_dates() ->
     async with pacer.slot():
         pass
     assert len(slept) == 1 and abs(slept[0] - 9.12) < 0.01, slept  # one Date alone would say 10.0
+
+
+@asynccontextmanager
+async def scripted(*answers: web.Response) -> AsyncIterator[tuple[str, list[tuple[float, dict[str, str]]]]]:
+    """A server on loopback that gives `answers` in turn (the last one again after that); yields
+    its base URL and, for each request it got, the time and the headers."""
+    seen: list[tuple[float, dict[str, str]]] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        seen.append((time.monotonic(), dict(request.headers)))
+        template = answers[min(len(seen), len(answers)) - 1]
+        headers = {k: v for k, v in template.headers.items() if k.lower() != "content-length"}
+        return web.Response(status=template.status, text=template.text, headers=headers)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}", seen
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_429_waits_as_long_as_retry_after_says(sim: Simulator) -> None:
+    refused = web.Response(status=429, text="Rate limit exceeded", headers={"Retry-After": "1"})
+    fine = web.json_response([])
+    async with scripted(refused, fine) as (base, seen), client(sim, api_base=base) as api:
+        await api.projects()
+    (first, _), (second, _) = seen
+    assert second - first >= 1.0, f"retried after {second - first:.2f} s, not the 1 s Procore asked for"
+
+
+async def test_the_token_is_refused_to_any_origin_but_procores_on_every_call(sim: Simulator) -> None:
+    async with scripted(web.json_response([])) as (foreign, seen), client(sim) as api:
+        with pytest.raises(ProcoreError, match="refusing to send the token"):
+            await api.http.get_json(URL(f"{foreign}/rest/v1.0/projects"), what="a forged URL")
+        with pytest.raises(ProcoreError, match="refusing to send the token"):
+            await api.http.open(URL(f"{foreign}/storage/1"), what="a forged file URL")
+    assert seen == [], "nothing was sent there"

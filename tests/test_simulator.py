@@ -72,7 +72,7 @@ def parent(sim: Simulator) -> int:
 async def test_list_filter_selects_exactly_the_matching_photos(
     make_sim: Any, name: str, make_filter: Any, matches: Any
 ) -> None:
-    sim = await make_sim(photos=200, projects=1)
+    sim = await make_sim(photos=200, projects=1, max_per_page=1000)  # one page holds every match
     project = next(iter(sim.company.projects))
     expected = {p.id for p in sim.company.photos.values() if matches(sim, p)}
     assert expected, f"the seeded data has no photo for the {name} filter"

@@ -86,6 +86,8 @@ async def test_token_is_renewed_before_it_expires(make_sim: Any, settings_for: A
     summary = await sync(settings)
     assert summary.exit_code == ExitCode.OK
     assert sim.stats.tokens_issued > 1
+    assert sim.stats.unauthorized == 0, "each token was replaced before it expired, not after a 401"
+    assert sim.stats.token_life_left > 0.25, "a token is replaced well before its end (at half its life)"
 
 
 async def test_secrets_reach_no_log_line_database_row_or_sidecar(
@@ -135,6 +137,11 @@ async def test_album_move_renames_the_file_without_downloading(sim: Simulator, s
     moved = list(settings.mirror.root.rglob(f"{photo.id}_*"))
     assert {p.parent.parent.name for p in moved} == {other.name}
     assert_byte_exact(sim, settings)
+    (sidecar,) = [p for p in moved if p.suffix == ".json"]
+    document = json.loads(sidecar.read_text())
+    assert document["procore"]["image_category_id"] == other.id, "the whole new record, not a stub"
+    assert document["procore"]["filename"] == photo.filename
+    assert document["file"]["sha256"] and document["file"]["size"] == len(photo.content.all_bytes())
 
 
 async def test_replaced_file_is_downloaded_again(sim: Simulator, settings_for: Any) -> None:
@@ -142,6 +149,18 @@ async def test_replaced_file_is_downloaded_again(sim: Simulator, settings_for: A
     await sync(settings)
     photo = next(iter(sim.company.photos.values()))
     sim.replace_photo(photo.id)
+    summary = await sync(settings)
+    assert sum(r.changes[Change.REPLACED] for r in summary.results) == 1
+    assert_byte_exact(sim, settings)
+
+
+async def test_a_file_replaced_by_one_of_the_same_size_is_downloaded_again(
+    sim: Simulator, settings_for: Any
+) -> None:
+    settings = settings_for(sim)
+    await sync(settings)
+    photo = next(iter(sim.company.photos.values()))
+    sim.replace_photo(photo.id, size=photo.requested_size)  # new bytes, same length
     summary = await sync(settings)
     assert sum(r.changes[Change.REPLACED] for r in summary.results) == 1
     assert_byte_exact(sim, settings)
@@ -238,3 +257,17 @@ async def test_a_renamed_photo_is_renamed_on_disk_not_downloaded_again(
         f"{photo.id}_Level 3 slab pour.jpg"
     ]
     assert_byte_exact(sim, settings)
+
+
+async def test_a_body_longer_than_the_listed_size_is_never_installed(
+    make_sim: Any, settings_for: Any
+) -> None:
+    sim = await make_sim(photos=6, projects=1)
+    padded = min(sim.expected_files())
+    sim.config.padded_files.add(padded)
+    settings = settings_for(sim, procore={"retry_attempts": 2})
+    summary = await sync(settings)
+    assert summary.exit_code == ExitCode.INCOMPLETE
+    ((failed, _, error),) = summary.results[0].failures
+    assert failed == padded and "listing size says" in error, error
+    assert padded not in mirror_photos(settings.mirror.root), "no file of the wrong length in the mirror"

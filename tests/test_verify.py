@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from syncer.config import Settings
@@ -70,6 +71,18 @@ async def test_a_broken_sidecar_is_rewritten_from_the_database(sim: Simulator, s
     assert report.bad_sidecars and report.sidecars_fixed == 1
     assert sidecar.read_bytes() == original
     assert (await verify(settings)).matches
+
+
+async def test_a_sidecar_that_no_longer_holds_the_record_is_bad(sim: Simulator, settings_for: Any) -> None:
+    settings = settings_for(sim)
+    await sync(settings)
+    sidecar = a_photo_path(settings, 3).with_name(a_photo_path(settings, 3).name + ".json")
+    original = json.loads(sidecar.read_text())
+    sidecar.write_text(json.dumps({"schema": 1, "procore": {"id": original["procore"]["id"]}}))
+    report = await verify(settings)
+    assert not report.matches and report.bad_sidecars == [str(sidecar.relative_to(settings.mirror.root))]
+    assert (await verify(settings, fix=True)).sidecars_fixed == 1
+    assert json.loads(sidecar.read_text()) == original
 
 
 async def test_unexpected_files_are_reported_and_left_alone(sim: Simulator, settings_for: Any) -> None:

@@ -103,7 +103,8 @@ class SimPhoto:
     filename: str
     description: str
     taken_at: datetime | None
-    created_at: datetime
+    created_at: datetime | None
+    """None for a record Procore keeps without one: no created_at range ever matches it."""
     updated_at: datetime
     uploader: dict[str, Any]
     location: dict[str, Any] | None
@@ -253,5 +254,5 @@ def generate_company(
         moved = rng.sample(live, k=len(live) // 10)
         when = EPOCH - timedelta(seconds=rng.randint(3600, 30 * 86400))
         for photo in moved:
-            photo.updated_at = max(when, photo.created_at)
+            photo.updated_at = max(when, photo.created_at or when)
     return company

@@ -42,14 +42,14 @@ class RateLimits:
         self._clock = clock
 
     def take(self) -> tuple[bool, dict[str, str]]:
-        """Count one request; (allowed, headers for the window closest to running out)."""
+        """Count one request; (allowed, headers for the window closest to running out). A refused
+        request counts too, as Procore counts every request, errors included."""
         now = self._clock()
         for w in self.windows:
             w.roll(now)
         allowed = all(w.remaining > 0 for w in self.windows)
-        if allowed:
-            for w in self.windows:
-                w.used += 1
+        for w in self.windows:
+            w.used += 1
         tight = min(self.windows, key=lambda w: (w.remaining, w.resets_at))
         headers = {
             "X-Rate-Limit-Limit": str(tight.limit),

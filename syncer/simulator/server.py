@@ -45,7 +45,8 @@ class SimConfig:
     token_ttl: float = 5400.0
     url_ttl: float = 600.0
     """Lifetime of signed file URLs, on the API origin and at the object store."""
-    max_per_page: int = 1000
+    max_per_page: int = 100
+    """Procore's documented maximum page size for images."""
     hourly_limit: int = 100_000
     spike_limit: int = 2_000
     spike_window: float = 10.0
@@ -72,6 +73,9 @@ class SimConfig:
     holds them can never be proven complete."""
     broken_files: set[int] = field(default_factory=set)
     """Photo ids whose file URL on the API origin always answers 500."""
+    padded_files: set[int] = field(default_factory=set)
+    """Photo ids whose object-store body carries 100 bytes more than the listing's `size`, sent
+    without a `Content-Length` (chunked), so only the listed size can tell."""
 
 
 @dataclass
@@ -98,6 +102,10 @@ class Stats:
     store_authorization_headers: list[str] = field(default_factory=list)
     """Every Authorization header the object store received; must stay empty."""
     tokens_issued: int = 0
+    unauthorized: int = 0
+    """Answers 401 for a missing, unknown or expired token."""
+    token_life_left: float = math.inf
+    """The least time a token had left to live when a request carried it."""
 
 
 def _ts(value: datetime | None) -> str | None:
@@ -265,11 +273,13 @@ class Simulator:
         self.company.photos[photo_id].deleted = True
         self.changed()
 
-    def restore_photo(self, photo_id: int) -> None:
-        """Undo a deletion (Procore's recycle bin): the photo is back, updated now."""
+    def restore_photo(self, photo_id: int, *, keep_time: bool = False) -> None:
+        """Undo a deletion (Procore's recycle bin): the photo is back, updated now, or with the
+        `updated_at` it had (`keep_time`), which no incremental window will see."""
         photo = self.company.photos[photo_id]
         photo.deleted = False
-        photo.updated_at = self.now()
+        if not keep_time:
+            photo.updated_at = self.now()
         self.changed()
 
     def expected_files(self) -> dict[int, bytes]:
@@ -400,7 +410,9 @@ class Simulator:
         auth = request.headers.get("Authorization", "")
         token = auth.removeprefix("Bearer ")
         if not auth.startswith("Bearer ") or self.tokens.get(token, 0) < time.time():
+            self.stats.unauthorized += 1
             return web.json_response({"errors": "Unauthorized"}, status=401, headers=limit_headers)
+        self.stats.token_life_left = min(self.stats.token_life_left, self.tokens[token] - time.time())
         company = request.headers.get("Procore-Company-Id")
         if request.path.startswith("/rest/"):
             if not company:
@@ -588,7 +600,8 @@ class Simulator:
             for name in ("created_at", "updated_at"):
                 if (v := q.get(f"filters[{name}]")) is not None:
                     lo, hi = _parse_range(v)
-                    if not lo <= getattr(photo, name) <= hi:
+                    value = getattr(photo, name)
+                    if value is None or not lo <= value <= hi:  # a range never matches a null
                         return False
         except ValueError:
             raise _BadRequest("invalid date range") from None
@@ -615,7 +628,7 @@ class Simulator:
             if key_name == "taken_at":
                 return p.taken_at or epoch
             if key_name in ("created_at", "exposure_date"):
-                return p.created_at
+                return p.created_at or epoch
             return p.updated_at if key_name == "most_recent" else epoch
 
         photos = [p for p in self.company.live_photos(pid) if self._matches(p, query)]
@@ -718,6 +731,46 @@ class Simulator:
             return None
         return photo if photo is not None and str(photo.version) == version else None
 
+    def _range(self, request: web.Request, size: int) -> tuple[int, int] | None:
+        """The one byte range a `Range` header asks for and this store serves, if any."""
+        asked = request.headers.get("Range", "")
+        if not self.config.range_support or not asked.startswith("bytes=") or "," in asked:
+            return None
+        lo, _, hi = asked.removeprefix("bytes=").partition("-")
+        if not lo.isdigit() or int(lo) >= size:
+            return None
+        return int(lo), min(size, int(hi) + 1) if hi.isdigit() else size
+
+    async def _send_body(
+        self,
+        request: web.Request,
+        response: web.StreamResponse,
+        photo: SimPhoto,
+        start: int,
+        end: int,
+        *,
+        padded: bool,
+    ) -> bool:
+        """Stream bytes `start..end` of the photo (paced, possibly cut short or padded); False if
+        the connection was dropped mid-body."""
+        cut_at = start + (end - start) // 2 if self._fault(self.config.cut_rate) else None
+        sent = start
+        for piece in photo.content.iter_bytes(start, end):
+            if cut_at is not None and sent + len(piece) > cut_at:
+                await response.write(piece[: cut_at - sent])
+                self.stats.bytes_sent += cut_at - sent
+                assert request.transport is not None
+                request.transport.close()  # the connection drops mid-body
+                return False
+            await response.write(piece)
+            sent += len(piece)
+            self.stats.bytes_sent += len(piece)
+            if self.config.bandwidth:
+                await asyncio.sleep(len(piece) / self.config.bandwidth)
+        if padded:
+            await response.write(b"\0" * 100)
+        return True
+
     async def _object(self, request: web.Request) -> web.StreamResponse:
         self.stats.requests["object"] += 1
         if "Authorization" in request.headers:
@@ -746,33 +799,20 @@ class Simulator:
             "Accept-Ranges": "bytes" if self.config.range_support else "none",
             "Content-Type": "image/jpeg",
         }
-        rng = request.headers.get("Range", "")
-        if self.config.range_support and rng.startswith("bytes=") and "," not in rng:
-            lo, _, hi = rng.removeprefix("bytes=").partition("-")
-            if lo.isdigit() and int(lo) < content.size:
-                start = int(lo)
-                end = min(content.size, int(hi) + 1) if hi.isdigit() else content.size
-                status = 206
-                headers["Content-Range"] = f"bytes {start}-{end - 1}/{content.size}"
-                self.stats.resumed += start > 0
+        if (asked := self._range(request, content.size)) is not None:
+            start, end = asked
+            status = 206
+            headers["Content-Range"] = f"bytes {start}-{end - 1}/{content.size}"
+            self.stats.resumed += start > 0
         response = web.StreamResponse(status=status, headers=headers)
-        response.content_length = end - start
+        padded = photo.id in self.config.padded_files
+        if padded:
+            response.enable_chunked_encoding()
+        else:
+            response.content_length = end - start
         await response.prepare(request)
-        cut_at = start + (end - start) // 2 if self._fault(self.config.cut_rate) else None
-        sent = start
-        for piece in content.iter_bytes(start, end):
-            if cut_at is not None and sent + len(piece) > cut_at:
-                await response.write(piece[: cut_at - sent])
-                self.stats.bytes_sent += cut_at - sent
-                assert request.transport is not None
-                request.transport.close()  # the connection drops mid-body
-                return response
-            await response.write(piece)
-            sent += len(piece)
-            self.stats.bytes_sent += len(piece)
-            if self.config.bandwidth:
-                await asyncio.sleep(len(piece) / self.config.bandwidth)
-        await response.write_eof()
-        if end == content.size:
-            self.stats.downloads[photo.id] += 1  # a body completed, from the start or resumed
+        if await self._send_body(request, response, photo, start, end, padded=padded):
+            await response.write_eof()
+            if end == content.size:
+                self.stats.downloads[photo.id] += 1  # a body completed, from the start or resumed
         return response

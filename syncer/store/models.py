@@ -166,6 +166,11 @@ class PhotoRow(Base):
         )
 
     @classmethod
+    def current(cls) -> ColumnElement[bool]:
+        """The mirrored file and its sidecar are of the record the row holds: nothing pending."""
+        return (cls.sidecar_of == cls.updated_at) & (cls.local_file_key == cls.file_key)
+
+    @classmethod
     def due(cls, now: datetime) -> ColumnElement[bool]:
         """Needs a download and its retry time has come: what a run downloads."""
         return cls.needs_download() & (cls.next_retry_at.is_(None) | (cls.next_retry_at <= now))

@@ -121,3 +121,5 @@ class MirroredFile:
     size: int | None
     sha256: str | None
     raw_json: str
+    current: bool | None
+    """The file and its sidecar are of the record in `raw_json` (nothing is pending for them)."""

@@ -307,6 +307,10 @@ class Store(RunLog):
                 PhotoRow.local_size.label("size"),
                 PhotoRow.sha256,
                 PhotoRow.raw_json,
+                (
+                    (PhotoRow.sidecar_of == PhotoRow.updated_at)
+                    & (PhotoRow.local_file_key == PhotoRow.file_key)
+                ).label("current"),
             )
             .join(ProjectRow, ProjectRow.id == PhotoRow.project_id)
             .where(PhotoRow.local_path.is_not(None))

@@ -1,0 +1,62 @@
+"""`plan.decide`: what a listed photo means for the mirror, given what the database holds."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from syncer.plan import Change, decide
+from syncer.procore.models import Photo
+from syncer.store import StoredPhoto
+
+EARLIER = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+LATER = EARLIER + timedelta(hours=1)
+
+
+def listed(*, key: str = "k1", size: int = 1000, updated: datetime = LATER) -> Photo:
+    return Photo.from_api(
+        {
+            "id": 7,
+            "url": f"https://storage.procore.com/files/{key}/IMG_7.jpg?sig=x",
+            "size": size,
+            "filename": "IMG_7.jpg",
+            "updated_at": updated.isoformat(),
+        }
+    )
+
+
+def stored(photo: Photo, *, path: str = "a/7.jpg", updated: datetime = LATER) -> StoredPhoto:
+    return StoredPhoto(
+        id=photo.id,
+        file_key=photo.file_key,
+        rel_path=path,
+        updated_at=updated,
+        local_path=path,
+        local_file_key=photo.file_key,
+        local_size=photo.size,
+        sha256="0" * 64,
+        sidecar_of=updated,
+        deleted_at=None,
+        trashed_path=None,
+    )
+
+
+def test_an_older_copy_of_a_stored_record_is_stale_and_ignored() -> None:
+    newer = listed(updated=LATER)
+    older = listed(updated=EARLIER, key="k0")  # a repeat from a shifted page, before an edit
+    assert decide(older, stored(newer), "a/7.jpg").change is Change.STALE
+
+
+def test_a_file_replaced_by_one_of_the_same_size_is_downloaded_again() -> None:
+    before = listed(key="k1", size=1000)
+    after = listed(key="k2", size=1000)  # new bytes behind a new storage key, same length
+    assert decide(after, stored(before), "a/7.jpg").change is Change.REPLACED
+
+
+def test_a_rename_that_keeps_the_file_is_not_a_download() -> None:
+    photo = listed()
+    assert decide(photo, stored(photo, path="a/old.jpg"), "a/7.jpg").change is Change.MOVED
+
+
+def test_the_same_record_again_changes_nothing() -> None:
+    photo = listed()
+    assert decide(photo, stored(photo), "a/7.jpg").change is Change.UNCHANGED
