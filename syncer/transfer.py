@@ -52,22 +52,26 @@ Result = Downloaded | Relocated | Failed | Vanished
 T = TypeVar("T")
 
 
-async def uninterrupted(work: Awaitable[T]) -> T:
-    """Await `work` to its end even if this task is cancelled meanwhile, then let the cancellation
-    through (whatever `work` returned or raised). A stopped run (Ctrl-C, SIGTERM, its time limit)
-    must not leave a file installed but unrecorded, nor a batch of results half-sent."""
-    task = asyncio.ensure_future(work)
+async def uninterrupted(work: Awaitable[T], then: Callable[[T], None] | None = None) -> T:
+    """Await `work` to its end even if this task is cancelled meanwhile, run `then` on its result,
+    and only then let the cancellation through. A stopped run (Ctrl-C, SIGTERM, its time limit)
+    must not leave a file installed but unrecorded, nor a batch of results half-sent. A future
+    (a file thread's job) is waited on as it is: no task is made for it."""
+    future = asyncio.ensure_future(work)
     cancelled = False
-    while not task.done():
+    while not future.done():
         try:
-            await asyncio.wait([task])
+            await asyncio.wait([future])
         except asyncio.CancelledError:
             cancelled = True
-    if cancelled:
-        if not task.cancelled():
-            task.exception()  # seen: the stop is what this task ends with
+    if future.cancelled():
         raise asyncio.CancelledError
-    return task.result()
+    failed = future.exception()
+    if failed is None and then is not None:
+        then(future.result())
+    if cancelled:
+        raise asyncio.CancelledError  # the stop comes first; a failure of `work` is moot now
+    return future.result()
 
 
 def retry_at(now: datetime, attempts: int, base: float) -> datetime:
@@ -238,7 +242,7 @@ class Transfer:
                 )
                 self.progress.received(fetched.size)
                 self.guard.check()  # after a long download: is the claim still ours?
-                await uninterrupted(self._install(job, photo, fetched))
+                await self._install(job, photo, fetched)
                 await self.recorder.maybe_flush()
                 return
             except FetchError as exc:
@@ -283,23 +287,25 @@ class Transfer:
         )
 
     async def _install(self, job: Job, photo: Photo, fetched: Fetched) -> None:
-        """Put the verified file and its sidecar in place, remove the old copy, note the result."""
+        """Put the verified file and its sidecar in place and remove the old copy, in one trip to
+        a file thread that runs to its end even if the run is stopped meanwhile; then note it."""
         rel = self.render(photo)
         when = photo.when
-        await self.fs.install(
+        installing = self.fs.install(
             rel,
             tmp=fetched.tmp,
             data=fetched.data,
             mtime=when.timestamp() if when else None,
             sidecar=(sidecar_path(rel), self.sidecar(photo, fetched.size, fetched.sha256)),
+            replacing=job.stored.local_path if job.stored else None,
         )
-        old = job.stored.local_path if job.stored else None
-        if old and old != rel:
-            await self.fs.remove(old)
-            await self.fs.remove(sidecar_path(old))
-        self.result.downloaded += 1
-        self.result.bytes += fetched.size
-        self.recorder.note(self._mirrored(photo, rel, fetched.size, fetched.sha256))
+
+        def installed(_: None) -> None:
+            self.result.downloaded += 1
+            self.result.bytes += fetched.size
+            self.recorder.note(self._mirrored(photo, rel, fetched.size, fetched.sha256))
+
+        await uninterrupted(installing, installed)
 
     async def _relocate(self, job: Job) -> None:
         stored, photo = job.stored, job.photo

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from syncer.errors import LocalFault
+from syncer.mirror.sidecar import sidecar_path
 
 T = TypeVar("T")
 STATE_DIR = ".syncer"
@@ -105,9 +106,10 @@ class MirrorFS:
     def close(self) -> None:
         self.executor.shutdown(wait=True)
 
-    async def run(self, func: Any, *args: Any) -> Any:
-        """Run blocking file work on the mirror's own threads, not the loop's default pool."""
-        return await asyncio.get_running_loop().run_in_executor(self.executor, func, *args)
+    def run(self, func: Any, *args: Any) -> asyncio.Future[Any]:
+        """Run blocking file work on the mirror's own threads, not the loop's default pool. The
+        future is the thread's: cancelling its waiter does not stop the work."""
+        return asyncio.get_running_loop().run_in_executor(self.executor, func, *args)
 
     def path(self, rel: str) -> Path:
         """The absolute path of a relative mirror path, refusing anything that leaves the root."""
@@ -168,21 +170,43 @@ class MirrorFS:
         await self.run(self.write_with_folder, rel, data)
 
     def _install(
-        self, rel: str, tmp: Path, data: bytes | None, mtime: float | None, sidecar: tuple[str, bytes]
+        self,
+        rel: str,
+        *,
+        tmp: Path,
+        data: bytes | None,
+        mtime: float | None,
+        sidecar: tuple[str, bytes],
+        replacing: str | None,
     ) -> None:
         if data is not None:
             _write_synced(tmp, data)
         self._publish(tmp, rel, mtime)
         self._write_atomic(*sidecar)
         fsync_dir(self.path(rel).parent)
+        if replacing is not None and replacing != rel:
+            self._remove(replacing)
+            self._remove(sidecar_path(replacing))
 
-    async def install(
-        self, rel: str, *, tmp: Path, data: bytes | None, mtime: float | None, sidecar: tuple[str, bytes]
-    ) -> None:
+    def install(
+        self,
+        rel: str,
+        *,
+        tmp: Path,
+        data: bytes | None,
+        mtime: float | None,
+        sidecar: tuple[str, bytes],
+        replacing: str | None = None,
+    ) -> asyncio.Future[None]:
         """Put a verified photo and its sidecar in place, durably, in one trip to a file thread:
         write the temp file if it is still in memory, fsync, rename, write the sidecar, fsync the
-        folder. Only after this returns may the database record the photo."""
-        await self.run(self._install, rel, tmp, data, mtime, sidecar)
+        folder, then remove the copy at `replacing` (the photo's old path). Only once this is done
+        may the database record the photo."""
+        job = partial(
+            self._install, rel, tmp=tmp, data=data, mtime=mtime, sidecar=sidecar, replacing=replacing
+        )
+        future: asyncio.Future[None] = self.run(job)
+        return future
 
     def _move(self, old: str, new: str) -> None:
         source, target = self.path(old), self.path(new)
