@@ -60,6 +60,11 @@ class Piece:
     def describe(self) -> str:
         return f"updated {self.updated_from:%Y-%m-%dT%H:%M:%S}..{self.updated_to:%Y-%m-%dT%H:%M:%S}"
 
+    @property
+    def any_created(self) -> bool:
+        """No `created_at` filter: photos Procore keeps without a `created_at` are in it too."""
+        return (self.created_from, self.created_to) == (BEGINNING, FAR_FUTURE)
+
 
 @dataclass
 class Pass:
@@ -118,6 +123,14 @@ class PiecePass(Pass):
     created: set[datetime] = field(default_factory=set)
 
 
+@dataclass(frozen=True)
+class Proof:
+    count: int | None
+    """Photos the piece was proven to hold, or None if it could not be proven."""
+    at_once: bool = False
+    """Proven by its first pass (nothing moved while it was read)."""
+
+
 @dataclass
 class ListingReport:
     requests: int = 0
@@ -174,7 +187,7 @@ class Lister:
         it was listed, up to `now()` in catch-up rounds; `report.proven` says if it is sure."""
         lo, hi = _floor(start or BEGINNING), _floor(end)
         for _ in range(1 + CATCH_UP_ROUNDS):
-            settled = await self._prove(Piece(lo, hi))
+            settled = (await self._prove(Piece(lo, hi))).at_once
             self.report.end = hi
             later = _floor(now()) if now is not None else hi
             if settled or later <= hi:
@@ -182,48 +195,69 @@ class Lister:
             lo, hi = hi + SECOND, later
         return self.report
 
-    async def _prove(self, piece: Piece) -> bool:
-        """Prove the piece (or record it unproven); True if its first pass proved it at once."""
+    async def _prove(self, piece: Piece) -> Proof:
+        """Prove the piece, or record it unproven."""
         result = await self._pass(piece)
         if result.proven:
             self.report.pieces += 1
-            return True
+            return Proof(len(result.distinct), at_once=True)
         subpieces = self._split(piece, result)
-        if subpieces:
-            self.report.splits += 1
-            log.debug(
-                "piece %s not proven (%s distinct, Total %s); splitting in %d",
-                piece.describe(),
-                len(result.distinct),
-                result.totals,
-                len(subpieces),
-            )
-            for sub in subpieces:
-                await self._prove(sub)
-        else:
-            await self._prove_ties(piece, result)
-        return False
+        if not subpieces:
+            return Proof(await self._prove_ties(piece, result))
+        self.report.splits += 1
+        log.debug(
+            "piece %s not proven (%s distinct, Total %s); splitting in %d",
+            piece.describe(),
+            len(result.distinct),
+            result.totals,
+            len(subpieces),
+        )
+        count = await self._prove_all(subpieces)
+        if piece.any_created and not subpieces[0].any_created and count is not None:
+            # A photo without `created_at` is in no `created_at` range: if the piece holds more
+            # than its `created_at` pieces did, prove it again in pieces that keep such photos.
+            whole = await self._count(piece)
+            if whole is not None and whole > count:
+                log.info(
+                    "listing: %s holds photos without created_at; listing it by updated_at", piece.describe()
+                )
+                if piece.updated_to > piece.updated_from:
+                    pieces = _split_range(piece.updated_from, piece.updated_to, result.updated)
+                    count = await self._prove_all(
+                        [replace(piece, updated_from=a, updated_to=b) for a, b in pieces]
+                    )
+                else:
+                    count = await self._prove_ties(piece, result)
+        return Proof(count)
 
-    async def _prove_ties(self, piece: Piece, first: PiecePass) -> None:
+    async def _prove_all(self, pieces: list[Piece]) -> int | None:
+        """Prove each piece; the photos in them all, or None if one could not be proven."""
+        counts = [(await self._prove(piece)).count for piece in pieces]
+        return None if None in counts else sum(c for c in counts if c is not None)
+
+    async def _count(self, piece: Piece) -> int | None:
+        """`Total` of the piece now (one request for one photo)."""
+        page = await self.api.images_page(self._piece_query(piece), page=1, per_page=1)
+        self.report.requests += 1
+        return page.total
+
+    async def _prove_ties(self, piece: Piece, first: PiecePass) -> int | None:
         """Prove a piece whose photos all share one second of both times, so no split can part
         them and each request orders them anew: pass again until the union of what the passes saw
         reaches `Total`, then confirm that union with `filters[id]` (`_confirm`)."""
         union, requests = set(first.distinct), self.report.requests - first.pages
         latest = first
         for passes in range(1, TIE_PASSES + 1):
-            if (
-                latest.last_total is not None
-                and len(union) >= latest.last_total
-                and await self._confirm(piece, union)
-            ):
+            enough = latest.last_total is not None and len(union) >= latest.last_total
+            if enough and (confirmed := await self._confirm(piece, union)) is not None:
                 self.report.pieces += 1
                 cost = self.report.requests - requests
                 self.report.ties.append(
-                    f"{piece.describe()}: {latest.last_total} photos in one second, proven by "
+                    f"{piece.describe()}: {confirmed} photos in one second, proven by "
                     f"{passes} passes and an id check ({cost} requests)"
                 )
                 log.info("listing: %s", self.report.ties[-1])
-                return
+                return confirmed
             if passes < TIE_PASSES:
                 latest = await self._pass(piece)
                 union |= latest.distinct
@@ -231,27 +265,27 @@ class Lister:
             f"{piece.describe()}: {len(union)} photos seen in {TIE_PASSES} passes, "
             f"Procore reported {latest.last_total}"
         )
+        return None
 
-    async def _confirm(self, piece: Piece, union: set[int]) -> bool:
-        """Whether every photo now in the piece is in `union`.
+    async def _confirm(self, piece: Piece, union: set[int]) -> int | None:
+        """How many photos the piece holds, if every one of them is in `union` (else None).
 
         `Total` of the piece is read first, then the piece is counted within `union`, a chunk of
         ids at a time. Photos only ever leave a piece (its times are in the past), so if the
         chunks add up to the first `Total`, nothing in the piece was missing from the union."""
         query = self._piece_query(piece)
-        whole = await self.api.images_page(query, page=1, per_page=1)
-        self.report.requests += 1
-        if whole.total is None:
-            return False
+        whole = await self._count(piece)
+        if whole is None:
+            return None
         counted, ids = 0, sorted(union)
         for at in range(0, len(ids), ID_CHECK_CHUNK):
             chunk = replace(query, filters=replace(query.filters, id=ids[at : at + ID_CHECK_CHUNK]))
             page = await self.api.images_page(chunk, page=1, per_page=1)
             self.report.requests += 1
             if page.total is None:
-                return False
+                return None
             counted += page.total
-        return counted == whole.total
+        return whole if counted == whole else None
 
     def _piece_query(self, piece: Piece) -> ImageQuery:
         return replace(

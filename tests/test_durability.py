@@ -13,9 +13,9 @@ import pytest
 from syncer.simulator import Simulator
 from tests.conftest import in_mirror, write_config
 
-CALL = re.compile(r"^(\d+) (\w+)\((.*)\) += (-?\d+)")
-UNFINISHED = re.compile(r"^(\d+) (\w+)\((.*) <unfinished \.\.\.>$")
-RESUMED = re.compile(r"^(\d+) <\.\.\. (\w+) resumed>")
+CALL = re.compile(r"^(\d+)\s+(\w+)\((.*)\) += (-?\d+)")
+UNFINISHED = re.compile(r"^(\d+)\s+(\w+)\((.*) <unfinished \.\.\.>$")
+RESUMED = re.compile(r"^(\d+)\s+<\.\.\. (\w+) resumed>")
 
 
 def traced_calls(trace: Path) -> list[tuple[str, list[str]]]:

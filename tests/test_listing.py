@@ -181,3 +181,26 @@ async def test_a_photo_without_created_at_is_listed_when_its_piece_is_split(
     summary = await sync(settings)
     assert summary.exit_code == ExitCode.OK
     assert_byte_exact(sim, settings)
+
+
+async def test_a_photo_without_created_at_that_appears_after_a_split_is_not_lost(
+    make_sim: Any, settings_for: Any
+) -> None:
+    sim = await make_sim(photos=40, projects=1, max_per_page=10)
+    undated = min(sim.expected_files())
+    sim.company.photos[undated].created_at = None
+    sim.delete_photo(undated)  # in the recycle bin while the first page is read
+    restored = False
+
+    def restore_during_page_2(request: ListingRequest) -> None:
+        nonlocal restored
+        if request.page == 2 and not restored and request.view == "normal":
+            restored = True
+            sim.restore_photo(undated, keep_time=True)  # back in the window, in no created_at range
+
+    sim.listing_hooks.append(restore_during_page_2)
+    settings = settings_for(sim, sync={"per_page": 10})
+    summary = await sync(settings)
+    assert restored
+    assert summary.exit_code == ExitCode.OK
+    assert_byte_exact(sim, settings)

@@ -7,6 +7,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 import pytest
+from yarl import URL
 
 from syncer.procore.query import ImageFilters, ImageQuery, Range
 from syncer.simulator import SimPhoto, Simulator
@@ -115,3 +116,23 @@ async def test_past_the_last_page_is_an_empty_list(sim: Simulator) -> None:
     async with client(sim) as api:
         page = await api.images_page(ImageQuery(project_id=project), page=99, per_page=10)
     assert page.items == [] and page.next_url is None and page.total is not None
+
+
+async def test_the_object_store_sends_the_whole_body_when_if_range_names_another_version(
+    sim: Simulator,
+) -> None:
+    photo_id, photo = next(iter(sim.company.photos.items()))
+    async with client(sim) as api:
+        record = await api.image(photo.project_id, photo_id)
+        assert record.url is not None
+        opened = await api.http.open(URL(record.url), what="file")
+        location = opened.headers["Location"]
+        opened.release()
+        session = api.http.session
+        async with session.get(location, headers={"Range": "bytes=10-"}) as same:
+            etag = same.headers["ETag"]
+            assert same.status == 206
+        async with session.get(location, headers={"Range": "bytes=10-", "If-Range": etag}) as kept:
+            assert kept.status == 206, "the same version: the range is served"
+        async with session.get(location, headers={"Range": "bytes=10-", "If-Range": '"other"'}) as whole:
+            assert whole.status == 200 and await whole.read() == photo.content.all_bytes()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -271,3 +272,23 @@ async def test_a_body_longer_than_the_listed_size_is_never_installed(
     ((failed, _, error),) = summary.results[0].failures
     assert failed == padded and "listing size says" in error, error
     assert padded not in mirror_photos(settings.mirror.root), "no file of the wrong length in the mirror"
+
+
+async def test_bodies_without_a_content_length_are_checked_against_the_listed_size(
+    make_sim: Any, settings_for: Any
+) -> None:
+    sim = await make_sim(chunked_bodies=True)
+    settings = settings_for(sim)
+    assert (await sync(settings)).exit_code == ExitCode.OK
+    assert_byte_exact(sim, settings)
+
+
+async def test_the_hourly_window_is_paced_when_it_runs_out_first(make_sim: Any, settings_for: Any) -> None:
+    sim = await make_sim(hourly_limit=40, hourly_window=3.0, spike_limit=10**6, error_rate=0.0)
+    settings = settings_for(sim)
+    started = time.monotonic()
+    assert (await sync(settings)).exit_code == ExitCode.OK
+    took = time.monotonic() - started
+    assert sim.stats.rate_limited == 0, "paced by the window that runs out first: no 429"
+    assert took >= 3.0, f"about 70 requests at 40 a window take at least one window, not {took:.1f} s"
+    assert_byte_exact(sim, settings)

@@ -36,9 +36,10 @@ class RateLimits:
         hourly: int,
         spike: int,
         spike_window: float = 10.0,
+        hourly_window: float = 3600.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.windows = [Window(hourly, 3600.0), Window(spike, spike_window)]
+        self.windows = [Window(hourly, hourly_window), Window(spike, spike_window)]
         self._clock = clock
 
     def take(self) -> tuple[bool, dict[str, str]]:

@@ -48,6 +48,8 @@ class SimConfig:
     max_per_page: int = 100
     """Procore's documented maximum page size for images."""
     hourly_limit: int = 100_000
+    hourly_window: float = 3600.0
+    """Seconds of the "hourly" window: shorter in tests, so that window can run out first."""
     spike_limit: int = 2_000
     spike_window: float = 10.0
     count_file_requests: bool = True
@@ -73,6 +75,10 @@ class SimConfig:
     holds them can never be proven complete."""
     broken_files: set[int] = field(default_factory=set)
     """Photo ids whose file URL on the API origin always answers 500."""
+    chunked_bodies: bool = False
+    """Object-store bodies come without a `Content-Length` (chunked), as some servers send them."""
+    token_faults: bool = True
+    """`error_rate` reaches the token endpoint too, as any server can fail."""
     padded_files: set[int] = field(default_factory=set)
     """Photo ids whose object-store body carries 100 bytes more than the listing's `size`, sent
     without a `Content-Length` (chunked), so only the listed size can tell."""
@@ -156,7 +162,12 @@ class Simulator:
         )
         if c.tied:
             self._tie(c.tied)
-        self.limits = RateLimits(hourly=c.hourly_limit, spike=c.spike_limit, spike_window=c.spike_window)
+        self.limits = RateLimits(
+            hourly=c.hourly_limit,
+            hourly_window=c.hourly_window,
+            spike=c.spike_limit,
+            spike_window=c.spike_window,
+        )
         self.stats = Stats()
         self.listing_hooks: list[Callable[[ListingRequest], None]] = []
         self.tokens: dict[str, float] = {}
@@ -375,6 +386,19 @@ class Simulator:
             }
         )
 
+    def _injected_error(self, headers: dict[str, str]) -> web.Response | None:
+        """A 500, 502 or 503 (with `Retry-After`) for a share `error_rate` of answers."""
+        if not self._fault(self.config.error_rate):
+            return None
+        status = self._rng.choice([500, 502, 503])
+        retry = {"Retry-After": str(self.config.retry_after)} if status == 503 else {}
+        return web.Response(
+            status=status,
+            text="<html><body>upstream error</body></html>",
+            content_type="text/html",
+            headers={**headers, **retry},
+        )
+
     @web.middleware
     async def _api_middleware(  # noqa: PLR0911 - one early answer per check, in Procore's order
         self, request: web.Request, handler: Handler
@@ -382,8 +406,11 @@ class Simulator:
         self.stats.requests[request.match_info.route.name or "unknown"] += 1
         if self.config.latency:
             await asyncio.sleep(self.config.latency)
-        if request.path == "/oauth/token" or request.path.startswith("/_sim/"):
+        if request.path.startswith("/_sim/"):
             return await handler(request)
+        if request.path == "/oauth/token":
+            failed = self._injected_error({}) if self.config.token_faults else None
+            return failed or await handler(request)
         counted = request.path.startswith("/rest/") or self.config.count_file_requests
         limit_headers: dict[str, str] = {}
         if counted:
@@ -395,18 +422,8 @@ class Simulator:
                     reset = int(limit_headers["X-Rate-Limit-Reset"])
                     headers["Retry-After"] = str(max(1, math.ceil(reset - time.time())))
                 return web.Response(status=429, text="Rate limit exceeded", headers=headers)
-        if self._fault(self.config.error_rate):
-            status = self._rng.choice([500, 502, 503])
-            headers = {
-                **limit_headers,
-                **({"Retry-After": str(self.config.retry_after)} if status == 503 else {}),
-            }
-            return web.Response(
-                status=status,
-                text="<html><body>upstream error</body></html>",
-                content_type="text/html",
-                headers=headers,
-            )
+        if (failed := self._injected_error(limit_headers)) is not None:
+            return failed
         auth = request.headers.get("Authorization", "")
         token = auth.removeprefix("Bearer ")
         if not auth.startswith("Bearer ") or self.tokens.get(token, 0) < time.time():
@@ -432,24 +449,28 @@ class Simulator:
         except _BadRequest as exc:
             return web.json_response({"errors": str(exc)}, status=400, headers=limit_headers)
         response.headers.update(limit_headers)
-        if (
+        return self._maybe_broken(response)
+
+    def _maybe_broken(self, response: web.StreamResponse) -> web.StreamResponse:
+        """For a share `broken_json_rate` of JSON answers: the body cut in half, or an HTML page."""
+        if not (
             isinstance(response, web.Response)
             and response.content_type == "application/json"
             and self._fault(self.config.broken_json_rate)
         ):
-            body = response.body if isinstance(response.body, bytes) else b""
-            broken = body[: len(body) // 2] if self._rng.random() < 0.5 else b"<html>Bad Gateway</html>"
-            return web.Response(
-                body=broken,
-                status=200,
-                content_type="application/json",
-                headers={
-                    k: v
-                    for k, v in response.headers.items()
-                    if k.lower() != "content-type" and k.lower() != "content-length"
-                },
-            )
-        return response
+            return response
+        body = response.body if isinstance(response.body, bytes) else b""
+        broken = body[: len(body) // 2] if self._rng.random() < 0.5 else b"<html>Bad Gateway</html>"
+        return web.Response(
+            body=broken,
+            status=200,
+            content_type="application/json",
+            headers={
+                k: v
+                for k, v in response.headers.items()
+                if k.lower() not in ("content-type", "content-length")
+            },
+        )
 
     async def _token(self, request: web.Request) -> web.Response:
         form = await request.post()
@@ -731,10 +752,13 @@ class Simulator:
             return None
         return photo if photo is not None and str(photo.version) == version else None
 
-    def _range(self, request: web.Request, size: int) -> tuple[int, int] | None:
-        """The one byte range a `Range` header asks for and this store serves, if any."""
+    def _range(self, request: web.Request, size: int, etag: str) -> tuple[int, int] | None:
+        """The one byte range a `Range` header asks for and this store serves, if any; none when
+        `If-Range` names another version (the whole body is sent instead, as S3 does)."""
         asked = request.headers.get("Range", "")
         if not self.config.range_support or not asked.startswith("bytes=") or "," in asked:
+            return None
+        if (condition := request.headers.get("If-Range")) is not None and condition != etag:
             return None
         lo, _, hi = asked.removeprefix("bytes=").partition("-")
         if not lo.isdigit() or int(lo) >= size:
@@ -799,14 +823,14 @@ class Simulator:
             "Accept-Ranges": "bytes" if self.config.range_support else "none",
             "Content-Type": "image/jpeg",
         }
-        if (asked := self._range(request, content.size)) is not None:
+        if (asked := self._range(request, content.size, headers["ETag"])) is not None:
             start, end = asked
             status = 206
             headers["Content-Range"] = f"bytes {start}-{end - 1}/{content.size}"
             self.stats.resumed += start > 0
         response = web.StreamResponse(status=status, headers=headers)
         padded = photo.id in self.config.padded_files
-        if padded:
+        if padded or self.config.chunked_bodies:
             response.enable_chunked_encoding()
         else:
             response.content_length = end - start
