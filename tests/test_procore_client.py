@@ -293,3 +293,21 @@ async def test_the_token_is_refused_to_any_origin_but_procores_on_every_call(sim
         with pytest.raises(ProcoreError, match="refusing to send the token"):
             await api.http.open(URL(f"{foreign}/storage/1"), what="a forged file URL")
     assert seen == [], "nothing was sent there"
+
+
+async def test_a_429_waits_for_retry_after_even_when_the_rate_headers_say_sooner(sim: Simulator) -> None:
+    soon = str(int(time.time()))  # the window resets now, says the header
+    refused = web.Response(
+        status=429,
+        text="Rate limit exceeded",
+        headers={
+            "Retry-After": "2",
+            "X-Rate-Limit-Limit": "25",
+            "X-Rate-Limit-Remaining": "0",
+            "X-Rate-Limit-Reset": soon,
+        },
+    )
+    async with scripted(refused, web.json_response([])) as (base, seen), client(sim, api_base=base) as api:
+        await api.projects()
+    (first, _), (second, _) = seen
+    assert second - first >= 2.0, f"retried after {second - first:.2f} s; Retry-After said 2 s"

@@ -292,3 +292,17 @@ async def test_the_hourly_window_is_paced_when_it_runs_out_first(make_sim: Any, 
     assert sim.stats.rate_limited == 0, "paced by the window that runs out first: no 429"
     assert took >= 3.0, f"about 70 requests at 40 a window take at least one window, not {took:.1f} s"
     assert_byte_exact(sim, settings)
+
+
+async def test_a_chain_of_redirects_is_followed_by_hand_and_capped(make_sim: Any, settings_for: Any) -> None:
+    sim = await make_sim(photos=8, projects=1, redirect_hops=5)  # four hops on Procore, then S3
+    settings = settings_for(sim)
+    assert (await sync(settings)).exit_code == ExitCode.OK
+    assert_byte_exact(sim, settings)
+    assert sim.stats.store_authorization_headers == [], "the token stayed on Procore's hops"
+    sim.config.redirect_hops = 7
+    photo = next(iter(sim.company.photos.values()))
+    sim.replace_photo(photo.id)
+    summary = await sync(settings, retry_failed=False)
+    ((failed, _, error),) = summary.results[0].failures
+    assert failed == photo.id and "more than 5 redirects" in error, error

@@ -75,6 +75,9 @@ class SimConfig:
     holds them can never be proven complete."""
     broken_files: set[int] = field(default_factory=set)
     """Photo ids whose file URL on the API origin always answers 500."""
+    redirect_hops: int = 1
+    """Redirects from a photo's file URL to the object store: the extra ones go through
+    `/storage/hop/...` on the API origin first (relative `Location`s, 301, 307, 308 in turn)."""
     chunked_bodies: bool = False
     """Object-store bodies come without a `Content-Length` (chunked), as some servers send them."""
     token_faults: bool = True
@@ -368,6 +371,7 @@ class Simulator:
         app.router.add_get("/rest/v1.0/images", self._images, name="images")
         app.router.add_get("/rest/v1.0/images/{id}", self._image, name="image")
         app.router.add_get("/storage/files/{id}/{key}/{name}", self._file_redirect, name="file")
+        app.router.add_get("/storage/hop/{left}/{key}", self._hop, name="hop")
         app.router.add_get("/_sim/stats", self._stats, name="sim_stats")
         return app
 
@@ -721,6 +725,22 @@ class Simulator:
         if photo is None or photo.deleted:
             return web.json_response({"errors": "Not Found"}, status=404)
         key = request.match_info["key"]
+        if self.config.redirect_hops > 1:
+            return web.Response(
+                status=302, headers={"Location": f"../../../hop/{self.config.redirect_hops - 1}/{key}"}
+            )
+        return self._to_store(key)
+
+    async def _hop(self, request: web.Request) -> web.Response:
+        """One more redirect on the API origin on the way to the object store."""
+        left, key = int(request.match_info["left"]), request.match_info["key"]
+        if left <= 1:
+            return self._to_store(key)
+        status = (301, 307, 308)[left % 3]
+        return web.Response(status=status, headers={"Location": f"/storage/hop/{left - 1}/{key}"})
+
+    def _to_store(self, key: str) -> web.Response:
+        """The redirect to the object store: a presigned URL that must not get the token."""
         path = f"/bucket/{key}"
         expires = int(time.time() + self.config.url_ttl)
         location = (
