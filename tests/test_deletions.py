@@ -155,14 +155,20 @@ async def test_photos_edited_during_the_id_listing_are_not_taken_for_deleted(
     assert_byte_exact(sim, settings)
 
 
-async def test_a_photo_that_returns_is_restored_from_the_trash_without_download(
-    sim: Simulator, settings_for: Any
-) -> None:
+async def photo_in_the_trash(sim: Simulator, settings_for: Any) -> tuple[Settings, int, int]:
+    """A mirror with `on_delete: trash`, one photo deleted in Procore and moved to the trash by a
+    full run: the settings, that photo, and the bodies downloaded so far."""
     settings = settings_for(sim, mirror={"on_delete": "trash"})
     await sync(settings)
     (photo_id,) = delete_some(sim, 1)
     await sync(settings, full=True)
-    downloads = sum(sim.stats.downloads.values())
+    return settings, photo_id, sum(sim.stats.downloads.values())
+
+
+async def test_a_photo_that_returns_is_restored_from_the_trash_without_download(
+    sim: Simulator, settings_for: Any
+) -> None:
+    settings, photo_id, downloads = await photo_in_the_trash(sim, settings_for)
     sim.restore_photo(photo_id)
     summary = await sync(settings)
     assert sum(r.changes[Change.RESTORED] for r in summary.results) == 1
@@ -175,11 +181,7 @@ async def test_a_photo_that_returns_is_restored_from_the_trash_without_download(
 async def test_a_photo_restored_with_its_old_time_comes_back_from_the_trash_on_a_full_run(
     sim: Simulator, settings_for: Any
 ) -> None:
-    settings = settings_for(sim, mirror={"on_delete": "trash"})
-    await sync(settings)
-    (photo_id,) = delete_some(sim, 1)
-    await sync(settings, full=True)
-    downloads = sum(sim.stats.downloads.values())
+    settings, photo_id, downloads = await photo_in_the_trash(sim, settings_for)
     sim.restore_photo(photo_id, keep_time=True)  # no incremental window will ever see it
     summary = await sync(settings, full=True)
     assert sum(r.changes[Change.RESTORED] for r in summary.results) == 1
