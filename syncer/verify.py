@@ -8,7 +8,6 @@ sync to download. Unexpected files are reported and never touched: they may be t
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import os
@@ -18,13 +17,12 @@ from pathlib import Path
 
 from syncer.config import Settings
 from syncer.locks import Locks
-from syncer.mirror.files import STATE_DIR, TRASH_DIR, MirrorFS
+from syncer.mirror.files import STATE_DIR, TRASH_DIR, MirrorFS, sha256_of
 from syncer.mirror.sidecar import sidecar_bytes, sidecar_path
 from syncer.report import human_bytes, human_seconds
 from syncer.store import MirroredFile, Store
 
 log = logging.getLogger(__name__)
-READ_CHUNK = 1 << 20
 
 
 @dataclass
@@ -51,13 +49,14 @@ def _check(path: Path, size: int | None, sha256: str | None) -> str | None:
         actual = path.stat().st_size
         if size is not None and actual != size:
             return f"size {actual}, expected {size}"
-        digest = hashlib.sha256()
-        with path.open("rb") as fh:
-            while chunk := fh.read(READ_CHUNK):
-                digest.update(chunk)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            actual_sha = sha256_of(fd)
+        finally:
+            os.close(fd)
     except FileNotFoundError:
         return "missing"
-    if sha256 is not None and digest.hexdigest() != sha256:
+    if sha256 is not None and actual_sha != sha256:
         return "content differs (SHA-256)"
     return None
 

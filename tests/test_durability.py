@@ -45,14 +45,11 @@ def unescape(text: str) -> str:
     return text.encode("latin-1").decode("unicode_escape").encode("latin-1").decode("utf-8", "replace")
 
 
-async def test_each_photo_is_fsynced_before_its_rename_and_its_folder_after(
-    sim: Simulator, tmp_path: Path
-) -> None:
+async def traced_sync(config: Path, trace: Path) -> list[tuple[str, list[str]]]:
+    """Run `syncer sync` under strace (fsyncs and renames only); its calls, as `traced_calls`."""
     strace = shutil.which("strace")
     if strace is None:
         pytest.skip("strace is not installed here (.ci/run installs Debian's strace)")
-    config = write_config(sim, tmp_path, sync={"concurrency": 4})
-    trace = tmp_path / "sync.trace"
     proc = await asyncio.create_subprocess_exec(
         *(strace, "-f", "-y", "-qq", "-s", "4096", "-e", "signal=none"),
         *("-e", "trace=fsync,fdatasync,rename,renameat,renameat2", "-o", str(trace)),
@@ -61,10 +58,21 @@ async def test_each_photo_is_fsynced_before_its_rename_and_its_folder_after(
         stderr=asyncio.subprocess.DEVNULL,
     )
     assert await asyncio.wait_for(proc.wait(), timeout=120) == 0
-    calls = traced_calls(trace)
-    root = (tmp_path / "mirror").resolve()
-    sidecars = [p for p in root.rglob("*.json") if in_mirror(p, root)]
-    photos = [p.with_name(p.name.removesuffix(".json")) for p in sidecars]
+    return traced_calls(trace)
+
+
+def mirrored_photos(root: Path) -> list[Path]:
+    """The photo files of the mirror (each beside its sidecar), as resolved paths."""
+    root = root.resolve()
+    return [p.with_name(p.name.removesuffix(".json")) for p in root.rglob("*.json") if in_mirror(p, root)]
+
+
+async def test_each_photo_is_fsynced_before_its_rename_and_its_folder_after(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    config = write_config(sim, tmp_path, sync={"concurrency": 4})
+    calls = await traced_sync(config, tmp_path / "sync.trace")
+    photos = mirrored_photos(tmp_path / "mirror")
     assert len(photos) == len(sim.company.photos)
     synced = {i for i, (name, _) in enumerate(calls) if name in ("fsync", "fdatasync")}
     for photo in photos:
@@ -82,3 +90,17 @@ async def test_each_photo_is_fsynced_before_its_rename_and_its_folder_after(
         )
         folder = str(photo.parent)
         assert any(i > at and calls[i][1] == [folder] for i in synced), f"{photo}: folder not fsynced after"
+
+
+async def test_an_adopted_photo_is_fsynced_with_its_folder_before_it_is_recorded(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    config = write_config(sim, tmp_path)
+    await traced_sync(config, tmp_path / "first.trace")
+    for state in (tmp_path / "state").iterdir():
+        state.unlink()  # a lost database: the next run adopts every file
+    calls = await traced_sync(config, tmp_path / "adopt.trace")
+    synced = {paths[0] for name, paths in calls if name in ("fsync", "fdatasync") and paths}
+    for photo in mirrored_photos(tmp_path / "mirror"):
+        assert str(photo) in synced, f"{photo}: recorded without an fsync"
+        assert str(photo.parent) in synced, f"{photo}: its folder was not fsynced"

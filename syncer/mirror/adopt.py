@@ -10,7 +10,6 @@ check is downloaded as usual.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import stat
@@ -18,26 +17,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from syncer.mirror.files import MirrorFS, UnsafePath
+from syncer.mirror.files import MirrorFS, UnsafePath, fsync_dir, fsync_file, sha256_of
 from syncer.mirror.sidecar import sidecar_path
 from syncer.procore.models import BadRecord, Photo
-
-READ_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
 class Adopted:
     size: int
     sha256: str
-
-
-def sha256_of(fd: int) -> str:
-    """The SHA-256 of an open file, read from its start."""
-    digest = hashlib.sha256()
-    os.lseek(fd, 0, os.SEEK_SET)
-    while chunk := os.read(fd, READ_CHUNK):
-        digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _sidecar_facts(data: bytes) -> tuple[int, str, int, str] | None:
@@ -69,7 +57,8 @@ def adopt(fs: MirrorFS, rel: str, photo: Photo, sidecar: Callable[[int, str], by
     """Check the file at `rel` against its sidecar and `photo`; if it is that photo's file, bring
     its sidecar up to date (`sidecar(size, sha256)` is what it should say) and return it.
 
-    Runs on a mirror thread: it reads and hashes the whole file."""
+    Durable before recorded, as an install is: the file, its sidecar and their folder are
+    fsynced before this returns. Runs on a mirror thread: it reads and hashes the whole file."""
     try:
         path, side = fs.path(rel), fs.path(sidecar_path(rel))
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
@@ -80,6 +69,8 @@ def adopt(fs: MirrorFS, rel: str, photo: Photo, sidecar: Callable[[int, str], by
             return None
         current = side.read_bytes()
         found = _same_file(fd, current, photo)
+        if found is not None:
+            os.fsync(fd)  # the process that wrote it may have died before its fsync
     except OSError:
         return None
     finally:
@@ -89,4 +80,7 @@ def adopt(fs: MirrorFS, rel: str, photo: Photo, sidecar: Callable[[int, str], by
     wanted = sidecar(found.size, found.sha256)
     if wanted != current:  # the metadata changed since the sidecar was written
         fs.write_with_folder(sidecar_path(rel), wanted)
+    else:
+        fsync_file(side)
+        fsync_dir(path.parent)
     return found
