@@ -185,6 +185,17 @@ def _add_simulate(sub: Any, common: argparse.ArgumentParser) -> None:
         default=0,
         help="photos of the first project sharing one second of created_at and updated_at (a bulk import)",
     )
+    sim.add_argument(
+        "--whole-seconds",
+        action="store_true",
+        help="store times in whole seconds (default: finer, shown in whole seconds, as Procore does)",
+    )
+    sim.add_argument(
+        "--range-end",
+        choices=["inclusive", "exclusive"],
+        default="inclusive",
+        help="whether a created_at/updated_at range holds its end (unknown for Procore)",
+    )
     sim.set_defaults(func=cmd_simulate)
 
 

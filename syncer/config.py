@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import ssl
 from dataclasses import fields
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -71,6 +72,9 @@ class ProcoreSettings(_Section):
     """Attempts per request on 5xx, 429 and network errors before the request counts as failed."""
     workers_share: float = Field(default=1.0, gt=0, le=1)
     """The part of the company's rate-limit budget this worker may spend: 1/N with N workers."""
+    ca_file: Path | None = None
+    """A PEM file of certificate authorities to trust besides the system's: a company proxy's
+    that inspects TLS, or a private CA. Relative to the config file."""
 
     @field_validator("api_base", "login_base")
     @classmethod
@@ -298,7 +302,22 @@ def _resolve_paths(settings: Settings, folder: Path) -> Settings:
         db_path = Path(url.removeprefix("sqlite:///")).expanduser()
         url = "sqlite:///" + str((folder / db_path).resolve())
     database = settings.database.model_copy(update={"url": url})
-    return settings.model_copy(update={"mirror": mirror, "database": database})
+    procore = settings.procore
+    if procore.ca_file is not None:
+        procore = procore.model_copy(update={"ca_file": _ca_file(folder / procore.ca_file.expanduser())})
+    return settings.model_copy(update={"mirror": mirror, "database": database, "procore": procore})
+
+
+def _ca_file(path: Path) -> Path:
+    """The CA file, resolved, once it has been read as certificates."""
+    try:
+        ssl.create_default_context().load_verify_locations(cafile=path)
+    except FileNotFoundError:
+        raise ConfigError(f"procore.ca_file: no such file: {path}") from None
+    except (OSError, ssl.SSLError) as exc:
+        reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or type(exc).__name__
+        raise ConfigError(f"procore.ca_file: {path} holds no readable certificate ({reason})") from None
+    return path.resolve()
 
 
 def parse_settings(data: Any, folder: Path) -> Settings:

@@ -291,7 +291,13 @@ class ProjectSync:
     async def _list(self, on_page: Callable[[list[Photo]], Awaitable[None]]) -> None:
         """List the window, handing each page to `on_page`; a failure becomes the listing error."""
         result, engine = self.result, self.engine
-        lister = Lister(engine.api, self.query(), per_page=engine.settings.per_page, on_page=on_page)
+        lister = Lister(
+            engine.api,
+            self.query(),
+            per_page=engine.settings.per_page,
+            on_page=on_page,
+            clock=engine.procore_now,
+        )
         try:
             report = await lister.run(
                 result.window_start,

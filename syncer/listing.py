@@ -8,12 +8,27 @@ page. Because the window's upper bound is in the past, edits and deletions only 
 out of a piece, never add them; so an unchanged `Total` with that many distinct ids means nothing
 was missed.
 
+Procore shows times in whole seconds but may store them finer, and whether a range's end is
+inclusive is unknown. So a piece is a range of whole seconds `[a, b]` asked as exactly that, and
+it holds every photo shown at seconds `a` to `b - 1` whichever way the server compares (a photo
+shown at `b - 1` may be stored at `b - 0.4`); neighbouring pieces share their boundary second. A
+server with inclusive ends and whole-second storage also puts the photos shown at `b` in the
+piece, so pieces can overlap: what they prove is a set of ids, never a sum of counts. A window
+`[start, end]` is asked as `[start, end + 1s]` for the same reason, and the next one starts at
+`end` again.
+
 A piece that fails is split at the `created_at` values where its pages began (the listing is
 sorted by `created_at`), so each sub-piece holds about one page and is proven by one request. A
 piece too dense to split that way is cut by `updated_at`, then by `created_at`, around the seconds
 its photos were seen in, down to one second each. Past that (more photos than a page holds share
 one second of both: a bulk import or a bulk edit), passes are repeated and their union confirmed
 with `filters[id]` against `Total` (see `_prove_ties`).
+
+"Photos only leave a piece" holds once Procore's clock has passed the piece's end by a second;
+until then a photo edited now could enter it and hide a photo the shifted pages skipped. One page
+is one answer, so a piece that fits one page is proven at once; a longer pass over a piece that
+recent is cut short, and the piece is split at the newest second that is safe (the stretch after
+it is seconds long, and waited for only when it holds more than a page).
 
 Photos edited while the window is listed move past its end. So when the first pass over the
 window was not proven at once (something moved, or the window was long), the stretch from its end
@@ -23,10 +38,12 @@ moves to the end of the last round.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from typing import TypeVar
 
 from syncer.procore.api import Page, ProcoreApi
@@ -52,6 +69,9 @@ OnPage = Callable[[list[Photo]], Awaitable[None]]
 
 @dataclass(frozen=True)
 class Piece:
+    """Ranges of whole seconds, asked as they are: the photos shown at `updated_from` up to
+    `updated_to - 1s` are in it whichever way Procore compares (see the module's docstring)."""
+
     updated_from: datetime
     updated_to: datetime
     created_from: datetime = BEGINNING
@@ -75,12 +95,15 @@ class Pass:
     pages: int = 0
     last_total: int | None = None
     """`Total` on the last page read: the newest count."""
+    cut_short: bool = False
+    """Stopped after its first page (see `paged_pass`): it proves nothing."""
 
     @property
     def proven(self) -> bool:
         """Every page gave the same `Total`, and the pass saw exactly that many distinct ids."""
         return (
-            len(self.totals) == 1
+            not self.cut_short
+            and len(self.totals) == 1
             and None not in self.totals
             and len(self.distinct) == next(iter(self.totals))
         )
@@ -95,9 +118,11 @@ async def paged_pass(
     *,
     asked: int,
     take: Callable[[Page], Awaitable[list[int]]],
+    one_page_only: bool = False,
 ) -> P:
     """Read pages 1, 2, ... until the last, adding each page's ids (what `take` makes of the page)
-    and its `Total` to `into`. The one paged proof, used by the listing and by reconcile."""
+    and its `Total` to `into`. The one paged proof, used by the listing and by reconcile.
+    `one_page_only`: a listing that needs a second page is cut short instead."""
     page_no, first_total = 1, None
     while True:
         page = await get_page(page_no)
@@ -108,6 +133,9 @@ async def paged_pass(
         into.last_total = page.total
         into.distinct.update(await take(page))
         if page.is_last(page_no, asked=asked, first_total=first_total):
+            return into
+        if one_page_only:
+            into.cut_short = True
             return into
         page_no += 1
 
@@ -125,10 +153,11 @@ class PiecePass(Pass):
 
 @dataclass(frozen=True)
 class Proof:
-    count: int | None
-    """Photos the piece was proven to hold, or None if it could not be proven."""
+    ids: frozenset[int] | None
+    """The photos the piece was proven to hold (some may have left it since), or None if it
+    could not be proven."""
     at_once: bool = False
-    """Proven by its first pass (nothing moved while it was read)."""
+    """Proven without anything moving while it was read."""
 
 
 @dataclass
@@ -139,7 +168,9 @@ class ListingReport:
     unproven: list[str] = field(default_factory=list)
     seen: set[int] = field(default_factory=set)
     end: datetime | None = None
-    """Where the proven listing ends: the window's end, or the end of the last catch-up round."""
+    """Where the proven listing ends: the window's end, or the end of the last catch-up round.
+    Every photo shown at that second or before, and not edited since the listing began, was
+    listed."""
     ties: list[str] = field(default_factory=list)
     """How each piece that no time could split was proven, with what it cost."""
 
@@ -153,54 +184,77 @@ def _floor(value: datetime) -> datetime:
 
 
 def _split_range(lo: datetime, hi: datetime, seen: set[datetime]) -> list[tuple[datetime, datetime]]:
-    """Cut `[lo, hi]` where the photos seen in it lie, so dense seconds end up alone.
+    """Cut the range `[lo, hi]` (two seconds or more) where the photos seen in it lie, so that
+    dense seconds end up alone; the parts share their boundaries.
 
     Around a single seen second the cut is three-way (before, the second, after); otherwise at
-    the median seen value. Pieces with no photo cost one request each to prove empty.
+    the median seen second. Parts with no photo cost one request each to prove empty.
     """
-    values = sorted(v for v in seen if lo <= v <= hi)
+    values = sorted(v for v in seen if lo <= v < hi)
     if not values:
-        mid = _floor(lo + (hi - lo) / 2)
-        return [(lo, mid), (mid + SECOND, hi)]
-    if values[0] == values[-1]:
-        v = values[0]
-        candidates = [(lo, v - SECOND), (v, v), (v + SECOND, hi)]
-        return [(a, b) for a, b in candidates if a <= b]
-    mid = values[len(values) // 2]
-    if mid == values[0]:
-        mid = next(v for v in values if v > values[0])
-    return [(lo, mid - SECOND), (mid, hi)]
+        cuts = [_floor(lo + (hi - lo) / 2)]
+    elif values[0] == values[-1]:
+        cuts = [values[0], values[0] + SECOND]
+    else:
+        median = values[len(values) // 2]
+        cuts = [median + SECOND if median == values[0] else median]
+    edges = [lo, *(c for c in cuts if lo < c < hi), hi]
+    return list(pairwise(edges))
 
 
 class Lister:
-    def __init__(self, api: ProcoreApi, query: ImageQuery, *, per_page: int, on_page: OnPage) -> None:
+    def __init__(
+        self,
+        api: ProcoreApi,
+        query: ImageQuery,
+        *,
+        per_page: int,
+        on_page: OnPage,
+        clock: Callable[[], datetime],
+    ) -> None:
+        """`clock`: now on Procore's clock, never ahead of it (see `Pacer.clock_offset`)."""
         self.api = api
         self.query = replace(query, sort="created_at")
         self.per_page = per_page
         self.on_page = on_page
+        self.clock = clock
         self.report = ListingReport()
 
     async def run(
         self, start: datetime | None, end: datetime, *, now: Callable[[], datetime] | None = None
     ) -> ListingReport:
-        """List every photo with `updated_at` in `[start, end]`, then, if the window moved while
-        it was listed, up to `now()` in catch-up rounds; `report.proven` says if it is sure."""
-        lo, hi = _floor(start or BEGINNING), _floor(end)
+        """List every photo shown with `updated_at` from `start` to `end` (whole seconds, both
+        included), then, if the window moved while it was listed, up to `now()` in catch-up
+        rounds; `report.proven` says if it is sure."""
+        lo, last = _floor(start or BEGINNING), _floor(end)
         for _ in range(1 + CATCH_UP_ROUNDS):
-            settled = (await self._prove(Piece(lo, hi))).at_once
-            self.report.end = hi
-            later = _floor(now()) if now is not None else hi
-            if settled or later <= hi:
+            settled = (await self._prove(Piece(lo, last + SECOND))).at_once
+            self.report.end = last
+            later = _floor(now()) if now is not None else last
+            if settled or later <= last:
                 break
-            lo, hi = hi + SECOND, later
+            lo, last = last, later
         return self.report
+
+    def _settled(self, piece: Piece) -> bool:
+        """No photo can enter the piece any more: Procore's clock is a second past its end."""
+        return self.clock() >= piece.updated_to + SECOND
+
+    async def _settle(self, piece: Piece) -> None:
+        """Wait until no photo can enter the piece (a few seconds at most: only pieces that end
+        at the window's end are ever that recent)."""
+        wait = (piece.updated_to + SECOND - self.clock()).total_seconds()
+        if wait > 0:
+            await asyncio.sleep(wait)
 
     async def _prove(self, piece: Piece) -> Proof:
         """Prove the piece, or record it unproven."""
         result = await self._pass(piece)
         if result.proven:
             self.report.pieces += 1
-            return Proof(len(result.distinct), at_once=True)
+            return Proof(frozenset(result.distinct), at_once=True)
+        if result.cut_short:
+            return await self._prove_recent(piece)
         subpieces = self._split(piece, result)
         if not subpieces:
             return Proof(await self._prove_ties(piece, result))
@@ -212,28 +266,45 @@ class Lister:
             result.totals,
             len(subpieces),
         )
-        count = await self._prove_all(subpieces)
-        if piece.any_created and not subpieces[0].any_created and count is not None:
+        ids = await self._prove_all(subpieces)
+        if piece.any_created and not subpieces[0].any_created and ids is not None:
             # A photo without `created_at` is in no `created_at` range: if the piece holds more
             # than its `created_at` pieces did, prove it again in pieces that keep such photos.
             whole = await self._count(piece)
-            if whole is not None and whole > count:
+            if whole is not None and whole > len(ids):
                 log.info(
                     "listing: %s holds photos without created_at; listing it by updated_at", piece.describe()
                 )
-                if piece.updated_to > piece.updated_from:
+                if piece.updated_to - piece.updated_from > SECOND:
                     pieces = _split_range(piece.updated_from, piece.updated_to, result.updated)
-                    count = await self._prove_all(
+                    ids = await self._prove_all(
                         [replace(piece, updated_from=a, updated_to=b) for a, b in pieces]
                     )
                 else:
-                    count = await self._prove_ties(piece, result)
-        return Proof(count)
+                    ids = await self._prove_ties(piece, result)
+        return Proof(ids)
 
-    async def _prove_all(self, pieces: list[Piece]) -> int | None:
+    async def _prove_recent(self, piece: Piece) -> Proof:
+        """A piece of more than a page that photos may still enter: split off the part that is
+        settled now, and prove the recent seconds after it (waiting for them if need be)."""
+        cut = _floor(self.clock()) - SECOND
+        if cut <= piece.updated_from:
+            await self._settle(piece)
+            return await self._prove(piece)
+        older, recent = (
+            await self._prove(replace(piece, updated_to=cut)),
+            await self._prove(replace(piece, updated_from=cut)),
+        )
+        if older.ids is None or recent.ids is None:
+            return Proof(None)
+        return Proof(older.ids | recent.ids, at_once=older.at_once and recent.at_once)
+
+    async def _prove_all(self, pieces: list[Piece]) -> frozenset[int] | None:
         """Prove each piece; the photos in them all, or None if one could not be proven."""
-        counts = [(await self._prove(piece)).count for piece in pieces]
-        return None if None in counts else sum(c for c in counts if c is not None)
+        proofs = [(await self._prove(piece)).ids for piece in pieces]
+        if any(ids is None for ids in proofs):
+            return None
+        return frozenset().union(*(ids for ids in proofs if ids is not None))
 
     async def _count(self, piece: Piece) -> int | None:
         """`Total` of the piece now (one request for one photo)."""
@@ -241,10 +312,11 @@ class Lister:
         self.report.requests += 1
         return page.total
 
-    async def _prove_ties(self, piece: Piece, first: PiecePass) -> int | None:
+    async def _prove_ties(self, piece: Piece, first: PiecePass) -> frozenset[int] | None:
         """Prove a piece whose photos all share one second of both times, so no split can part
         them and each request orders them anew: pass again until the union of what the passes saw
         reaches `Total`, then confirm that union with `filters[id]` (`_confirm`)."""
+        await self._settle(piece)  # the confirmation counts on photos only leaving the piece
         union, requests = set(first.distinct), self.report.requests - first.pages
         latest = first
         for passes in range(1, TIE_PASSES + 1):
@@ -257,7 +329,7 @@ class Lister:
                     f"{passes} passes and an id check ({cost} requests)"
                 )
                 log.info("listing: %s", self.report.ties[-1])
-                return confirmed
+                return frozenset(union)
             if passes < TIE_PASSES:
                 latest = await self._pass(piece)
                 union |= latest.distinct
@@ -271,8 +343,8 @@ class Lister:
         """How many photos the piece holds, if every one of them is in `union` (else None).
 
         `Total` of the piece is read first, then the piece is counted within `union`, a chunk of
-        ids at a time. Photos only ever leave a piece (its times are in the past), so if the
-        chunks add up to the first `Total`, nothing in the piece was missing from the union."""
+        ids at a time. Photos only ever leave a settled piece, so if the chunks add up to the
+        first `Total`, nothing in the piece was missing from the union."""
         query = self._piece_query(piece)
         whole = await self._count(piece)
         if whole is None:
@@ -293,9 +365,7 @@ class Lister:
             filters=replace(
                 self.query.filters,
                 updated_at=Range(piece.updated_from, piece.updated_to),
-                created_at=None
-                if (piece.created_from, piece.created_to) == (BEGINNING, FAR_FUTURE)
-                else Range(piece.created_from, piece.created_to),
+                created_at=None if piece.any_created else Range(piece.created_from, piece.created_to),
             ),
         )
 
@@ -324,27 +394,28 @@ class Lister:
             return ids
 
         return await paged_pass(
-            result, lambda n: self.api.images_page(query, page=n, per_page=asked), asked=asked, take=take
+            result,
+            lambda n: self.api.images_page(query, page=n, per_page=asked),
+            asked=asked,
+            take=take,
+            one_page_only=not self._settled(piece),
         )
 
     @staticmethod
     def _split(piece: Piece, result: PiecePass) -> list[Piece]:
         if result.pages > 1 and result.sorted_ok:
             bounds = sorted(
-                {s for s in result.starts[1:] if s is not None and piece.created_from < s <= piece.created_to}
+                {s for s in result.starts[1:] if s is not None and piece.created_from < s < piece.created_to}
             )
             if bounds:
-                edges = [piece.created_from, *bounds]
-                ends = [b - SECOND for b in bounds] + [piece.created_to]
-                return [
-                    replace(piece, created_from=lo, created_to=hi) for lo, hi in zip(edges, ends, strict=True)
-                ]
-        if piece.updated_to > piece.updated_from:
+                edges = [piece.created_from, *bounds, piece.created_to]
+                return [replace(piece, created_from=lo, created_to=hi) for lo, hi in pairwise(edges)]
+        if piece.updated_to - piece.updated_from > SECOND:
             return [
                 replace(piece, updated_from=lo, updated_to=hi)
                 for lo, hi in _split_range(piece.updated_from, piece.updated_to, result.updated)
             ]
-        if piece.created_to > piece.created_from:
+        if piece.created_to - piece.created_from > SECOND:
             return [
                 replace(piece, created_from=lo, created_to=hi)
                 for lo, hi in _split_range(piece.created_from, piece.created_to, result.created)

@@ -21,9 +21,10 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
+from itertools import pairwise
 
 from syncer.config import MirrorSettings
-from syncer.listing import BEGINNING, FAR_FUTURE, SECOND, Pass, paged_pass
+from syncer.listing import BEGINNING, FAR_FUTURE, Pass, paged_pass
 from syncer.mirror.files import TRASH_DIR, MirrorFS
 from syncer.mirror.sidecar import sidecar_path
 from syncer.procore.api import Page, ProcoreApi
@@ -67,9 +68,8 @@ async def upstream_ids(
         result.ids = set(first.items)  # the whole project fits one page: a consistent snapshot
         return result
     chunk = max(1, int((first.per_page or IDS_PER_PAGE) * 0.8))
-    starts = [BEGINNING, *cut_points(known_times, chunk)]
-    ends = [s - SECOND for s in starts[1:]] + [FAR_FUTURE]
-    for lo, hi in zip(starts, ends, strict=True):
+    edges = [BEGINNING, *cut_points(known_times, chunk), FAR_FUTURE]
+    for lo, hi in pairwise(edges):  # sharing their boundaries, as listing pieces do
         piece = replace(query, filters=replace(query.filters, updated_at=Range(lo, hi)))
         ids = await _prove(api, piece, result)
         if ids is None:

@@ -8,6 +8,7 @@ for one run, and the daemon keeps them for its whole life.
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
@@ -80,7 +81,10 @@ async def procore_client(settings: Settings, *, connections: int) -> AsyncIterat
     secret = p.client_secret.get_secret_value()
     REDACT.add(secret)
     timeout = aiohttp.ClientTimeout(total=None, connect=30, sock_connect=10, sock_read=p.request_timeout)
-    connector = aiohttp.TCPConnector(limit=connections, ttl_dns_cache=300)
+    tls = ssl.create_default_context()
+    if p.ca_file is not None:
+        tls.load_verify_locations(cafile=p.ca_file)
+    connector = aiohttp.TCPConnector(limit=connections, ttl_dns_cache=300, ssl=tls)
     async with aiohttp.ClientSession(
         timeout=timeout,
         connector=connector,

@@ -44,6 +44,22 @@ async def make_sim() -> AsyncIterator[Callable[..., Any]]:
         await sim.stop()
 
 
+TIME_MODELS = {
+    "fine-inclusive": {"sub_second": True, "range_end": "inclusive"},
+    "fine-exclusive": {"sub_second": True, "range_end": "exclusive"},
+    "whole-inclusive": {"sub_second": False, "range_end": "inclusive"},
+    "whole-exclusive": {"sub_second": False, "range_end": "exclusive"},
+}
+
+
+@pytest.fixture(params=list(TIME_MODELS))
+def times(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """`SimConfig` fields for one way Procore might keep times and end ranges (stored finer than
+    the whole seconds it shows, or not; ranges that hold their end, or not): a test that takes
+    this fixture runs under each."""
+    return TIME_MODELS[request.param]
+
+
 @pytest.fixture
 async def sim(make_sim: Callable[..., Any]) -> Simulator:
     result: Simulator = await make_sim()
@@ -79,6 +95,12 @@ async def sync(settings: Settings, **kwargs: Any) -> RunSummary:
 def in_mirror(path: Path, root: Path) -> bool:
     """Whether `path` is part of the mirror proper, not its state folder or trash."""
     return path.relative_to(root).parts[0] not in (".syncer", ".trash")
+
+
+def sidecars(root: Path) -> list[dict[str, Any]]:
+    """What Procore said of each mirrored photo, as its sidecar keeps it."""
+    found = [json.loads(p.read_text(encoding="utf-8")) for p in root.rglob("*.json") if in_mirror(p, root)]
+    return [s["procore"] for s in found]
 
 
 def mirror_photos(root: Path) -> dict[int, bytes]:

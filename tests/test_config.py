@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 import yaml
 
 from syncer.config import load_settings, parse_settings
@@ -151,3 +152,21 @@ def test_the_database_password_is_redacted_from_any_output() -> None:
     assert REDACT("connection to postgresql://syncer:s3cr3t-pw@db failed") == (
         "connection to postgresql://syncer:***@db failed"
     )
+
+
+def test_a_ca_file_resolves_against_the_config_folder(tmp_path: Path) -> None:
+    trustme.CA().cert_pem.write_to_path(str(tmp_path / "proxy-ca.pem"))
+    path = tmp_path / "syncer.yaml"
+    path.write_text(yaml.safe_dump(with_(procore={"ca_file": "proxy-ca.pem"})))
+    assert load_settings(path).procore.ca_file == tmp_path / "proxy-ca.pem"
+
+
+def test_a_missing_ca_file_is_named(tmp_path: Path) -> None:
+    message = error_for(with_(procore={"ca_file": str(tmp_path / "nowhere.pem")}))
+    assert message.startswith("procore.ca_file: no such file"), message
+
+
+def test_a_ca_file_without_certificates_is_named(tmp_path: Path) -> None:
+    (tmp_path / "notes.pem").write_text("not a certificate\n")
+    message = error_for(with_(procore={"ca_file": str(tmp_path / "notes.pem")}))
+    assert message.startswith("procore.ca_file:") and "notes.pem" in message, message

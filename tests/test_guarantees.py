@@ -28,8 +28,9 @@ from tests.test_workers import SHARED, finish, shared_config, start_worker
 
 
 async def test_photos_added_edited_or_replaced_just_before_a_run_are_in_it(
-    sim: Simulator, tmp_path: Path
+    make_sim: Any, tmp_path: Path, times: dict[str, Any]
 ) -> None:
+    sim = await make_sim(**times)
     config = write_config(sim, tmp_path, sync={"per_page": 100, "overlap": "1m"})
     assert (await syncer("sync", "--config", str(config))).code == ExitCode.OK
     project = min(sim.company.projects)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -14,9 +15,10 @@ from hypothesis import strategies as st
 
 from syncer.config import load_settings
 from syncer.errors import ExitCode
+from syncer.plan import Change
 from syncer.simulator import SimConfig, Simulator
 from syncer.simulator.server import ListingRequest
-from tests.conftest import assert_byte_exact, db_rows, sync, write_config
+from tests.conftest import TIME_MODELS, assert_byte_exact, db_rows, sidecars, sync, write_config
 
 
 def tie(sim: Simulator, count: int, *, created_too: bool, seed: int = 3) -> list[int]:
@@ -52,11 +54,13 @@ def edit_and_delete_on_page(sim: Simulator, page: int, *, edits: int, deletes: i
     sim.listing_hooks.append(hook)
 
 
-async def test_unstable_ties_and_mid_listing_edits_lose_nothing(make_sim: Any, settings_for: Any) -> None:
-    sim = await make_sim(photos=700, projects=1, photo_size=3_000)
-    tie(sim, 250, created_too=True)
-    edit_and_delete_on_page(sim, 2, edits=40, deletes=20)
-    settings = settings_for(sim, sync={"per_page": 50, "concurrency": 8})
+async def test_unstable_ties_and_mid_listing_edits_lose_nothing(
+    make_sim: Any, settings_for: Any, times: dict[str, Any]
+) -> None:
+    sim = await make_sim(**times, photos=400, projects=1, photo_size=3_000)
+    tie(sim, 130, created_too=True)
+    edit_and_delete_on_page(sim, 2, edits=30, deletes=15)
+    settings = settings_for(sim, sync={"per_page": 25, "concurrency": 8})
     first = await sync(settings)
     assert first.exit_code == ExitCode.OK, [r.unproven for r in first.results]
     second = await sync(settings)
@@ -64,11 +68,13 @@ async def test_unstable_ties_and_mid_listing_edits_lose_nothing(make_sim: Any, s
     assert_byte_exact(sim, settings)
 
 
-async def test_a_bulk_edit_of_one_second_comes_through_whole(make_sim: Any, settings_for: Any) -> None:
-    sim = await make_sim(photos=600, projects=1, photo_size=3_000)
-    settings = settings_for(sim, sync={"per_page": 40})
+async def test_a_bulk_edit_of_one_second_comes_through_whole(
+    make_sim: Any, settings_for: Any, times: dict[str, Any]
+) -> None:
+    sim = await make_sim(**times, photos=200, projects=1, photo_size=3_000)
+    settings = settings_for(sim, sync={"per_page": 20})
     await sync(settings)
-    moved = tie(sim, 500, created_too=False)
+    moved = tie(sim, 150, created_too=False)
     moment = sim.now()
     for pid in moved:
         sim.edit_photo(pid, description="bulk moved")
@@ -76,8 +82,9 @@ async def test_a_bulk_edit_of_one_second_comes_through_whole(make_sim: Any, sett
     sim.changed()
     summary = await sync(settings)
     assert summary.exit_code == ExitCode.OK
-    assert summary.results[0].listed >= 500
+    assert summary.results[0].listed >= 150
     assert_byte_exact(sim, settings)
+    assert sum(s["description"] == "bulk moved" for s in sidecars(settings.mirror.root)) == 150
 
 
 async def test_paging_alone_would_have_missed_photos(make_sim: Any) -> None:
@@ -128,13 +135,18 @@ schedules = st.lists(
 )
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(schedule=schedules, ties=st.integers(0, 60), seed=st.integers(0, 10_000))
+@settings(max_examples=16, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    schedule=schedules,
+    ties=st.integers(0, 60),
+    seed=st.integers(0, 10_000),
+    times=st.sampled_from(list(TIME_MODELS.values())),
+)
 def test_random_edit_and_delete_schedules_never_lose_a_photo(
-    tmp_path_factory: Any, schedule: list[tuple[int, int, int]], ties: int, seed: int
+    tmp_path_factory: Any, schedule: list[tuple[int, int, int]], ties: int, seed: int, times: dict[str, Any]
 ) -> None:
     async def scenario() -> None:
-        sim = Simulator(SimConfig(seed=seed, photos=120, projects=1, photo_size=2_500))
+        sim = Simulator(SimConfig(seed=seed, photos=120, projects=1, photo_size=2_500, **times))
         await sim.start()
         try:
             if ties:
@@ -170,9 +182,9 @@ async def test_a_failed_listing_leaves_the_checkpoint_where_it_was(make_sim: Any
 
 
 async def test_a_photo_without_created_at_is_listed_when_its_piece_is_split(
-    make_sim: Any, settings_for: Any
+    make_sim: Any, settings_for: Any, times: dict[str, Any]
 ) -> None:
-    sim = await make_sim(photos=40, projects=1, max_per_page=10)
+    sim = await make_sim(**times, photos=40, projects=1, max_per_page=10)
     undated = min(sim.expected_files())
     sim.company.photos[undated].created_at = None  # no created_at range can ever match it
     sim.changed()
@@ -184,9 +196,9 @@ async def test_a_photo_without_created_at_is_listed_when_its_piece_is_split(
 
 
 async def test_a_photo_without_created_at_that_appears_after_a_split_is_not_lost(
-    make_sim: Any, settings_for: Any
+    make_sim: Any, settings_for: Any, times: dict[str, Any]
 ) -> None:
-    sim = await make_sim(photos=40, projects=1, max_per_page=10)
+    sim = await make_sim(**times, photos=40, projects=1, max_per_page=10)
     undated = min(sim.expected_files())
     sim.company.photos[undated].created_at = None
     sim.delete_photo(undated)  # in the recycle bin while the first page is read
@@ -204,3 +216,41 @@ async def test_a_photo_without_created_at_that_appears_after_a_split_is_not_lost
     assert restored
     assert summary.exit_code == ExitCode.OK
     assert_byte_exact(sim, settings)
+
+
+# -- the window's ends: whole seconds shown, finer times stored, ends held or not ------------------
+
+
+async def start_of_a_second() -> None:
+    """Wait for the next second to begin, so what follows happens within one second."""
+    await asyncio.sleep(1 - time.time() % 1 + 0.01)
+
+
+async def test_a_photo_edited_in_the_second_a_run_starts_is_in_it(
+    make_sim: Any, settings_for: Any, times: dict[str, Any]
+) -> None:
+    sim = await make_sim(**times, photos=30, projects=1)
+    settings = settings_for(sim)
+    await sync(settings)
+    await start_of_a_second()
+    edited = sim.edit_photo(min(sim.expected_files()), description="edited as the run starts")
+    summary = await sync(settings)
+    shown = edited.updated_at.replace(microsecond=0)
+    assert summary.results[0].window_end == shown, "the run did not start in the second of the edit"
+    assert summary.exit_code == ExitCode.OK
+    assert sum(s["description"] == "edited as the run starts" for s in sidecars(settings.mirror.root)) == 1
+
+
+async def test_a_photo_edited_in_the_second_a_run_ended_is_in_the_next_run(
+    make_sim: Any, settings_for: Any, times: dict[str, Any]
+) -> None:
+    sim = await make_sim(**times, photos=30, projects=1)
+    settings = settings_for(sim, sync={"overlap": 0})
+    await sync(settings)
+    await start_of_a_second()
+    first = await sync(settings)
+    edited = sim.edit_photo(min(sim.expected_files()), description="edited as the run ends")
+    assert first.results[0].window_end == edited.updated_at.replace(microsecond=0), "not in the same second"
+    second = await sync(settings)
+    assert second.exit_code == ExitCode.OK
+    assert second.results[0].changes[Change.METADATA] == 1

@@ -35,7 +35,10 @@ async def test_second_run_downloads_nothing_and_costs_a_few_requests(
         assert result.requests <= 3, f"{result.requests} requests for an unchanged project"
 
 
-async def test_incremental_run_fetches_photos_added_since(sim: Simulator, settings_for: Any) -> None:
+async def test_incremental_run_fetches_photos_added_since(
+    make_sim: Any, settings_for: Any, times: dict[str, Any]
+) -> None:
+    sim = await make_sim(**times)
     settings = settings_for(sim)
     await sync(settings)
     newest = max(sim.company.photos.values(), key=lambda p: p.id)

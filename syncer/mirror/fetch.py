@@ -27,7 +27,14 @@ import aiohttp
 from yarl import URL
 
 from syncer.mirror.files import MirrorFS
-from syncer.procore.http import TRANSPORT_ERRORS, ProcoreError, ProcoreHttp, TransientError, excerpt
+from syncer.procore.http import (
+    TRANSPORT_ERRORS,
+    ProcoreError,
+    ProcoreHttp,
+    TransientError,
+    excerpt,
+    untrusted,
+)
 from syncer.procore.pacing import retry_after_seconds
 
 MAX_REDIRECTS = 5
@@ -138,6 +145,8 @@ class Fetcher:
                 raise FetchError(str(exc), retry=False) from None
         try:
             return await self.http.session.get(url, allow_redirects=False, headers=headers)
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise untrusted(what, exc) from None
         except TRANSPORT_ERRORS as exc:
             raise FetchError(f"{what}: {type(exc).__name__}: {exc}", retry=True) from None
 

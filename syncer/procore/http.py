@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import aiohttp
 from yarl import URL
 
-from syncer.errors import SyncerError
+from syncer.errors import FatalError, SyncerError
 from syncer.procore.auth import AuthError, TokenSource
 from syncer.procore.pacing import Pacer, Sleep, retry_after_seconds
 from syncer.procore.query import encode_query
@@ -39,6 +39,19 @@ class Tally:
 
 TALLY: ContextVar[Tally | None] = ContextVar("syncer_request_tally", default=None)
 TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError)
+
+
+class UntrustedServer(FatalError):
+    """A server's TLS certificate did not verify: every request to it would fail the same way,
+    and it may not be who it claims to be, so the run stops."""
+
+
+def untrusted(what: str, exc: aiohttp.ClientConnectorCertificateError) -> UntrustedServer:
+    reason = getattr(exc.certificate_error, "verify_message", None) or str(exc.certificate_error)
+    return UntrustedServer(
+        f"{what}: the TLS certificate of {exc.host} is not trusted ({reason}); if a company proxy "
+        "or a private CA signs it, name that CA's PEM file in procore.ca_file"
+    )
 
 
 class ProcoreError(SyncerError):
@@ -241,6 +254,8 @@ class ProcoreHttp:
                     method, url, headers=headers, data=data, allow_redirects=False
                 )
                 self.pacer.observe(response.headers)
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise untrusted(what, exc) from None
         except TRANSPORT_ERRORS as exc:
             raise _Retry(ProcoreError(f"{what}: {type(exc).__name__}: {exc}")) from None
         status = response.status

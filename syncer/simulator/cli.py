@@ -32,6 +32,8 @@ async def serve(args: argparse.Namespace) -> int:
             bandwidth=args.bandwidth,
             max_per_page=args.max_per_page,
             tied=args.tied,
+            sub_second=not args.whole_seconds,
+            range_end=args.range_end,
         )
     )
     await sim.start(api_port=args.port, store_port=args.store_port)

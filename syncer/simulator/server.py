@@ -14,12 +14,13 @@ import json
 import math
 import random
 import secrets
+import ssl
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote
 
 from aiohttp import web
@@ -82,6 +83,21 @@ class SimConfig:
     """Object-store bodies come without a `Content-Length` (chunked), as some servers send them."""
     token_faults: bool = True
     """`error_rate` reaches the token endpoint too, as any server can fail."""
+    sub_second: bool = True
+    """Times are stored with fractions of a second, as Procore stores them, and shown in whole
+    seconds: a photo shown at 12:00:07 may be stored at 12:00:07.6, past a range that ends at
+    12:00:07. A quarter of the stored times fall exactly on the second, so both kinds meet every
+    boundary."""
+    range_end: Literal["inclusive", "exclusive"] = "inclusive"
+    """Whether a `created_at` or `updated_at` range holds its end (unknown for Procore)."""
+    tls: ssl.SSLContext | None = None
+    """Serve both origins over HTTPS with this server context (a test CA's certificate)."""
+    store_tls: ssl.SSLContext | None = None
+    """The object store's own server context, when it is not `tls`."""
+    downgrade_hop: bool = False
+    """A photo's file URL redirects first to plain `http://` on another port, which notes any
+    `Authorization` header it receives and sends the client on to the object store: over TLS, a
+    client that kept the token on that hop would send it in clear text."""
     padded_files: set[int] = field(default_factory=set)
     """Photo ids whose object-store body carries 100 bytes more than the listing's `size`, sent
     without a `Content-Length` (chunked), so only the listed size can tell."""
@@ -110,6 +126,8 @@ class Stats:
     rate_limited: int = 0
     store_authorization_headers: list[str] = field(default_factory=list)
     """Every Authorization header the object store received; must stay empty."""
+    plain_authorization_headers: list[str] = field(default_factory=list)
+    """Every Authorization header the plain-HTTP hop (`downgrade_hop`) received; must stay empty."""
     tokens_issued: int = 0
     unauthorized: int = 0
     """Answers 401 for a missing, unknown or expired token."""
@@ -163,6 +181,8 @@ class Simulator:
             photo_size=c.photo_size,
             company_id=c.company_id,
         )
+        if c.sub_second:
+            self._refine_times(random.Random(c.seed + 2))
         if c.tied:
             self._tie(c.tied)
         self.limits = RateLimits(
@@ -180,21 +200,26 @@ class Simulator:
         self._orders: dict[tuple[Any, ...], tuple[list[SimPhoto], list[tuple[int, int]]]] = {}
         self.api_base = ""
         self.store_base = ""
+        self.plain_base = ""
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self, host: str = "127.0.0.1", api_port: int = 0, store_port: int = 0) -> None:
-        for app, port, attr in (
-            (self._api_app(), api_port, "api_base"),
-            (self._store_app(), store_port, "store_base"),
-        ):
+        tls = self.config.tls
+        origins = [
+            (self._api_app(), api_port, "api_base", tls),
+            (self._store_app(), store_port, "store_base", self.config.store_tls or tls),
+        ]
+        if self.config.downgrade_hop:
+            origins.append((self._plain_app(), 0, "plain_base", None))
+        for app, port, attr, context in origins:
             runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
             await runner.setup()
-            site = web.TCPSite(runner, host, port)
+            site = web.TCPSite(runner, host, port, ssl_context=context)
             await site.start()
             self._runners.append(runner)
             bound = runner.addresses[0][1]
-            setattr(self, attr, f"http://{host}:{bound}")
+            setattr(self, attr, f"{'https' if context else 'http'}://{host}:{bound}")
 
     async def stop(self) -> None:
         for runner in self._runners:
@@ -227,6 +252,22 @@ class Simulator:
         for photo in group:
             photo.created_at = photo.updated_at = moment
 
+    def _refine_times(self, rng: random.Random) -> None:
+        """Give the stored times their fractions of a second. Equal times stay equal (a photo
+        never edited keeps `updated_at == created_at`; a bulk edit stored one moment)."""
+        fractions: dict[datetime, datetime] = {}
+
+        def finer(value: datetime) -> datetime:
+            if value not in fractions:
+                micros = 0 if rng.random() < 0.25 else rng.randrange(1, 1_000_000)
+                fractions[value] = value + timedelta(microseconds=micros)
+            return fractions[value]
+
+        for photo in self.company.photos.values():
+            photo.updated_at = finer(photo.updated_at)
+            if photo.created_at is not None:
+                photo.created_at = finer(photo.created_at)
+
     def tied_photos(self) -> list[int]:
         """The ids of the photos made to share one second (`SimConfig.tied`) that still do."""
         first = min(self.company.projects)
@@ -238,7 +279,9 @@ class Simulator:
     # -- what tests change -------------------------------------------------------------------
 
     def now(self) -> datetime:
-        return datetime.now(UTC).replace(microsecond=0)
+        """The time an edit stores (`SimConfig.sub_second`: with its fraction of a second)."""
+        now = datetime.now(UTC)
+        return now if self.config.sub_second else now.replace(microsecond=0)
 
     def changed(self) -> None:
         """Forget cached listing orders; call after changing `company` data directly."""
@@ -626,11 +669,16 @@ class Simulator:
                 if (v := q.get(f"filters[{name}]")) is not None:
                     lo, hi = _parse_range(v)
                     value = getattr(photo, name)
-                    if value is None or not lo <= value <= hi:  # a range never matches a null
+                    if value is None or not self._in_range(value, lo, hi):  # never a null
                         return False
         except ValueError:
             raise _BadRequest("invalid date range") from None
         return True
+
+    def _in_range(self, value: datetime, lo: datetime, hi: datetime) -> bool:
+        if self.config.range_end == "exclusive":
+            return lo <= value < hi
+        return lo <= value <= hi
 
     def _ordered(self, pid: int, query: MultiMapping[str]) -> tuple[list[SimPhoto], list[tuple[int, int]]]:
         """The matching photos sorted by a documented key, and the runs of equal keys in it.
@@ -725,6 +773,8 @@ class Simulator:
         if photo is None or photo.deleted:
             return web.json_response({"errors": "Not Found"}, status=404)
         key = request.match_info["key"]
+        if self.config.downgrade_hop:
+            return web.Response(status=302, headers={"Location": f"{self.plain_base}/storage/plain/{key}"})
         if self.config.redirect_hops > 1:
             return web.Response(
                 status=302, headers={"Location": f"../../../hop/{self.config.redirect_hops - 1}/{key}"}
@@ -748,6 +798,17 @@ class Simulator:
             f"&X-Amz-Date={expires}&X-Amz-Signature={self._sign(path, expires)}"
         )
         return web.Response(status=302, headers={"Location": location})
+
+    def _plain_app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/storage/plain/{key}", self._plain_hop)
+        return app
+
+    async def _plain_hop(self, request: web.Request) -> web.Response:
+        """The hop over plain HTTP (`downgrade_hop`): on to the object store, token or not."""
+        if auth := request.headers.get("Authorization"):
+            self.stats.plain_authorization_headers.append(auth)
+        return self._to_store(request.match_info["key"])
 
     # -- the object store --------------------------------------------------------------------
 
