@@ -188,16 +188,17 @@ def _split_range(lo: datetime, hi: datetime, seen: set[datetime]) -> list[tuple[
     dense seconds end up alone; the parts share their boundaries.
 
     Around a single seen second the cut is three-way (before, the second, after); otherwise at
-    the median seen second. Parts with no photo cost one request each to prove empty.
+    the median seen second. Photos shown at `hi` itself (a server that holds range ends) are cut
+    off as `[hi - 1s, hi]`. Parts with no photo cost one request each to prove empty.
     """
-    values = sorted(v for v in seen if lo <= v < hi)
+    values = sorted(v for v in seen if lo <= v <= hi)
     if not values:
         cuts = [_floor(lo + (hi - lo) / 2)]
     elif values[0] == values[-1]:
-        cuts = [values[0], values[0] + SECOND]
+        cuts = [values[0], values[0] + SECOND] if values[0] < hi else [hi - SECOND]
     else:
         median = values[len(values) // 2]
-        cuts = [median + SECOND if median == values[0] else median]
+        cuts = [min(median + SECOND if median == values[0] else median, hi - SECOND)]
     edges = [lo, *(c for c in cuts if lo < c < hi), hi]
     return list(pairwise(edges))
 
