@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench bench-quick clean
+.PHONY: demo test lint bench bench-quick mutate clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,5 +34,13 @@ bench: $(VENV)/.dev-installed
 bench-quick: $(VENV)/.dev-installed
 	$(BIN)/python -m bench.run --scale quick
 
+# Mutation testing of the critical path (slow: not part of `test` or CI). mutmut is installed here
+# only; the report lands in tests/mutation-report.md.
+mutate: $(VENV)/.dev-installed
+	$(BIN)/python -m pip install --quiet 'mutmut>=3.3,<4'
+	rm -rf mutants
+	$(BIN)/mutmut run --max-children 2
+	$(BIN)/python tests/mutation_report.py
+
 clean:
-	rm -rf $(VENV) demo-mirror .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) demo-mirror mutants .pytest_cache .mypy_cache .ruff_cache

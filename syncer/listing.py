@@ -197,8 +197,7 @@ def _split_range(lo: datetime, hi: datetime, seen: set[datetime]) -> list[tuple[
     elif values[0] == values[-1]:
         cuts = [values[0], values[0] + SECOND] if values[0] < hi else [hi - SECOND]
     else:
-        median = values[len(values) // 2]
-        cuts = [min(median + SECOND if median == values[0] else median, hi - SECOND)]
+        cuts = [min(values[len(values) // 2], hi - SECOND)]  # above values[0]: they are distinct
     edges = [lo, *(c for c in cuts if lo < c < hi), hi]
     return list(pairwise(edges))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from syncer.plan import Change, decide
@@ -60,3 +61,10 @@ def test_a_rename_that_keeps_the_file_is_not_a_download() -> None:
 def test_the_same_record_again_changes_nothing() -> None:
     photo = listed()
     assert decide(photo, stored(photo), "a/7.jpg").change is Change.UNCHANGED
+
+
+def test_a_photo_listed_before_but_never_downloaded_is_new_not_replaced() -> None:
+    photo = listed()
+    never = replace(stored(photo), local_path=None, local_file_key=None, local_size=None, sha256=None)
+    decision = decide(photo, never, "a/7.jpg")
+    assert decision.change is Change.NEW and decision.download

@@ -111,6 +111,8 @@ class ListingRequest:
     page: int
     per_page: int
     view: str
+    query: dict[str, str] = field(default_factory=dict)
+    """The request's query string (filters, sort, ...)."""
 
 
 @dataclass
@@ -740,7 +742,11 @@ class Simulator:
             else 100
         )
         for hook in list(self.listing_hooks):
-            hook(ListingRequest(project_id=pid, page=page, per_page=per_page, view=view))
+            hook(
+                ListingRequest(
+                    project_id=pid, page=page, per_page=per_page, view=view, query=dict(request.query)
+                )
+            )
         ordered, ties = self._ordered(pid, request.query)
 
         def window(a: int, b: int) -> list[Any]:

@@ -1,0 +1,119 @@
+"""Write `tests/mutation-report.md` from the last `mutmut run`: per module, how many mutants the
+fast tests killed, and every survivor with its diff and, from `tests/mutation-triage.yaml`, why it
+may stay (equivalent or harmless). A survivor without a reason is marked as one to look at.
+
+mutmut maps each function to the tests that call it, but only for calls made on the test's own
+thread: code that runs in a file thread (writing, hashing, fsync) shows as "no tests", and a test
+added since the run is in no map. So every mutant mutmut did not kill is run again here against
+its module's tests in `RECHECK`, the way mutmut runs any mutant (the mutated copy in `mutants/`,
+chosen by `MUTANT_UNDER_TEST`, which a `syncer` child inherits too).
+
+Run by `make mutate` after `mutmut run`; reads mutmut's own `results` and `show` output.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+MUTMUT = [sys.executable, "-m", "mutmut"]
+LINE = re.compile(r"^\s*(?P<name>\S+__mutmut_\d+): (?P<status>.+)$")
+FILES = ["tests/test_transfer.py", "tests/test_durability.py", "tests/test_tls.py"]
+CLIENT = ["tests/test_procore_client.py", "tests/test_tls.py"]
+RECHECK = {
+    "syncer/listing.py": ["tests/test_listing_proof.py"],
+    "syncer/plan.py": ["tests/test_plan.py"],
+    "syncer/reconcile.py": ["tests/test_deletions.py"],
+    "syncer/mirror/fetch.py": FILES,
+    "syncer/mirror/files.py": FILES,
+    "syncer/procore/http.py": CLIENT,
+    "syncer/procore/auth.py": CLIENT,
+    "syncer/procore/pacing.py": CLIENT,
+}
+"""The fast tests of each module, against which a mutant mutmut did not kill is run again."""
+
+
+def mutmut(*args: str) -> str:
+    return subprocess.run([*MUTMUT, *args], check=True, capture_output=True, text=True).stdout
+
+
+def module_of(name: str) -> str:
+    """`syncer.listing.xǁListerǁ_prove__mutmut_3` -> `syncer/listing.py`."""
+    dotted = name.split(".x", maxsplit=1)[0]
+    return dotted.replace(".", "/") + ".py"
+
+
+def diff_of(name: str) -> list[str]:
+    return [
+        line
+        for line in mutmut("show", name).splitlines()
+        if line[:1] in "+-" and not line.startswith(("+++", "---"))
+    ]
+
+
+def recheck(name: str) -> str:
+    """Run one mutant against its module's tests in `RECHECK`: killed, or survived."""
+    env = {**os.environ, "MUTANT_UNDER_TEST": name}
+    tests = RECHECK[module_of(name)]
+    command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
+    try:
+        done = subprocess.run(command, cwd="mutants", env=env, capture_output=True, check=False, timeout=600)
+    except subprocess.TimeoutExpired:
+        return "timeout"
+    return {0: "survived", 1: "killed (recheck)"}.get(done.returncode, f"error {done.returncode}")
+
+
+def main() -> int:
+    triage: dict[str, str] = yaml.safe_load((HERE / "mutation-triage.yaml").read_text()) or {}
+    lines = mutmut("results", "--all", "true").splitlines()
+    statuses = {m["name"]: m["status"] for m in map(LINE.match, lines) if m}
+    first = Counter("killed" if status == "killed" else "not killed" for status in statuses.values())
+    left = [name for name, status in statuses.items() if status != "killed"]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        statuses.update(zip(left, pool.map(recheck, left), strict=True))
+    counts: dict[str, Counter[str]] = defaultdict(Counter)
+    survivors: dict[str, list[str]] = defaultdict(list)
+    for name, status in sorted(statuses.items()):
+        killed = status.startswith("killed")
+        counts[module_of(name)]["killed" if killed else status] += 1
+        if not killed:
+            survivors[module_of(name)].append(name)
+    out = [
+        "# Mutation testing: the critical path",
+        "",
+        "Written by `make mutate`: mutmut over the modules in `[tool.mutmut]` of `pyproject.toml`,",
+        "against the fast in-process tests listed there; then each mutant it did not kill, against",
+        "its module's tests (`RECHECK` in `tests/mutation_report.py`). Each survivor is explained",
+        "(from `tests/mutation-triage.yaml`) or marked **to look at**.",
+        "",
+        f"mutmut alone: {first['killed']} killed, {first['not killed']} not killed.",
+        "",
+        "| module | mutants | killed | survived | other |",
+        "|---|---|---|---|---|",
+    ]
+    for module, c in sorted(counts.items()):
+        total, killed, survived = sum(c.values()), c["killed"], c["survived"]
+        out.append(f"| `{module}` | {total} | {killed} | {survived} | {total - killed - survived} |")
+    unexplained = 0
+    for module, names in sorted(survivors.items()):
+        out += ["", f"## `{module}`", ""]
+        for name in names:
+            reason = triage.get(name)
+            unexplained += reason is None
+            out.append(f"- `{name}` ({statuses[name]}): {reason or '**to look at**'}")
+            out += ["  ```diff", *(f"  {line}" for line in diff_of(name)), "  ```"]
+    (HERE / "mutation-report.md").write_text("\n".join(out) + "\n", encoding="utf-8")
+    print(f"{sum(len(n) for n in survivors.values())} survivors, {unexplained} without a reason")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
