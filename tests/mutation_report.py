@@ -76,7 +76,12 @@ def main() -> int:
     lines = mutmut("results", "--all", "true").splitlines()
     statuses = {m["name"]: m["status"] for m in map(LINE.match, lines) if m}
     first = Counter("killed" if status == "killed" else "not killed" for status in statuses.values())
-    left = [name for name, status in statuses.items() if status != "killed"]
+    only = tuple(sys.argv[1:])  # module paths to run again; all by default
+    left = [
+        name
+        for name, status in statuses.items()
+        if status in ("survived", "no tests", "timeout") and module_of(name).startswith(only or "")
+    ]
     with ThreadPoolExecutor(max_workers=2) as pool:
         statuses.update(zip(left, pool.map(recheck, left), strict=True))
     counts: dict[str, Counter[str]] = defaultdict(Counter)
@@ -84,7 +89,7 @@ def main() -> int:
     for name, status in sorted(statuses.items()):
         killed = status.startswith("killed")
         counts[module_of(name)]["killed" if killed else status] += 1
-        if not killed:
+        if not killed and status != "not checked":
             survivors[module_of(name)].append(name)
     out = [
         "# Mutation testing: the critical path",
@@ -96,12 +101,13 @@ def main() -> int:
         "",
         f"mutmut alone: {first['killed']} killed, {first['not killed']} not killed.",
         "",
-        "| module | mutants | killed | survived | other |",
-        "|---|---|---|---|---|",
+        "| module | mutants | killed | survived | not run yet | other |",
+        "|---|---|---|---|---|---|",
     ]
     for module, c in sorted(counts.items()):
-        total, killed, survived = sum(c.values()), c["killed"], c["survived"]
-        out.append(f"| `{module}` | {total} | {killed} | {survived} | {total - killed - survived} |")
+        total, killed, survived, unrun = sum(c.values()), c["killed"], c["survived"], c["not checked"]
+        other = total - killed - survived - unrun
+        out.append(f"| `{module}` | {total} | {killed} | {survived} | {unrun} | {other} |")
     unexplained = 0
     for module, names in sorted(survivors.items()):
         out += ["", f"## `{module}`", ""]

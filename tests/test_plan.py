@@ -68,3 +68,14 @@ def test_a_photo_listed_before_but_never_downloaded_is_new_not_replaced() -> Non
     never = replace(stored(photo), local_path=None, local_file_key=None, local_size=None, sha256=None)
     decision = decide(photo, never, "a/7.jpg")
     assert decision.change is Change.NEW and decision.download
+
+
+def test_a_photo_never_seen_is_new_and_downloaded() -> None:
+    decision = decide(listed(), None, "a/7.jpg")
+    assert decision.change is Change.NEW and decision.download and decision.stored is None
+
+
+def test_an_edit_of_the_metadata_alone_rewrites_the_sidecar() -> None:
+    photo = listed(updated=LATER)
+    decision = decide(photo, stored(photo, updated=EARLIER), "a/7.jpg")
+    assert decision.change is Change.METADATA and decision.relocate and not decision.download

@@ -16,7 +16,7 @@ from yarl import URL
 
 from syncer.procore.api import ProcoreApi
 from syncer.procore.auth import AuthError
-from syncer.procore.http import Answer, ProcoreError, ProcoreHttp, RetryPolicy
+from syncer.procore.http import Answer, ProcoreError, ProcoreHttp, RetryPolicy, TransientError
 from syncer.procore.pacing import Pacer
 from syncer.procore.query import ImageQuery
 from syncer.simulator import Simulator
@@ -311,3 +311,20 @@ async def test_a_429_waits_for_retry_after_even_when_the_rate_headers_say_sooner
         await api.projects()
     (first, _), (second, _) = seen
     assert second - first >= 2.0, f"retried after {second - first:.2f} s; Retry-After said 2 s"
+
+
+async def test_a_burst_of_401s_on_one_revoked_token_renews_it_once(sim: Simulator) -> None:
+    async with client(sim) as api:
+        await api.projects()
+        sim.tokens.clear()  # revoked upstream while six requests are under way
+        results = await asyncio.gather(*(api.projects() for _ in range(6)))
+    assert all(len(r) == len(sim.company.projects) for r in results)
+    assert sim.stats.tokens_issued == 2, "one renewal for the whole burst"
+
+
+async def test_a_single_attempt_told_to_wait_says_how_long_to_its_caller(sim: Simulator) -> None:
+    busy = web.Response(status=503, text="busy", headers={"Retry-After": "7"})
+    async with scripted(busy) as (base, _), client(sim, api_base=base) as api:
+        with pytest.raises(TransientError) as info:
+            await api.http.open(URL(f"{base}/storage/1"), what="a file")
+    assert info.value.wait == 7.0 and info.value.status == 503

@@ -42,7 +42,8 @@ def format_instant(value: datetime | date) -> str:
 
 @dataclass(frozen=True)
 class Range:
-    """An inclusive range `start...end` for `log_date`, `created_at` or `updated_at`."""
+    """A range `start...end` for `log_date`, `created_at` or `updated_at`. Whether Procore counts
+    the end as inside is unknown; the listing does not depend on it (see `syncer.listing`)."""
 
     start: datetime | date
     end: datetime | date
