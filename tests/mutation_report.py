@@ -75,7 +75,8 @@ def main() -> int:
     triage: dict[str, str] = yaml.safe_load((HERE / "mutation-triage.yaml").read_text()) or {}
     lines = mutmut("results", "--all", "true").splitlines()
     statuses = {m["name"]: m["status"] for m in map(LINE.match, lines) if m}
-    first = Counter("killed" if status == "killed" else "not killed" for status in statuses.values())
+    ran = [status for status in statuses.values() if status != "not checked"]
+    first = Counter("killed" if status == "killed" else "not killed" for status in ran)
     only = tuple(sys.argv[1:])  # module paths to run again; all by default
     left = [
         name
@@ -87,7 +88,7 @@ def main() -> int:
     counts: dict[str, Counter[str]] = defaultdict(Counter)
     survivors: dict[str, list[str]] = defaultdict(list)
     for name, status in sorted(statuses.items()):
-        killed = status.startswith("killed")
+        killed = status.startswith("killed") or status == "timeout"  # a hang is caught too
         counts[module_of(name)]["killed" if killed else status] += 1
         if not killed and status != "not checked":
             survivors[module_of(name)].append(name)
@@ -99,7 +100,7 @@ def main() -> int:
         "its module's tests (`RECHECK` in `tests/mutation_report.py`). Each survivor is explained",
         "(from `tests/mutation-triage.yaml`) or marked **to look at**.",
         "",
-        f"mutmut alone: {first['killed']} killed, {first['not killed']} not killed.",
+        f"mutmut alone, of the mutants it ran: {first['killed']} killed, {first['not killed']} not.",
         "",
         "| module | mutants | killed | survived | not run yet | other |",
         "|---|---|---|---|---|---|",

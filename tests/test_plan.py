@@ -79,3 +79,19 @@ def test_an_edit_of_the_metadata_alone_rewrites_the_sidecar() -> None:
     photo = listed(updated=LATER)
     decision = decide(photo, stored(photo, updated=EARLIER), "a/7.jpg")
     assert decision.change is Change.METADATA and decision.relocate and not decision.download
+
+
+def test_a_decision_carries_the_photo_its_path_and_what_was_stored() -> None:
+    photo = listed()
+    new = decide(photo, None, "a/7.jpg")
+    assert (new.photo, new.rel_path, new.stored) == (photo, "a/7.jpg", None)
+    row = stored(photo, path="a/old.jpg")
+    moved = decide(photo, row, "a/7.jpg")
+    assert (moved.photo, moved.rel_path, moved.stored) == (photo, "a/7.jpg", row)
+
+
+def test_a_photo_back_from_the_trash_is_restored_not_downloaded() -> None:
+    photo = listed()
+    trashed = replace(stored(photo), local_path=None, trashed_path=".trash/a/7.jpg")
+    decision = decide(photo, trashed, "a/7.jpg")
+    assert decision.change is Change.RESTORED and decision.relocate and not decision.download
