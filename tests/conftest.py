@@ -80,6 +80,12 @@ def write_config(sim: Simulator, folder: Path, **sections: dict[str, Any]) -> Pa
     return path
 
 
+def lose_database(folder: Path) -> None:
+    """Delete the SQLite database `write_config` puts in `folder`, with its WAL."""
+    for state in (folder / "state").iterdir():
+        state.unlink()
+
+
 @pytest.fixture
 def settings_for(tmp_path: Path) -> Callable[..., Settings]:
     def make(sim: Simulator, **sections: dict[str, Any]) -> Settings:

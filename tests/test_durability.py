@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from syncer.simulator import Simulator
-from tests.conftest import in_mirror, write_config
+from tests.conftest import in_mirror, lose_database, write_config
 
 CALL = re.compile(r"^(\d+)\s+(\w+)\((.*)\) += (-?\d+)")
 UNFINISHED = re.compile(r"^(\d+)\s+(\w+)\((.*) <unfinished \.\.\.>$")
@@ -97,8 +97,7 @@ async def test_an_adopted_photo_is_fsynced_with_its_folder_before_it_is_recorded
 ) -> None:
     config = write_config(sim, tmp_path)
     await traced_sync(config, tmp_path / "first.trace")
-    for state in (tmp_path / "state").iterdir():
-        state.unlink()  # a lost database: the next run adopts every file
+    lose_database(tmp_path)  # the next run adopts every file
     calls = await traced_sync(config, tmp_path / "adopt.trace")
     synced = {paths[0] for name, paths in calls if name in ("fsync", "fdatasync") and paths}
     for photo in mirrored_photos(tmp_path / "mirror"):

@@ -19,7 +19,7 @@ from syncer.config import load_settings
 from syncer.errors import ExitCode
 from syncer.simulator import Simulator
 from syncer.simulator.server import ListingRequest
-from tests.conftest import assert_byte_exact, db_rows, in_mirror, sync, write_config
+from tests.conftest import assert_byte_exact, db_rows, in_mirror, lose_database, sync, write_config
 from tests.test_cli import Run, assert_no_traceback, spawn, syncer
 from tests.test_daemon import daemon, daemon_config, eventually, stop
 from tests.test_workers import SHARED, finish, shared_config, start_worker
@@ -254,8 +254,7 @@ async def test_a_lost_database_costs_a_listing_and_a_hash_not_a_download(
     config = write_config(sim, tmp_path)
     assert (await syncer("sync", "--config", str(config))).code == ExitCode.OK
     before = fetched(sim)
-    for state in (tmp_path / "state").iterdir():
-        state.unlink()  # state.db, and its WAL
+    lose_database(tmp_path)
     run = await syncer("sync", "--config", str(config))
     assert run.code == ExitCode.OK, run.out + run.err
     assert fetched(sim) == before, "no photo was downloaded again"
@@ -274,8 +273,7 @@ async def test_a_file_that_does_not_hash_to_its_sidecar_is_downloaded_again(
     root = tmp_path / "mirror"
     tampered = next(p for p in sorted(root.rglob("*.jpg")) if in_mirror(p, root))
     tampered.write_bytes(tampered.read_bytes()[:-1] + b"\x00")  # same size, other bytes
-    for state in (tmp_path / "state").iterdir():
-        state.unlink()
+    lose_database(tmp_path)
     assert (await syncer("sync", "--config", str(config))).code == ExitCode.OK
     assert fetched(sim) == before + 1, "only the file that failed its hash was fetched"
     assert_byte_exact(sim, load_settings(config))

@@ -34,6 +34,29 @@ def tie(sim: Simulator, count: int, *, created_too: bool, seed: int = 3) -> list
     return [p.id for p in photos]
 
 
+def undated_photo(sim: Simulator) -> int:
+    """A photo of the simulator's kept without `created_at`: no created_at range can match it."""
+    undated = min(sim.expected_files())
+    sim.company.photos[undated].created_at = None
+    sim.changed()
+    return undated
+
+
+def restore_on_page_2(sim: Simulator, photo_id: int) -> list[bool]:
+    """Delete the photo now and restore it with its old time while page 2 of the first listing is
+    served: it is back in the window, unseen by that pass. The list says whether it happened."""
+    sim.delete_photo(photo_id)
+    restored: list[bool] = []
+
+    def hook(request: ListingRequest) -> None:
+        if request.page == 2 and not restored and request.view == "normal":
+            restored.append(True)
+            sim.restore_photo(photo_id, keep_time=True)
+
+    sim.listing_hooks.append(hook)
+    return restored
+
+
 def edit_and_delete_on_page(sim: Simulator, page: int, *, edits: int, deletes: int, seed: int = 5) -> None:
     """While page `page` of the first listing is being served, edit and delete photos."""
     done = False
@@ -185,9 +208,7 @@ async def test_a_photo_without_created_at_is_listed_when_its_piece_is_split(
     make_sim: Any, settings_for: Any, times: dict[str, Any]
 ) -> None:
     sim = await make_sim(**times, photos=40, projects=1, max_per_page=10)
-    undated = min(sim.expected_files())
-    sim.company.photos[undated].created_at = None  # no created_at range can ever match it
-    sim.changed()
+    undated_photo(sim)
     edit_and_delete_on_page(sim, 2, edits=3, deletes=2)  # the first pass fails: the window is split
     settings = settings_for(sim, sync={"per_page": 10})
     summary = await sync(settings)
@@ -199,18 +220,7 @@ async def test_a_photo_without_created_at_that_appears_after_a_split_is_not_lost
     make_sim: Any, settings_for: Any, times: dict[str, Any]
 ) -> None:
     sim = await make_sim(**times, photos=40, projects=1, max_per_page=10)
-    undated = min(sim.expected_files())
-    sim.company.photos[undated].created_at = None
-    sim.delete_photo(undated)  # in the recycle bin while the first page is read
-    restored = False
-
-    def restore_during_page_2(request: ListingRequest) -> None:
-        nonlocal restored
-        if request.page == 2 and not restored and request.view == "normal":
-            restored = True
-            sim.restore_photo(undated, keep_time=True)  # back in the window, in no created_at range
-
-    sim.listing_hooks.append(restore_during_page_2)
+    restored = restore_on_page_2(sim, undated_photo(sim))
     settings = settings_for(sim, sync={"per_page": 10})
     summary = await sync(settings)
     assert restored

@@ -16,7 +16,7 @@ from syncer.procore.models import Photo
 from syncer.procore.query import ImageQuery
 from syncer.simulator import Simulator
 from syncer.simulator.server import ListingRequest
-from tests.test_listing import edit_and_delete_on_page, tie
+from tests.test_listing import edit_and_delete_on_page, restore_on_page_2, tie, undated_photo
 from tests.test_procore_client import client
 
 
@@ -258,17 +258,10 @@ async def test_a_photo_without_created_at_that_appears_after_a_split_is_listed(
     """Back from the recycle bin with its old time while the first pass runs: only a piece with
     no `created_at` filter can hold it, so the pieces cut by `created_at` must be checked."""
     sim = await make_sim(**times, photos=60, projects=1)
-    undated = min(sim.expected_files())
-    sim.company.photos[undated].created_at = None
-    sim.delete_photo(undated)
-
-    def restore_during_page_2(request: ListingRequest) -> None:
-        if request.page == 2 and sim.company.photos[undated].deleted:
-            sim.restore_photo(undated, keep_time=True)
-
-    sim.listing_hooks.append(restore_during_page_2)
+    undated = undated_photo(sim)
+    restored = restore_on_page_2(sim, undated)
     report, seen = await listing(sim, None, seconds(sim)[-1])
-    assert not sim.company.photos[undated].deleted
+    assert restored and not sim.company.photos[undated].deleted
     assert report.proven and report.splits
     assert undated in seen
 
