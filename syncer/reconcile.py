@@ -44,7 +44,6 @@ PASSES = 3
 class IdListing:
     ids: set[int] | None
     """Every id upstream, or None when some piece could not be proven."""
-    requests: int = 0
     problem: str | None = None
 
 
@@ -63,7 +62,6 @@ async def upstream_ids(
 ) -> IdListing:
     result = IdListing(ids=set())
     first = await api.ids_page(query, page=1, per_page=IDS_PER_PAGE)
-    result.requests += 1
     if first.total is not None and first.next_url is None and len(set(first.items)) == first.total:
         result.ids = set(first.items)  # the whole project fits one page: a consistent snapshot
         return result
@@ -71,7 +69,7 @@ async def upstream_ids(
     edges = [BEGINNING, *cut_points(known_times, chunk), FAR_FUTURE]
     for lo, hi in pairwise(edges):  # sharing their boundaries, as listing pieces do
         piece = replace(query, filters=replace(query.filters, updated_at=Range(lo, hi)))
-        ids = await _prove(api, piece, result)
+        ids = await _prove(api, piece)
         if ids is None:
             result.ids = None
             result.problem = (
@@ -83,9 +81,8 @@ async def upstream_ids(
     return result
 
 
-async def _prove(api: ProcoreApi, query: ImageQuery, result: IdListing) -> set[int] | None:
+async def _prove(api: ProcoreApi, query: ImageQuery) -> set[int] | None:
     async def take(page: Page) -> list[int]:
-        result.requests += 1
         return page.items
 
     for _ in range(PASSES):
