@@ -187,7 +187,8 @@ async def test_a_stopped_sync_hands_back_the_claims_it_never_worked_on(
         member = running.coordinator.member
         (project,), _ = await running.projects()
         await running.store.save_projects(settings.procore.company_id, [project])
-        deadline = asyncio.get_running_loop().time() + 1.0
+        # 40 files at 0.5 s each, two at a time: a stop after 2.5 s leaves most of them unclaimed.
+        deadline = asyncio.get_running_loop().time() + 2.5
         async with member.project(project.id) as mine:
             assert mine
             result = await running.engine.sync_project(project, deadline=deadline)
