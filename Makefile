@@ -25,8 +25,9 @@ lint: $(VENV)/.dev-installed
 	$(BIN)/ruff format --check syncer tests migrations bench
 	$(BIN)/mypy
 
+# Two workers: most tests wait on real processes and sockets, so two share two cores well.
 test: lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2
 
 bench: $(VENV)/.dev-installed
 	$(BIN)/python -m bench.run --scale full

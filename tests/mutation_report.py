@@ -26,13 +26,14 @@ import yaml
 HERE = Path(__file__).resolve().parent
 MUTMUT = [sys.executable, "-m", "mutmut"]
 LINE = re.compile(r"^\s*(?P<name>\S+__mutmut_\d+): (?P<status>.+)$")
-FILES = ["tests/test_transfer.py", "tests/test_durability.py", "tests/test_tls.py"]
+FETCH = ["tests/test_fetch.py", "tests/test_crash.py", "tests/test_durability.py", "tests/test_tls.py"]
+FILES = ["tests/test_files.py", "tests/test_durability.py", "tests/test_fetch.py"]
 CLIENT = ["tests/test_procore_client.py", "tests/test_tls.py"]
 RECHECK = {
     "syncer/listing.py": ["tests/test_listing_proof.py"],
     "syncer/plan.py": ["tests/test_plan.py"],
     "syncer/reconcile.py": ["tests/test_deletions.py"],
-    "syncer/mirror/fetch.py": FILES,
+    "syncer/mirror/fetch.py": FETCH,
     "syncer/mirror/files.py": FILES,
     "syncer/procore/http.py": CLIENT,
     "syncer/procore/auth.py": CLIENT,

@@ -3,15 +3,17 @@ each way Procore might keep times and end ranges. Fast enough to run for every m
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from syncer.listing import SECOND, Lister, ListingReport, _split_range
+from syncer.listing import SECOND, Lister, ListingReport, Pass, _split_range, paged_pass
+from syncer.procore.api import Page
 from syncer.procore.models import Photo
 from syncer.procore.query import ImageQuery
 from syncer.simulator import Simulator
@@ -97,8 +99,9 @@ async def test_a_window_split_while_photos_move_loses_no_photo_at_a_boundary(
 async def test_more_photos_than_a_page_in_one_second_are_proven_with_an_id_check(
     make_sim: Any, times: dict[str, Any]
 ) -> None:
-    sim = await make_sim(**times, photos=80, projects=1)
-    tied = set(tie(sim, 35, created_too=True))
+    """60 tied photos: the id check takes two requests (`ID_CHECK_CHUNK` ids each) that add up."""
+    sim = await make_sim(**times, photos=100, projects=1)
+    tied = set(tie(sim, 60, created_too=True))
     end = seconds(sim)[-1]
     report, seen = await listing(sim, None, end)
     assert report.proven and report.ties, report.unproven
@@ -276,3 +279,175 @@ async def test_the_report_counts_every_listing_request(make_sim: Any) -> None:
     (note,) = report.ties
     cost = int(note.rsplit("(", 1)[1].split()[0])
     assert 4 <= cost < report.requests, note
+
+
+# -- what a pass reads ------------------------------------------------------------------------------
+
+
+def pages_of(totals: list[int], *, per_page: int | None = 2) -> Callable[[int], Awaitable[Page]]:
+    """Pages of two photos each (ids 1, 2, 3, ...) whose `Total` header is `totals[page - 1]`."""
+
+    async def get_page(number: int) -> Page:
+        total = totals[min(number, len(totals)) - 1]
+        items = [{"id": 2 * number - 1}, {"id": 2 * number}][: max(0, total - 2 * (number - 1))]
+        return Page(items=items, total=total, per_page=per_page, next_url=None)
+
+    return get_page
+
+
+async def ids_of(page: Page) -> list[int]:
+    return [item["id"] for item in page.items]
+
+
+async def test_a_pass_reads_every_page_up_to_total() -> None:
+    result = await paged_pass(Pass(), pages_of([5, 5, 5]), asked=2, take=ids_of)
+    assert (result.pages, result.distinct, result.proven) == (3, {1, 2, 3, 4, 5}, True)
+
+
+async def test_a_pass_steps_by_the_page_size_it_asked_for_when_the_server_does_not_say() -> None:
+    result = await paged_pass(Pass(), pages_of([5, 5, 5], per_page=None), asked=2, take=ids_of)
+    assert (result.pages, result.proven) == (3, True)
+
+
+async def test_a_listing_that_keeps_growing_is_read_one_page_past_its_first_total() -> None:
+    result = await paged_pass(Pass(), pages_of([4, 6, 8, 10, 12, 14]), asked=2, take=ids_of)
+    assert result.pages == 3 and not result.proven
+    assert result.last_total == 8
+
+
+async def test_a_pass_cut_short_after_its_first_page_proves_nothing() -> None:
+    result = await paged_pass(Pass(), pages_of([5, 5, 5]), asked=2, take=ids_of, one_page_only=True)
+    assert (result.pages, result.cut_short, result.proven) == (1, True, False)
+    whole = await paged_pass(Pass(), pages_of([2]), asked=2, take=ids_of, one_page_only=True)
+    assert (whole.pages, whole.cut_short, whole.proven) == (1, False, True), "one page is one answer"
+
+
+# -- what a proof costs, and what it rests on -------------------------------------------------------
+
+
+@pytest.mark.parametrize("photos", [15, 45])
+async def test_a_pass_that_fails_is_split_at_its_page_starts_into_pieces_of_one_request(
+    make_sim: Any, photos: int
+) -> None:
+    """Each piece holds one page of the failed pass, less what left: one request proves it. (With
+    exclusive range ends the pieces do not overlap, so the count is exact.)"""
+    sim = await make_sim(photos=photos, projects=1, range_end="exclusive")
+    edit_and_delete_on_page(sim, 2, edits=2, deletes=1)
+    pages, end = -(-photos // 10), seconds(sim)[-1]
+    report, seen = await listing(sim, None, end)
+    assert report.proven and window(sim, None, end) <= seen
+    assert (report.pieces, report.splits) == (pages, 1)
+    assert report.requests == pages + pages + 1, "the failed pass, a request a piece, one count"
+
+
+async def test_a_photo_that_enters_a_recent_window_cannot_hide_one_the_shifted_pages_skipped(
+    make_sim: Any,
+) -> None:
+    """While page 2 is served, a photo of page 1 is deleted (so a later one shifts onto page 1,
+    unseen) and a deleted photo comes back, updated now: `Total` stays the same and the pass sees
+    that many ids. Only a pass over a piece no photo can enter any more may count that as proof."""
+    sim = await make_sim(photos=60, projects=1)
+    by_creation = sorted(sim.company.live_photos(min(sim.company.projects)), key=lambda p: p.created_at)
+    leaving, returning = by_creation[0].id, by_creation[-1].id
+    sim.delete_photo(returning)
+    swapped: list[bool] = []
+
+    def swap_on_page_2(request: ListingRequest) -> None:
+        if request.page == 2 and not swapped:
+            swapped.append(True)
+            sim.delete_photo(leaving)
+            sim.restore_photo(returning)
+
+    sim.listing_hooks.append(swap_on_page_2)
+    end = shown(utcnow())
+    report, seen = await listing(sim, None, end, now=lambda: end + 2 * SECOND)
+    assert swapped and report.proven
+    assert window(sim, None, end) <= seen, f"missing {sorted(window(sim, None, end) - seen)}"
+
+
+async def test_photos_moved_out_of_a_recent_window_while_it_is_listed_are_listed_in_a_catch_up_round(
+    make_sim: Any,
+) -> None:
+    """The window ends now: its settled part fails (photos move out during its page 2), its recent
+    seconds are proven at once. The window as a whole is not: a catch-up round must follow."""
+    sim = await make_sim(photos=60, projects=1)
+    end = shown(utcnow())
+    moved: list[int] = []
+
+    def move_on_page_2(request: ListingRequest) -> None:
+        if request.page == 2 and not moved:
+            for photo in sim.company.live_photos(request.project_id)[:5]:
+                photo.updated_at = end + 2 * SECOND
+                moved.append(photo.id)
+            sim.changed()
+
+    sim.listing_hooks.append(move_on_page_2)
+    report, seen = await listing(sim, None, end, now=lambda: end + 2 * SECOND)
+    assert moved and report.proven
+    assert report.end == end + 2 * SECOND
+    assert set(moved) <= seen
+
+
+async def test_a_window_ending_now_with_a_piece_that_never_adds_up_is_reported_unproven(
+    make_sim: Any,
+) -> None:
+    sim = await make_sim(photos=40, projects=1)
+    sim.config.hidden.add(min(tie(sim, 25, created_too=True)))
+    report, _ = await listing(sim, None, shown(utcnow()))
+    assert not report.proven and report.unproven
+
+
+async def test_the_newest_seconds_are_waited_for_not_asked_again_and_again(make_sim: Any) -> None:
+    """More than two pages changed a moment ago: their seconds are proven once Procore's clock has
+    passed them, with a wait of at most two seconds, not by asking until it has."""
+    sim = await make_sim(photos=60, projects=1)
+    for photo in sim.company.live_photos(min(sim.company.projects))[:25]:
+        sim.edit_photo(photo.id, description="just now")
+    report, _ = await listing(sim, None, shown(utcnow()))
+    assert report.proven
+    assert report.requests <= 14, report
+
+
+def undated_in_one_second(sim: Simulator, *, more_undated: int = 0) -> tuple[datetime, int]:
+    """25 photos share one `updated_at` second, created apart; one of them has no `created_at` and
+    is deleted now, to come back with its old time while page 2 of the first pass is served.
+    `more_undated` others have no `created_at` either (and stay)."""
+    tied = tie(sim, 25, created_too=False)
+    undated = tied[0]
+    for photo_id in tied[: 1 + more_undated]:
+        sim.company.photos[photo_id].created_at = None
+    sim.changed()
+    assert restore_on_page_2(sim, undated) == []
+    return shown(sim.company.photos[undated].updated_at), undated
+
+
+async def test_a_one_second_piece_that_holds_photos_without_created_at_is_proven_as_a_tie(
+    make_sim: Any, times: dict[str, Any]
+) -> None:
+    sim = await make_sim(**times, photos=40, projects=1)
+    moment, undated = undated_in_one_second(sim)
+    report, seen = await listing(sim, moment, moment)
+    assert report.proven and report.ties, "no time can part these photos: an id check proves them"
+    assert undated in seen
+
+
+async def test_a_photo_without_created_at_is_found_when_the_created_at_pieces_were_split_again(
+    make_sim: Any,
+) -> None:
+    """The pieces cut by `created_at` are proven only after being split again (a photo leaves
+    during the second page of the first of them); the photo back from the bin is in none. (Another
+    undated photo makes the first pass unsorted, so it is cut in halves, not at page starts.)"""
+    sim = await make_sim(photos=40, projects=1)
+    moment, undated = undated_in_one_second(sim, more_undated=1)
+    left: list[int] = []
+
+    def leave_during_a_created_at_piece(request: ListingRequest) -> None:
+        if request.page == 2 and "filters[created_at]" in request.query and not left:
+            photo = next(p for p in sim.company.live_photos(request.project_id) if p.id != undated)
+            left.append(photo.id)
+            sim.delete_photo(photo.id)
+
+    sim.listing_hooks.append(leave_during_a_created_at_piece)
+    report, seen = await listing(sim, moment, moment)
+    assert left and report.proven
+    assert undated in seen

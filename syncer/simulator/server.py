@@ -57,6 +57,8 @@ class SimConfig:
     """Whether the API-origin hop of a photo download counts against the rate limit."""
     error_rate: float = 0.0
     """Share of answers (API and object store) replaced by a 500, 502 or 503."""
+    store_error_rate: float = 0.0
+    """Share of object-store answers (only) replaced by a 503 SlowDown."""
     cut_rate: float = 0.0
     """Share of object-store bodies cut short after about half of the bytes."""
     broken_json_rate: float = 0.0
@@ -898,7 +900,7 @@ class Simulator:
             return self._s3_error(403, "AccessDenied", reason)
         if self.config.store_latency:
             await asyncio.sleep(self.config.store_latency)
-        if self._fault(self.config.error_rate):
+        if self._fault(self.config.error_rate) or self._fault(self.config.store_error_rate):
             return self._s3_error(503, "SlowDown", "Please reduce your request rate.")
         photo = self._find_version(request.match_info["key"])
         if photo is None:

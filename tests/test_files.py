@@ -1,0 +1,201 @@
+"""The mirror's file layer (`MirrorFS`) on its own, on a real folder: what it refuses, what it puts
+in place and what it leaves behind. Fast enough to run for every mutant of `mirror/files.py`; the
+fsync order is observed on a real `syncer` in `test_durability.py`."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from syncer.errors import LocalFault
+from syncer.mirror.files import MirrorFS, UnsafePath, sha256_of
+
+
+@pytest.fixture
+async def fs(tmp_path: Path) -> AsyncIterator[MirrorFS]:
+    mirror = MirrorFS(tmp_path / "mirror")
+    mirror.prepare()
+    yield mirror
+    mirror.close()
+
+
+def temp_file(fs: MirrorFS, data: bytes, name: str = "1.part") -> Path:
+    path = fs.tmp_path(name)
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize("rel", ["", "/etc/passwd", "a/../b", "./a", "a//b", "a/.", "..", ".syncer/db", "a/"])
+def test_a_path_that_is_not_plainly_inside_the_mirror_is_refused(fs: MirrorFS, rel: str) -> None:
+    with pytest.raises(UnsafePath):
+        fs.path(rel)
+
+
+def test_a_folder_that_links_out_of_the_mirror_is_refused(fs: MirrorFS, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (fs.root / "Project").symlink_to(outside)
+    with pytest.raises(UnsafePath, match="leaves the mirror root through a link"):
+        fs.path("Project/photo.jpg")
+
+
+def test_a_folder_that_links_within_the_mirror_is_followed(fs: MirrorFS) -> None:
+    (fs.root / "real").mkdir()
+    (fs.root / "alias").symlink_to(fs.root / "real")
+    assert fs.path("alias/photo.jpg") == fs.root / "alias" / "photo.jpg"
+
+
+def test_a_folder_swapped_for_a_link_after_its_first_use_is_refused_when_it_is_created(
+    fs: MirrorFS, tmp_path: Path
+) -> None:
+    """The check of a folder that did not exist yet is not remembered: once created, it is checked."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    fs.path("Later/photo.jpg")  # not there yet: nothing to resolve
+    (fs.root / "Later").symlink_to(outside)
+    with pytest.raises(UnsafePath):
+        fs.path("Later/photo.jpg")
+
+
+async def test_an_install_puts_the_photo_and_its_sidecar_in_place(fs: MirrorFS) -> None:
+    tmp = temp_file(fs, b"jpeg bytes")
+    await fs.install("P/a.jpg", tmp=tmp, data=None, mtime=1_600_000_000.0, sidecar=("P/a.jpg.json", b"{}\n"))
+    photo = fs.root / "P" / "a.jpg"
+    assert photo.read_bytes() == b"jpeg bytes"
+    assert (fs.root / "P" / "a.jpg.json").read_bytes() == b"{}\n"
+    assert photo.stat().st_mtime == 1_600_000_000.0
+    assert not tmp.exists()
+    assert list(fs.tmp_dir.iterdir()) == [], "no temp file of the photo or its sidecar is left"
+
+
+async def test_an_install_of_a_body_kept_in_memory_writes_it_first(fs: MirrorFS) -> None:
+    tmp = fs.tmp_path("2.part")
+    await fs.install("P/b.jpg", tmp=tmp, data=b"in memory", mtime=None, sidecar=("P/b.jpg.json", b"{}\n"))
+    assert (fs.root / "P" / "b.jpg").read_bytes() == b"in memory"
+
+
+async def test_an_install_that_replaces_a_photo_at_another_path_removes_the_old_copy(fs: MirrorFS) -> None:
+    await fs.install(
+        "P/old.jpg", tmp=temp_file(fs, b"v1"), data=None, mtime=None, sidecar=("P/old.jpg.json", b"1")
+    )
+    await fs.install(
+        "Q/new.jpg",
+        tmp=temp_file(fs, b"v2"),
+        data=None,
+        mtime=None,
+        sidecar=("Q/new.jpg.json", b"2"),
+        replacing="P/old.jpg",
+    )
+    assert (fs.root / "Q" / "new.jpg").read_bytes() == b"v2"
+    assert not (fs.root / "P" / "old.jpg").exists()
+    assert not (fs.root / "P" / "old.jpg.json").exists()
+
+
+async def test_an_install_that_replaces_a_photo_at_the_same_path_keeps_it(fs: MirrorFS) -> None:
+    await fs.install(
+        "P/a.jpg", tmp=temp_file(fs, b"v1"), data=None, mtime=None, sidecar=("P/a.jpg.json", b"1")
+    )
+    await fs.install(
+        "P/a.jpg",
+        tmp=temp_file(fs, b"v2"),
+        data=None,
+        mtime=None,
+        sidecar=("P/a.jpg.json", b"2"),
+        replacing="P/a.jpg",
+    )
+    assert (fs.root / "P" / "a.jpg").read_bytes() == b"v2"
+    assert (fs.root / "P" / "a.jpg.json").read_bytes() == b"2"
+
+
+async def test_an_install_into_a_folder_that_links_out_of_the_mirror_is_refused(
+    fs: MirrorFS, tmp_path: Path
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (fs.root / "P").symlink_to(outside)
+    with pytest.raises(UnsafePath):
+        await fs.install(
+            "P/a.jpg", tmp=temp_file(fs, b"x"), data=None, mtime=None, sidecar=("P/a.jpg.json", b"1")
+        )
+    assert list(outside.iterdir()) == []
+
+
+def test_only_regular_files_count_as_existing(fs: MirrorFS, tmp_path: Path) -> None:
+    (fs.root / "P").mkdir()
+    (fs.root / "P" / "file.jpg").write_bytes(b"x")
+    (fs.root / "P" / "folder.jpg").mkdir()
+    (tmp_path / "target.jpg").write_bytes(b"y")
+    (fs.root / "P" / "link.jpg").symlink_to(tmp_path / "target.jpg")
+    asked = ["P/file.jpg", "P/folder.jpg", "P/link.jpg", "P/missing.jpg", "../escape.jpg"]
+    assert fs.existing(asked) == {"P/file.jpg"}
+
+
+async def test_a_small_file_is_written_whole_and_leaves_no_temp_file(fs: MirrorFS) -> None:
+    await fs.write_durably("P/a.jpg.json", b"first")
+    await fs.write_durably("P/a.jpg.json", b"second")
+    assert (fs.root / "P" / "a.jpg.json").read_bytes() == b"second"
+    assert list(fs.tmp_dir.iterdir()) == []
+
+
+async def test_a_move_creates_the_new_folder_and_leaves_nothing_at_the_old_path(fs: MirrorFS) -> None:
+    await fs.write_durably("P/a.jpg", b"photo")
+    await fs.move("P/a.jpg", "Q/R/a.jpg")
+    assert (fs.root / "Q" / "R" / "a.jpg").read_bytes() == b"photo"
+    assert not (fs.root / "P" / "a.jpg").exists()
+
+
+async def test_a_remove_of_a_missing_file_is_not_an_error(fs: MirrorFS) -> None:
+    await fs.write_durably("P/a.jpg", b"photo")
+    await fs.remove("P/a.jpg")
+    await fs.remove("P/a.jpg")
+    assert not (fs.root / "P" / "a.jpg").exists()
+
+
+def test_leftover_temp_files_go_after_an_hour_and_parts_after_a_week(tmp_path: Path) -> None:
+    fs = MirrorFS(tmp_path / "mirror")
+    fs.prepare()
+    now = time.time()
+    ages = {"old.tmp": 2 * 3600, "new.tmp": 60, "old.part": 8 * 86400, "week.part": 2 * 86400}
+    for name, age in ages.items():
+        path = fs.tmp_path(name)
+        path.write_bytes(b"x")
+        os.utime(path, (now - age, now - age))
+    fs.prepare()
+    fs.close()
+    assert sorted(p.name for p in fs.tmp_dir.iterdir()) == ["new.tmp", "week.part"]
+
+
+def test_a_mirror_root_that_is_a_file_is_one_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "mirror").write_text("not a folder")
+    fs = MirrorFS(tmp_path / "mirror")
+    with pytest.raises(LocalFault, match=r"mirror\.root .* is not a folder"):
+        fs.prepare()
+    fs.close()
+
+
+async def test_a_photo_being_written_cannot_be_claimed_twice(fs: MirrorFS) -> None:
+    async with fs.writing("7") as first:
+        async with fs.writing("7") as second:
+            assert (first, second) == (True, False)
+        async with fs.writing("8") as other:
+            assert other
+    async with fs.writing("7") as again:
+        assert again, "let go when the first writer is done"
+    assert list(fs.writing_dir.iterdir()) == []
+
+
+def test_the_hash_of_an_open_file_is_read_from_its_start(tmp_path: Path) -> None:
+    data = os.urandom(3 * (1 << 20) + 7)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.lseek(fd, 100, os.SEEK_SET)
+        assert sha256_of(fd) == hashlib.sha256(data).hexdigest()
+    finally:
+        os.close(fd)
