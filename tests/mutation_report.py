@@ -8,11 +8,13 @@ added since the run is in no map. So every mutant mutmut did not kill is run aga
 its module's tests in `RECHECK`, the way mutmut runs any mutant (the mutated copy in `mutants/`,
 chosen by `MUTANT_UNDER_TEST`, which a `syncer` child inherits too).
 
-Run by `make mutate` after `mutmut run`; reads mutmut's own `results` and `show` output.
+Run by `make mutate` after `mutmut run`; reads mutmut's own `results` and `show` output. With
+module paths as arguments (`syncer/listing.py`), only their mutants are run again.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -24,6 +26,9 @@ from pathlib import Path
 import yaml
 
 HERE = Path(__file__).resolve().parent
+RECHECKED = Path("mutants/rechecked.json")
+"""Each recheck's outcome, so a run limited to some modules keeps the others' (`make mutate`
+starts from an empty `mutants/`)."""
 MUTMUT = [sys.executable, "-m", "mutmut"]
 LINE = re.compile(r"^\s*(?P<name>\S+__mutmut_\d+): (?P<status>.+)$")
 FETCH = ["tests/test_fetch.py", "tests/test_crash.py", "tests/test_durability.py", "tests/test_tls.py"]
@@ -78,14 +83,14 @@ def main() -> int:
     statuses = {m["name"]: m["status"] for m in map(LINE.match, lines) if m}
     ran = [status for status in statuses.values() if status != "not checked"]
     first = Counter("killed" if status == "killed" else "not killed" for status in ran)
-    only = tuple(sys.argv[1:])  # module paths to run again; all by default
-    left = [
-        name
-        for name, status in statuses.items()
-        if status in ("survived", "no tests", "timeout") and module_of(name).startswith(only or "")
-    ]
+    only = tuple(sys.argv[1:])  # module paths to run again (the others' last rechecks are kept)
+    kept = json.loads(RECHECKED.read_text()) if RECHECKED.exists() else {}
+    left = [name for name, status in statuses.items() if status in ("survived", "no tests", "timeout")]
+    again = [name for name in left if module_of(name).startswith(only or "") or name not in kept]
     with ThreadPoolExecutor(max_workers=2) as pool:
-        statuses.update(zip(left, pool.map(recheck, left), strict=True))
+        kept.update(zip(again, pool.map(recheck, again), strict=True))
+    RECHECKED.write_text(json.dumps(kept, indent=1), encoding="utf-8")
+    statuses.update({name: kept[name] for name in left})
     counts: dict[str, Counter[str]] = defaultdict(Counter)
     survivors: dict[str, list[str]] = defaultdict(list)
     for name, status in sorted(statuses.items()):
