@@ -6,7 +6,6 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from email.utils import formatdate
 from typing import Any
 
 import aiohttp
@@ -17,7 +16,6 @@ from yarl import URL
 from syncer.procore.api import ProcoreApi
 from syncer.procore.auth import AuthError
 from syncer.procore.http import Answer, ProcoreError, ProcoreHttp, RetryPolicy, TransientError
-from syncer.procore.pacing import Pacer
 from syncer.procore.query import ImageQuery
 from syncer.simulator import Simulator
 
@@ -165,92 +163,6 @@ def test_pagination_links_off_the_api_origin_are_refused() -> None:
     answer = Answer(data=[{"id": 1}], headers={"Link": '<https://evil.example/rest?page=2>; rel="next"'})
     with pytest.raises(ProcoreError, match="leaves the API origin"):
         ProcoreApi(http, company_id=1)._page_of(answer, "listing")
-
-
-def fake_clock_pacer(share: float = 1.0) -> tuple[Pacer, list[float]]:
-    """A pacer on a fake clock that starts at 1000 s; returns it and the list of its sleeps."""
-    now = [1000.0]
-    slept: list[float] = []
-
-    async def sleep(seconds: float) -> None:
-        slept.append(seconds)
-        now[0] += seconds
-
-    pacer = Pacer(clock=lambda: now[0], wall=lambda: now[0], sleep=sleep, jitter=lambda: 0.0, share=share)
-    return pacer, slept
-
-
-async def test_pacer_holds_callers_until_the_reset_when_the_budget_is_spent() -> None:
-    pacer, slept = fake_clock_pacer()
-    pacer.observe({"X-Rate-Limit-Limit": "25", "X-Rate-Limit-Remaining": "1", "X-Rate-Limit-Reset": "1007"})
-    async with pacer.slot():
-        pass
-    assert slept == []
-    async with pacer.slot():
-        pass
-    assert slept == [7.0]
-
-
-async def test_a_pacer_with_a_share_spends_only_its_part_of_the_budget() -> None:
-    pacer, slept = fake_clock_pacer(share=0.25)  # one of four workers seeing the company's budget
-    pacer.observe({"X-Rate-Limit-Limit": "50", "X-Rate-Limit-Remaining": "40", "X-Rate-Limit-Reset": "1010"})
-    for _ in range(40 // 4 - 3):  # a quarter, less one request for each other worker's older view
-        async with pacer.slot():
-            pass
-    assert slept == []
-    async with pacer.slot():
-        pass
-    assert slept == [10.0]
-
-
-async def test_a_pacer_with_a_share_sends_at_most_its_share_of_each_windows_limit() -> None:
-    pacer, slept = fake_clock_pacer(share=0.5)  # one of two workers; a window allows 10 requests
-    window = {"X-Rate-Limit-Limit": "10", "X-Rate-Limit-Reset": "1010"}
-    pacer.observe({**window, "X-Rate-Limit-Remaining": "10"})
-    for _ in range(4):
-        async with pacer.slot():
-            pass
-    # Its own four requests are counted; the other worker's are still on their way.
-    pacer.observe({**window, "X-Rate-Limit-Remaining": "6"})
-    async with pacer.slot():
-        pass
-    assert slept == []
-    async with pacer.slot():
-        pass
-    assert slept == [10.0], "its sixth request waits for the next window, though the last answer said 6"
-
-
-async def test_pacer_reads_reset_against_the_servers_clock() -> None:
-    pacer, slept = fake_clock_pacer()
-    # The server's clock is 100 s ahead of ours: Reset means "10 s from now", not "110 s".
-    pacer.observe(
-        {"X-Rate-Limit-Remaining": "0", "X-Rate-Limit-Reset": "1110", "Date": "Thu, 01 Jan 1970 00:18:20 GMT"}
-    )
-    async with pacer.slot():
-        pass
-    assert slept == [10.0]
-
-
-async def test_pacer_learns_the_servers_clock_finer_than_whole_second_dates() -> None:
-    now = [0.0]
-    slept: list[float] = []
-
-    async def sleep(seconds: float) -> None:
-        slept.append(seconds)
-        now[0] += seconds
-
-    pacer = Pacer(clock=lambda: now[0], wall=lambda: now[0], sleep=sleep, jitter=lambda: 0.0)
-
-    def answer(at: float, **limits: str) -> None:  # our clock and the server's agree; Date is truncated
-        now[0] = at
-        pacer.observe({"Date": formatdate(int(at), usegmt=True), **limits})
-
-    answer(1000.95)
-    answer(1001.02)
-    answer(1001.90, **{"X-Rate-Limit-Remaining": "0", "X-Rate-Limit-Reset": "1011"})
-    async with pacer.slot():
-        pass
-    assert len(slept) == 1 and abs(slept[0] - 9.12) < 0.01, slept  # one Date alone would say 10.0
 
 
 @asynccontextmanager

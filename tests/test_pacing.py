@@ -1,0 +1,194 @@
+"""The rate-limit budget on its own (`Pacer`), on a fake clock: when callers are held, for how long,
+and what each answer teaches it. The pacing of real requests is in `test_procore_client.py`."""
+
+from __future__ import annotations
+
+from email.utils import formatdate
+
+import pytest
+
+from syncer.procore.pacing import Pacer, retry_after_seconds
+
+WINDOW = {"X-Rate-Limit-Limit": "25", "X-Rate-Limit-Reset": "1010"}
+
+
+def fake_clock_pacer(share: float = 1.0, jitter: float = 0.0) -> tuple[Pacer, list[float]]:
+    """A pacer on a fake clock that starts at 1000 s; returns it and the list of its sleeps."""
+    now = [1000.0]
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    pacer = Pacer(clock=lambda: now[0], wall=lambda: now[0], sleep=sleep, jitter=lambda: jitter, share=share)
+    return pacer, slept
+
+
+async def test_pacer_holds_callers_until_the_reset_when_the_budget_is_spent() -> None:
+    pacer, slept = fake_clock_pacer()
+    pacer.observe({"X-Rate-Limit-Limit": "25", "X-Rate-Limit-Remaining": "1", "X-Rate-Limit-Reset": "1007"})
+    async with pacer.slot():
+        pass
+    assert slept == []
+    async with pacer.slot():
+        pass
+    assert slept == [7.0]
+
+
+async def test_a_pacer_with_a_share_spends_only_its_part_of_the_budget() -> None:
+    pacer, slept = fake_clock_pacer(share=0.25)  # one of four workers seeing the company's budget
+    pacer.observe({"X-Rate-Limit-Limit": "50", "X-Rate-Limit-Remaining": "40", "X-Rate-Limit-Reset": "1010"})
+    for _ in range(40 // 4 - 3):  # a quarter, less one request for each other worker's older view
+        async with pacer.slot():
+            pass
+    assert slept == []
+    async with pacer.slot():
+        pass
+    assert slept == [10.0]
+
+
+async def test_a_pacer_with_a_share_sends_at_most_its_share_of_each_windows_limit() -> None:
+    pacer, slept = fake_clock_pacer(share=0.5)  # one of two workers; a window allows 10 requests
+    window = {"X-Rate-Limit-Limit": "10", "X-Rate-Limit-Reset": "1010"}
+    pacer.observe({**window, "X-Rate-Limit-Remaining": "10"})
+    for _ in range(4):
+        async with pacer.slot():
+            pass
+    # Its own four requests are counted; the other worker's are still on their way.
+    pacer.observe({**window, "X-Rate-Limit-Remaining": "6"})
+    async with pacer.slot():
+        pass
+    assert slept == []
+    async with pacer.slot():
+        pass
+    assert slept == [10.0], "its sixth request waits for the next window, though the last answer said 6"
+
+
+async def test_pacer_reads_reset_against_the_servers_clock() -> None:
+    pacer, slept = fake_clock_pacer()
+    # The server's clock is 100 s ahead of ours: Reset means "10 s from now", not "110 s".
+    pacer.observe(
+        {"X-Rate-Limit-Remaining": "0", "X-Rate-Limit-Reset": "1110", "Date": "Thu, 01 Jan 1970 00:18:20 GMT"}
+    )
+    async with pacer.slot():
+        pass
+    assert slept == [10.0]
+
+
+async def test_pacer_learns_the_servers_clock_finer_than_whole_second_dates() -> None:
+    now = [0.0]
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    pacer = Pacer(clock=lambda: now[0], wall=lambda: now[0], sleep=sleep, jitter=lambda: 0.0)
+
+    def answer(at: float, **limits: str) -> None:  # our clock and the server's agree; Date is truncated
+        now[0] = at
+        pacer.observe({"Date": formatdate(int(at), usegmt=True), **limits})
+
+    answer(1000.95)
+    answer(1001.02)
+    answer(1001.90, **{"X-Rate-Limit-Remaining": "0", "X-Rate-Limit-Reset": "1011"})
+    async with pacer.slot():
+        pass
+    assert len(slept) == 1 and abs(slept[0] - 9.12) < 0.01, slept  # one Date alone would say 10.0
+
+
+async def take(pacer: Pacer, count: int = 1) -> None:
+    for _ in range(count):
+        async with pacer.slot():
+            pass
+
+
+@pytest.mark.parametrize(("value", "seconds"), [("7", 7.0), (" 1.5 ", 1.5), ("0", 0.0)])
+def test_retry_after_in_seconds_is_read_as_a_number(value: str, seconds: float) -> None:
+    assert retry_after_seconds({"Retry-After": value}, now=0.0) == seconds
+
+
+def test_retry_after_as_an_http_date_counts_from_now() -> None:
+    at = 1_700_000_000
+    assert retry_after_seconds({"Retry-After": formatdate(at + 30, usegmt=True)}, now=at) == 30.0
+    assert retry_after_seconds({"Retry-After": formatdate(at - 30, usegmt=True)}, now=at) == 0.0
+
+
+@pytest.mark.parametrize("headers", [{}, {"Retry-After": "soon"}, {"Retry-After": "1.2.3"}])
+def test_a_missing_or_unreadable_retry_after_is_none(headers: dict[str, str]) -> None:
+    assert retry_after_seconds(headers, now=0.0) is None
+
+
+async def test_a_pause_holds_every_caller_for_its_length_and_jitter() -> None:
+    pacer, slept = fake_clock_pacer(jitter=0.5)
+    pacer.pause(5)
+    await take(pacer, 2)
+    assert slept == [5.5]
+    assert pacer.waited == 5.5
+
+
+async def test_a_shorter_pause_does_not_cut_a_longer_one_short() -> None:
+    pacer, slept = fake_clock_pacer()
+    pacer.pause(10)
+    pacer.pause(2)
+    await take(pacer)
+    assert slept == [10.0]
+
+
+async def test_after_the_reset_callers_go_until_an_answer_tells_the_new_budget() -> None:
+    pacer, slept = fake_clock_pacer()
+    pacer.observe({**WINDOW, "X-Rate-Limit-Remaining": "0"})
+    await take(pacer, 5)
+    assert slept == [10.0], "held once, until the reset"
+    assert pacer.reset_in() is None
+
+
+async def test_requests_in_flight_are_taken_off_the_budget_an_answer_reports() -> None:
+    pacer, slept = fake_clock_pacer()
+    async with pacer.slot(), pacer.slot(), pacer.slot():
+        # Three requests out; the first one's answer says 3 left, not counting the two others.
+        pacer.observe({**WINDOW, "X-Rate-Limit-Remaining": "3"})
+    await take(pacer)
+    assert slept == []
+    await take(pacer)
+    assert slept == [10.0]
+
+
+async def test_an_answer_without_a_budget_changes_nothing_but_the_limit() -> None:
+    pacer, slept = fake_clock_pacer()
+    pacer.observe({**WINDOW, "X-Rate-Limit-Remaining": "0"})
+    pacer.observe({"X-Rate-Limit-Limit": "30", "X-Rate-Limit-Remaining": "not a number"})
+    assert pacer.limit == 30
+    assert pacer.reported_remaining == 0
+    await take(pacer)
+    assert slept == [10.0]
+
+
+async def test_the_time_to_the_reset_is_known_once_an_answer_says_it_and_never_negative() -> None:
+    pacer, _ = fake_clock_pacer()
+    assert pacer.reset_in() is None
+    pacer.observe({**WINDOW, "X-Rate-Limit-Remaining": "5"})
+    assert pacer.reset_in() == 10.0
+    pacer.observe({**WINDOW, "X-Rate-Limit-Reset": "990", "X-Rate-Limit-Remaining": "5"})
+    assert pacer.reset_in() == 0.0
+
+
+def test_the_clock_offset_is_zero_until_a_date_is_seen_and_ignores_an_unreadable_one() -> None:
+    pacer, _ = fake_clock_pacer()
+    assert pacer.clock_offset == 0.0
+    pacer.observe({"Date": "yesterday"})
+    assert pacer.clock_offset == 0.0
+    pacer.observe({"Date": formatdate(1100, usegmt=True)})  # the fake clock reads 1000
+    assert pacer.clock_offset == 100.0
+    pacer.observe({"Date": formatdate(1050, usegmt=True)})
+    assert pacer.clock_offset == 100.0, "the highest sample: a Date only ever errs low"
+
+
+async def test_a_shared_budget_counts_a_new_windows_requests_afresh() -> None:
+    pacer, slept = fake_clock_pacer(share=0.5)
+    pacer.observe({"X-Rate-Limit-Limit": "10", "X-Rate-Limit-Reset": "1010", "X-Rate-Limit-Remaining": "10"})
+    await take(pacer, 4)
+    pacer.observe({"X-Rate-Limit-Limit": "10", "X-Rate-Limit-Reset": "1020", "X-Rate-Limit-Remaining": "10"})
+    await take(pacer, 3)
+    assert slept == [], "the new window's share is its own"
