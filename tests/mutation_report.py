@@ -22,6 +22,7 @@ import sys
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -78,7 +79,8 @@ def recheck(name: str) -> str:
 
 
 def main() -> int:
-    triage: dict[str, str] = yaml.safe_load((HERE / "mutation-triage.yaml").read_text()) or {}
+    entries: list[dict[str, Any]] = yaml.safe_load((HERE / "mutation-triage.yaml").read_text()) or []
+    triage = {name: entry["reason"] for entry in entries for name in entry["mutants"]}
     lines = mutmut("results", "--all", "true").splitlines()
     statuses = {m["name"]: m["status"] for m in map(LINE.match, lines) if m}
     ran = [status for status in statuses.values() if status != "not checked"]
