@@ -263,10 +263,23 @@ async def test_a_photo_without_created_at_that_appears_after_a_split_is_listed(
     sim = await make_sim(**times, photos=60, projects=1)
     undated = undated_photo(sim)
     restored = restore_on_page_2(sim, undated)
+    asked: list[dict[str, str]] = []
+    sim.listing_hooks.append(lambda request: asked.append(request.query))
     report, seen = await listing(sim, None, seconds(sim)[-1])
     assert restored and not sim.company.photos[undated].deleted
     assert report.proven and report.splits
     assert undated in seen
+    window_range = asked[0]["filters[updated_at]"]
+    firsts = [
+        "filters[created_at]" in q
+        for q in asked
+        if q["filters[updated_at]"] == window_range and q["page"] == "1"
+    ]
+    assert firsts == [
+        False,  # the first pass
+        *[True] * (len(firsts) - 2),  # its created_at pieces
+        False,  # the count that finds a photo they miss; then it is listed in updated_at parts
+    ], firsts
 
 
 async def test_the_report_counts_every_listing_request(make_sim: Any) -> None:
@@ -397,35 +410,38 @@ async def test_a_window_ending_now_with_a_piece_that_never_adds_up_is_reported_u
     assert not report.proven and report.unproven
 
 
-async def test_the_newest_seconds_are_waited_for_not_asked_again_and_again(make_sim: Any) -> None:
-    """More than two pages changed a moment ago: their seconds are proven once Procore's clock has
-    passed them, with a wait of at most two seconds, not by asking until it has."""
+async def test_the_newest_second_is_waited_for_not_asked_again_and_again(make_sim: Any) -> None:
+    """More than two pages were changed in the window's last second, which Procore's clock has
+    not passed by a full second yet: that second is proven once it has (a wait of under a
+    second), not by asking until it has."""
     sim = await make_sim(photos=60, projects=1)
+    end = shown(utcnow()) - SECOND
     for photo in sim.company.live_photos(min(sim.company.projects))[:25]:
-        sim.edit_photo(photo.id, description="just now")
-    report, _ = await listing(sim, None, shown(utcnow()))
-    assert report.proven
-    assert report.requests <= 14, report
+        photo.updated_at = end + timedelta(milliseconds=300)
+    sim.changed()
+    report, seen = await listing(sim, None, end)
+    assert report.proven and window(sim, None, end) <= seen
+    assert report.requests <= 12, "the cut-short pass, the settled part, then the last second once"
 
 
-def undated_in_one_second(sim: Simulator, *, more_undated: int = 0) -> tuple[datetime, int]:
+def undated_in_one_second(sim: Simulator, *, more_undated: int = 0) -> tuple[datetime, int, list[int]]:
     """25 photos share one `updated_at` second, created apart; one of them has no `created_at` and
     is deleted now, to come back with its old time while page 2 of the first pass is served.
-    `more_undated` others have no `created_at` either (and stay)."""
+    `more_undated` others have no `created_at` either (and stay). The second, that photo, and all 25."""
     tied = tie(sim, 25, created_too=False)
     undated = tied[0]
     for photo_id in tied[: 1 + more_undated]:
         sim.company.photos[photo_id].created_at = None
     sim.changed()
     assert restore_on_page_2(sim, undated) == []
-    return shown(sim.company.photos[undated].updated_at), undated
+    return shown(sim.company.photos[undated].updated_at), undated, tied
 
 
 async def test_a_one_second_piece_that_holds_photos_without_created_at_is_proven_as_a_tie(
     make_sim: Any, times: dict[str, Any]
 ) -> None:
     sim = await make_sim(**times, photos=40, projects=1)
-    moment, undated = undated_in_one_second(sim)
+    moment, undated, _ = undated_in_one_second(sim)
     report, seen = await listing(sim, moment, moment)
     assert report.proven and report.ties, "no time can part these photos: an id check proves them"
     assert undated in seen
@@ -438,12 +454,13 @@ async def test_a_photo_without_created_at_is_found_when_the_created_at_pieces_we
     during the second page of the first of them); the photo back from the bin is in none. (Another
     undated photo makes the first pass unsorted, so it is cut in halves, not at page starts.)"""
     sim = await make_sim(photos=40, projects=1)
-    moment, undated = undated_in_one_second(sim, more_undated=1)
+    moment, undated, tied = undated_in_one_second(sim, more_undated=1)
     left: list[int] = []
 
     def leave_during_a_created_at_piece(request: ListingRequest) -> None:
         if request.page == 2 and "filters[created_at]" in request.query and not left:
-            photo = next(p for p in sim.company.live_photos(request.project_id) if p.id != undated)
+            dated = [sim.company.photos[i] for i in tied if sim.company.photos[i].created_at is not None]
+            photo = min(dated, key=lambda p: p.created_at or moment)  # in the first created_at piece
             left.append(photo.id)
             sim.delete_photo(photo.id)
 
