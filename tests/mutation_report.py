@@ -38,7 +38,7 @@ CLIENT = ["tests/test_auth.py", "tests/test_pacing.py", "tests/test_procore_clie
 RECHECK = {
     "syncer/listing.py": ["tests/test_listing_proof.py"],
     "syncer/plan.py": ["tests/test_plan.py"],
-    "syncer/reconcile.py": ["tests/test_deletions.py"],
+    "syncer/reconcile.py": ["tests/test_reconcile.py", "tests/test_deletions.py"],
     "syncer/mirror/fetch.py": FETCH,
     "syncer/mirror/files.py": FILES,
     "syncer/procore/http.py": CLIENT,

@@ -1,0 +1,109 @@
+"""The proven id set on its own (`upstream_ids`, `cut_points`), against the simulator: the ids a
+deletion check may trust, or none. What is done with them is in `test_deletions.py`."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from syncer.listing import BEGINNING
+from syncer.procore.query import ImageQuery
+from syncer.reconcile import IdListing, cut_points, upstream_ids
+from syncer.simulator import Simulator
+from syncer.simulator.server import ListingRequest
+from tests.test_procore_client import client
+
+T0 = datetime(2026, 3, 1, tzinfo=UTC)
+
+
+def at(*seconds: float) -> list[datetime]:
+    return [T0 + timedelta(seconds=s) for s in seconds]
+
+
+def test_cut_points_give_pieces_of_about_chunk_known_photos() -> None:
+    assert cut_points(at(*range(10)), 3) == at(3, 6, 9)
+
+
+def test_cut_points_are_whole_seconds_and_never_repeat() -> None:
+    assert cut_points(at(0, 1.2, 1.7, 1.9, 2.5, 3, 4), 2) == at(1, 2, 4)
+    assert cut_points(at(0, 1.2, 1.7, 1.9, 1.95, 3), 2) == at(1)
+
+
+def test_cut_points_skip_unknown_times_and_the_beginning() -> None:
+    assert cut_points([None, BEGINNING, BEGINNING, *at(5, 6), None], 1) == at(5, 6)
+    assert cut_points(at(1, 2), 5) == []
+
+
+def project_of(sim: Simulator) -> int:
+    return min(sim.company.projects)
+
+
+def live_ids(sim: Simulator) -> set[int]:
+    return {p.id for p in sim.company.live_photos(project_of(sim))}
+
+
+def known_times(sim: Simulator) -> list[datetime | None]:
+    return [p.updated_at for p in sim.company.live_photos(project_of(sim))]
+
+
+async def list_ids(sim: Simulator, times: list[datetime | None] | None = None) -> IdListing:
+    async with client(sim) as api:
+        query = ImageQuery(project_id=project_of(sim))
+        return await upstream_ids(api, query, known_times(sim) if times is None else times)
+
+
+def id_requests(sim: Simulator) -> list[ListingRequest]:
+    seen: list[ListingRequest] = []
+    sim.listing_hooks.append(lambda request: seen.append(request) if request.view == "ids_only" else None)
+    return seen
+
+
+async def test_a_project_that_fits_one_page_costs_one_request(make_sim: Any) -> None:
+    sim = await make_sim(photos=60, projects=1)
+    requests = id_requests(sim)
+    listing = await list_ids(sim)
+    assert listing.ids == live_ids(sim)
+    assert len(requests) == 1
+
+
+async def test_a_larger_project_is_listed_in_proven_pieces_of_about_a_page(make_sim: Any) -> None:
+    sim = await make_sim(photos=250, projects=1, max_per_page=100)
+    requests = id_requests(sim)
+    listing = await list_ids(sim)
+    assert listing.ids == live_ids(sim) and listing.problem is None
+    pieces = {r.query.get("filters[updated_at]") for r in requests if r.page == 1} - {None}
+    assert len(pieces) == 250 // 80 + 1, "a piece for each 80 known photos, and the open-ended last"
+    assert all(r.page == 1 for r in requests[1:]), "each piece fits one page"
+
+
+async def test_without_known_times_the_ids_are_listed_as_one_piece(make_sim: Any) -> None:
+    sim = await make_sim(photos=250, projects=1, max_per_page=100)
+    listing = await list_ids(sim, times=[])
+    assert listing.ids == live_ids(sim)
+
+
+async def test_photos_edited_while_the_ids_are_listed_are_still_in_them(make_sim: Any) -> None:
+    """They move into the open-ended last piece, which is listed after the move."""
+    sim = await make_sim(photos=250, projects=1, max_per_page=100)
+    requests = id_requests(sim)
+    edited: list[int] = []
+
+    def edit_during_the_second_piece(request: ListingRequest) -> None:
+        if request.view == "ids_only" and len(requests) == 3 and not edited:
+            for photo in sim.company.live_photos(request.project_id)[:20]:
+                sim.edit_photo(photo.id, description="edited while the ids are listed")
+                edited.append(photo.id)
+
+    sim.listing_hooks.append(edit_during_the_second_piece)
+    listing = await list_ids(sim)
+    assert edited and listing.ids == live_ids(sim)
+
+
+async def test_a_piece_that_never_matches_total_gives_no_ids_and_names_its_range(make_sim: Any) -> None:
+    sim = await make_sim(photos=250, projects=1, max_per_page=100)
+    sim.config.hidden.add(min(live_ids(sim)))  # counted in Total, never served
+    listing = await list_ids(sim)
+    assert listing.ids is None
+    assert listing.problem is not None
+    assert re.fullmatch(r"the ids updated [0-9T:-]{19}\.\.[0-9T:-]{19} did not match Total", listing.problem)
