@@ -12,13 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
-from syncer.mirror.fetch import DURABLE_EVERY, Fetched, Fetcher, FetchError
+from syncer.mirror.fetch import DURABLE_EVERY, WRITE_BATCH, Fetched, Fetcher, FetchError
 from syncer.mirror.files import MirrorFS
 from syncer.procore.models import Photo
 from syncer.procore.query import ImageQuery
 from syncer.simulator import Simulator
-from tests.test_procore_client import client
+from tests.test_procore_client import client, scripted
 
 LARGE = 5 * DURABLE_EVERY + 12_345
 """Several write batches: the body streams to its part file, and a cut half-way leaves durable progress."""
@@ -79,7 +80,9 @@ def sha(data: bytes) -> str:
 async def cut_download(sim: Simulator, d: Downloads, photo: Photo) -> None:
     """A first attempt that the connection drops half-way: a durable prefix stays behind."""
     sim.config.cut_rate = 1.0
-    with pytest.raises(FetchError) as caught:
+    with pytest.raises(
+        FetchError, match=f"^photo {photo.id}: body cut short \\(ClientPayloadError\\)$"
+    ) as caught:
         await d.get(photo)
     sim.config.cut_rate = 0.0
     assert caught.value.retry
@@ -124,7 +127,8 @@ async def test_a_body_longer_than_the_listing_says_is_refused_and_its_part_dropp
     sim = await make_sim(photos=1, projects=1, photo_size=LARGE)
     async with downloads(sim, tmp_path) as d:
         sim.config.padded_files.add(d.photos[0].id)  # 100 more bytes, chunked: no length to check first
-        with pytest.raises(FetchError, match=f"got {LARGE + 100} bytes, listing size says {LARGE}") as caught:
+        problem = f"^photo {d.photos[0].id}: got {LARGE + 100} bytes, listing size says {LARGE}$"
+        with pytest.raises(FetchError, match=problem) as caught:
             await d.get(d.photos[0])
         assert caught.value.retry
         assert not list(d.tmp_dir.iterdir()), "nothing of the bad body stays"
@@ -160,6 +164,7 @@ async def test_a_body_cut_short_is_retried_and_keeps_only_its_durable_prefix(
         state = json.loads(state_file.read_text())
         assert DURABLE_EVERY <= state["durable"] < LARGE
         assert state["file_key"] == photo.file_key
+        assert state["etag"], "the store's ETag, for If-Range"
         part = d.tmp_dir / f"{photo.id}.part"
         assert part.read_bytes()[: state["durable"]] == d.content(photo)[: state["durable"]]
 
@@ -292,6 +297,223 @@ async def test_a_failing_procore_hop_is_retried_without_a_new_url(make_sim: Any,
     sim = await make_sim(photos=1, projects=1)
     async with downloads(sim, tmp_path) as d:
         sim.config.broken_files.add(d.photos[0].id)
-        with pytest.raises(FetchError, match="500") as caught:
+        with pytest.raises(FetchError, match=f"^photo {d.photos[0].id}: HTTP 500") as caught:
             await d.get(d.photos[0])
     assert caught.value.retry and not caught.value.refresh
+
+
+# -- against a server that answers as told ---------------------------------------------------------
+
+BODY = b"0123456789"
+KEY = "/photos/1#10"
+
+
+@asynccontextmanager
+async def procore_answering(
+    sim: Simulator, root: Path, *answers: web.Response, part: bytes | None = None, etag: str | None = '"v1"'
+) -> AsyncIterator[tuple[Fetcher, str, list[tuple[float, dict[str, str]]]]]:
+    """A `Fetcher` whose Procore origin is a server giving `answers` in turn (the token comes from
+    the simulator); with `part`, an earlier attempt left those bytes, durable, with that ETag."""
+    fs = MirrorFS(root)
+    fs.prepare()
+    if part is not None:
+        fs.tmp_path("1.part").write_bytes(part)
+        state = {"file_key": KEY, "durable": len(part), "etag": etag}
+        fs.tmp_path("1.part.json").write_text(json.dumps(state))
+    try:
+        async with scripted(*answers) as (base, seen), client(sim, api_base=base) as api:
+            yield Fetcher(api.http, fs), base, seen
+    finally:
+        fs.close()
+
+
+async def fetch_one(fetcher: Fetcher, url: str, *, size: int | None = len(BODY)) -> Fetched:
+    return await fetcher.fetch(url, expected_size=size, part_name="1.part", file_key=KEY, what="photo 1")
+
+
+def redirect(to: str) -> web.Response:
+    return web.Response(status=302, headers={"Location": to})
+
+
+def resumed(content_range: str, body: bytes = BODY[5:], etag: str = '"v1"') -> web.Response:
+    return web.Response(status=206, body=body, headers={"Content-Range": content_range, "ETag": etag})
+
+
+async def test_a_redirect_without_a_location_is_tried_again(sim: Simulator, tmp_path: Path) -> None:
+    async with procore_answering(sim, tmp_path, web.Response(status=302)) as (fetcher, base, _):
+        with pytest.raises(FetchError, match=r"^photo 1: redirect without a Location$") as caught:
+            await fetch_one(fetcher, f"{base}/storage/1")
+    assert caught.value.retry is True
+
+
+async def test_a_range_the_file_no_longer_has_starts_the_download_over(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    async with procore_answering(sim, tmp_path, web.Response(status=416), part=BODY[:5]) as (
+        fetcher,
+        base,
+        _,
+    ):
+        with pytest.raises(FetchError, match=r"^photo 1: range not satisfiable, restarting$") as caught:
+            await fetch_one(fetcher, f"{base}/storage/1")
+        assert caught.value.retry is True
+        assert list(fetcher.fs.tmp_dir.iterdir()) == [], "the part and its state are gone"
+
+
+async def test_a_429_on_the_procore_hop_passes_its_retry_after_on(sim: Simulator, tmp_path: Path) -> None:
+    refused = web.Response(status=429, headers={"Retry-After": "7"})
+    async with procore_answering(sim, tmp_path, refused) as (fetcher, base, _):
+        with pytest.raises(FetchError, match=r"^photo 1: HTTP 429") as caught:
+            await fetch_one(fetcher, f"{base}/storage/1")
+    assert (caught.value.retry, caught.value.refresh, caught.value.wait) == (True, False, 7.0)
+
+
+async def test_a_busy_object_store_passes_its_retry_after_on(sim: Simulator, tmp_path: Path) -> None:
+    busy = web.Response(status=503, headers={"Retry-After": "3"})
+    async with (
+        scripted(busy) as (store, _),
+        procore_answering(sim, tmp_path, redirect(f"{store}/bucket/1")) as (
+            fetcher,
+            base,
+            _,
+        ),
+    ):
+        with pytest.raises(FetchError, match=r"^photo 1: HTTP 503 from 127\.0\.0\.1$") as caught:
+            await fetch_one(fetcher, f"{base}/storage/1")
+    assert (caught.value.retry, caught.value.refresh, caught.value.wait) == (True, False, 3.0)
+
+
+async def test_a_refusal_is_final_and_names_the_url_without_its_signature(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    refusal = web.Response(status=400, text="<Error><Message>Bad digest</Message></Error>")
+    async with scripted(refusal) as (store, _):
+        signed = f"{store}/bucket/1?X-Amz-Signature=secret-signature"
+        async with procore_answering(sim, tmp_path, redirect(signed)) as (fetcher, base, _):
+            with pytest.raises(FetchError) as caught:
+                await fetch_one(fetcher, f"{base}/storage/1")
+    message = f"photo 1: HTTP 400 from {store}/bucket/1: <Error><Message>Bad digest</Message></Error>"
+    assert str(caught.value) == message
+    assert caught.value.retry is False
+
+
+async def test_a_resume_asks_for_the_rest_of_the_same_version(sim: Simulator, tmp_path: Path) -> None:
+    answer = resumed("bytes 5-9/10")
+    async with procore_answering(sim, tmp_path, answer, part=BODY[:5]) as (fetcher, base, seen):
+        fetched = await fetch_one(fetcher, f"{base}/storage/1")
+        assert fetched.tmp.read_bytes() == BODY and fetched.sha256 == sha(BODY)
+    ((_, headers),) = seen
+    assert (headers["Range"], headers["If-Range"]) == ("bytes=5-", '"v1"')
+
+
+async def test_a_part_saved_without_an_etag_is_resumed_without_if_range(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    answer = resumed("bytes 5-9/10", etag='"v9"')
+    async with procore_answering(sim, tmp_path, answer, part=BODY[:5], etag=None) as (fetcher, base, seen):
+        fetched = await fetch_one(fetcher, f"{base}/storage/1")
+        assert fetched.tmp.read_bytes() == BODY
+    ((_, headers),) = seen
+    assert headers["Range"] == "bytes=5-" and "If-Range" not in headers
+
+
+@pytest.mark.parametrize(
+    ("answer", "problem"),
+    [
+        (resumed("bytes five-nine"), "unreadable Content-Range on a resumed download"),
+        (resumed("bytes 4-9/10", BODY[4:]), "the file changed since the partial download; restarting"),
+        (resumed("bytes 5-10/11", b"567890"), "the file changed since the partial download; restarting"),
+        (resumed("bytes 5-9/10", etag='"v2"'), "the file changed since the partial download; restarting"),
+    ],
+    ids=["unreadable", "another-start", "another-size", "another-etag"],
+)
+async def test_a_resumed_answer_that_does_not_continue_the_part_is_tried_again(
+    sim: Simulator, tmp_path: Path, answer: web.Response, problem: str
+) -> None:
+    async with procore_answering(sim, tmp_path, answer, part=BODY[:5]) as (fetcher, base, _):
+        with pytest.raises(FetchError) as caught:
+            await fetch_one(fetcher, f"{base}/storage/1")
+    assert str(caught.value) == problem and caught.value.retry is True
+
+
+async def test_an_object_store_that_cannot_be_reached_is_tried_again(sim: Simulator, tmp_path: Path) -> None:
+    async with scripted(web.Response(status=204)) as (store, _):
+        pass  # its port is closed now
+    async with procore_answering(sim, tmp_path, redirect(f"{store}/bucket/1")) as (fetcher, base, _):
+        with pytest.raises(FetchError, match=r"^photo 1: ClientConnectorError: ") as caught:
+            await fetch_one(fetcher, f"{base}/storage/1")
+    assert caught.value.retry is True
+
+
+async def test_an_object_store_that_redirects_without_end_is_followed_five_times_only(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    """Each hop is followed here, never by the HTTP client, so the token rule and the limit hold."""
+    async with (
+        scripted(redirect("/bucket/again")) as (store, seen),
+        procore_answering(sim, tmp_path, redirect(f"{store}/bucket/1")) as (fetcher, base, _),
+    ):
+        with pytest.raises(FetchError, match=r"^photo 1: more than 5 redirects$") as caught:
+            await fetch_one(fetcher, f"{base}/storage/1")
+    assert caught.value.retry is False
+    assert len(seen) == 5
+
+
+async def test_a_token_request_that_fails_for_good_fails_the_photo(make_sim: Any, tmp_path: Path) -> None:
+    sim = await make_sim(photos=1, projects=1)
+    async with downloads(sim, tmp_path / "listing") as d, scripted(web.Response(status=404)) as (login, _):
+        fs = MirrorFS(tmp_path / "mirror")
+        fs.prepare()
+        try:
+            async with client(sim, login_base=login) as api:
+                with pytest.raises(FetchError, match=r"^token request: HTTP 404") as caught:
+                    await Fetcher(api.http, fs).fetch(
+                        d.photos[0].url or "",
+                        expected_size=None,
+                        part_name="1.part",
+                        file_key=KEY,
+                        what="photo 1",
+                    )
+        finally:
+            fs.close()
+    assert caught.value.retry is False
+
+
+async def test_a_download_that_starts_over_forgets_the_parts_resume_state(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    """A store that ignores `Range` sends the whole photo: the part's old state must not outlive it."""
+    sim = await make_sim(photos=1, projects=1, range_support=False)
+    async with downloads(sim, tmp_path) as d:
+        photo = d.photos[0]
+        d.tmp_dir.joinpath(f"{photo.id}.part").write_bytes(d.content(photo)[:100])
+        state = {"file_key": photo.file_key, "durable": 100, "etag": None}
+        d.tmp_dir.joinpath(f"{photo.id}.part.json").write_text(json.dumps(state))
+        d.restart()
+        fetched = await d.get(photo)
+        assert fetched.data == d.content(photo)
+        assert not list(d.tmp_dir.glob("*.part.json"))
+
+
+async def test_a_part_another_worker_left_is_resumed_by_a_shared_fetcher(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    sim = await make_sim(photos=1, projects=1, photo_size=LARGE)
+    async with downloads(sim, tmp_path) as d:
+        photo = d.photos[0]
+        shared = Fetcher(d.fetcher.http, d.fetcher.fs, shared=True)  # before the part exists
+        await cut_download(sim, d, photo)  # "another worker" is cut off
+        d.fetcher = shared
+        fetched = await d.get(photo)
+        assert sim.stats.resumed == 1
+        assert fetched.sha256 == sha(d.content(photo))
+
+
+async def test_a_photo_a_little_over_one_write_batch_leaves_no_resume_state(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    sim = await make_sim(photos=1, projects=1, photo_size=WRITE_BATCH + WRITE_BATCH // 2)
+    async with downloads(sim, tmp_path) as d:
+        fetched = await d.get(d.photos[0])
+        assert fetched.data is None and fetched.tmp.read_bytes() == d.content(d.photos[0])
+        assert not list(d.tmp_dir.glob("*.part.json"))

@@ -87,7 +87,6 @@ class Part:
     """A partial download on disk and its state file."""
 
     def __init__(self, fs: MirrorFS, name: str, file_key: str) -> None:
-        self.fs = fs
         self.path = fs.tmp_path(name)
         self.state_path = self.path.with_name(self.path.name + ".json")
         self.file_key = file_key
@@ -141,7 +140,7 @@ class Fetcher:
                 return await self.http.open(url, what=what, headers=headers)
             except TransientError as exc:
                 raise FetchError(str(exc), retry=True, wait=exc.wait) from None
-            except ProcoreError as exc:  # the token was refused where it may go
+            except ProcoreError as exc:  # a token request that failed for good
                 raise FetchError(str(exc), retry=False) from None
         try:
             return await self.http.session.get(url, allow_redirects=False, headers=headers)
