@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from syncer.errors import LocalFault
-from syncer.mirror.files import MirrorFS, UnsafePath, sha256_of
+from syncer.mirror.files import MirrorFS, UnsafePath, fsync_dir, fsync_file, sha256_of
 
 
 @pytest.fixture
@@ -32,7 +33,7 @@ def temp_file(fs: MirrorFS, data: bytes, name: str = "1.part") -> Path:
 
 @pytest.mark.parametrize("rel", ["", "/etc/passwd", "a/../b", "./a", "a//b", "a/.", "..", ".syncer/db", "a/"])
 def test_a_path_that_is_not_plainly_inside_the_mirror_is_refused(fs: MirrorFS, rel: str) -> None:
-    with pytest.raises(UnsafePath):
+    with pytest.raises(UnsafePath, match=f"^refusing unsafe mirror path {re.escape(repr(rel))}$"):
         fs.path(rel)
 
 
@@ -75,8 +76,8 @@ async def test_an_install_puts_the_photo_and_its_sidecar_in_place(fs: MirrorFS) 
 
 async def test_an_install_of_a_body_kept_in_memory_writes_it_first(fs: MirrorFS) -> None:
     tmp = fs.tmp_path("2.part")
-    await fs.install("P/b.jpg", tmp=tmp, data=b"in memory", mtime=None, sidecar=("P/b.jpg.json", b"{}\n"))
-    assert (fs.root / "P" / "b.jpg").read_bytes() == b"in memory"
+    await fs.install("P/Q/b.jpg", tmp=tmp, data=b"in memory", mtime=None, sidecar=("P/Q/b.jpg.json", b"{}\n"))
+    assert (fs.root / "P" / "Q" / "b.jpg").read_bytes() == b"in memory"
 
 
 async def test_an_install_that_replaces_a_photo_at_another_path_removes_the_old_copy(fs: MirrorFS) -> None:
@@ -131,14 +132,14 @@ def test_only_regular_files_count_as_existing(fs: MirrorFS, tmp_path: Path) -> N
     (fs.root / "P" / "folder.jpg").mkdir()
     (tmp_path / "target.jpg").write_bytes(b"y")
     (fs.root / "P" / "link.jpg").symlink_to(tmp_path / "target.jpg")
-    asked = ["P/file.jpg", "P/folder.jpg", "P/link.jpg", "P/missing.jpg", "../escape.jpg"]
+    asked = ["P/missing.jpg", "../escape.jpg", "P/folder.jpg", "P/link.jpg", "P/file.jpg"]
     assert fs.existing(asked) == {"P/file.jpg"}
 
 
 async def test_a_small_file_is_written_whole_and_leaves_no_temp_file(fs: MirrorFS) -> None:
-    await fs.write_durably("P/a.jpg.json", b"first")
-    await fs.write_durably("P/a.jpg.json", b"second")
-    assert (fs.root / "P" / "a.jpg.json").read_bytes() == b"second"
+    await fs.write_durably("P/Q/a.jpg.json", b"first")
+    await fs.write_durably("P/Q/a.jpg.json", b"second")
+    assert (fs.root / "P" / "Q" / "a.jpg.json").read_bytes() == b"second"
     assert list(fs.tmp_dir.iterdir()) == []
 
 
@@ -147,6 +148,13 @@ async def test_a_move_creates_the_new_folder_and_leaves_nothing_at_the_old_path(
     await fs.move("P/a.jpg", "Q/R/a.jpg")
     assert (fs.root / "Q" / "R" / "a.jpg").read_bytes() == b"photo"
     assert not (fs.root / "P" / "a.jpg").exists()
+
+
+async def test_a_move_into_a_folder_that_exists_keeps_what_is_there(fs: MirrorFS) -> None:
+    await fs.write_durably("P/a.jpg", b"a")
+    await fs.write_durably("Q/b.jpg", b"b")
+    await fs.move("P/a.jpg", "Q/a.jpg")
+    assert sorted(p.name for p in (fs.root / "Q").iterdir()) == ["a.jpg", "b.jpg"]
 
 
 async def test_a_remove_of_a_missing_file_is_not_an_error(fs: MirrorFS) -> None:
@@ -160,7 +168,8 @@ def test_leftover_temp_files_go_after_an_hour_and_parts_after_a_week(tmp_path: P
     fs = MirrorFS(tmp_path / "mirror")
     fs.prepare()
     now = time.time()
-    ages = {"old.tmp": 2 * 3600, "new.tmp": 60, "old.part": 8 * 86400, "week.part": 2 * 86400}
+    week = 7 * 86400
+    ages = {"old.tmp": 3600 + 5, "new.tmp": 3600 - 5, "old.part": week + 5, "week.part": week - 5}
     for name, age in ages.items():
         path = fs.tmp_path(name)
         path.write_bytes(b"x")
@@ -168,6 +177,29 @@ def test_leftover_temp_files_go_after_an_hour_and_parts_after_a_week(tmp_path: P
     fs.prepare()
     fs.close()
     assert sorted(p.name for p in fs.tmp_dir.iterdir()) == ["new.tmp", "week.part"]
+
+
+def test_a_mirror_root_that_cannot_be_made_is_one_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    fs = MirrorFS(tmp_path / "file" / "mirror")
+    with pytest.raises(LocalFault, match=r"mirror\.root .*/file/mirror cannot be used: Not a directory; "):
+        fs.prepare()
+    fs.close()
+
+
+def test_a_file_is_fsynced_only_through_no_link(tmp_path: Path) -> None:
+    (tmp_path / "target").write_bytes(b"x")
+    (tmp_path / "link").symlink_to(tmp_path / "target")
+    fsync_file(tmp_path / "target")
+    with pytest.raises(OSError, match="Too many levels of symbolic links"):
+        fsync_file(tmp_path / "link")
+
+
+def test_a_folder_fsync_refuses_what_is_not_a_folder(tmp_path: Path) -> None:
+    (tmp_path / "file").write_bytes(b"x")
+    fsync_dir(tmp_path)
+    with pytest.raises(NotADirectoryError):
+        fsync_dir(tmp_path / "file")
 
 
 def test_a_mirror_root_that_is_a_file_is_one_clear_error(tmp_path: Path) -> None:

@@ -134,13 +134,8 @@ class MirrorFS:
 
     def path(self, rel: str) -> Path:
         """The absolute path of a relative mirror path, refusing anything that leaves the root."""
-        parts = rel.split("/")
-        if (
-            not rel
-            or rel.startswith("/")
-            or any(p in ("", ".", "..") for p in parts)
-            or parts[0] == STATE_DIR
-        ):
+        parts = rel.split("/")  # an empty or absolute path has an empty part
+        if any(p in ("", ".", "..") for p in parts) or parts[0] == STATE_DIR:
             raise UnsafePath(f"refusing unsafe mirror path {rel!r}")
         target = self.root.joinpath(*parts)
         if target.parent not in self._verified:  # resolving costs a stat per level: once per folder
