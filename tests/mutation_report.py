@@ -34,7 +34,13 @@ MUTMUT = [sys.executable, "-m", "mutmut"]
 LINE = re.compile(r"^\s*(?P<name>\S+__mutmut_\d+): (?P<status>.+)$")
 FETCH = ["tests/test_fetch.py", "tests/test_tls.py"]
 FILES = ["tests/test_files.py", "tests/test_durability.py", "tests/test_fetch.py"]
-CLIENT = ["tests/test_auth.py", "tests/test_pacing.py", "tests/test_procore_client.py", "tests/test_tls.py"]
+CLIENT = [
+    "tests/test_auth.py",
+    "tests/test_pacing.py",
+    "tests/test_procore_client.py",
+    "tests/test_fetch.py",
+    "tests/test_tls.py",
+]
 RECHECK = {
     "syncer/listing.py": ["tests/test_listing_proof.py"],
     "syncer/plan.py": ["tests/test_plan.py"],

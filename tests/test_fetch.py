@@ -517,3 +517,12 @@ async def test_a_photo_a_little_over_one_write_batch_leaves_no_resume_state(
         fetched = await d.get(d.photos[0])
         assert fetched.data is None and fetched.tmp.read_bytes() == d.content(d.photos[0])
         assert not list(d.tmp_dir.glob("*.part.json"))
+
+
+async def test_a_failing_procore_hop_is_asked_once_per_attempt(sim: Simulator, tmp_path: Path) -> None:
+    """The transfer owns the retries of a photo: one layer, not one inside another."""
+    failing = web.Response(status=500, text="<html>upstream error</html>")
+    async with procore_answering(sim, tmp_path, failing) as (fetcher, base, seen):
+        with pytest.raises(FetchError, match=r"^photo 1: HTTP 500: <html>upstream error</html>$") as caught:
+            await fetch_one(fetcher, f"{base}/storage/1")
+    assert caught.value.retry is True and len(seen) == 1

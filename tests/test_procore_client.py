@@ -15,7 +15,16 @@ from yarl import URL
 
 from syncer.procore.api import ProcoreApi
 from syncer.procore.auth import AuthError
-from syncer.procore.http import Answer, ProcoreError, ProcoreHttp, RetryPolicy, TransientError
+from syncer.procore.http import (
+    EXCERPT_CHARS,
+    Answer,
+    ProcoreError,
+    ProcoreHttp,
+    RetryPolicy,
+    TransientError,
+    describe_status,
+    excerpt,
+)
 from syncer.procore.query import ImageQuery
 from syncer.simulator import Simulator
 
@@ -240,3 +249,44 @@ async def test_a_single_attempt_told_to_wait_says_how_long_to_its_caller(sim: Si
         with pytest.raises(TransientError) as info:
             await api.http.open(URL(f"{base}/storage/1"), what="a file")
     assert info.value.wait == 7.0 and info.value.status == 503
+
+
+# -- what an error says, and how long a retry waits ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "shown"),
+    [
+        (b'{"errors": "Forbidden"}', "Forbidden"),
+        (b'{"message": "Try later", "errors": "first"}', "first"),
+        (b'{"message": "Try later"}', "Try later"),
+        (b'{"error_description": "bad client", "error": "invalid_client"}', "bad client"),
+        (b'{"error": "invalid_client"}', "invalid_client"),
+        (b'{"errors": {"id": ["is invalid"]}}', '{"id": ["is invalid"]}'),
+        (b'{"other": 1}', '{"other": 1}'),
+        (b"<html>\n  <body>Bad   gateway</body>\n</html>", "<html> <body>Bad gateway</body> </html>"),
+        (b"\xff\xfe broken", "\ufffd\ufffd broken"),
+        ("already text", "already text"),
+        (b"", ""),
+    ],
+)
+def test_an_error_body_is_shown_by_its_message_fields_or_its_start(body: bytes | str, shown: str) -> None:
+    assert excerpt(body) == shown
+
+
+def test_a_long_error_body_is_cut_to_a_fixed_length_with_an_ellipsis() -> None:
+    assert excerpt("x" * EXCERPT_CHARS) == "x" * EXCERPT_CHARS
+    cut = excerpt("y" * (EXCERPT_CHARS + 1))
+    assert cut == "y" * (EXCERPT_CHARS - 1) + "…" and len(cut) == EXCERPT_CHARS
+
+
+def test_a_status_is_described_with_its_excerpt_when_there_is_one() -> None:
+    assert describe_status("listing", 500, b"") == "listing: HTTP 500"
+    assert describe_status("listing", 502, b'{"errors": "Bad gateway"}') == "listing: HTTP 502: Bad gateway"
+
+
+def test_backoff_doubles_from_its_base_up_to_its_cap_with_full_jitter() -> None:
+    policy = RetryPolicy(base_delay=0.5, max_delay=30.0)
+    assert [policy.backoff(n, rng=lambda: 1.0) for n in range(8)] == [0.5, 1, 2, 4, 8, 16, 30, 30]
+    assert policy.backoff(3, rng=lambda: 0.25) == 1.0
+    assert policy.backoff(1000, rng=lambda: 1.0) == 30.0
