@@ -116,8 +116,11 @@ async def test_a_body_without_content_length_is_checked_against_the_listing_size
     async with downloads(sim, tmp_path) as d:
         fetched = await d.get(d.photos[0])
         assert on_disk(fetched) == d.content(d.photos[0])
-        with pytest.raises(FetchError, match="listing size says") as caught:
-            await d.get(d.photos[1], size=d.photos[1].size - 1)  # type: ignore[operator]
+        photo = d.photos[1]
+        assert photo.size is not None
+        problem = rf"^photo {photo.id}: got {photo.size} bytes, listing size says {photo.size - 1}$"
+        with pytest.raises(FetchError, match=problem) as caught:
+            await d.get(photo, size=photo.size - 1)
     assert caught.value.retry
 
 
@@ -368,8 +371,11 @@ async def test_a_429_on_the_procore_hop_passes_its_retry_after_on(sim: Simulator
     assert (caught.value.retry, caught.value.refresh, caught.value.wait) == (True, False, 7.0)
 
 
-async def test_a_busy_object_store_passes_its_retry_after_on(sim: Simulator, tmp_path: Path) -> None:
-    busy = web.Response(status=503, headers={"Retry-After": "3"})
+@pytest.mark.parametrize("status", [429, 500, 503])
+async def test_a_busy_object_store_passes_its_retry_after_on(
+    sim: Simulator, tmp_path: Path, status: int
+) -> None:
+    busy = web.Response(status=status, headers={"Retry-After": "3"})
     async with (
         scripted(busy) as (store, _),
         procore_answering(sim, tmp_path, redirect(f"{store}/bucket/1")) as (
@@ -378,7 +384,7 @@ async def test_a_busy_object_store_passes_its_retry_after_on(sim: Simulator, tmp
             _,
         ),
     ):
-        with pytest.raises(FetchError, match=r"^photo 1: HTTP 503 from 127\.0\.0\.1$") as caught:
+        with pytest.raises(FetchError, match=rf"^photo 1: HTTP {status} from 127\.0\.0\.1$") as caught:
             await fetch_one(fetcher, f"{base}/storage/1")
     assert (caught.value.retry, caught.value.refresh, caught.value.wait) == (True, False, 3.0)
 
@@ -421,11 +427,12 @@ async def test_a_part_saved_without_an_etag_is_resumed_without_if_range(
     ("answer", "problem"),
     [
         (resumed("bytes five-nine"), "unreadable Content-Range on a resumed download"),
+        (web.Response(status=206, body=BODY[5:]), "unreadable Content-Range on a resumed download"),
         (resumed("bytes 4-9/10", BODY[4:]), "the file changed since the partial download; restarting"),
         (resumed("bytes 5-10/11", b"567890"), "the file changed since the partial download; restarting"),
         (resumed("bytes 5-9/10", etag='"v2"'), "the file changed since the partial download; restarting"),
     ],
-    ids=["unreadable", "another-start", "another-size", "another-etag"],
+    ids=["unreadable", "missing", "another-start", "another-size", "another-etag"],
 )
 async def test_a_resumed_answer_that_does_not_continue_the_part_is_tried_again(
     sim: Simulator, tmp_path: Path, answer: web.Response, problem: str

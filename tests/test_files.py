@@ -4,6 +4,7 @@ fsync order is observed on a real `syncer` in `test_durability.py`."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import re
@@ -231,3 +232,40 @@ def test_the_hash_of_an_open_file_is_read_from_its_start(tmp_path: Path) -> None
         assert sha256_of(fd) == hashlib.sha256(data).hexdigest()
     finally:
         os.close(fd)
+
+
+async def test_a_lock_file_replaced_while_it_is_taken_is_taken_again(
+    fs: MirrorFS, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its holder let go and removed it between our open and our `flock`, and a new one is in its
+    place: the lock we got is on a file no one else will look at, so the claim takes the new one."""
+    real_flock = fcntl.flock
+    swapped: list[int] = []
+
+    def flock_after_a_swap(fd: int, operation: int) -> None:
+        if not swapped:
+            path = fs.writing_dir / "7"
+            path.unlink()
+            path.touch()
+            swapped.append(os.fstat(fd).st_ino)
+        real_flock(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", flock_after_a_swap)
+    async with fs.writing("7") as claimed:
+        assert claimed and swapped
+        assert (fs.writing_dir / "7").stat().st_ino != swapped[0]
+        with pytest.raises(BlockingIOError):  # the file at the path is the one held
+            fd = os.open(fs.writing_dir / "7", os.O_RDWR)
+            try:
+                real_flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            finally:
+                os.close(fd)
+
+
+def test_a_leftover_that_cannot_be_read_is_left_alone(tmp_path: Path) -> None:
+    fs = MirrorFS(tmp_path / "mirror")
+    fs.prepare()
+    (fs.tmp_dir / "dangling.tmp").symlink_to(tmp_path / "nowhere")
+    fs.prepare()
+    fs.close()
+    assert [p.name for p in fs.tmp_dir.iterdir()] == ["dangling.tmp"]
