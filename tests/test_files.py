@@ -262,10 +262,13 @@ async def test_a_lock_file_replaced_while_it_is_taken_is_taken_again(
                 os.close(fd)
 
 
-def test_a_leftover_that_cannot_be_read_is_left_alone(tmp_path: Path) -> None:
+def test_a_leftover_that_cannot_be_read_does_not_stop_the_clean_up(tmp_path: Path) -> None:
     fs = MirrorFS(tmp_path / "mirror")
     fs.prepare()
-    (fs.tmp_dir / "dangling.tmp").symlink_to(tmp_path / "nowhere")
+    (fs.tmp_dir / "a-dangling.tmp").symlink_to(tmp_path / "nowhere")
+    stale = fs.tmp_path("b-stale.tmp")
+    stale.write_bytes(b"x")
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
     fs.prepare()
     fs.close()
-    assert [p.name for p in fs.tmp_dir.iterdir()] == ["dangling.tmp"]
+    assert not stale.exists()
