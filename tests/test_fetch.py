@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from email.utils import formatdate
 from pathlib import Path
 from typing import Any
 
@@ -533,3 +535,16 @@ async def test_a_failing_procore_hop_is_asked_once_per_attempt(sim: Simulator, t
         with pytest.raises(FetchError, match=r"^photo 1: HTTP 500: <html>upstream error</html>$") as caught:
             await fetch_one(fetcher, f"{base}/storage/1")
     assert caught.value.retry is True and len(seen) == 1
+
+
+async def test_a_retry_after_given_as_a_date_is_read_against_the_clock(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    later = formatdate(time.time() + 30, usegmt=True)
+    async with (
+        scripted(web.Response(status=503, headers={"Retry-After": later})) as (store, _),
+        procore_answering(sim, tmp_path, redirect(f"{store}/bucket/1")) as (fetcher, base, _),
+    ):
+        with pytest.raises(FetchError) as caught:
+            await fetch_one(fetcher, f"{base}/storage/1")
+    assert caught.value.wait is not None and 25 < caught.value.wait <= 30
