@@ -170,7 +170,7 @@ def test_leftover_temp_files_go_after_an_hour_and_parts_after_a_week(tmp_path: P
     fs.prepare()
     now = time.time()
     week = 7 * 86400
-    ages = {"old.tmp": 3600 + 5, "new.tmp": 3600 - 5, "old.part": week + 5, "week.part": week - 5}
+    ages = {"old.tmp": 3600.5, "new.tmp": 3599.5, "old.part": week + 5, "week.part": week - 5}
     for name, age in ages.items():
         path = fs.tmp_path(name)
         path.write_bytes(b"x")
