@@ -290,3 +290,106 @@ def test_backoff_doubles_from_its_base_up_to_its_cap_with_full_jitter() -> None:
     assert [policy.backoff(n, rng=lambda: 1.0) for n in range(8)] == [0.5, 1, 2, 4, 8, 16, 30, 30]
     assert policy.backoff(3, rng=lambda: 0.25) == 1.0
     assert policy.backoff(1000, rng=lambda: 1.0) == 30.0
+
+
+# -- what each answer of the API becomes ------------------------------------------------------------
+
+
+async def answer_of(sim: Simulator, *answers: web.Response, once: bool = False) -> tuple[Any, int]:
+    """What `get_json` makes of a server giving `answers` in turn: the result or the error, and
+    how many requests it took."""
+    async with scripted(*answers) as (base, seen), client(sim, api_base=base) as api:
+        try:
+            result: Any = await api.http.get_json(
+                URL(f"{base}/rest/v1.0/projects"), what="listing", once=once
+            )
+        except ProcoreError as exc:
+            result = exc
+    return result, len(seen)
+
+
+@pytest.mark.parametrize("status", [300, 301, 404])
+async def test_an_answer_that_is_not_a_success_is_an_error_with_its_status(
+    sim: Simulator, status: int
+) -> None:
+    error, requests = await answer_of(sim, web.Response(status=status, text='{"errors": "No"}'))
+    assert isinstance(error, ProcoreError) and not isinstance(error, TransientError)
+    assert (str(error), error.status, requests) == (f"listing: HTTP {status}: No", status, 1)
+
+
+async def test_a_server_error_is_tried_again_and_named_when_it_persists(sim: Simulator) -> None:
+    error, requests = await answer_of(sim, web.Response(status=500, text="down"))
+    assert isinstance(error, TransientError)
+    assert (str(error), error.status, requests) == (
+        "listing: HTTP 500: down (gave up after 8 attempts)",
+        500,
+        8,
+    )
+
+
+async def test_a_single_attempt_is_one_request(sim: Simulator) -> None:
+    error, requests = await answer_of(sim, web.Response(status=500, text="down"), once=True)
+    assert (str(error), requests) == ("listing: HTTP 500: down", 1)
+
+
+async def test_an_answer_that_is_not_json_is_tried_again_then_named_with_its_start(sim: Simulator) -> None:
+    error, requests = await answer_of(sim, web.Response(status=200, text="<html>maintenance</html>"))
+    assert isinstance(error, TransientError) and error.status == 200 and requests == 8
+    assert str(error) == "listing: answer is not JSON: '<html>maintenance</html>' (gave up after 8 attempts)"
+
+
+async def test_a_body_cut_short_is_tried_again(sim: Simulator) -> None:
+    async def cut(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Length": "100", "Content-Type": "application/json"})
+        await response.prepare(request)
+        await response.write(b"[1, 2")
+        assert request.transport is not None
+        request.transport.close()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", cut)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        async with client(sim, api_base=base) as api:
+            with pytest.raises(TransientError) as caught:
+                await api.http.get_json(URL(f"{base}/rest/v1.0/projects"), what="listing", once=True)
+    finally:
+        await runner.cleanup()
+    assert str(caught.value) == "listing: body cut short (ClientPayloadError)"
+
+
+async def test_a_token_refused_twice_is_an_auth_error_naming_the_call(sim: Simulator) -> None:
+    refused = web.Response(status=401, text="Unauthorized")
+    error: Any = None
+    async with scripted(refused) as (base, seen), client(sim, api_base=base) as api:
+        try:
+            await api.http.get_json(URL(f"{base}/rest/v1.0/projects"), what="listing")
+        except AuthError as exc:
+            error = exc
+    assert str(error) == "listing: Procore refused the access token (HTTP 401)"
+    assert len(seen) == 2, "renewed once, then given up"
+
+
+@pytest.mark.parametrize(
+    ("url", "trusted"),
+    [
+        ("https://app.procore.com/storage/1", True),
+        ("https://procore.com/x", True),
+        ("https://APP.Procore.COM/x", True),
+        ("https://app.procore.com./x", True),
+        ("http://app.procore.com/x", False),
+        ("https://evilprocore.com/x", False),
+        ("https://procore.com.evil.example/x", False),
+        ("https://bucket.s3.amazonaws.com/x", False),
+    ],
+)
+async def test_the_token_may_go_to_the_api_origin_and_https_procore_hosts_only(
+    sim: Simulator, url: str, trusted: bool
+) -> None:
+    async with client(sim) as api:
+        assert api.http.is_procore_url(URL(url)) is trusted
+        assert api.http.is_procore_url(URL(sim.api_base) / "rest")

@@ -156,9 +156,8 @@ class ProcoreHttp:
         host = (url.host or "").lower().rstrip(".")
         return url.scheme == "https" and (host == "procore.com" or host.endswith(".procore.com"))
 
-    def api_url(self, path: str, params: list[tuple[str, str]] | None = None) -> URL:
-        query = f"?{encode_query(params)}" if params else ""
-        return URL(f"{self.api_base}{path}{query}", encoded=True)
+    def api_url(self, path: str, params: list[tuple[str, str]]) -> URL:
+        return URL(f"{self.api_base}{path}?{encode_query(params)}", encoded=True)
 
     async def get_json(self, url: URL, *, what: str, once: bool = False) -> Answer:
         """GET an API URL and decode its JSON, retrying what can be retried; `once`: a single
