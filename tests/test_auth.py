@@ -93,7 +93,7 @@ async def test_an_answer_without_a_usable_token_is_an_auth_error(value: Any) -> 
     async def answer() -> dict[str, Any]:
         return {"access_token": value, "expires_in": 5400}
 
-    with pytest.raises(AuthError, match="^the token endpoint answered without an access_token$") as caught:
+    with pytest.raises(AuthError, match=r"^the token endpoint answered without an access_token$") as caught:
         await TokenSource(answer, clock=Clock()).token()
     assert caught.value.exit_code == ExitCode.AUTH == 3
 
