@@ -17,14 +17,17 @@ from syncer.procore.api import ProcoreApi
 from syncer.procore.auth import AuthError
 from syncer.procore.http import (
     EXCERPT_CHARS,
+    TALLY,
     Answer,
     ProcoreError,
     ProcoreHttp,
     RetryPolicy,
+    Tally,
     TransientError,
     describe_status,
     excerpt,
 )
+from syncer.procore.pacing import Pacer
 from syncer.procore.query import ImageQuery
 from syncer.simulator import Simulator
 
@@ -295,10 +298,12 @@ def test_backoff_doubles_from_its_base_up_to_its_cap_with_full_jitter() -> None:
 # -- what each answer of the API becomes ------------------------------------------------------------
 
 
-async def answer_of(sim: Simulator, *answers: web.Response, once: bool = False) -> tuple[Any, int]:
+async def answer_of(
+    sim: Simulator, *answers: web.Response, once: bool = False, **options: Any
+) -> tuple[Any, int]:
     """What `get_json` makes of a server giving `answers` in turn: the result or the error, and
-    how many requests it took."""
-    async with scripted(*answers) as (base, seen), client(sim, api_base=base) as api:
+    how many requests it took. `options` go to `ProcoreHttp`."""
+    async with scripted(*answers) as (base, seen), client(sim, api_base=base, **options) as api:
         try:
             result: Any = await api.http.get_json(
                 URL(f"{base}/rest/v1.0/projects"), what="listing", once=once
@@ -393,3 +398,42 @@ async def test_the_token_may_go_to_the_api_origin_and_https_procore_hosts_only(
     async with client(sim) as api:
         assert api.http.is_procore_url(URL(url)) is trusted
         assert api.http.is_procore_url(URL(sim.api_base) / "rest")
+
+
+async def test_a_retry_after_a_server_error_waits_its_backoff(sim: Simulator) -> None:
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    policy = RetryPolicy(attempts=3, base_delay=1.0, max_delay=10.0)
+    error, requests = await answer_of(sim, web.Response(status=502), retry=policy, sleep=sleep)
+    assert str(error) == "listing: HTTP 502 (gave up after 3 attempts)" and requests == 3
+    assert len(slept) == 2 and 0 <= slept[0] <= 1.0 and 0 <= slept[1] <= 2.0
+
+
+async def test_a_retry_after_a_429_waits_in_the_shared_budget_not_alone(sim: Simulator) -> None:
+    """Every request waits out a 429, so the retry does not sleep on its own as well."""
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    pacer = Pacer(jitter=lambda: 0.0)
+    refused = web.Response(status=429, headers={"Retry-After": "0.2"})
+    result, requests = await answer_of(sim, refused, web.json_response([1]), pacer=pacer, sleep=sleep)
+    assert (result.data, requests, slept) == ([1], 2, [])
+    assert pacer.waited > 0.15 and pacer.throttled == 1
+
+
+async def test_each_request_is_counted_for_the_work_that_sent_it(sim: Simulator) -> None:
+    tally = Tally()
+    counting = TALLY.set(tally)
+    try:
+        async with client(sim) as api:
+            await api.projects()
+            await api.projects()
+    finally:
+        TALLY.reset(counting)
+    assert sim.stats.requests["projects"] == 2 and sim.stats.tokens_issued == 1
+    assert tally.requests == 3, "the token request is counted too"
