@@ -406,10 +406,10 @@ async def test_a_retry_after_a_server_error_waits_its_backoff(sim: Simulator) ->
     async def sleep(seconds: float) -> None:
         slept.append(seconds)
 
-    policy = RetryPolicy(attempts=3, base_delay=1.0, max_delay=10.0)
+    policy = RetryPolicy(attempts=2, base_delay=1.0, max_delay=10.0)
     error, requests = await answer_of(sim, web.Response(status=502), retry=policy, sleep=sleep)
-    assert str(error) == "listing: HTTP 502 (gave up after 3 attempts)" and requests == 3
-    assert len(slept) == 2 and 0 <= slept[0] <= 1.0 and 0 <= slept[1] <= 2.0
+    assert str(error) == "listing: HTTP 502 (gave up after 2 attempts)" and requests == 2
+    assert len(slept) == 1 and 0 <= slept[0] <= 1.0
 
 
 async def test_a_retry_after_a_429_waits_in_the_shared_budget_not_alone(sim: Simulator) -> None:
