@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from email.utils import formatdate
 from typing import Any
 
 import aiohttp
@@ -420,10 +421,12 @@ async def test_a_retry_after_a_429_waits_in_the_shared_budget_not_alone(sim: Sim
         slept.append(seconds)
 
     pacer = Pacer(jitter=lambda: 0.0)
-    refused = web.Response(status=429, headers={"Retry-After": "0.2"})
-    result, requests = await answer_of(sim, refused, web.json_response([1]), pacer=pacer, sleep=sleep)
-    assert (result.data, requests, slept) == ([1], 2, [])
-    assert pacer.waited > 0.15 and pacer.throttled == 1
+    refused = web.Response(status=429, headers={"Retry-After": "0.1"})
+    result, requests = await answer_of(
+        sim, refused, refused, web.json_response([1]), pacer=pacer, sleep=sleep
+    )
+    assert (result.data, requests, slept) == ([1], 3, [])
+    assert pacer.waited > 0.15 and pacer.throttled == 2
 
 
 async def test_each_request_is_counted_for_the_work_that_sent_it(sim: Simulator) -> None:
@@ -437,3 +440,62 @@ async def test_each_request_is_counted_for_the_work_that_sent_it(sim: Simulator)
         TALLY.reset(counting)
     assert sim.stats.requests["projects"] == 2 and sim.stats.tokens_issued == 1
     assert tally.requests == 3, "the token request is counted too"
+
+
+async def test_an_unreachable_api_is_named_with_the_transport_error(sim: Simulator) -> None:
+    async with scripted(web.json_response([])) as (base, _):
+        pass  # its port is closed now
+    async with client(sim, api_base=base) as api:
+        with pytest.raises(TransientError, match=r"^listing: ClientConnectorError: ") as caught:
+            await api.http.get_json(URL(f"{base}/rest/v1.0/projects"), what="listing", once=True)
+    assert caught.value.status is None
+
+
+async def test_a_429_without_retry_after_waits_for_the_windows_reset(sim: Simulator) -> None:
+    reset = str(int(time.time()) + 5)
+    refused = web.Response(
+        status=429,
+        headers={"X-Rate-Limit-Limit": "25", "X-Rate-Limit-Remaining": "0", "X-Rate-Limit-Reset": reset},
+    )
+    async with scripted(refused) as (base, _), client(sim, api_base=base) as api:
+        with pytest.raises(TransientError) as caught:
+            await api.http.open(URL(f"{base}/storage/1"), what="a file")
+    assert caught.value.wait is not None and 3.0 < caught.value.wait <= 5.0
+
+
+async def test_a_503_without_retry_after_leaves_the_wait_to_the_caller(sim: Simulator) -> None:
+    refused = web.Response(
+        status=503,
+        headers={"X-Rate-Limit-Limit": "25", "X-Rate-Limit-Remaining": "0", "X-Rate-Limit-Reset": "9"},
+    )
+    async with scripted(refused) as (base, _), client(sim, api_base=base) as api:
+        with pytest.raises(TransientError) as caught:
+            await api.http.open(URL(f"{base}/storage/1"), what="a file")
+    assert caught.value.wait is None and caught.value.status == 503
+
+
+async def test_a_retry_after_given_as_a_date_is_read_against_the_clock(sim: Simulator) -> None:
+    refused = web.Response(status=429, headers={"Retry-After": formatdate(time.time() + 30, usegmt=True)})
+    async with scripted(refused) as (base, _), client(sim, api_base=base) as api:
+        with pytest.raises(TransientError) as caught:
+            await api.http.open(URL(f"{base}/storage/1"), what="a file")
+    assert caught.value.wait is not None and 25 < caught.value.wait <= 30
+
+
+@pytest.mark.parametrize("status", [400, 401, 403])
+async def test_refused_client_credentials_are_an_auth_error_saying_why(sim: Simulator, status: int) -> None:
+    refused = web.json_response({"error": "invalid_client"}, status=status)
+    async with scripted(refused) as (login, seen), client(sim, login_base=login) as api:
+        with pytest.raises(AuthError) as caught:
+            await api.projects()
+    assert str(caught.value) == f"Procore refused the client credentials: HTTP {status}: invalid_client"
+    assert len(seen) == 1, "not tried again"
+
+
+async def test_a_token_endpoint_that_keeps_failing_is_named_in_the_error(sim: Simulator) -> None:
+    failing = web.Response(status=500, text="down")
+    policy = RetryPolicy(attempts=2, base_delay=0.01)
+    async with scripted(failing) as (login, _), client(sim, login_base=login, retry=policy) as api:
+        with pytest.raises(TransientError) as caught:
+            await api.projects()
+    assert str(caught.value) == "token request: HTTP 500: down (gave up after 2 attempts)"
