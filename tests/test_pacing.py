@@ -192,3 +192,29 @@ async def test_a_shared_budget_counts_a_new_windows_requests_afresh() -> None:
     pacer.observe({"X-Rate-Limit-Limit": "10", "X-Rate-Limit-Reset": "1020", "X-Rate-Limit-Remaining": "10"})
     await take(pacer, 3)
     assert slept == [], "the new window's share is its own"
+
+
+async def test_callers_held_for_the_reset_wake_a_jittered_moment_after_it() -> None:
+    pacer, slept = fake_clock_pacer(jitter=1.0)
+    pacer.observe({**WINDOW, "X-Rate-Limit-Remaining": "0"})
+    await take(pacer)
+    assert slept == [10.2], "up to 0.2 s after the reset, so many workers do not wake at once"
+
+
+async def test_a_pause_under_a_second_is_waited_too() -> None:
+    pacer, slept = fake_clock_pacer()
+    pacer.pause(0.5)
+    await take(pacer)
+    assert slept == [0.5]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"X-Rate-Limit-Remaining": "0"}, {"X-Rate-Limit-Reset": "1010"}],
+    ids=["no-reset", "no-remaining"],
+)
+async def test_half_a_budget_is_no_budget(headers: dict[str, str]) -> None:
+    pacer, slept = fake_clock_pacer()
+    pacer.observe(headers)
+    await take(pacer, 3)
+    assert slept == [] and pacer.reset_in() is None

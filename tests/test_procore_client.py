@@ -344,9 +344,12 @@ async def test_an_answer_that_is_not_json_is_tried_again_then_named_with_its_sta
     assert str(error) == "listing: answer is not JSON: '<html>maintenance</html>' (gave up after 8 attempts)"
 
 
-async def test_a_body_cut_short_is_tried_again(sim: Simulator) -> None:
+@asynccontextmanager
+async def cutting(status: int) -> AsyncIterator[str]:
+    """A server whose answers (of `status`) promise 100 bytes and hang up after 5; its base URL."""
+
     async def cut(request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Length": "100", "Content-Type": "application/json"})
+        response = web.StreamResponse(status=status, headers={"Content-Length": "100"})
         await response.prepare(request)
         await response.write(b"[1, 2")
         assert request.transport is not None
@@ -358,14 +361,24 @@ async def test_a_body_cut_short_is_tried_again(sim: Simulator) -> None:
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
-    base = f"http://127.0.0.1:{runner.addresses[0][1]}"
     try:
-        async with client(sim, api_base=base) as api:
-            with pytest.raises(TransientError) as caught:
-                await api.http.get_json(URL(f"{base}/rest/v1.0/projects"), what="listing", once=True)
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
     finally:
         await runner.cleanup()
+
+
+async def test_a_body_cut_short_is_tried_again(sim: Simulator) -> None:
+    async with cutting(200) as base, client(sim, api_base=base) as api:
+        with pytest.raises(TransientError) as caught:
+            await api.http.get_json(URL(f"{base}/rest/v1.0/projects"), what="listing", once=True)
     assert str(caught.value) == "listing: body cut short (ClientPayloadError)"
+
+
+async def test_an_error_whose_body_is_cut_short_is_named_by_its_status_alone(sim: Simulator) -> None:
+    async with cutting(500) as base, client(sim, api_base=base) as api:
+        with pytest.raises(TransientError) as caught:
+            await api.http.get_json(URL(f"{base}/rest/v1.0/projects"), what="listing", once=True)
+    assert str(caught.value) == "listing: HTTP 500"
 
 
 async def test_a_token_refused_twice_is_an_auth_error_naming_the_call(sim: Simulator) -> None:
@@ -499,3 +512,35 @@ async def test_a_token_endpoint_that_keeps_failing_is_named_in_the_error(sim: Si
         with pytest.raises(TransientError) as caught:
             await api.projects()
     assert str(caught.value) == "token request: HTTP 500: down (gave up after 2 attempts)"
+
+
+@pytest.mark.parametrize("status", [300, 404])
+async def test_a_token_endpoint_that_answers_otherwise_is_an_error_with_its_status(
+    sim: Simulator, status: int
+) -> None:
+    async with (
+        scripted(web.Response(status=status, text="moved")) as (login, _),
+        client(sim, login_base=login) as api,
+    ):
+        with pytest.raises(ProcoreError) as caught:
+            await api.projects()
+    assert (str(caught.value), caught.value.status) == (f"token request: HTTP {status}: moved", status)
+
+
+async def test_a_token_answer_that_is_not_json_is_tried_again_then_named(sim: Simulator) -> None:
+    policy = RetryPolicy(attempts=2, base_delay=0.01)
+    async with (
+        scripted(web.Response(text="<html>")) as (login, seen),
+        client(sim, login_base=login, retry=policy) as api,
+    ):
+        with pytest.raises(TransientError) as caught:
+            await api.projects()
+    assert (
+        str(caught.value) == "token request: answer is not JSON (gave up after 2 attempts)" and len(seen) == 2
+    )
+
+
+async def test_a_token_answer_of_the_wrong_shape_is_an_auth_error(sim: Simulator) -> None:
+    async with scripted(web.json_response(["token"])) as (login, _), client(sim, login_base=login) as api:
+        with pytest.raises(AuthError, match=r"^token request: unexpected answer shape$"):
+            await api.projects()
