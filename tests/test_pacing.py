@@ -218,3 +218,21 @@ async def test_half_a_budget_is_no_budget(headers: dict[str, str]) -> None:
     pacer.observe(headers)
     await take(pacer, 3)
     assert slept == [] and pacer.reset_in() is None
+
+
+async def test_a_shared_pacer_sends_before_any_answer_told_it_a_budget() -> None:
+    pacer, slept = fake_clock_pacer(share=0.5)
+    await take(pacer, 3)
+    assert slept == []
+    assert (pacer.limit, pacer.reported_remaining, pacer.reset_in()) == (None, None, None), (
+        "nothing to report yet"
+    )
+
+
+async def test_the_time_callers_were_held_adds_up() -> None:
+    pacer, _ = fake_clock_pacer()
+    pacer.pause(2)
+    await take(pacer)
+    pacer.pause(3)
+    await take(pacer)
+    assert pacer.waited == 5.0
