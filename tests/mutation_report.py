@@ -9,7 +9,8 @@ its module's tests in `RECHECK`, the way mutmut runs any mutant (the mutated cop
 chosen by `MUTANT_UNDER_TEST`, which a `syncer` child inherits too).
 
 Run by `make mutate` after `mutmut run`; reads mutmut's own `results` and `show` output. With
-module paths as arguments (`syncer/listing.py`), only their mutants are run again.
+module paths (`syncer/listing.py`) or mutant name prefixes as arguments, only those mutants are run
+again.
 """
 
 from __future__ import annotations
@@ -91,10 +92,11 @@ def main() -> int:
     statuses = {m["name"]: m["status"] for m in map(LINE.match, lines) if m}
     ran = [status for status in statuses.values() if status != "not checked"]
     first = Counter("killed" if status == "killed" else "not killed" for status in ran)
-    only = tuple(sys.argv[1:])  # module paths to run again (the others' last rechecks are kept)
+    only = tuple(sys.argv[1:])  # modules or mutant names to run again (the others' last rechecks are kept)
     kept = json.loads(RECHECKED.read_text()) if RECHECKED.exists() else {}
     left = [name for name, status in statuses.items() if status in ("survived", "no tests", "timeout")]
-    again = [name for name in left if module_of(name).startswith(only or "") or name not in kept]
+    named = [name for name in left if not only or name.startswith(only) or module_of(name).startswith(only)]
+    again = [name for name in left if name in named or name not in kept]
     with ThreadPoolExecutor(max_workers=2) as pool:
         kept.update(zip(again, pool.map(recheck, again), strict=True))
     RECHECKED.write_text(json.dumps(kept, indent=1), encoding="utf-8")
