@@ -38,8 +38,8 @@ FILES = ["tests/test_files.py", "tests/test_durability.py", "tests/test_fetch.py
 CLIENT = [
     "tests/test_auth.py",
     "tests/test_pacing.py",
-    "tests/test_procore_client.py",
     "tests/test_fetch.py",
+    "tests/test_procore_client.py",
     "tests/test_tls.py",
 ]
 RECHECK = {
@@ -77,7 +77,8 @@ def recheck(name: str) -> str:
     """Run one mutant against its module's tests in `RECHECK`: killed, or survived."""
     env = {**os.environ, "MUTANT_UNDER_TEST": name}
     tests = RECHECK[module_of(name)]
-    command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
+    # A mutant that makes a test hang is caught by pytest-timeout; no test here takes 10 s.
+    command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "--timeout=30", *tests]
     try:
         done = subprocess.run(command, cwd="mutants", env=env, capture_output=True, check=False, timeout=600)
     except subprocess.TimeoutExpired:
@@ -98,8 +99,9 @@ def main() -> int:
     named = [name for name in left if not only or name.startswith(only) or module_of(name).startswith(only)]
     again = [name for name in left if name in named or name not in kept]
     with ThreadPoolExecutor(max_workers=2) as pool:
-        kept.update(zip(again, pool.map(recheck, again), strict=True))
-    RECHECKED.write_text(json.dumps(kept, indent=1), encoding="utf-8")
+        for name, outcome in zip(again, pool.map(recheck, again), strict=True):
+            kept[name] = outcome
+            RECHECKED.write_text(json.dumps(kept, indent=1), encoding="utf-8")  # an interrupted run keeps it
     statuses.update({name: kept[name] for name in left})
     counts: dict[str, Counter[str]] = defaultdict(Counter)
     survivors: dict[str, list[str]] = defaultdict(list)
