@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from aiohttp import web
@@ -90,7 +91,14 @@ async def test_more_than_max_delete_stops_that_step_until_forced(sim: Simulator,
     summary = await sync(settings, full=True)
     assert summary.exit_code == ExitCode.INCOMPLETE
     blocked = [r.deletions_blocked for r in summary.results if r.deletions_blocked]
-    assert blocked and "run again with --force" in blocked[0]
+    assert blocked and all(
+        re.fullmatch(
+            r"(\d+) of (\d+) photos are gone from Procore, more than mirror\.max_delete \(10%, \d+ photos\) "
+            r"allows; none was marked deleted\. If that is right, run again with --force",
+            text,
+        )
+        for text in blocked
+    ), blocked
     assert marked_deleted(settings) == set()
     assert set(gone) <= set(mirror_photos(settings.mirror.root))
     summary = await sync(settings, full=True, force=True)
