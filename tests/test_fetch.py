@@ -50,6 +50,12 @@ class Downloads:
     def content(self, photo: Photo) -> bytes:
         return self.sim.company.photos[photo.id].content.all_bytes()
 
+    def assert_whole(self, photo: Photo, fetched: Fetched) -> None:
+        """The download holds the photo's bytes, and its hash is theirs."""
+        content = self.content(photo)
+        assert on_disk(fetched) == content
+        assert (fetched.size, fetched.sha256) == (len(content), sha(content))
+
     def restart(self) -> Fetcher:
         """A new `Fetcher` on the same mirror, as after a restart of the process."""
         self.fetcher = Fetcher(self.fetcher.http, self.fetcher.fs)
@@ -106,8 +112,8 @@ async def test_a_large_photo_streams_to_its_part_file_with_its_hash(make_sim: An
         photo = d.photos[0]
         fetched = await d.get(photo)
         assert fetched.data is None
-        assert fetched.tmp.read_bytes() == d.content(photo)
-        assert (fetched.size, fetched.sha256) == (LARGE, sha(d.content(photo)))
+        d.assert_whole(photo, fetched)
+        assert fetched.size == LARGE
         assert not list(d.tmp_dir.glob("*.part.json")), "a finished part keeps no resume state"
 
 
@@ -183,8 +189,7 @@ async def test_a_resumed_download_asks_for_the_rest_and_hashes_the_whole_file(
         await cut_download(sim, d, photo)
         fetched = await d.get(photo)
         assert sim.stats.resumed == 1
-        assert fetched.tmp.read_bytes() == d.content(photo)
-        assert fetched.sha256 == sha(d.content(photo))
+        d.assert_whole(photo, fetched)
 
 
 async def test_a_resume_after_a_restart_cuts_off_bytes_not_known_durable_before_hashing(
@@ -201,8 +206,7 @@ async def test_a_resume_after_a_restart_cuts_off_bytes_not_known_durable_before_
         d.restart()
         fetched = await d.get(photo)
         assert sim.stats.resumed == 1
-        assert fetched.tmp.read_bytes() == d.content(photo)
-        assert fetched.sha256 == sha(d.content(photo))
+        d.assert_whole(photo, fetched)
 
 
 async def test_a_part_of_another_file_is_not_resumed(make_sim: Any, tmp_path: Path) -> None:
@@ -212,7 +216,7 @@ async def test_a_part_of_another_file_is_not_resumed(make_sim: Any, tmp_path: Pa
         await cut_download(sim, d, photo)
         fetched = await d.get(photo, key=photo.file_key + "-replaced")
         assert sim.stats.resumed == 0
-        assert fetched.sha256 == sha(d.content(photo))
+        d.assert_whole(photo, fetched)
 
 
 async def test_a_server_that_ignores_range_sends_the_whole_file_and_it_is_kept_whole(
@@ -225,8 +229,7 @@ async def test_a_server_that_ignores_range_sends_the_whole_file_and_it_is_kept_w
         sim.config.range_support = False
         fetched = await d.get(photo)
         assert sim.stats.resumed == 0
-        assert fetched.tmp.read_bytes() == d.content(photo)
-        assert fetched.sha256 == sha(d.content(photo))
+        d.assert_whole(photo, fetched)
 
 
 async def test_a_part_whose_etag_no_longer_matches_is_downloaded_again_from_the_start(
@@ -241,8 +244,7 @@ async def test_a_part_whose_etag_no_longer_matches_is_downloaded_again_from_the_
         state_file.write_text(json.dumps({**json.loads(state_file.read_text()), "etag": '"another"'}))
         fetched = await d.get(photo)
         assert sim.stats.resumed == 0
-        assert fetched.tmp.read_bytes() == d.content(photo)
-        assert fetched.sha256 == sha(d.content(photo))
+        d.assert_whole(photo, fetched)
 
 
 async def test_the_token_goes_to_procore_hops_and_never_to_the_object_store(
@@ -515,7 +517,7 @@ async def test_a_part_another_worker_left_is_resumed_by_a_shared_fetcher(
         d.fetcher = shared
         fetched = await d.get(photo)
         assert sim.stats.resumed == 1
-        assert fetched.sha256 == sha(d.content(photo))
+        d.assert_whole(photo, fetched)
 
 
 async def test_a_photo_a_little_over_one_write_batch_leaves_no_resume_state(
