@@ -73,17 +73,38 @@ def diff_of(name: str) -> list[str]:
     ]
 
 
-def recheck(name: str) -> str:
-    """Run one mutant against its module's tests in `RECHECK`: killed, or survived."""
-    env = {**os.environ, "MUTANT_UNDER_TEST": name}
-    tests = RECHECK[module_of(name)]
+def run_tests(tests: list[str], mutant: str) -> subprocess.CompletedProcess[str] | None:
+    """Run `tests` in `mutants/` with `mutant` active ("" runs the code as written); None if
+    they took more than ten minutes."""
+    env = {**os.environ, "MUTANT_UNDER_TEST": mutant}
     # A mutant that makes a test hang is caught by pytest-timeout; no test here takes 10 s.
     command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "--timeout=30", *tests]
     try:
-        done = subprocess.run(command, cwd="mutants", env=env, capture_output=True, check=False, timeout=600)
+        return subprocess.run(
+            command, cwd="mutants", env=env, capture_output=True, text=True, check=False, timeout=600
+        )
     except subprocess.TimeoutExpired:
+        return None
+
+
+def recheck(name: str) -> str:
+    """Run one mutant against its module's tests in `RECHECK`: killed, or survived."""
+    done = run_tests(RECHECK[module_of(name)], name)
+    if done is None:
         return "timeout"
     return {0: "survived", 1: "killed (recheck)"}.get(done.returncode, f"error {done.returncode}")
+
+
+def baseline_passes(modules: set[str]) -> bool:
+    """Whether each module's tests pass with no mutant: a test that fails anyway would count every
+    mutant as killed."""
+    for tests in {tuple(RECHECK[module]) for module in modules}:
+        done = run_tests(list(tests), "")
+        if done is None or done.returncode != 0:
+            print(f"the tests {' '.join(tests)} fail without a mutant:", file=sys.stderr)
+            print(done.stdout[-3000:] if done else "they took more than ten minutes", file=sys.stderr)
+            return False
+    return True
 
 
 def main() -> int:
@@ -98,6 +119,8 @@ def main() -> int:
     left = [name for name, status in statuses.items() if status in ("survived", "no tests", "timeout")]
     named = [name for name in left if not only or name.startswith(only) or module_of(name).startswith(only)]
     again = [name for name in left if name in named or name not in kept]
+    if not baseline_passes({module_of(name) for name in again}):
+        return 1
     with ThreadPoolExecutor(max_workers=2) as pool:
         for name, outcome in zip(again, pool.map(recheck, again), strict=True):
             kept[name] = outcome
