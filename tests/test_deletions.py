@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
+from collections import Counter
 from typing import Any
 
+import pytest
 from aiohttp import web
 
 from syncer.config import Settings
@@ -71,6 +73,33 @@ async def test_trash_moves_files_under_a_dated_folder_keeping_their_path(
     assert trash_files(settings) == expected
     assert not set(gone) & set(mirror_photos(settings.mirror.root))
     assert_byte_exact(sim, settings)
+
+
+@pytest.mark.parametrize(("on_delete", "done"), [("trash", "moved to the trash"), ("delete", "removed")])
+async def test_what_was_done_with_the_files_of_deleted_photos_is_logged(
+    sim: Simulator, settings_for: Any, log_lines: Any, on_delete: str, done: str
+) -> None:
+    settings = settings_for(sim, mirror={"on_delete": on_delete})
+    await sync(settings)
+    per_project = Counter(sim.company.photos[i].project_id for i in delete_some(sim, 3))
+    await sync(settings, full=True)
+    messages = [r.getMessage() for r in log_lines.records]
+    for project, count in per_project.items():
+        assert f"project {project}: {done} {count} files of photos deleted in Procore" in messages
+
+
+async def test_a_deleted_photo_whose_file_is_already_gone_still_has_its_sidecar_trashed(
+    sim: Simulator, settings_for: Any
+) -> None:
+    settings = settings_for(sim, mirror={"on_delete": "trash"})
+    await sync(settings)
+    (gone,) = delete_some(sim, 1)
+    ((path,),) = db_rows(settings, f"SELECT local_path FROM photos WHERE id = {gone}")
+    (settings.mirror.root / path).unlink()  # the user removed it by hand
+    summary = await sync(settings, full=True)
+    assert summary.exit_code == ExitCode.OK
+    assert sum(r.trashed for r in summary.results) == 1
+    assert [p.rsplit("/", 1)[-1] for p in trash_files(settings)] == [path.rsplit("/", 1)[-1] + ".json"]
 
 
 async def test_delete_removes_files_and_sidecars(sim: Simulator, settings_for: Any) -> None:

@@ -32,6 +32,13 @@ def temp_file(fs: MirrorFS, data: bytes, name: str = "1.part") -> Path:
     return path
 
 
+def test_partial_downloads_are_staged_under_the_state_folder(fs: MirrorFS, tmp_path: Path) -> None:
+    """`.syncer/tmp/`, where a run finds the parts an earlier one left, and the README says they are."""
+    staging = tmp_path / "mirror" / ".syncer" / "tmp"
+    assert staging.is_dir()
+    assert fs.tmp_path("1.part") == staging / "1.part"
+
+
 @pytest.mark.parametrize("rel", ["", "/etc/passwd", "a/../b", "./a", "a//b", "a/.", "..", ".syncer/db", "a/"])
 def test_a_path_that_is_not_plainly_inside_the_mirror_is_refused(fs: MirrorFS, rel: str) -> None:
     with pytest.raises(UnsafePath, match=f"^refusing unsafe mirror path {re.escape(repr(rel))}$"):

@@ -7,12 +7,15 @@ import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from aiohttp import web
+
 from syncer.listing import BEGINNING
+from syncer.procore.models import Project
 from syncer.procore.query import ImageQuery
-from syncer.reconcile import IdListing, cut_points, upstream_ids
+from syncer.reconcile import Deletions, IdListing, cut_points, upstream_ids
 from syncer.simulator import Simulator
 from syncer.simulator.server import ListingRequest
-from tests.test_procore_client import client
+from tests.test_procore_client import client, scripted
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 
@@ -107,3 +110,14 @@ async def test_a_piece_that_never_matches_total_gives_no_ids_and_names_its_range
     assert listing.ids is None
     assert listing.problem is not None
     assert re.fullmatch(r"the ids updated [0-9T:-]{19}\.\.[0-9T:-]{19} did not match Total", listing.problem)
+
+
+async def test_a_photo_whose_lookup_answers_a_malformed_record_is_not_gone(sim: Simulator) -> None:
+    """Only a 404 is a deletion: a lookup that answers, however oddly, says the photo exists."""
+    async with (
+        scripted(web.json_response({"id": "not a number"})) as (base, _),
+        client(sim, api_base=base) as api,
+    ):
+        deletions = Deletions(api, None, None, None, concurrency=2, now=lambda: T0)  # type: ignore[arg-type]
+        project = Project(id=project_of(sim), name="p", active=True)
+        assert await deletions._confirm_gone(project, [1, 2]) == []
