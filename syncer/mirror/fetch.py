@@ -17,8 +17,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -26,7 +27,7 @@ import aiofiles
 import aiohttp
 from yarl import URL
 
-from syncer.mirror.files import MirrorFS
+from syncer.mirror.files import MirrorFS, open_new
 from syncer.procore.http import (
     TRANSPORT_ERRORS,
     ProcoreError,
@@ -94,18 +95,27 @@ class Part:
     def resumable(self) -> PartState | None:
         """The durable prefix of an earlier attempt at this same file, if any."""
         try:
-            state = PartState(**json.loads(self.state_path.read_text(encoding="utf-8")))
-            size = self.path.stat().st_size
+            with os.fdopen(os.open(self.state_path, os.O_RDONLY | os.O_NOFOLLOW), encoding="utf-8") as fh:
+                state = PartState(**json.loads(fh.read()))
+            found = self.path.lstat()
         except (OSError, ValueError, TypeError):
             return None
-        if state.file_key != self.file_key or not 0 < state.durable <= size:
+        if not stat.S_ISREG(found.st_mode) or state.file_key != self.file_key:
             return None
-        return state
+        return state if 0 < state.durable <= found.st_size else None
 
     def save(self, durable: int, etag: str | None) -> None:
         tmp = self.state_path.with_name(self.state_path.name + ".new")
-        tmp.write_text(json.dumps(asdict(PartState(self.file_key, durable, etag))), encoding="utf-8")
+        with os.fdopen(open_new(tmp), "w", encoding="utf-8") as fh:
+            fh.write(json.dumps(asdict(PartState(self.file_key, durable, etag))))
         os.replace(tmp, self.state_path)
+
+    def opener(self, resuming: bool) -> Callable[[str, int], int]:
+        """How to open the part file for writing: a resumed part as it is, a new one fresh, and
+        never through a link planted in its place."""
+        if resuming:
+            return lambda path, flags: os.open(path, flags | os.O_NOFOLLOW)
+        return lambda path, flags: open_new(Path(path), flags & ~(os.O_CREAT | os.O_TRUNC))
 
     def discard(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -117,7 +127,7 @@ class Part:
     def hash_prefix(self, length: int) -> hashlib._Hash:
         """The hash of the first `length` bytes, after cutting off anything not known durable."""
         digest = hashlib.sha256()
-        with self.path.open("r+b") as fh:
+        with os.fdopen(os.open(self.path, os.O_RDWR | os.O_NOFOLLOW), "r+b") as fh:
             fh.truncate(length)
             while chunk := fh.read(WRITE_BATCH):
                 digest.update(chunk)
@@ -273,7 +283,9 @@ class Fetcher:
         """Stream the rest of a large body to the part file, recording durable progress each MiB."""
         received = durable = offset + len(head)
         buffer = head
-        async with aiofiles.open(part.path, "r+b" if offset else "wb", executor=self.fs.executor) as out:
+        async with aiofiles.open(
+            part.path, "r+b" if offset else "wb", opener=part.opener(bool(offset)), executor=self.fs.executor
+        ) as out:
             await out.seek(offset)
             async for chunk in chunks:
                 digest.update(chunk)
