@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from syncer.errors import ExitCode
-from tests.conftest import mirror_photos, write_config
+from tests.conftest import mirror_photos, sync, write_config
 from tests.test_cli import assert_no_traceback, syncer
 
 BAIT = b"the outside file, not the syncer's to touch\n"
@@ -78,3 +78,24 @@ async def test_verify_names_a_link_where_a_photo_should_be(make_sim: Any, tmp_pa
     assert run.code == ExitCode.INCOMPLETE
     relative = photo.relative_to(tmp_path / "mirror").as_posix()
     assert f"changed: {relative}: a link, not a file" in run.out
+
+
+async def test_a_linked_trash_leaves_deleted_photos_in_place_and_the_other_projects_sync(
+    make_sim: Any, settings_for: Any, tmp_path: Path
+) -> None:
+    sim = await make_sim(photos=20, projects=2)
+    settings = settings_for(sim, mirror={"on_delete": "trash"})
+    await sync(settings)
+    outside = outside_files(tmp_path)
+    (settings.mirror.root / ".trash").symlink_to(outside, target_is_directory=True)
+    first, other = sorted({p.project_id for p in sim.company.photos.values()})
+    gone = next(i for i, p in sorted(sim.company.photos.items()) if p.project_id == first)
+    sim.delete_photo(gone)
+    added = [sim.add_photo(other).id for _ in range(2)]
+    summary = await sync(settings, full=True)
+    assert summary.exit_code == ExitCode.INCOMPLETE
+    blocked = [r.deletions_blocked for r in summary.results if r.deletions_blocked]
+    assert blocked and all("leaves the mirror root through a link" in b for b in blocked)
+    assert_untouched(outside)
+    assert gone in mirror_photos(settings.mirror.root), "a deleted photo stays until the link goes"
+    assert set(added) <= set(mirror_photos(settings.mirror.root)), "the other project still synced"
