@@ -14,6 +14,7 @@ that answers 200 instead, a different ETag or a changed file means starting agai
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -27,24 +28,32 @@ import aiofiles
 import aiohttp
 from yarl import URL
 
+from syncer.log import REDACT
 from syncer.mirror.files import MirrorFS, open_new
 from syncer.procore.http import (
+    ERROR_BODY,
     TRANSPORT_ERRORS,
     ProcoreError,
     ProcoreHttp,
     TransientError,
     excerpt,
+    read_head,
     untrusted,
 )
 from syncer.procore.pacing import retry_after_seconds
 
 MAX_REDIRECTS = 5
+DEFAULT_MAX_FILE_SIZE = 1 << 30
+DEFAULT_DOWNLOAD_TIMEOUT = 3600.0
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 EXPIRED = frozenset({401, 403, 404, 410})
 WRITE_BATCH = 1 << 20
 """Bytes gathered before each write, so a file costs few thread hops."""
 DURABLE_EVERY = 1 << 20
 """Bytes between fsyncs of a part file; what a resume can keep."""
+FILE_HEADERS = {"Accept-Encoding": "identity"}
+"""A photo's bytes as stored: a compressed body would be decoded to any size before its length
+could be checked, so none is asked for, and one sent anyway is refused."""
 
 
 class FetchError(Exception):
@@ -55,7 +64,7 @@ class FetchError(Exception):
     """
 
     def __init__(self, message: str, *, retry: bool, refresh: bool = False, wait: float | None = None):
-        super().__init__(message)
+        super().__init__(REDACT(message))
         self.retry = retry
         self.refresh = refresh
         self.wait = wait
@@ -134,10 +143,46 @@ class Part:
         return digest
 
 
+@dataclass(frozen=True)
+class Limit:
+    """The most bytes a body may bring: the listing's size when it states one, else
+    `mirror.max_file_size`. Reading stops at the first byte past it."""
+
+    expected: int | None
+    max_size: int
+    what: str
+
+    def check(self, received: int) -> None:
+        if self.expected is not None and received > self.expected:
+            raise FetchError(
+                f"{self.what}: server sends more than the {self.expected} bytes the listing says",
+                retry=True,
+                refresh=True,
+            )
+        if self.expected is None and received > self.max_size:
+            raise FetchError(
+                f"{self.what}: more than mirror.max_file_size ({self.max_size} bytes) and of no stated size",
+                retry=False,
+            )
+
+
 class Fetcher:
-    def __init__(self, http: ProcoreHttp, fs: MirrorFS, *, shared: bool = False) -> None:
+    def __init__(
+        self,
+        http: ProcoreHttp,
+        fs: MirrorFS,
+        *,
+        shared: bool = False,
+        max_size: int = DEFAULT_MAX_FILE_SIZE,
+        deadline: float = DEFAULT_DOWNLOAD_TIMEOUT,
+    ) -> None:
         self.http = http
         self.fs = fs
+        self.max_size = max_size
+        """The most bytes taken for a photo whose size the listing does not state."""
+        self.deadline = deadline
+        """Seconds one attempt may take, body included: a body that trickles in cannot hold a slot
+        for ever (what is durable of it is resumed by the next attempt)."""
         self.partial = {p.name for p in fs.tmp_dir.glob("*.part.json")} if fs.tmp_dir.is_dir() else set()
         """State files of partial downloads; no state file, no disk look-up before a download."""
         self.shared = shared
@@ -147,13 +192,15 @@ class Fetcher:
     async def _hop(self, url: URL, what: str, headers: dict[str, str]) -> aiohttp.ClientResponse:
         if self.http.is_procore_url(url):
             try:
-                return await self.http.open(url, what=what, headers=headers)
+                return await self.http.open(url, what=what, headers=headers, decompress=False)
             except TransientError as exc:
                 raise FetchError(str(exc), retry=True, wait=exc.wait) from None
             except ProcoreError as exc:  # a token request that failed for good
                 raise FetchError(str(exc), retry=False) from None
         try:
-            return await self.http.session.get(url, allow_redirects=False, headers=headers)
+            return await self.http.session.get(
+                url, allow_redirects=False, headers=headers, auto_decompress=False
+            )
         except aiohttp.ClientConnectorCertificateError as exc:
             raise untrusted(what, exc) from None
         except TRANSPORT_ERRORS as exc:
@@ -163,10 +210,20 @@ class Fetcher:
         self, url: str, *, expected_size: int | None, part_name: str, file_key: str, what: str
     ) -> Fetched:
         """Download `url` into a verified, fsynced temp file, resuming an earlier part if allowed."""
-        part = Part(self.fs, part_name, file_key)
+        try:
+            async with asyncio.timeout(self.deadline):
+                return await self._fetch(url, expected_size, Part(self.fs, part_name, file_key), what)
+        except TimeoutError:
+            raise FetchError(
+                f"{what}: not done in {self.deadline:.0f} s (procore.download_timeout); what is durable "
+                "is kept for the next attempt",
+                retry=True,
+            ) from None
+
+    async def _fetch(self, url: str, expected_size: int | None, part: Part, what: str) -> Fetched:
         look = self.shared or part.state_path.name in self.partial
         state = await self.fs.run(part.resumable) if look else None
-        headers: dict[str, str] = {}
+        headers = dict(FILE_HEADERS)
         if state is not None:
             headers["Range"] = f"bytes={state.durable}-"
             if state.etag:
@@ -177,13 +234,10 @@ class Fetcher:
             async with response:
                 status = response.status
                 if status in REDIRECTS:
-                    location = response.headers.get("Location")
-                    if not location:
-                        raise FetchError(f"{what}: redirect without a Location", retry=True)
-                    current = current.join(URL(location))
+                    current = self._next_hop(current, response.headers.get("Location"), what)
                     continue
                 if status in EXPIRED:
-                    body = await response.read()
+                    body, _ = await read_head(response, ERROR_BODY)
                     raise FetchError(
                         f"{what}: HTTP {status} from {current.host}: {excerpt(body)}",
                         retry=True,
@@ -196,13 +250,30 @@ class Fetcher:
                     await self.fs.run(part.discard)
                     raise FetchError(f"{what}: range not satisfiable, restarting", retry=True)
                 if status not in (200, 206):
-                    body = await response.read()
+                    body, _ = await read_head(response, ERROR_BODY)
                     raise FetchError(
                         f"{what}: HTTP {status} from {_redact(current)}: {excerpt(body)}", retry=False
                     )
+                coding = response.headers.get("Content-Encoding", "identity").strip().lower()
+                if coding != "identity":
+                    raise FetchError(f"{what}: the file came {excerpt(coding)}-encoded, unasked", retry=True)
                 offset = self._resume_offset(response, state, expected_size)
                 return await self._stream(response, part, offset, expected_size, what)
         raise FetchError(f"{what}: more than {MAX_REDIRECTS} redirects", retry=False)
+
+    @staticmethod
+    def _next_hop(current: URL, location: str | None, what: str) -> URL:
+        """Where a redirect leads: a `Location` relative to the current URL, or an absolute HTTP(S)
+        one; anything else (no Location, `file:`, `data:`, unparsable) fails this attempt only."""
+        if not location:
+            raise FetchError(f"{what}: redirect without a Location", retry=True)
+        try:
+            target = current.join(URL(location))
+        except ValueError:
+            target = None
+        if target is None or target.scheme not in ("http", "https") or not target.host:
+            raise FetchError(f"{what}: redirect to an unusable Location {excerpt(location)!r}", retry=True)
+        return target
 
     @staticmethod
     def _resume_offset(
@@ -237,6 +308,9 @@ class Fetcher:
             raise FetchError(
                 f"{what}: server sends {total} bytes, listing says {expected_size}", retry=True, refresh=True
             )
+        limit = Limit(expected_size, self.max_size, what)
+        if total is not None:
+            limit.check(total)
         digest = await self._begin(part, offset)
         chunks = response.content.iter_chunked(256 * 1024)
         head = bytearray()
@@ -245,16 +319,26 @@ class Fetcher:
                 async for chunk in chunks:
                     digest.update(chunk)
                     head += chunk
+                    limit.check(len(head))
                     if len(head) >= WRITE_BATCH:
                         break
                 else:
                     self._check_length(part, len(head), total, expected_size, what)
                     return Fetched(tmp=part.path, size=len(head), sha256=digest.hexdigest(), data=bytes(head))
             received = await self._write(
-                part, chunks, offset=offset, head=head, digest=digest, etag=response.headers.get("ETag")
+                part,
+                chunks,
+                offset=offset,
+                head=head,
+                digest=digest,
+                etag=response.headers.get("ETag"),
+                limit=limit,
             )
         except TRANSPORT_ERRORS as exc:
             raise FetchError(f"{what}: body cut short ({type(exc).__name__})", retry=True) from None
+        except FetchError:  # longer than it may be: nothing of it is worth resuming
+            await self.fs.run(part.discard)
+            raise
         self._check_length(part, received, total, expected_size, what)
         await self.fs.run(part.forget_state)
         self.partial.discard(part.state_path.name)
@@ -279,6 +363,7 @@ class Fetcher:
         head: bytearray,
         digest: hashlib._Hash,
         etag: str | None,
+        limit: Limit,
     ) -> int:
         """Stream the rest of a large body to the part file, recording durable progress each MiB."""
         received = durable = offset + len(head)
@@ -291,6 +376,7 @@ class Fetcher:
                 digest.update(chunk)
                 buffer += chunk
                 received += len(chunk)
+                limit.check(received)
                 if len(buffer) >= WRITE_BATCH:
                     await out.write(bytes(buffer))
                     buffer.clear()
