@@ -15,7 +15,7 @@ from typing import Any
 from yarl import URL
 
 from syncer.procore.http import Answer, ProcoreError, ProcoreHttp
-from syncer.procore.models import Album, BadRecord, Photo, Project, require_list
+from syncer.procore.models import Album, BadRecord, Photo, Project, as_int, require_list
 from syncer.procore.query import ImageQuery
 
 _LINK_RE = re.compile(r'<([^>]*)>\s*;\s*rel="?([A-Za-z]+)"?')
@@ -27,8 +27,8 @@ def parse_links(header: str | None) -> dict[str, str]:
 
 
 def _header_int(headers: Mapping[str, str], name: str) -> int | None:
-    raw = headers.get(name, "").strip()
-    return int(raw) if raw.isdigit() else None
+    number = as_int(headers.get(name, "").strip())
+    return number if number is not None and number >= 0 else None
 
 
 @dataclass(frozen=True)
@@ -57,10 +57,13 @@ class ProcoreApi:
         self.http = http
         self.company_id = company_id
 
-    def _page_of(self, answer: Answer, what: str) -> Page:
+    def _page_of(self, answer: Answer, url: URL, what: str) -> Page:
         items = require_list(answer.data, what)
         nxt = parse_links(answer.headers.get("Link")).get("next")
-        next_url = URL(nxt) if nxt else None
+        try:
+            next_url = url.join(URL(nxt)) if nxt else None  # a relative link is taken from this page's URL
+        except ValueError:
+            raise ProcoreError(f"{what}: unreadable pagination link {nxt!r:.80}") from None
         if next_url is not None and next_url.origin() != self.http.api_base.origin():
             raise ProcoreError(f"{what}: pagination link leaves the API origin ({next_url.origin()})")
         return Page(
@@ -75,7 +78,7 @@ class ProcoreApi:
         next_url: URL | None = url
         while next_url is not None and len(seen) < MAX_PAGES:
             seen.add(str(next_url))
-            page = self._page_of(await self.http.get_json(next_url, what=what), what)
+            page = self._page_of(await self.http.get_json(next_url, what=what), next_url, what)
             yield page
             if not page.items:
                 return
@@ -103,16 +106,16 @@ class ProcoreApi:
         """One page of `GET /rest/v1.0/images`; items stay raw for the caller to parse."""
         url = self.http.api_url("/rest/v1.0/images", query.params(page=page, per_page=per_page))
         what = f"listing photos of project {query.project_id} (page {page})"
-        return self._page_of(await self.http.get_json(url, what=what), what)
+        return self._page_of(await self.http.get_json(url, what=what), url, what)
 
     async def ids_page(self, query: ImageQuery, *, page: int, per_page: int) -> Page:
         """One page of the cheap `ids_only` view; `items` are validated integer ids."""
         ids_query = replace(query, serializer_view="ids_only", sort=None)
         url = self.http.api_url("/rest/v1.0/images", ids_query.params(page=page, per_page=per_page))
         what = f"listing photo ids of project {query.project_id} (page {page})"
-        result = self._page_of(await self.http.get_json(url, what=what), what)
+        result = self._page_of(await self.http.get_json(url, what=what), url, what)
         for item in result.items:
-            if isinstance(item, bool) or not isinstance(item, int):
+            if isinstance(item, bool) or not isinstance(item, int) or as_int(item) is None:
                 raise BadRecord(f"{what}: expected integer ids, got {item!r:.40}")
         return result
 

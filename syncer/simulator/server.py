@@ -103,6 +103,14 @@ class SimConfig:
     padded_files: set[int] = field(default_factory=set)
     """Photo ids whose object-store body carries 100 bytes more than the listing's `size`, sent
     without a `Content-Length` (chunked), so only the listed size can tell."""
+    odd_fields: dict[int, dict[str, Any]] = field(default_factory=dict)
+    """Photo ids whose record carries these values instead (an id past 2**63, `"²"` for a size, a
+    time in year 1): what a broken or hostile upstream may send."""
+    raw_listing: dict[int, bytes] = field(default_factory=dict)
+    """Project ids whose image listing answers these bytes as its JSON body (say, arrays nested
+    200,000 deep)."""
+    relative_links: bool = False
+    """`Link` headers carry URLs relative to the request (`/rest/v1.0/...`), as RFC 8288 allows."""
 
 
 @dataclass
@@ -406,6 +414,7 @@ class Simulator:
             "links": {},
             "trades": photo.trades,
             "comments_count": 0,
+            **self.config.odd_fields.get(photo.id, {}),
         }
 
     # -- the API origin ----------------------------------------------------------------------
@@ -575,7 +584,7 @@ class Simulator:
 
         def link(n: int) -> str:
             url = request.url.update_query(page=str(n), per_page=str(per_page))
-            return f"<{self.api_base}{url.path_qs}>"
+            return f"<{'' if self.config.relative_links else self.api_base}{url.path_qs}>"
 
         links = [f'{link(1)}; rel="first"', f'{link(last)}; rel="last"']
         if page > 1:
@@ -749,6 +758,8 @@ class Simulator:
                     project_id=pid, page=page, per_page=per_page, view=view, query=dict(request.query)
                 )
             )
+        if (raw := self.config.raw_listing.get(pid)) is not None:
+            return web.Response(body=raw, content_type="application/json")
         ordered, ties = self._ordered(pid, request.query)
 
         def window(a: int, b: int) -> list[Any]:
