@@ -1,8 +1,11 @@
 """Logging setup, and the redactor every line passes through.
 
 Secrets (the client secret, each access token as it is issued) are registered here and replaced
-by `***` in every log line and every error the CLI prints; query strings of URLs (signatures)
-are cut. One process-wide redactor, because a secret can surface anywhere.
+by `***` in every log line and every error the CLI prints; query strings of URLs of any scheme
+(signatures) are cut, and so are bearer tokens and secret-named fields an upstream answer echoes
+back, known or not. Every error of the syncer passes through it once, where it is made (so
+what the database, `status` and notifications keep is scrubbed too). One process-wide redactor,
+because a secret can surface anywhere.
 """
 
 from __future__ import annotations
@@ -14,7 +17,13 @@ import sys
 import threading
 from datetime import UTC, datetime
 
-_URL_QUERY = re.compile(r"(https?://[^\s?#\"'<>]+)\?[^\s\"'<>]*")
+_URL_QUERY = re.compile(r"([a-z][a-z0-9+.-]*://[^\s?#\"'<>]*)\?[^\s\"'<>]*", re.IGNORECASE)
+_BEARER = re.compile(r"\b(bearer\s+)(?!\*\*\*)[^\s\"',;]+", re.IGNORECASE)
+_SECRET_FIELD = re.compile(  # as a form or query field (`sig=...`) or a JSON string (`"sig": "..."`)
+    r"\b((?:client_secret|access_token|refresh_token|password|x-amz-signature|signature|sig)"
+    r"(?:=|\"\s*:\s*\"))(?!\*\*\*)[^\s\"'&,;}]+",
+    re.IGNORECASE,
+)
 
 
 class Redactor:
@@ -32,7 +41,9 @@ class Redactor:
             secrets = sorted(self._secrets, key=len, reverse=True)
         for secret in secrets:
             text = text.replace(secret, "***")
-        return _URL_QUERY.sub(r"\1?…", text)
+        text = _URL_QUERY.sub(r"\1?…", text)
+        text = _BEARER.sub(r"\1***", text)
+        return _SECRET_FIELD.sub(r"\1***", text)
 
 
 REDACT = Redactor()

@@ -14,7 +14,9 @@ from syncer.errors import ConfigError
 from syncer.log import REDACT
 
 ROOT = Path(__file__).resolve().parent.parent
-MINIMAL: dict[str, Any] = {"procore": {"company_id": 1, "client_id": "id", "client_secret": "secret"}}
+MINIMAL: dict[str, Any] = {
+    "procore": {"company_id": 1, "client_id": "id", "client_secret": "minimal-test-secret"}
+}
 
 
 def with_(**sections: Any) -> dict[str, Any]:
@@ -32,7 +34,7 @@ def error_for(data: Any) -> str:
 
 def test_the_example_config_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PROCORE_CLIENT_ID", "id")
-    monkeypatch.setenv("PROCORE_CLIENT_SECRET", "secret")
+    monkeypatch.setenv("PROCORE_CLIENT_SECRET", "env-test-secret")
     settings = load_settings(ROOT / "config.example.yaml")
     assert settings.sync.concurrency == 8
     assert settings.sync.overlap == 300

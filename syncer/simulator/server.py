@@ -109,6 +109,9 @@ class SimConfig:
     raw_listing: dict[int, bytes] = field(default_factory=dict)
     """Project ids whose image listing answers these bytes as its JSON body (say, arrays nested
     200,000 deep)."""
+    echoing_files: set[int] = field(default_factory=set)
+    """Photo ids whose file URL on the API origin answers 403 with a body that echoes secrets: the
+    request's `Authorization` header, the client secret, and signed URLs of odd schemes and case."""
     relative_links: bool = False
     """`Link` headers carry URLs relative to the request (`/rest/v1.0/...`), as RFC 8288 allows."""
 
@@ -784,10 +787,8 @@ class Simulator:
             return web.json_response({"errors": f"Forbidden: {reason}"}, status=status)
         photo_id = int(request.match_info["id"])
         self.stats.file_requests[photo_id] += 1
-        if photo_id in self.config.broken_files:
-            return web.Response(
-                status=500, text="<html><body>internal error</body></html>", content_type="text/html"
-            )
+        if (fault := self._file_fault(request, photo_id)) is not None:
+            return fault
         photo = self.company.photos.get(photo_id)
         if photo is None or photo.deleted:
             return web.json_response({"errors": "Not Found"}, status=404)
@@ -799,6 +800,20 @@ class Simulator:
                 status=302, headers={"Location": f"../../../hop/{self.config.redirect_hops - 1}/{key}"}
             )
         return self._to_store(key)
+
+    def _file_fault(self, request: web.Request, photo_id: int) -> web.Response | None:
+        """The failure configured for this photo's file URL, if any."""
+        if photo_id in self.config.echoing_files:
+            echo = (  # short enough that all of it is in an error's excerpt
+                "HTTP://S/Y?X-Amz-Signature=AMZSECRET gopher://s/x?sig=SIGSECRET "
+                f"{request.headers.get('Authorization')} client_secret={self.config.client_secret}"
+            )
+            return web.Response(status=403, text=echo)
+        if photo_id in self.config.broken_files:
+            return web.Response(
+                status=500, text="<html><body>internal error</body></html>", content_type="text/html"
+            )
+        return None
 
     async def _hop(self, request: web.Request) -> web.Response:
         """One more redirect on the API origin on the way to the object store."""
