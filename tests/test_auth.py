@@ -152,6 +152,15 @@ async def test_a_lifetime_of_zero_or_less_counts_as_a_minute(expires_in: Any) ->
     assert await tokens.token() == "token-2"
 
 
+async def test_a_lifetime_under_a_second_counts_as_a_second() -> None:
+    endpoint, clock = Endpoint(expires_in=0.001), Clock()
+    tokens = source(endpoint, clock)
+    start = clock.now
+    assert [await tokens.token() for _ in range(5)] == ["token-1"] * 5
+    clock.now = start + 0.5
+    assert await tokens.token() == "token-2"
+
+
 @pytest.mark.parametrize("expires_in", [float("inf"), float("nan")])
 async def test_a_lifetime_that_is_not_finite_counts_as_an_hour(expires_in: float) -> None:
     endpoint, clock = Endpoint(expires_in=expires_in), Clock()

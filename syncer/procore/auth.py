@@ -19,9 +19,11 @@ from syncer.errors import ExitCode, FatalError
 
 RENEW_BEFORE = 300.0
 """Seconds before expiry at which a token is replaced, so no request leaves with a dying token."""
-MIN_LIFETIME = 60.0
-"""The shortest lifetime believed: an `expires_in` of 0 or less would mean a token request before
-every call (a 401 still renews a token that really died sooner)."""
+UNSAID_LIFETIME = 60.0
+"""The lifetime taken for an `expires_in` of 0 or less, which would otherwise mean a token request
+before every call (a 401 still renews a token that really died sooner)."""
+MIN_LIFETIME = 1.0
+"""The shortest positive lifetime taken as it is."""
 TOKEN = re.compile(r"[\x21-\x7e]{1,4096}")
 """What may go in an `Authorization` header: visible ASCII, no spaces or line breaks."""
 
@@ -77,7 +79,9 @@ class TokenSource:
             raise AuthError("the token endpoint answered with an access_token that cannot go in a header")
         expires_in = answer.get("expires_in")
         lifetime = float(expires_in) if isinstance(expires_in, int | float) else 3600.0
-        lifetime = max(MIN_LIFETIME, lifetime) if math.isfinite(lifetime) else 3600.0
+        if not math.isfinite(lifetime):
+            lifetime = 3600.0
+        lifetime = max(MIN_LIFETIME, lifetime) if lifetime > 0 else UNSAID_LIFETIME
         # `created_at` is the server's clock; measuring from our own `now` avoids clock skew.
         # Short lifetimes are renewed at half their life rather than at once.
         return Token(value=value, renew_at=now + lifetime - min(RENEW_BEFORE, lifetime / 2))
