@@ -29,6 +29,7 @@ from pydantic import (
 )
 
 from syncer.errors import ConfigError
+from syncer.listing import DEFAULT_BUDGET
 from syncer.log import REDACT
 from syncer.mirror.fetch import DEFAULT_DOWNLOAD_TIMEOUT, DEFAULT_MAX_FILE_SIZE
 from syncer.mirror.layout import DEFAULT_LAYOUT, Layout, LayoutError
@@ -189,6 +190,10 @@ class SyncSettings(_Section):
     projects: Literal["all"] | list[Annotated[int, Field(gt=0)]] = "all"
     concurrency: int = Field(default=8, ge=1, le=64)
     per_page: int = Field(default=100, ge=1, le=10_000)
+    listing_budget: int = Field(default=DEFAULT_BUDGET, ge=1, le=10_000)
+    """The most requests listing one project's window may take, as a multiple of the pages one
+    clean pass over it takes (at least 1000): a server whose `Total` never matches what it lists
+    leaves that project not proven instead of being split for ever."""
     filters: FilterSettings = FilterSettings()
     overlap: Duration = 300.0
     """How far before the checkpoint each incremental window starts, for clock skew and late writes."""

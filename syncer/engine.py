@@ -297,6 +297,7 @@ class ProjectSync:
             per_page=engine.settings.per_page,
             on_page=on_page,
             clock=engine.procore_now,
+            budget=engine.settings.listing_budget,
         )
         try:
             report = await lister.run(

@@ -18,8 +18,18 @@ from syncer.procore.http import Answer, ProcoreError, ProcoreHttp
 from syncer.procore.models import Album, BadRecord, Photo, Project, as_int, require_list
 from syncer.procore.query import ImageQuery
 
+
+class IncompleteListing(ProcoreError):
+    """A listing that did not return what its `Total` promised; `projects` is what it returned."""
+
+    def __init__(self, message: str, *, projects: list[Project]) -> None:
+        super().__init__(message)
+        self.projects = projects
+
+
 _LINK_RE = re.compile(r'<([^>]*)>\s*;\s*rel="?([A-Za-z]+)"?')
-MAX_PAGES = 100_000
+MAX_PAGES = 1000
+"""Pages of projects or albums (300 each) before their `Link: next` chain counts as endless."""
 
 
 def parse_links(header: str | None) -> dict[str, str]:
@@ -76,7 +86,9 @@ class ProcoreApi:
     async def _pages(self, url: URL, what: str) -> AsyncIterator[Page]:
         seen: set[str] = set()
         next_url: URL | None = url
-        while next_url is not None and len(seen) < MAX_PAGES:
+        while next_url is not None:
+            if len(seen) >= MAX_PAGES:
+                raise ProcoreError(f"{what}: more than {MAX_PAGES} pages; its links never end")
             seen.add(str(next_url))
             page = self._page_of(await self.http.get_json(next_url, what=what), next_url, what)
             yield page
@@ -85,12 +97,26 @@ class ProcoreApi:
             next_url = page.next_url if page.next_url and str(page.next_url) not in seen else None
 
     async def projects(self) -> list[Project]:
+        """The company's projects, each once (a project listed twice is one project). A listing
+        that returns another number than its `Total` raises `IncompleteListing` with what it did
+        return: a backup must not report "0 projects, complete" on a short answer."""
         url = self.http.api_url(
             "/rest/v1.0/projects", [("company_id", str(self.company_id)), ("per_page", "300")]
         )
-        out: list[Project] = []
+        items: list[Any] = []
+        total: int | None = None
         async for page in self._pages(url, "listing projects"):
-            out.extend(Project.from_api(item) for item in page.items)
+            total = page.total if total is None else total
+            items.extend(page.items)
+        unique: dict[int, Project] = {}
+        for project in map(Project.from_api, items):
+            unique.setdefault(project.id, project)
+        out = list(unique.values())
+        if total is not None and total != len(items):
+            raise IncompleteListing(
+                f"listing projects: Procore's Total says {total} projects, the listing gave {len(items)}",
+                projects=out,
+            )
         return out
 
     async def albums(self, project_id: int) -> list[Album]:

@@ -113,6 +113,14 @@ class SimConfig:
     """Photo ids whose file URL on the API origin answers 403 with a body that echoes secrets: the
     request's `Authorization` header, the client secret, and signed URLs of odd schemes and case."""
     relative_links: bool = False
+    endless_links: bool = False
+    """Every listing page links to a next one, for ever (past the last, the last page's items
+    again), and no page carries a `Total`."""
+    projects_twice: bool = False
+    """The projects listing shows every project twice (its `Total` counting both)."""
+    total_offset: int = 0
+    """Added to every listing's `Total`: 1 makes a header that is always one too high, so no
+    listing can be proven and a naive prover splits its pieces for ever."""
     """`Link` headers carry URLs relative to the request (`/rest/v1.0/...`), as RFC 8288 allows."""
 
 
@@ -579,9 +587,10 @@ class Simulator:
             raise _BadRequest("page and per_page must be integers") from None
         per_page = min(per_page, self.config.max_per_page)
         last = max(1, math.ceil(total / per_page))
+        served = min(page, last) if self.config.endless_links else page  # endless: items repeat
         chunk = (
-            window((page - 1) * per_page, min(total, page * per_page))
-            if (page - 1) * per_page < total
+            window((served - 1) * per_page, min(total, served * per_page))
+            if (served - 1) * per_page < total
             else []
         )
 
@@ -592,11 +601,12 @@ class Simulator:
         links = [f'{link(1)}; rel="first"', f'{link(last)}; rel="last"']
         if page > 1:
             links.append(f'{link(page - 1)}; rel="prev"')
-        if page < last:
+        if page < last or self.config.endless_links:
             links.append(f'{link(page + 1)}; rel="next"')
-        return web.json_response(
-            chunk, headers={"Total": str(total), "Per-Page": str(per_page), "Link": ", ".join(links)}
-        )
+        headers = {"Total": str(total + self.config.total_offset), "Per-Page": str(per_page)}
+        if self.config.endless_links:
+            del headers["Total"]
+        return web.json_response(chunk, headers={**headers, "Link": ", ".join(links)})
 
     def _paginate_list(self, request: web.Request, items: list[Any]) -> web.Response:
         return self._paginate(request, len(items), lambda a, b: items[a:b])
@@ -626,7 +636,8 @@ class Simulator:
                     "company": {"id": self.company.id, "name": self.company.name},
                 }
                 for p in self.company.projects.values()
-            ],
+            ]
+            * (2 if self.config.projects_twice else 1),
         )
 
     async def _albums(self, request: web.Request) -> web.Response:
