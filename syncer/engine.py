@@ -34,7 +34,7 @@ from syncer.procore.query import ImageQuery
 from syncer.reconcile import Deletions
 from syncer.report import Progress
 from syncer.result import ProjectResult
-from syncer.store import Store, photo_row
+from syncer.store import Store, StoredPhoto, photo_row
 from syncer.transfer import Guard, Job, Pool, Recorder, Transfer
 
 
@@ -271,7 +271,9 @@ class ProjectSync:
         stored = await self.store.stored_photos([p.id for p in fresh])
         render = self.engine.layout.render
         name, pid = self.project.name, self.project.id
-        return [decide(p, stored.get(p.id), render(p, project_name=name, project_id=pid)) for p in fresh]
+        ours = [p for p in fresh if not _held_elsewhere(stored.get(p.id), pid)]
+        self.result.elsewhere += len(fresh) - len(ours)
+        return [decide(p, stored.get(p.id), render(p, project_name=name, project_id=pid)) for p in ours]
 
     async def _open_window(self) -> bool:
         """Ask Procore for the project's albums (recorded, unless dry run) and end the window at
@@ -365,3 +367,9 @@ class ProjectSync:
             failed=len(result.failures),
             errors=errors,
         )
+
+
+def _held_elsewhere(stored: StoredPhoto | None, project_id: int) -> bool:
+    """Whether another project holds this photo, live: the same id listed in two projects (data
+    moved between them) stays with the first, instead of moving between folders on every run."""
+    return stored is not None and stored.project_id != project_id and stored.deleted_at is None

@@ -12,6 +12,7 @@ from syncer.errors import ExitCode
 from syncer.listing import MIN_BUDGET
 from syncer.procore.api import MAX_PAGES
 from tests.conftest import mirror_photos
+from tests.test_cli import syncer
 from tests.test_hostile_listing import sync_process
 
 
@@ -43,4 +44,25 @@ async def test_a_project_listed_twice_is_synced_once(make_sim: Any, tmp_path: Pa
     run = await sync_process(sim, tmp_path)
     assert run.code == ExitCode.OK, run.out + run.err
     assert run.out.splitlines()[-1].startswith("complete: 2 projects, 20 photos downloaded")
+    assert mirror_photos(tmp_path / "mirror") == sim.expected_files()
+
+
+async def test_a_photo_listed_in_two_projects_stays_in_one_and_is_fetched_once(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    sim = await make_sim(photos=20, projects=2)
+    first, second = sorted(sim.company.projects)
+    shared = [i for i, p in sorted(sim.company.photos.items()) if p.project_id == first][:3]
+    sim.config.also_in.update(dict.fromkeys(shared, second))
+    config = str(tmp_path / "config.yaml")
+    assert (await sync_process(sim, tmp_path)).code == ExitCode.OK
+    layout = {p.relative_to(tmp_path / "mirror") for p in (tmp_path / "mirror").rglob("*") if p.is_file()}
+    for _ in range(2):
+        assert (await syncer("sync", "--config", config)).code == ExitCode.OK
+        run = await syncer("sync", "--full", "--config", config)
+        assert run.code == ExitCode.OK, run.out + run.err
+        assert "3 photos listed here are also in another project and stay in its folder" in run.out
+    assert sum(sim.stats.downloads.values()) == 20, "no photo was fetched twice"
+    now = {p.relative_to(tmp_path / "mirror") for p in (tmp_path / "mirror").rglob("*") if p.is_file()}
+    assert now == layout, "no file moved, was removed or went to the trash"
     assert mirror_photos(tmp_path / "mirror") == sim.expected_files()

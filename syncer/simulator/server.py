@@ -116,6 +116,9 @@ class SimConfig:
     endless_links: bool = False
     """Every listing page links to a next one, for ever (past the last, the last page's items
     again), and no page carries a `Total`."""
+    also_in: dict[int, int] = field(default_factory=dict)
+    """Photo id -> another project id whose listings show that photo too (data moved between
+    projects: the same id in two of them)."""
     projects_twice: bool = False
     """The projects listing shows every project twice (its `Total` counting both)."""
     total_offset: int = 0
@@ -731,7 +734,9 @@ class Simulator:
                 return p.created_at or epoch
             return p.updated_at if key_name == "most_recent" else epoch
 
-        photos = [p for p in self.company.live_photos(pid) if self._matches(p, query)]
+        shared = [self.company.photos[i] for i, other in self.config.also_in.items() if other == pid]
+        listed = self.company.live_photos(pid) + [p for p in shared if not p.deleted]
+        photos = [p for p in listed if self._matches(p, query)]
         ordered = sorted(photos, key=key, reverse=(sort or "").startswith("-"))
         ties: list[tuple[int, int]] = []
         start = 0
@@ -788,7 +793,7 @@ class Simulator:
             photo = self.company.photos[int(request.match_info["id"])]
         except (KeyError, ValueError):
             photo = None
-        if photo is None or photo.deleted or photo.project_id != pid:
+        if photo is None or photo.deleted or pid not in (photo.project_id, self.config.also_in.get(photo.id)):
             return web.json_response({"errors": "Not Found"}, status=404)
         return web.json_response(self._serialize(photo))
 
