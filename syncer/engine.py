@@ -166,6 +166,7 @@ class Engine:
     ) -> ProjectResult:
         """Sync one project; `deadline` (event-loop time) stops it cleanly, keeping what is done."""
         started = self.now()
+        await self.fs.run(self.fs.check_state)
         checkpoint = None if full else await self.store.checkpoint(project.id)
         run = ProjectSync(self, project, checkpoint, started, dry_run=dry_run, full=full, force=force)
         if dry_run:
@@ -271,9 +272,27 @@ class ProjectSync:
         stored = await self.store.stored_photos([p.id for p in fresh])
         render = self.engine.layout.render
         name, pid = self.project.name, self.project.id
-        ours = [p for p in fresh if not _held_elsewhere(stored.get(p.id), pid)]
-        self.result.elsewhere += len(fresh) - len(ours)
-        return [decide(p, stored.get(p.id), render(p, project_name=name, project_id=pid)) for p in ours]
+        held = {p.id for p in fresh if await self._held_elsewhere(stored.get(p.id))}
+        self.result.elsewhere += len(held)
+        return [
+            decide(p, stored.get(p.id), render(p, project_name=name, project_id=pid))
+            for p in fresh
+            if p.id not in held
+        ]
+
+    async def _held_elsewhere(self, stored: StoredPhoto | None) -> bool:
+        """Whether another project still holds this photo: the same id listed in two projects stays
+        with the one that first held it, instead of moving between folders on every run. Asked of
+        Procore (one request, rare): a photo that moved to this project is taken over."""
+        if stored is None or stored.project_id == self.project.id or stored.deleted_at is not None:
+            return False
+        try:
+            await self.engine.api.image(stored.project_id, stored.id, once=True)
+        except ProcoreError as exc:
+            return exc.status != 404
+        except BadRecord:
+            return True
+        return True
 
     async def _open_window(self) -> bool:
         """Ask Procore for the project's albums (recorded, unless dry run) and end the window at
@@ -367,9 +386,3 @@ class ProjectSync:
             failed=len(result.failures),
             errors=errors,
         )
-
-
-def _held_elsewhere(stored: StoredPhoto | None, project_id: int) -> bool:
-    """Whether another project holds this photo, live: the same id listed in two projects (data
-    moved between them) stays with the first, instead of moving between folders on every run."""
-    return stored is not None and stored.project_id != project_id and stored.deleted_at is None

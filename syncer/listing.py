@@ -68,7 +68,8 @@ DEFAULT_BUDGET = 20
 pass over the window takes; at least `MIN_BUDGET`."""
 MIN_BUDGET = 1000
 MAX_PASS_PAGES = 10_000
-"""Pages in one pass before it is cut short: a `Link: next` chain without a `Total` can be endless."""
+"""Pages of a pass without a `Total` (which `Page.is_last` cannot bound) before it ends unproven:
+its `Link: next` chain can be endless."""
 
 OnPage = Callable[[list[Photo]], Awaitable[None]]
 
@@ -140,9 +141,11 @@ async def paged_pass(
         into.distinct.update(await take(page))
         if page.is_last(page_no, asked=asked, first_total=first_total):
             return into
-        if one_page_only or page_no >= MAX_PASS_PAGES:
+        if one_page_only:
             into.cut_short = True
             return into
+        if first_total is None and page_no >= MAX_PASS_PAGES:
+            return into  # without a Total it proves nothing anyway
         page_no += 1
 
 
@@ -333,7 +336,7 @@ class Lister:
         """Count one request against the budget, which the first `Total` read sets."""
         self.report.requests += 1
         if self.allowed is None:
-            pages = -(-(total or 0) // self.per_page)
+            pages = min(-(-(total or 0) // self.per_page), MAX_PASS_PAGES)  # a huge Total lifts no bound
             self.allowed = max(MIN_BUDGET, self.budget * pages)
         if self.report.requests >= self.allowed:
             raise OutOfBudget

@@ -18,10 +18,18 @@ import threading
 from datetime import UTC, datetime
 
 _URL_QUERY = re.compile(r"([a-z][a-z0-9+.-]*://[^\s?#\"'<>]*)\?[^\s\"'<>]*", re.IGNORECASE)
-_BEARER = re.compile(r"\b(bearer\s+)(?!\*\*\*)[^\s\"',;]+", re.IGNORECASE)
-_SECRET_FIELD = re.compile(  # as a form or query field (`sig=...`) or a JSON string (`"sig": "..."`)
-    r"\b((?:client_secret|access_token|refresh_token|password|x-amz-signature|signature|sig)"
-    r"(?:=|\"\s*:\s*\"))(?!\*\*\*)[^\s\"'&,;}]+",
+_LONG_WORD = r"[A-Za-z0-9._~+/=-]{16,}"
+"""What a bearer token or signature looks like: a long unbroken word (not "bearer token goes")."""
+_SCHEME = re.compile(rf"\b((?:bearer|basic|token)\s+){_LONG_WORD}", re.IGNORECASE)
+_NAMES = (
+    "client_secret|access_token|refresh_token|id_token|token|api_key|password"
+    "|x-amz-security-token|x-amz-signature|signature|sig"
+)
+_SECRET_FIELD = re.compile(
+    # as a form or query field (`sig=...`), a header, or a quoted key of JSON or a repr
+    # (`"sig": "..."`, with the backslashes JSON logging adds); a config key in our own messages
+    # (`procore.client_secret:`) is none of these
+    rf"""(\b(?:{_NAMES})=|\bx-amz-security-token:\s*|\\?["'](?:{_NAMES})\\?["']\s*:\s*\\?["']?)[^\s"'\\&,;}}/]+""",
     re.IGNORECASE,
 )
 
@@ -42,7 +50,7 @@ class Redactor:
         for secret in secrets:
             text = text.replace(secret, "***")
         text = _URL_QUERY.sub(r"\1?…", text)
-        text = _BEARER.sub(r"\1***", text)
+        text = _SCHEME.sub(r"\1***", text)
         return _SECRET_FIELD.sub(r"\1***", text)
 
 

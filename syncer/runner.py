@@ -71,8 +71,10 @@ class Syncer:
         if wanted is None:
             return visible, errors
         by_id = {p.id: p for p in visible}
-        errors += [
-            f"project {pid} is not visible to this service account" for pid in wanted if pid not in by_id
+        missing = [pid for pid in wanted if pid not in by_id]
+        errors = [
+            *(errors if missing else []),
+            *(f"project {pid} is not visible to this service account" for pid in missing),
         ]
         return [by_id[pid] for pid in dict.fromkeys(wanted) if pid in by_id], errors
 

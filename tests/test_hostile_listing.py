@@ -82,7 +82,22 @@ async def test_a_listing_nested_too_deep_leaves_its_project_unproven_and_the_oth
 
 
 async def test_relative_pagination_links_are_followed(make_sim: Any, tmp_path: Path) -> None:
-    sim = await make_sim(photos=60, projects=2, relative_links=True, max_per_page=10)
+    sim = await make_sim(
+        photos=60, projects=12, relative_links=True, max_per_page=10
+    )  # two pages of projects
     run = await sync_process(sim, tmp_path)
     assert run.code == ExitCode.OK, run.out + run.err
     assert_mirrored(sim, tmp_path, sorted(sim.company.photos))
+
+
+@pytest.mark.parametrize("url", ["file:///etc/passwd", "relative/path.jpg", "http://[::1", "data:,x"])
+async def test_a_file_url_that_is_not_a_web_url_fails_that_photo_alone(
+    make_sim: Any, tmp_path: Path, url: str
+) -> None:
+    sim = await make_sim(photos=10, projects=1)
+    bad, *others = photos_of(sim, 0)
+    sim.config.odd_fields[bad] = {"url": url}
+    run = await sync_process(sim, tmp_path)
+    assert run.code == ExitCode.INCOMPLETE
+    assert "unusable file URL" in run.out + run.err
+    assert_mirrored(sim, tmp_path, others)

@@ -5,12 +5,15 @@ photo should be. Each test runs a real `syncer` process."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from syncer.errors import ExitCode
+from syncer.errors import ExitCode, LocalFault
+from syncer.report import LogProgress
+from syncer.runner import open_syncer
 from tests.conftest import mirror_photos, sync, write_config
 from tests.test_cli import assert_no_traceback, syncer
 
@@ -30,7 +33,7 @@ def assert_untouched(outside: Path) -> None:
     assert (outside / "bait").read_bytes() == BAIT
 
 
-@pytest.mark.parametrize("size", [6_000, 1_500_000], ids=["in-memory", "streamed"])
+@pytest.mark.parametrize("size", [6_000, 3_500_000], ids=["in-memory", "streamed-with-resume-state"])
 async def test_a_link_planted_as_a_part_file_is_replaced_not_followed(
     make_sim: Any, tmp_path: Path, size: int
 ) -> None:
@@ -99,3 +102,34 @@ async def test_a_linked_trash_leaves_deleted_photos_in_place_and_the_other_proje
     assert_untouched(outside)
     assert gone in mirror_photos(settings.mirror.root), "a deleted photo stays until the link goes"
     assert set(added) <= set(mirror_photos(settings.mirror.root)), "the other project still synced"
+
+
+async def test_a_link_planted_as_a_lock_file_is_replaced_not_followed(make_sim: Any, tmp_path: Path) -> None:
+    sim = await make_sim(photos=4, projects=1)
+    outside = outside_files(tmp_path)
+    locks = tmp_path / "mirror" / ".syncer" / "locks"
+    locks.mkdir(parents=True)
+    (locks / f"project-{next(iter(sim.company.projects))}.lock").symlink_to(outside / "bait")
+    run = await syncer("sync", "--config", str(write_config(sim, tmp_path)))
+    assert run.code == ExitCode.OK, run.err
+    assert_untouched(outside)
+
+
+async def test_a_state_folder_swapped_for_a_link_while_a_daemon_runs_is_refused(
+    make_sim: Any, settings_for: Any, tmp_path: Path
+) -> None:
+    sim = await make_sim(photos=4, projects=1)
+    settings = settings_for(sim)
+    outside = outside_files(tmp_path)
+    async with open_syncer(settings, progress=LogProgress()) as running:
+        projects, _ = await running.projects()
+        await running.store.save_projects(settings.procore.company_id, projects)
+        project = projects[0]
+        await running.engine.sync_project(project)
+        tmp = settings.mirror.root / ".syncer" / "tmp"
+        shutil.rmtree(tmp)
+        tmp.symlink_to(outside, target_is_directory=True)
+        sim.add_photo(project.id)
+        with pytest.raises(LocalFault, match="is a link or not a folder"):
+            await running.engine.sync_project(project)
+    assert_untouched(outside)

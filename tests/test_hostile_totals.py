@@ -66,3 +66,17 @@ async def test_a_photo_listed_in_two_projects_stays_in_one_and_is_fetched_once(
     now = {p.relative_to(tmp_path / "mirror") for p in (tmp_path / "mirror").rglob("*") if p.is_file()}
     assert now == layout, "no file moved, was removed or went to the trash"
     assert mirror_photos(tmp_path / "mirror") == sim.expected_files()
+
+
+async def test_a_photo_moved_to_another_project_is_taken_over_by_it(make_sim: Any, tmp_path: Path) -> None:
+    sim = await make_sim(photos=20, projects=2)
+    first, second = sorted(sim.company.projects)
+    assert (await sync_process(sim, tmp_path)).code == ExitCode.OK
+    moved = next(i for i, p in sorted(sim.company.photos.items()) if p.project_id == first)
+    sim.company.photos[moved].project_id = second
+    sim.edit_photo(moved, description="moved to the second project")
+    run = await syncer("sync", "--config", str(tmp_path / "config.yaml"))
+    assert run.code == ExitCode.OK, run.out + run.err
+    assert "1 moved" in run.out and "also in another project" not in run.out
+    assert sum(sim.stats.downloads.values()) == 20, "moved, not fetched again"
+    assert mirror_photos(tmp_path / "mirror") == sim.expected_files()

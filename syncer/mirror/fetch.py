@@ -93,6 +93,20 @@ def _redact(url: URL) -> str:
     return str(url.with_query(None).with_fragment(None))
 
 
+def _web_url(base: URL, text: str, problem: str) -> URL:
+    """`text` (relative to `base`) as an absolute HTTP(S) URL with a host, or a `FetchError`
+    saying `problem`: a URL from upstream is untrusted, and only the web is fetched."""
+    try:
+        target = base.join(URL(text))
+        usable = target.scheme in ("http", "https") and bool(target.host)
+        target.origin()  # raises on what yarl parsed but cannot use
+    except ValueError:
+        usable = False
+    if not usable:
+        raise FetchError(f"{problem} {excerpt(text)!r}", retry=True, refresh=True)
+    return target
+
+
 class Part:
     """A partial download on disk and its state file."""
 
@@ -211,9 +225,11 @@ class Fetcher:
     ) -> Fetched:
         """Download `url` into a verified, fsynced temp file, resuming an earlier part if allowed."""
         try:
-            async with asyncio.timeout(self.deadline):
+            async with asyncio.timeout(self.deadline) as scope:
                 return await self._fetch(url, expected_size, Part(self.fs, part_name, file_key), what)
         except TimeoutError:
+            if not scope.expired():  # a read that waited longer than procore.request_timeout
+                raise FetchError(f"{what}: no answer in procore.request_timeout", retry=True) from None
             raise FetchError(
                 f"{what}: not done in {self.deadline:.0f} s (procore.download_timeout); what is durable "
                 "is kept for the next attempt",
@@ -228,7 +244,7 @@ class Fetcher:
             headers["Range"] = f"bytes={state.durable}-"
             if state.etag:
                 headers["If-Range"] = state.etag
-        current = URL(url)
+        current = _web_url(URL(), url, f"{what}: unusable file URL")
         for _ in range(MAX_REDIRECTS + 1):
             response = await self._hop(current, what, headers)
             async with response:
@@ -254,7 +270,7 @@ class Fetcher:
                     raise FetchError(
                         f"{what}: HTTP {status} from {_redact(current)}: {excerpt(body)}", retry=False
                     )
-                coding = response.headers.get("Content-Encoding", "identity").strip().lower()
+                coding = response.headers.get("Content-Encoding", "").strip().lower() or "identity"
                 if coding != "identity":
                     raise FetchError(f"{what}: the file came {excerpt(coding)}-encoded, unasked", retry=True)
                 offset = self._resume_offset(response, state, expected_size)
@@ -267,13 +283,7 @@ class Fetcher:
         one; anything else (no Location, `file:`, `data:`, unparsable) fails this attempt only."""
         if not location:
             raise FetchError(f"{what}: redirect without a Location", retry=True)
-        try:
-            target = current.join(URL(location))
-        except ValueError:
-            target = None
-        if target is None or target.scheme not in ("http", "https") or not target.host:
-            raise FetchError(f"{what}: redirect to an unusable Location {excerpt(location)!r}", retry=True)
-        return target
+        return _web_url(current, location, f"{what}: redirect to an unusable Location")
 
     @staticmethod
     def _resume_offset(

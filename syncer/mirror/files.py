@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import hashlib
 import os
@@ -94,7 +95,14 @@ def fsync_dir(path: Path) -> None:
 def try_flock(path: Path) -> int | None:
     """An open descriptor holding an exclusive `flock` on `path` (created if missing), or None if
     another process holds it. `flock` locks go with their process, so a killed holder frees it."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        path.unlink()  # a link planted at the lock's name: removed, never followed
+        fd = os.open(path, flags, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -133,8 +141,7 @@ class MirrorFS:
         Another process may be syncing another project into this mirror right now, so only files
         untouched for `stale_after` seconds go; partial downloads (`.part`) stay a week for resuming."""
         try:
-            for folder in (self.root / STATE_DIR, self.tmp_dir):
-                state_folder(folder)
+            self.check_state()
         except OSError as exc:
             not_folder = self.root.exists() and not self.root.is_dir()
             reason = "is not a folder" if not_folder else f"cannot be used: {exc.strerror}"
@@ -147,6 +154,14 @@ class MirrorFS:
             with contextlib.suppress(OSError):
                 if now - leftover.lstat().st_mtime > limit:
                     leftover.unlink()
+
+    def check_state(self) -> None:
+        """Check the state folders again and forget which folders were found inside the root:
+        once per project run, so a daemon that runs for months sees a link planted meanwhile."""
+        self._verified.clear()
+        self._writing_ready = False
+        for folder in (self.root / STATE_DIR, self.tmp_dir):
+            state_folder(folder)
 
     def close(self) -> None:
         self.executor.shutdown(wait=True)

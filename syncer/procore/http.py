@@ -22,6 +22,7 @@ import aiohttp
 from yarl import URL
 
 from syncer.errors import FatalError, SyncerError
+from syncer.log import REDACT
 from syncer.procore.auth import AuthError, TokenSource
 from syncer.procore.pacing import Pacer, Sleep, retry_after_seconds
 from syncer.procore.query import encode_query
@@ -102,7 +103,7 @@ def excerpt(body: bytes | str) -> str:
             if key in data:
                 text = json.dumps(data[key]) if not isinstance(data[key], str) else data[key]
                 break
-    text = " ".join(text.split())
+    text = REDACT(" ".join(text.split()))  # before the cut, or a secret cut in half would stay
     return text if len(text) <= EXCERPT_CHARS else text[: EXCERPT_CHARS - 1] + "…"
 
 

@@ -190,7 +190,10 @@ class Photo:
 
         A last path segment that is just the photo's file name is left out: renaming a photo in
         Procore changes that segment but not the bytes, and must not cost a download."""
-        path = urlsplit(self.url).path if self.url else ""
+        try:
+            path = urlsplit(self.url).path if self.url else ""
+        except ValueError:  # unparsable: its download fails with that reason; the key stays stable
+            path = self.url or ""
         head, _, last = path.rpartition("/")
         if self.filename and unquote(last) == self.filename:
             path = head
