@@ -29,7 +29,9 @@ from pydantic import (
 )
 
 from syncer.errors import ConfigError
+from syncer.listing import DEFAULT_BUDGET
 from syncer.log import REDACT
+from syncer.mirror.fetch import DEFAULT_DOWNLOAD_TIMEOUT, DEFAULT_MAX_FILE_SIZE
 from syncer.mirror.layout import DEFAULT_LAYOUT, Layout, LayoutError
 from syncer.procore.query import ImageFilters, parse_range
 
@@ -55,6 +57,22 @@ def parse_duration(value: Any) -> float:
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 1 << 10, "mb": 1 << 20, "gb": 1 << 30, "tb": 1 << 40}
+
+
+def parse_size(value: Any) -> int:
+    """`500MB`, `2GB` (powers of 1024), or a plain number of bytes."""
+    match = None if isinstance(value, bool) else _SIZE_RE.match(str(value))
+    if not match:
+        raise ValueError(f"expected a size like 500MB or 2GB, got {value!r}")
+    size = int(float(match.group(1)) * _SIZE_UNITS[(match.group(2) or "").lower()])
+    if size < 1:
+        raise ValueError("a size must be at least one byte")
+    return size
+
+
+Size = Annotated[int, BeforeValidator(parse_size)]
 
 
 class _Section(BaseModel):
@@ -68,6 +86,9 @@ class ProcoreSettings(_Section):
     client_id: SecretStr
     client_secret: SecretStr
     request_timeout: Duration = 60.0
+    download_timeout: Duration = Field(default=DEFAULT_DOWNLOAD_TIMEOUT, gt=0)
+    """The longest one attempt at a photo may take, body included; what is durable of a slower one
+    is resumed by the next attempt."""
     retry_attempts: int = Field(default=8, ge=1, le=50)
     """Attempts per request on 5xx, 429 and network errors before the request counts as failed."""
     workers_share: float = Field(default=1.0, gt=0, le=1)
@@ -114,6 +135,9 @@ class MirrorSettings(_Section):
     on_delete: Literal["keep", "trash", "delete"] = "keep"
     max_delete: Annotated[str, BeforeValidator(parse_max_delete)] = "10%"
     """The most photos one run may mark deleted per project without `--force`."""
+    max_file_size: Size = DEFAULT_MAX_FILE_SIZE
+    """The most bytes taken for a photo whose size Procore does not state (a stated size is the
+    limit otherwise)."""
 
     def delete_cap(self, known: int) -> int:
         if self.max_delete.endswith("%"):
@@ -166,6 +190,10 @@ class SyncSettings(_Section):
     projects: Literal["all"] | list[Annotated[int, Field(gt=0)]] = "all"
     concurrency: int = Field(default=8, ge=1, le=64)
     per_page: int = Field(default=100, ge=1, le=10_000)
+    listing_budget: int = Field(default=DEFAULT_BUDGET, ge=1, le=10_000)
+    """The most requests listing one project's window may take, as a multiple of the pages one
+    clean pass over it takes (at least 1000): a server whose `Total` never matches what it lists
+    leaves that project not proven instead of being split for ever."""
     filters: FilterSettings = FilterSettings()
     overlap: Duration = 300.0
     """How far before the checkpoint each incremental window starts, for clock skew and late writes."""

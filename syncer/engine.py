@@ -34,7 +34,7 @@ from syncer.procore.query import ImageQuery
 from syncer.reconcile import Deletions
 from syncer.report import Progress
 from syncer.result import ProjectResult
-from syncer.store import Store, photo_row
+from syncer.store import Store, StoredPhoto, photo_row
 from syncer.transfer import Guard, Job, Pool, Recorder, Transfer
 
 
@@ -166,6 +166,7 @@ class Engine:
     ) -> ProjectResult:
         """Sync one project; `deadline` (event-loop time) stops it cleanly, keeping what is done."""
         started = self.now()
+        await self.fs.run(self.fs.check_state)
         checkpoint = None if full else await self.store.checkpoint(project.id)
         run = ProjectSync(self, project, checkpoint, started, dry_run=dry_run, full=full, force=force)
         if dry_run:
@@ -271,7 +272,27 @@ class ProjectSync:
         stored = await self.store.stored_photos([p.id for p in fresh])
         render = self.engine.layout.render
         name, pid = self.project.name, self.project.id
-        return [decide(p, stored.get(p.id), render(p, project_name=name, project_id=pid)) for p in fresh]
+        held = {p.id for p in fresh if await self._held_elsewhere(stored.get(p.id))}
+        self.result.elsewhere += len(held)
+        return [
+            decide(p, stored.get(p.id), render(p, project_name=name, project_id=pid))
+            for p in fresh
+            if p.id not in held
+        ]
+
+    async def _held_elsewhere(self, stored: StoredPhoto | None) -> bool:
+        """Whether another project still holds this photo: the same id listed in two projects stays
+        with the one that first held it, instead of moving between folders on every run. Asked of
+        Procore (one request, rare): a photo that moved to this project is taken over."""
+        if stored is None or stored.project_id == self.project.id or stored.deleted_at is not None:
+            return False
+        try:
+            await self.engine.api.image(stored.project_id, stored.id, once=True)
+        except ProcoreError as exc:
+            return exc.status != 404
+        except BadRecord:
+            return True
+        return True
 
     async def _open_window(self) -> bool:
         """Ask Procore for the project's albums (recorded, unless dry run) and end the window at
@@ -297,6 +318,7 @@ class ProjectSync:
             per_page=engine.settings.per_page,
             on_page=on_page,
             clock=engine.procore_now,
+            budget=engine.settings.listing_budget,
         )
         try:
             report = await lister.run(

@@ -10,6 +10,8 @@ import errno
 import os
 from enum import IntEnum
 
+from syncer.log import REDACT
+
 
 class ExitCode(IntEnum):
     OK = 0
@@ -27,9 +29,13 @@ class ExitCode(IntEnum):
 
 
 class SyncerError(Exception):
-    """An error with a message fit for the user; `exit_code` says how the CLI ends."""
+    """An error with a message fit for the user; `exit_code` says how the CLI ends. Its text is
+    scrubbed of secrets here, where it is made, before anything can store or show it."""
 
     exit_code = ExitCode.INCOMPLETE
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(REDACT(arg) if isinstance(arg, str) else arg for arg in args))
 
 
 class FatalError(SyncerError):

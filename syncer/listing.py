@@ -63,6 +63,13 @@ ID_CHECK_CHUNK = 50
 """Ids per `filters[id]` request when a union of passes is confirmed: about 2 KB of URL, well
 within what servers take in a request line and what the answer's `Link` header repeats."""
 CATCH_UP_ROUNDS = 3
+DEFAULT_BUDGET = 20
+"""`sync.listing_budget`: the requests one listing may spend, as a multiple of the pages one clean
+pass over the window takes; at least `MIN_BUDGET`."""
+MIN_BUDGET = 1000
+MAX_PASS_PAGES = 10_000
+"""Pages of a pass without a `Total` (which `Page.is_last` cannot bound) before it ends unproven:
+its `Link: next` chain can be endless."""
 
 OnPage = Callable[[list[Photo]], Awaitable[None]]
 
@@ -137,6 +144,8 @@ async def paged_pass(
         if one_page_only:
             into.cut_short = True
             return into
+        if first_total is None and page_no >= MAX_PASS_PAGES:
+            return into  # without a Total it proves nothing anyway
         page_no += 1
 
 
@@ -179,6 +188,10 @@ class ListingReport:
         return not self.unproven
 
 
+class OutOfBudget(Exception):
+    """The listing spent its `sync.listing_budget`: what was seen is kept, nothing is proven."""
+
+
 def _floor(value: datetime) -> datetime:
     return value.replace(microsecond=0)
 
@@ -211,13 +224,19 @@ class Lister:
         per_page: int,
         on_page: OnPage,
         clock: Callable[[], datetime],
+        budget: int = DEFAULT_BUDGET,
     ) -> None:
-        """`clock`: now on Procore's clock, never ahead of it (see `Pacer.clock_offset`)."""
+        """`clock`: now on Procore's clock, never ahead of it (see `Pacer.clock_offset`). `budget`:
+        `sync.listing_budget`, so that a server whose `Total` never matches (or whose links never
+        end) costs a bounded number of requests, not an endless split."""
         self.api = api
         self.query = replace(query, sort="created_at")
         self.per_page = per_page
         self.on_page = on_page
         self.clock = clock
+        self.budget = budget
+        self.allowed: int | None = None
+        """Requests this listing may send, set from the first `Total` it reads."""
         self.report = ListingReport()
 
     async def run(
@@ -228,7 +247,14 @@ class Lister:
         rounds; `report.proven` says if it is sure."""
         lo, last = _floor(start or BEGINNING), _floor(end)
         for _ in range(1 + CATCH_UP_ROUNDS):
-            settled = (await self._prove(Piece(lo, last + SECOND))).at_once
+            try:
+                settled = (await self._prove(Piece(lo, last + SECOND))).at_once
+            except OutOfBudget:
+                self.report.unproven.append(
+                    f"{Piece(lo, last + SECOND).describe()}: gave up after {self.report.requests} requests "
+                    f"(sync.listing_budget {self.budget}); Procore's Total never matched what it listed"
+                )
+                break
             self.report.end = last
             later = _floor(now()) if now is not None else last
             if settled or later <= last:
@@ -306,10 +332,19 @@ class Lister:
             return None
         return frozenset().union(*(ids for ids in proofs if ids is not None))
 
+    def _spend(self, total: int | None = None) -> None:
+        """Count one request against the budget, which the first `Total` read sets."""
+        self.report.requests += 1
+        if self.allowed is None:
+            pages = min(-(-(total or 0) // self.per_page), MAX_PASS_PAGES)  # a huge Total lifts no bound
+            self.allowed = max(MIN_BUDGET, self.budget * pages)
+        if self.report.requests >= self.allowed:
+            raise OutOfBudget
+
     async def _count(self, piece: Piece) -> int | None:
         """`Total` of the piece now (one request for one photo)."""
         page = await self.api.images_page(self._piece_query(piece), page=1, per_page=1)
-        self.report.requests += 1
+        self._spend(page.total)
         return page.total
 
     async def _prove_ties(self, piece: Piece, first: PiecePass) -> frozenset[int] | None:
@@ -353,7 +388,7 @@ class Lister:
         for at in range(0, len(ids), ID_CHECK_CHUNK):
             chunk = replace(query, filters=replace(query.filters, id=ids[at : at + ID_CHECK_CHUNK]))
             page = await self.api.images_page(chunk, page=1, per_page=1)
-            self.report.requests += 1
+            self._spend(page.total)
             if page.total is None:
                 return None
             counted += page.total
@@ -376,7 +411,6 @@ class Lister:
 
         async def take(page: Page) -> list[int]:
             nonlocal previous
-            self.report.requests += 1
             photos = [Photo.from_api(item) for item in page.items]
             result.starts.append(photos[0].created_at if photos else None)
             for photo in photos:
@@ -391,6 +425,7 @@ class Lister:
             self.report.seen.update(ids)
             if photos:
                 await self.on_page(photos)
+            self._spend(page.total)  # after the page is handed on: what was listed is kept
             return ids
 
         return await paged_pass(

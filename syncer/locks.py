@@ -14,13 +14,14 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from syncer.errors import LockedError
-from syncer.mirror.files import STATE_DIR, try_flock
+from syncer.mirror.files import STATE_DIR, state_folder, try_flock
 
 
 def _try_lock(path: Path) -> int | None:
     """An open, exclusively locked descriptor for `path` (which names the holder's pid), or None
     if another process holds it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    for folder in (path.parent.parent, path.parent):  # .syncer and .syncer/locks
+        state_folder(folder)
     fd = try_flock(path)
     if fd is None:
         return None

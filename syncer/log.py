@@ -1,8 +1,11 @@
 """Logging setup, and the redactor every line passes through.
 
 Secrets (the client secret, each access token as it is issued) are registered here and replaced
-by `***` in every log line and every error the CLI prints; query strings of URLs (signatures)
-are cut. One process-wide redactor, because a secret can surface anywhere.
+by `***` in every log line and every error the CLI prints; query strings of URLs of any scheme
+(signatures) are cut, and so are bearer tokens and secret-named fields an upstream answer echoes
+back, known or not. Every error of the syncer passes through it once, where it is made (so
+what the database, `status` and notifications keep is scrubbed too). One process-wide redactor,
+because a secret can surface anywhere.
 """
 
 from __future__ import annotations
@@ -14,7 +17,21 @@ import sys
 import threading
 from datetime import UTC, datetime
 
-_URL_QUERY = re.compile(r"(https?://[^\s?#\"'<>]+)\?[^\s\"'<>]*")
+_URL_QUERY = re.compile(r"([a-z][a-z0-9+.-]*://[^\s?#\"'<>]*)\?[^\s\"'<>]*", re.IGNORECASE)
+_LONG_WORD = r"[A-Za-z0-9._~+/=-]{16,}"
+"""What a bearer token or signature looks like: a long unbroken word (not "bearer token goes")."""
+_SCHEME = re.compile(rf"\b((?:bearer|basic|token)\s+){_LONG_WORD}", re.IGNORECASE)
+_NAMES = (
+    "client_secret|access_token|refresh_token|id_token|token|api_key|password"
+    "|x-amz-security-token|x-amz-signature|signature|sig"
+)
+_SECRET_FIELD = re.compile(
+    # as a form or query field (`sig=...`), a header, or a quoted key of JSON or a repr
+    # (`"sig": "..."`, with the backslashes JSON logging adds); a config key in our own messages
+    # (`procore.client_secret:`) is none of these
+    rf"""(\b(?:{_NAMES})=|\bx-amz-security-token:\s*|\\?["'](?:{_NAMES})\\?["']\s*:\s*\\?["']?)[^\s"'\\&,;}}/]+""",
+    re.IGNORECASE,
+)
 
 
 class Redactor:
@@ -32,7 +49,9 @@ class Redactor:
             secrets = sorted(self._secrets, key=len, reverse=True)
         for secret in secrets:
             text = text.replace(secret, "***")
-        return _URL_QUERY.sub(r"\1?…", text)
+        text = _URL_QUERY.sub(r"\1?…", text)
+        text = _SCHEME.sub(r"\1***", text)
+        return _SECRET_FIELD.sub(r"\1***", text)
 
 
 REDACT = Redactor()

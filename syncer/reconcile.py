@@ -25,7 +25,7 @@ from itertools import pairwise
 
 from syncer.config import MirrorSettings
 from syncer.listing import BEGINNING, FAR_FUTURE, Pass, paged_pass
-from syncer.mirror.files import TRASH_DIR, MirrorFS
+from syncer.mirror.files import TRASH_DIR, MirrorFS, UnsafePath
 from syncer.mirror.sidecar import sidecar_path
 from syncer.procore.api import Page, ProcoreApi
 from syncer.procore.http import ProcoreError
@@ -159,12 +159,18 @@ class Deletions:
         if self.mirror.on_delete == "trash":
             day = self.now().strftime("%Y-%m-%d")
             moved: list[tuple[int, str]] = []
-            for photo_id, path in files:
-                target = f"{TRASH_DIR}/{day}/{path}"
-                for source, dest in ((path, target), (sidecar_path(path), sidecar_path(target))):
-                    with contextlib.suppress(FileNotFoundError):
-                        await self.fs.move(source, dest)
-                moved.append((photo_id, target))
+            try:
+                for photo_id, path in files:
+                    target = f"{TRASH_DIR}/{day}/{path}"
+                    for source, dest in ((path, target), (sidecar_path(path), sidecar_path(target))):
+                        with contextlib.suppress(FileNotFoundError):
+                            await self.fs.move(source, dest)
+                    moved.append((photo_id, target))
+            except UnsafePath as exc:  # a link planted in the trash: leave the rest where they are
+                result.deletions_blocked = (
+                    f"{exc}; {len(files) - len(moved)} files of deleted photos stay in place until the "
+                    "link is removed"
+                )
             await self.store.record_trashed(moved)
             result.trashed = len(moved)
         else:

@@ -170,6 +170,8 @@ def _project_lines(r: ProjectResult) -> list[str]:
         (r.deleted_upstream or r.trashed or r.removed)
         and f"{r.deleted_upstream} photos gone from Procore marked deleted; "
         f"{r.trashed} files moved to the trash, {r.removed} removed",
+        r.elsewhere
+        and f"{r.elsewhere} photos listed here are also in another project and stay in its folder",
         r.deletions_blocked and f"deletions stopped: {r.deletions_blocked}",
         r.deletions_unchecked and f"deletions not checked: {r.deletions_unchecked}",
         r.stopped,

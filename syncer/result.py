@@ -20,6 +20,9 @@ class ProjectResult:
     dry_run: bool = False
     listed: int = 0
     changes: Counter[Change] = field(default_factory=Counter)
+    elsewhere: int = 0
+    """Listed photos another project of the company already holds (data moved between projects):
+    left with that project, not moved or fetched again on every run."""
     retried: int = 0
     """Photos due from earlier runs (failed before, or left by an interrupted run)."""
     downloaded: int = 0

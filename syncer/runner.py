@@ -30,7 +30,7 @@ from syncer.log import REDACT
 from syncer.mirror.fetch import Fetcher
 from syncer.mirror.files import MirrorFS
 from syncer.mirror.layout import Layout
-from syncer.procore.api import ProcoreApi
+from syncer.procore.api import IncompleteListing, ProcoreApi
 from syncer.procore.http import ProcoreHttp, RetryPolicy
 from syncer.procore.models import Project
 from syncer.procore.pacing import Pacer
@@ -63,15 +63,20 @@ class Syncer:
 
     async def projects(self, project_ids: Sequence[int] | None = None) -> tuple[list[Project], list[str]]:
         """The projects to sync, in Procore's order, and an error for each wanted id not visible."""
-        visible = await self.api.projects()
+        try:
+            visible, errors = await self.api.projects(), []
+        except IncompleteListing as exc:  # sync what was listed; the run still ends incomplete
+            visible, errors = exc.projects, [str(exc)]
         wanted = self.wanted(project_ids)
         if wanted is None:
-            return visible, []
+            return visible, errors
         by_id = {p.id: p for p in visible}
+        missing = [pid for pid in wanted if pid not in by_id]
         errors = [
-            f"project {pid} is not visible to this service account" for pid in wanted if pid not in by_id
+            *(errors if missing else []),
+            *(f"project {pid} is not visible to this service account" for pid in missing),
         ]
-        return [by_id[pid] for pid in wanted if pid in by_id], errors
+        return [by_id[pid] for pid in dict.fromkeys(wanted) if pid in by_id], errors
 
 
 @asynccontextmanager
@@ -123,7 +128,13 @@ async def open_syncer(
                 api=api,
                 store=store,
                 fs=fs,
-                fetcher=Fetcher(api.http, fs, shared=coordinator.shares_mirror),
+                fetcher=Fetcher(
+                    api.http,
+                    fs,
+                    shared=coordinator.shares_mirror,
+                    max_size=settings.mirror.max_file_size,
+                    deadline=settings.procore.download_timeout,
+                ),
                 layout=Layout(settings.mirror.layout),
                 settings=settings.sync,
                 mirror=settings.mirror,

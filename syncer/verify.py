@@ -11,13 +11,14 @@ import asyncio
 import json
 import logging
 import os
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from syncer.config import Settings
 from syncer.locks import Locks
-from syncer.mirror.files import STATE_DIR, TRASH_DIR, MirrorFS, sha256_of
+from syncer.mirror.files import STATE_DIR, TRASH_DIR, MirrorFS, UnsafePath, sha256_of
 from syncer.mirror.sidecar import sidecar_bytes, sidecar_path
 from syncer.report import human_bytes, human_seconds
 from syncer.store import MirroredFile, Store
@@ -46,10 +47,14 @@ class VerifyReport:
 def _check(path: Path, size: int | None, sha256: str | None) -> str | None:
     """None when the file is what the database says; else what is wrong with it."""
     try:
-        actual = path.stat().st_size
-        if size is not None and actual != size:
-            return f"size {actual}, expected {size}"
-        fd = os.open(path, os.O_RDONLY)
+        found = path.lstat()
+        if stat.S_ISLNK(found.st_mode):
+            return "a link, not a file"
+        if not stat.S_ISREG(found.st_mode):
+            return "not a regular file"
+        if size is not None and found.st_size != size:
+            return f"size {found.st_size}, expected {size}"
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
         try:
             actual_sha = sha256_of(fd)
         finally:
@@ -103,8 +108,13 @@ async def verify(
 
             async def check(item: MirroredFile) -> None:
                 async with limit:
-                    problem = await fs.run(_check, fs.path(item.local_path), item.size, item.sha256)
-                    sidecar_good = await fs.run(_sidecar_ok, fs.path(sidecar_path(item.local_path)), item)
+                    try:
+                        path, sidecar = fs.path(item.local_path), fs.path(sidecar_path(item.local_path))
+                    except UnsafePath as exc:  # a folder on the way is a link out of the mirror
+                        problem, sidecar_good = str(exc), False
+                    else:
+                        problem = await fs.run(_check, path, item.size, item.sha256)
+                        sidecar_good = await fs.run(_sidecar_ok, sidecar, item)
                 report.checked += 1
                 report.bytes += item.size or 0
                 if problem == "missing":

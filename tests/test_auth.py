@@ -138,3 +138,45 @@ async def test_each_new_token_is_handed_to_the_log_redactor() -> None:
 
 def test_a_tokens_repr_does_not_show_it() -> None:
     assert repr(Token("secret-value", renew_at=1000.4)) == "Token(renew_at=1000)"
+
+
+@pytest.mark.parametrize("expires_in", [0, -30, 0.0])
+async def test_a_lifetime_of_zero_or_less_counts_as_a_minute(expires_in: Any) -> None:
+    endpoint, clock = Endpoint(expires_in=expires_in), Clock()
+    tokens = source(endpoint, clock)
+    start = clock.now
+    assert [await tokens.token() for _ in range(5)] == ["token-1"] * 5, "not a token request per call"
+    clock.now = start + 29.9
+    assert await tokens.token() == "token-1"
+    clock.now = start + 30
+    assert await tokens.token() == "token-2"
+
+
+async def test_a_lifetime_under_a_second_counts_as_a_second() -> None:
+    endpoint, clock = Endpoint(expires_in=0.001), Clock()
+    tokens = source(endpoint, clock)
+    start = clock.now
+    assert [await tokens.token() for _ in range(5)] == ["token-1"] * 5
+    clock.now = start + 0.5
+    assert await tokens.token() == "token-2"
+
+
+@pytest.mark.parametrize("expires_in", [float("inf"), float("nan")])
+async def test_a_lifetime_that_is_not_finite_counts_as_an_hour(expires_in: float) -> None:
+    endpoint, clock = Endpoint(expires_in=expires_in), Clock()
+    tokens = source(endpoint, clock)
+    start = clock.now
+    await tokens.token()
+    clock.now = start + 3600 - RENEW_BEFORE
+    assert await tokens.token() == "token-2"
+
+
+@pytest.mark.parametrize("value", ["abc\r\nX-Injected: 1", "two words", "t\u00f6ken", "x" * 4097])
+async def test_a_token_that_cannot_go_in_a_header_is_an_auth_error(value: str) -> None:
+    async def answer() -> dict[str, Any]:
+        return {"access_token": value, "expires_in": 5400}
+
+    with pytest.raises(
+        AuthError, match=r"^the token endpoint answered with an access_token that cannot go in a "
+    ):
+        await TokenSource(answer, clock=Clock()).token()

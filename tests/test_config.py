@@ -14,7 +14,9 @@ from syncer.errors import ConfigError
 from syncer.log import REDACT
 
 ROOT = Path(__file__).resolve().parent.parent
-MINIMAL: dict[str, Any] = {"procore": {"company_id": 1, "client_id": "id", "client_secret": "secret"}}
+MINIMAL: dict[str, Any] = {
+    "procore": {"company_id": 1, "client_id": "id", "client_secret": "minimal-test-secret"}
+}
 
 
 def with_(**sections: Any) -> dict[str, Any]:
@@ -32,7 +34,7 @@ def error_for(data: Any) -> str:
 
 def test_the_example_config_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PROCORE_CLIENT_ID", "id")
-    monkeypatch.setenv("PROCORE_CLIENT_SECRET", "secret")
+    monkeypatch.setenv("PROCORE_CLIENT_SECRET", "env-test-secret")
     settings = load_settings(ROOT / "config.example.yaml")
     assert settings.sync.concurrency == 8
     assert settings.sync.overlap == 300
@@ -170,3 +172,26 @@ def test_a_ca_file_without_certificates_is_named(tmp_path: Path) -> None:
     (tmp_path / "notes.pem").write_text("not a certificate\n")
     message = error_for(with_(procore={"ca_file": str(tmp_path / "notes.pem")}))
     assert message.startswith("procore.ca_file:") and "notes.pem" in message, message
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "message"),
+    [
+        ("mirror", "max_file_size", "lots", "expected a size like 500MB or 2GB, got 'lots'"),
+        ("mirror", "max_file_size", "0MB", "a size must be at least one byte"),
+        ("mirror", "max_file_size", True, "expected a size like 500MB or 2GB"),
+        ("procore", "download_timeout", "0s", "greater than 0"),
+        ("sync", "listing_budget", 0, "greater than or equal to 1"),
+    ],
+)
+def test_limits_against_a_hostile_server_are_validated(
+    section: str, key: str, value: Any, message: str
+) -> None:
+    error = error_for(with_(**{section: {key: value}}))
+    assert error.startswith(f"{section}.{key}: ") and message in error, error
+
+
+def test_sizes_take_units_of_1024() -> None:
+    settings = parse_settings(with_(mirror={"max_file_size": "1.5 gb"}), Path("/x"))
+    assert settings.mirror.max_file_size == 1536 * 1024 * 1024
+    assert parse_settings(with_(mirror={"max_file_size": 4096}), Path("/x")).mirror.max_file_size == 4096

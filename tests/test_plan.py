@@ -28,6 +28,7 @@ def listed(*, key: str = "k1", size: int = 1000, updated: datetime = LATER) -> P
 def stored(photo: Photo, *, path: str = "a/7.jpg", updated: datetime = LATER) -> StoredPhoto:
     return StoredPhoto(
         id=photo.id,
+        project_id=1,
         file_key=photo.file_key,
         rel_path=path,
         updated_at=updated,

@@ -175,7 +175,9 @@ def test_pagination_links_off_the_api_origin_are_refused() -> None:
     )
     answer = Answer(data=[{"id": 1}], headers={"Link": '<https://evil.example/rest?page=2>; rel="next"'})
     with pytest.raises(ProcoreError, match="leaves the API origin"):
-        ProcoreApi(http, company_id=1)._page_of(answer, "listing")
+        ProcoreApi(http, company_id=1)._page_of(
+            answer, URL("https://api.procore.com/rest/v1.0/projects"), "listing"
+        )
 
 
 @asynccontextmanager

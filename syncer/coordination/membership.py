@@ -24,7 +24,7 @@ from pathlib import Path
 from sqlalchemy.exc import SQLAlchemyError
 
 from syncer.errors import FatalError
-from syncer.mirror.files import STATE_DIR
+from syncer.mirror.files import STATE_DIR, open_new, state_folder
 from syncer.store import Downloaded, Failed, Store
 from syncer.store.shared import FORGET_AFTER, SharedState
 
@@ -81,15 +81,15 @@ class Membership:
         await self._check_shared_mirror()
 
     def _mark(self) -> None:
-        self.markers.mkdir(parents=True, exist_ok=True)
+        for folder in (self.markers.parent, self.markers):
+            state_folder(folder)
         now = time.time()
         for old in self.markers.iterdir():
             with contextlib.suppress(OSError):
-                if now - old.stat().st_mtime > FORGET_AFTER.total_seconds():
+                if now - old.lstat().st_mtime > FORGET_AFTER.total_seconds():
                     old.unlink()
-        (self.markers / self.worker_id).write_text(
-            f"{socket.gethostname()} {os.getpid()}\n", encoding="utf-8"
-        )
+        with os.fdopen(open_new(self.markers / self.worker_id), "w", encoding="utf-8") as marker:
+            marker.write(f"{socket.gethostname()} {os.getpid()}\n")
 
     async def _check_shared_mirror(self) -> None:
         others = [(wid, host) for wid, host in await self.shared.live_members() if wid != self.worker_id]

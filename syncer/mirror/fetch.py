@@ -14,11 +14,13 @@ that answers 200 instead, a different ETag or a changed file means starting agai
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
+import stat
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -26,24 +28,32 @@ import aiofiles
 import aiohttp
 from yarl import URL
 
-from syncer.mirror.files import MirrorFS
+from syncer.log import REDACT
+from syncer.mirror.files import MirrorFS, open_new
 from syncer.procore.http import (
+    ERROR_BODY,
     TRANSPORT_ERRORS,
     ProcoreError,
     ProcoreHttp,
     TransientError,
     excerpt,
+    read_head,
     untrusted,
 )
 from syncer.procore.pacing import retry_after_seconds
 
 MAX_REDIRECTS = 5
+DEFAULT_MAX_FILE_SIZE = 1 << 30
+DEFAULT_DOWNLOAD_TIMEOUT = 3600.0
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 EXPIRED = frozenset({401, 403, 404, 410})
 WRITE_BATCH = 1 << 20
 """Bytes gathered before each write, so a file costs few thread hops."""
 DURABLE_EVERY = 1 << 20
 """Bytes between fsyncs of a part file; what a resume can keep."""
+FILE_HEADERS = {"Accept-Encoding": "identity"}
+"""A photo's bytes as stored: a compressed body would be decoded to any size before its length
+could be checked, so none is asked for, and one sent anyway is refused."""
 
 
 class FetchError(Exception):
@@ -54,7 +64,7 @@ class FetchError(Exception):
     """
 
     def __init__(self, message: str, *, retry: bool, refresh: bool = False, wait: float | None = None):
-        super().__init__(message)
+        super().__init__(REDACT(message))
         self.retry = retry
         self.refresh = refresh
         self.wait = wait
@@ -83,6 +93,20 @@ def _redact(url: URL) -> str:
     return str(url.with_query(None).with_fragment(None))
 
 
+def _web_url(base: URL, text: str, problem: str) -> URL:
+    """`text` (relative to `base`) as an absolute HTTP(S) URL with a host, or a `FetchError`
+    saying `problem`: a URL from upstream is untrusted, and only the web is fetched."""
+    try:
+        target = base.join(URL(text))
+        usable = target.scheme in ("http", "https") and bool(target.host)
+        target.origin()  # raises on what yarl parsed but cannot use
+    except ValueError:
+        usable = False
+    if not usable:
+        raise FetchError(f"{problem} {excerpt(text)!r}", retry=True, refresh=True)
+    return target
+
+
 class Part:
     """A partial download on disk and its state file."""
 
@@ -94,18 +118,27 @@ class Part:
     def resumable(self) -> PartState | None:
         """The durable prefix of an earlier attempt at this same file, if any."""
         try:
-            state = PartState(**json.loads(self.state_path.read_text(encoding="utf-8")))
-            size = self.path.stat().st_size
+            with os.fdopen(os.open(self.state_path, os.O_RDONLY | os.O_NOFOLLOW), encoding="utf-8") as fh:
+                state = PartState(**json.loads(fh.read()))
+            found = self.path.lstat()
         except (OSError, ValueError, TypeError):
             return None
-        if state.file_key != self.file_key or not 0 < state.durable <= size:
+        if not stat.S_ISREG(found.st_mode) or state.file_key != self.file_key:
             return None
-        return state
+        return state if 0 < state.durable <= found.st_size else None
 
     def save(self, durable: int, etag: str | None) -> None:
         tmp = self.state_path.with_name(self.state_path.name + ".new")
-        tmp.write_text(json.dumps(asdict(PartState(self.file_key, durable, etag))), encoding="utf-8")
+        with os.fdopen(open_new(tmp), "w", encoding="utf-8") as fh:
+            fh.write(json.dumps(asdict(PartState(self.file_key, durable, etag))))
         os.replace(tmp, self.state_path)
+
+    def opener(self, resuming: bool) -> Callable[[str, int], int]:
+        """How to open the part file for writing: a resumed part as it is, a new one fresh, and
+        never through a link planted in its place."""
+        if resuming:
+            return lambda path, flags: os.open(path, flags | os.O_NOFOLLOW)
+        return lambda path, flags: open_new(Path(path), flags & ~(os.O_CREAT | os.O_TRUNC))
 
     def discard(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -117,17 +150,53 @@ class Part:
     def hash_prefix(self, length: int) -> hashlib._Hash:
         """The hash of the first `length` bytes, after cutting off anything not known durable."""
         digest = hashlib.sha256()
-        with self.path.open("r+b") as fh:
+        with os.fdopen(os.open(self.path, os.O_RDWR | os.O_NOFOLLOW), "r+b") as fh:
             fh.truncate(length)
             while chunk := fh.read(WRITE_BATCH):
                 digest.update(chunk)
         return digest
 
 
+@dataclass(frozen=True)
+class Limit:
+    """The most bytes a body may bring: the listing's size when it states one, else
+    `mirror.max_file_size`. Reading stops at the first byte past it."""
+
+    expected: int | None
+    max_size: int
+    what: str
+
+    def check(self, received: int) -> None:
+        if self.expected is not None and received > self.expected:
+            raise FetchError(
+                f"{self.what}: server sends more than the {self.expected} bytes the listing says",
+                retry=True,
+                refresh=True,
+            )
+        if self.expected is None and received > self.max_size:
+            raise FetchError(
+                f"{self.what}: more than mirror.max_file_size ({self.max_size} bytes) and of no stated size",
+                retry=False,
+            )
+
+
 class Fetcher:
-    def __init__(self, http: ProcoreHttp, fs: MirrorFS, *, shared: bool = False) -> None:
+    def __init__(
+        self,
+        http: ProcoreHttp,
+        fs: MirrorFS,
+        *,
+        shared: bool = False,
+        max_size: int = DEFAULT_MAX_FILE_SIZE,
+        deadline: float = DEFAULT_DOWNLOAD_TIMEOUT,
+    ) -> None:
         self.http = http
         self.fs = fs
+        self.max_size = max_size
+        """The most bytes taken for a photo whose size the listing does not state."""
+        self.deadline = deadline
+        """Seconds one attempt may take, body included: a body that trickles in cannot hold a slot
+        for ever (what is durable of it is resumed by the next attempt)."""
         self.partial = {p.name for p in fs.tmp_dir.glob("*.part.json")} if fs.tmp_dir.is_dir() else set()
         """State files of partial downloads; no state file, no disk look-up before a download."""
         self.shared = shared
@@ -137,13 +206,15 @@ class Fetcher:
     async def _hop(self, url: URL, what: str, headers: dict[str, str]) -> aiohttp.ClientResponse:
         if self.http.is_procore_url(url):
             try:
-                return await self.http.open(url, what=what, headers=headers)
+                return await self.http.open(url, what=what, headers=headers, decompress=False)
             except TransientError as exc:
                 raise FetchError(str(exc), retry=True, wait=exc.wait) from None
             except ProcoreError as exc:  # a token request that failed for good
                 raise FetchError(str(exc), retry=False) from None
         try:
-            return await self.http.session.get(url, allow_redirects=False, headers=headers)
+            return await self.http.session.get(
+                url, allow_redirects=False, headers=headers, auto_decompress=False
+            )
         except aiohttp.ClientConnectorCertificateError as exc:
             raise untrusted(what, exc) from None
         except TRANSPORT_ERRORS as exc:
@@ -153,27 +224,36 @@ class Fetcher:
         self, url: str, *, expected_size: int | None, part_name: str, file_key: str, what: str
     ) -> Fetched:
         """Download `url` into a verified, fsynced temp file, resuming an earlier part if allowed."""
-        part = Part(self.fs, part_name, file_key)
+        try:
+            async with asyncio.timeout(self.deadline) as scope:
+                return await self._fetch(url, expected_size, Part(self.fs, part_name, file_key), what)
+        except TimeoutError:
+            if not scope.expired():  # a read that waited longer than procore.request_timeout
+                raise FetchError(f"{what}: no answer in procore.request_timeout", retry=True) from None
+            raise FetchError(
+                f"{what}: not done in {self.deadline:.0f} s (procore.download_timeout); what is durable "
+                "is kept for the next attempt",
+                retry=True,
+            ) from None
+
+    async def _fetch(self, url: str, expected_size: int | None, part: Part, what: str) -> Fetched:
         look = self.shared or part.state_path.name in self.partial
         state = await self.fs.run(part.resumable) if look else None
-        headers: dict[str, str] = {}
+        headers = dict(FILE_HEADERS)
         if state is not None:
             headers["Range"] = f"bytes={state.durable}-"
             if state.etag:
                 headers["If-Range"] = state.etag
-        current = URL(url)
+        current = _web_url(URL(), url, f"{what}: unusable file URL")
         for _ in range(MAX_REDIRECTS + 1):
             response = await self._hop(current, what, headers)
             async with response:
                 status = response.status
                 if status in REDIRECTS:
-                    location = response.headers.get("Location")
-                    if not location:
-                        raise FetchError(f"{what}: redirect without a Location", retry=True)
-                    current = current.join(URL(location))
+                    current = self._next_hop(current, response.headers.get("Location"), what)
                     continue
                 if status in EXPIRED:
-                    body = await response.read()
+                    body, _ = await read_head(response, ERROR_BODY)
                     raise FetchError(
                         f"{what}: HTTP {status} from {current.host}: {excerpt(body)}",
                         retry=True,
@@ -186,13 +266,24 @@ class Fetcher:
                     await self.fs.run(part.discard)
                     raise FetchError(f"{what}: range not satisfiable, restarting", retry=True)
                 if status not in (200, 206):
-                    body = await response.read()
+                    body, _ = await read_head(response, ERROR_BODY)
                     raise FetchError(
                         f"{what}: HTTP {status} from {_redact(current)}: {excerpt(body)}", retry=False
                     )
+                coding = response.headers.get("Content-Encoding", "").strip().lower() or "identity"
+                if coding != "identity":
+                    raise FetchError(f"{what}: the file came {excerpt(coding)}-encoded, unasked", retry=True)
                 offset = self._resume_offset(response, state, expected_size)
                 return await self._stream(response, part, offset, expected_size, what)
         raise FetchError(f"{what}: more than {MAX_REDIRECTS} redirects", retry=False)
+
+    @staticmethod
+    def _next_hop(current: URL, location: str | None, what: str) -> URL:
+        """Where a redirect leads: a `Location` relative to the current URL, or an absolute HTTP(S)
+        one; anything else (no Location, `file:`, `data:`, unparsable) fails this attempt only."""
+        if not location:
+            raise FetchError(f"{what}: redirect without a Location", retry=True)
+        return _web_url(current, location, f"{what}: redirect to an unusable Location")
 
     @staticmethod
     def _resume_offset(
@@ -227,6 +318,9 @@ class Fetcher:
             raise FetchError(
                 f"{what}: server sends {total} bytes, listing says {expected_size}", retry=True, refresh=True
             )
+        limit = Limit(expected_size, self.max_size, what)
+        if total is not None:
+            limit.check(total)
         digest = await self._begin(part, offset)
         chunks = response.content.iter_chunked(256 * 1024)
         head = bytearray()
@@ -235,16 +329,26 @@ class Fetcher:
                 async for chunk in chunks:
                     digest.update(chunk)
                     head += chunk
+                    limit.check(len(head))
                     if len(head) >= WRITE_BATCH:
                         break
                 else:
                     self._check_length(part, len(head), total, expected_size, what)
                     return Fetched(tmp=part.path, size=len(head), sha256=digest.hexdigest(), data=bytes(head))
             received = await self._write(
-                part, chunks, offset=offset, head=head, digest=digest, etag=response.headers.get("ETag")
+                part,
+                chunks,
+                offset=offset,
+                head=head,
+                digest=digest,
+                etag=response.headers.get("ETag"),
+                limit=limit,
             )
         except TRANSPORT_ERRORS as exc:
             raise FetchError(f"{what}: body cut short ({type(exc).__name__})", retry=True) from None
+        except FetchError:  # longer than it may be: nothing of it is worth resuming
+            await self.fs.run(part.discard)
+            raise
         self._check_length(part, received, total, expected_size, what)
         await self.fs.run(part.forget_state)
         self.partial.discard(part.state_path.name)
@@ -269,16 +373,20 @@ class Fetcher:
         head: bytearray,
         digest: hashlib._Hash,
         etag: str | None,
+        limit: Limit,
     ) -> int:
         """Stream the rest of a large body to the part file, recording durable progress each MiB."""
         received = durable = offset + len(head)
         buffer = head
-        async with aiofiles.open(part.path, "r+b" if offset else "wb", executor=self.fs.executor) as out:
+        async with aiofiles.open(
+            part.path, "r+b" if offset else "wb", opener=part.opener(bool(offset)), executor=self.fs.executor
+        ) as out:
             await out.seek(offset)
             async for chunk in chunks:
                 digest.update(chunk)
                 buffer += chunk
                 received += len(chunk)
+                limit.check(received)
                 if len(buffer) >= WRITE_BATCH:
                     await out.write(bytes(buffer))
                     buffer.clear()

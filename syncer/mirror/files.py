@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import hashlib
 import os
@@ -34,11 +35,33 @@ class UnsafePath(ValueError):
     pass
 
 
+def open_new(path: Path, flags: int = os.O_WRONLY) -> int:
+    """A descriptor for a new, empty file at `path`, whatever was there: a link planted in its
+    place is removed, never followed, so nothing is written outside the mirror."""
+    path.unlink(missing_ok=True)
+    return os.open(path, flags | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+
+
 def _write_synced(path: Path, data: bytes) -> None:
-    with path.open("wb") as fh:
+    fd = open_new(path)
+    with os.fdopen(fd, "wb") as fh:
         fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
+
+
+def state_folder(path: Path) -> None:
+    """Create a folder of the syncer's own state if missing, and refuse it if it is a link (or not a
+    folder at all): staging files, locks and clean-up there would land outside the mirror. Callers
+    check a folder's parent first (`.syncer` before `.syncer/tmp`); the mirror root may be a link."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        path.mkdir()
+    if not stat.S_ISDIR(path.lstat().st_mode):
+        raise LocalFault(
+            f"{path} is a link or not a folder; the syncer keeps its state only in a real folder "
+            "inside the mirror: remove it and run again"
+        )
 
 
 READ_CHUNK = 1 << 20
@@ -72,7 +95,14 @@ def fsync_dir(path: Path) -> None:
 def try_flock(path: Path) -> int | None:
     """An open descriptor holding an exclusive `flock` on `path` (created if missing), or None if
     another process holds it. `flock` locks go with their process, so a killed holder frees it."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        path.unlink()  # a link planted at the lock's name: removed, never followed
+        fd = os.open(path, flags, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -103,6 +133,7 @@ class MirrorFS:
         """Locks of the photos being written, when several processes share the mirror."""
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mirror-io")
         self._verified: set[Path] = set()
+        self._writing_ready = False
 
     def prepare(self, *, stale_after: float = 3600.0) -> None:
         """Create the state folder and drop temp files an interrupted run left behind.
@@ -110,7 +141,7 @@ class MirrorFS:
         Another process may be syncing another project into this mirror right now, so only files
         untouched for `stale_after` seconds go; partial downloads (`.part`) stay a week for resuming."""
         try:
-            self.tmp_dir.mkdir(parents=True, exist_ok=True)
+            self.check_state()
         except OSError as exc:
             not_folder = self.root.exists() and not self.root.is_dir()
             reason = "is not a folder" if not_folder else f"cannot be used: {exc.strerror}"
@@ -121,8 +152,16 @@ class MirrorFS:
         for leftover in self.tmp_dir.iterdir():
             limit = 7 * 86400 if ".part" in leftover.name else stale_after
             with contextlib.suppress(OSError):
-                if now - leftover.stat().st_mtime > limit:
+                if now - leftover.lstat().st_mtime > limit:
                     leftover.unlink()
+
+    def check_state(self) -> None:
+        """Check the state folders again and forget which folders were found inside the root:
+        once per project run, so a daemon that runs for months sees a link planted meanwhile."""
+        self._verified.clear()
+        self._writing_ready = False
+        for folder in (self.root / STATE_DIR, self.tmp_dir):
+            state_folder(folder)
 
     def close(self) -> None:
         self.executor.shutdown(wait=True)
@@ -232,6 +271,12 @@ class MirrorFS:
         fsync_dir(target.parent)
         fsync_dir(source.parent)
 
+    def _make_writing_dir(self) -> None:
+        if not self._writing_ready:
+            for folder in (self.writing_dir.parent, self.writing_dir):
+                state_folder(folder)
+            self._writing_ready = True
+
     def _unlock(self, path: Path, fd: int) -> None:
         path.unlink(missing_ok=True)  # while still held, so no one can lock the old file
         os.close(fd)
@@ -243,7 +288,7 @@ class MirrorFS:
         Yields False at once if another process is: with several workers, one that lost its claim
         while stalled could still be at it, and two writers would tear the file."""
         path = self.writing_dir / name
-        await self.run(partial(self.writing_dir.mkdir, parents=True, exist_ok=True))
+        await self.run(self._make_writing_dir)
         fd: int | None = await self.run(_lock_removable, path)
         try:
             yield fd is not None

@@ -15,11 +15,21 @@ from typing import Any
 from yarl import URL
 
 from syncer.procore.http import Answer, ProcoreError, ProcoreHttp
-from syncer.procore.models import Album, BadRecord, Photo, Project, require_list
+from syncer.procore.models import Album, BadRecord, Photo, Project, as_int, require_list
 from syncer.procore.query import ImageQuery
 
+
+class IncompleteListing(ProcoreError):
+    """A listing that did not return what its `Total` promised; `projects` is what it returned."""
+
+    def __init__(self, message: str, *, projects: list[Project]) -> None:
+        super().__init__(message)
+        self.projects = projects
+
+
 _LINK_RE = re.compile(r'<([^>]*)>\s*;\s*rel="?([A-Za-z]+)"?')
-MAX_PAGES = 100_000
+MAX_PAGES = 1000
+"""Pages of projects or albums (300 each) before their `Link: next` chain counts as endless."""
 
 
 def parse_links(header: str | None) -> dict[str, str]:
@@ -27,8 +37,8 @@ def parse_links(header: str | None) -> dict[str, str]:
 
 
 def _header_int(headers: Mapping[str, str], name: str) -> int | None:
-    raw = headers.get(name, "").strip()
-    return int(raw) if raw.isdigit() else None
+    number = as_int(headers.get(name, "").strip())
+    return number if number is not None and number >= 0 else None
 
 
 @dataclass(frozen=True)
@@ -57,10 +67,13 @@ class ProcoreApi:
         self.http = http
         self.company_id = company_id
 
-    def _page_of(self, answer: Answer, what: str) -> Page:
+    def _page_of(self, answer: Answer, url: URL, what: str) -> Page:
         items = require_list(answer.data, what)
         nxt = parse_links(answer.headers.get("Link")).get("next")
-        next_url = URL(nxt) if nxt else None
+        try:
+            next_url = url.join(URL(nxt)) if nxt else None  # a relative link is taken from this page's URL
+        except ValueError:
+            raise ProcoreError(f"{what}: unreadable pagination link {nxt!r:.80}") from None
         if next_url is not None and next_url.origin() != self.http.api_base.origin():
             raise ProcoreError(f"{what}: pagination link leaves the API origin ({next_url.origin()})")
         return Page(
@@ -73,21 +86,37 @@ class ProcoreApi:
     async def _pages(self, url: URL, what: str) -> AsyncIterator[Page]:
         seen: set[str] = set()
         next_url: URL | None = url
-        while next_url is not None and len(seen) < MAX_PAGES:
+        while next_url is not None:
+            if len(seen) >= MAX_PAGES:
+                raise ProcoreError(f"{what}: more than {MAX_PAGES} pages; its links never end")
             seen.add(str(next_url))
-            page = self._page_of(await self.http.get_json(next_url, what=what), what)
+            page = self._page_of(await self.http.get_json(next_url, what=what), next_url, what)
             yield page
             if not page.items:
                 return
             next_url = page.next_url if page.next_url and str(page.next_url) not in seen else None
 
     async def projects(self) -> list[Project]:
+        """The company's projects, each once (a project listed twice is one project). A listing
+        that returns another number than its `Total` raises `IncompleteListing` with what it did
+        return: a backup must not report "0 projects, complete" on a short answer."""
         url = self.http.api_url(
             "/rest/v1.0/projects", [("company_id", str(self.company_id)), ("per_page", "300")]
         )
-        out: list[Project] = []
+        items: list[Any] = []
+        total: int | None = None
         async for page in self._pages(url, "listing projects"):
-            out.extend(Project.from_api(item) for item in page.items)
+            total = page.total if total is None else total
+            items.extend(page.items)
+        unique: dict[int, Project] = {}
+        for project in map(Project.from_api, items):
+            unique.setdefault(project.id, project)
+        out = list(unique.values())
+        if total is not None and total != len(items):
+            raise IncompleteListing(
+                f"listing projects: Procore's Total says {total} projects, the listing gave {len(items)}",
+                projects=out,
+            )
         return out
 
     async def albums(self, project_id: int) -> list[Album]:
@@ -103,16 +132,16 @@ class ProcoreApi:
         """One page of `GET /rest/v1.0/images`; items stay raw for the caller to parse."""
         url = self.http.api_url("/rest/v1.0/images", query.params(page=page, per_page=per_page))
         what = f"listing photos of project {query.project_id} (page {page})"
-        return self._page_of(await self.http.get_json(url, what=what), what)
+        return self._page_of(await self.http.get_json(url, what=what), url, what)
 
     async def ids_page(self, query: ImageQuery, *, page: int, per_page: int) -> Page:
         """One page of the cheap `ids_only` view; `items` are validated integer ids."""
         ids_query = replace(query, serializer_view="ids_only", sort=None)
         url = self.http.api_url("/rest/v1.0/images", ids_query.params(page=page, per_page=per_page))
         what = f"listing photo ids of project {query.project_id} (page {page})"
-        result = self._page_of(await self.http.get_json(url, what=what), what)
+        result = self._page_of(await self.http.get_json(url, what=what), url, what)
         for item in result.items:
-            if isinstance(item, bool) or not isinstance(item, int):
+            if isinstance(item, bool) or not isinstance(item, int) or as_int(item) is None:
                 raise BadRecord(f"{what}: expected integer ids, got {item!r:.40}")
         return result
 

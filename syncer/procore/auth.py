@@ -8,6 +8,8 @@ callers wait for that single request instead of each sending their own.
 from __future__ import annotations
 
 import asyncio
+import math
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -17,6 +19,13 @@ from syncer.errors import ExitCode, FatalError
 
 RENEW_BEFORE = 300.0
 """Seconds before expiry at which a token is replaced, so no request leaves with a dying token."""
+UNSAID_LIFETIME = 60.0
+"""The lifetime taken for an `expires_in` of 0 or less, which would otherwise mean a token request
+before every call (a 401 still renews a token that really died sooner)."""
+MIN_LIFETIME = 1.0
+"""The shortest positive lifetime taken as it is."""
+TOKEN = re.compile(r"[\x21-\x7e]{1,4096}")
+"""What may go in an `Authorization` header: visible ASCII, no spaces or line breaks."""
 
 
 class AuthError(FatalError):
@@ -66,8 +75,13 @@ class TokenSource:
         value = answer.get("access_token")
         if not isinstance(value, str) or not value:
             raise AuthError("the token endpoint answered without an access_token")
+        if not TOKEN.fullmatch(value):
+            raise AuthError("the token endpoint answered with an access_token that cannot go in a header")
         expires_in = answer.get("expires_in")
         lifetime = float(expires_in) if isinstance(expires_in, int | float) else 3600.0
+        if not math.isfinite(lifetime):
+            lifetime = 3600.0
+        lifetime = max(MIN_LIFETIME, lifetime) if lifetime > 0 else UNSAID_LIFETIME
         # `created_at` is the server's clock; measuring from our own `now` avoids clock skew.
         # Short lifetimes are renewed at half their life rather than at once.
         return Token(value=value, renew_at=now + lifetime - min(RENEW_BEFORE, lifetime / 2))

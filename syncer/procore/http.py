@@ -22,12 +22,17 @@ import aiohttp
 from yarl import URL
 
 from syncer.errors import FatalError, SyncerError
+from syncer.log import REDACT
 from syncer.procore.auth import AuthError, TokenSource
 from syncer.procore.pacing import Pacer, Sleep, retry_after_seconds
 from syncer.procore.query import encode_query
 
 T = TypeVar("T")
 EXCERPT_CHARS = 160
+ERROR_BODY = 16 * 1024
+"""Bytes of an error answer read, for its excerpt: a hostile server's 300 MB 403 stays unread."""
+MAX_ANSWER = 32 << 20
+"""The largest JSON answer taken: a page of 100 images is about 100 KB."""
 
 
 @dataclass
@@ -91,14 +96,14 @@ def excerpt(body: bytes | str) -> str:
     text = body.decode("utf-8", errors="replace") if isinstance(body, bytes) else body
     try:
         data = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         data = None
     if isinstance(data, dict):
         for key in ("errors", "message", "error_description", "error"):
             if key in data:
                 text = json.dumps(data[key]) if not isinstance(data[key], str) else data[key]
                 break
-    text = " ".join(text.split())
+    text = REDACT(" ".join(text.split()))  # before the cut, or a secret cut in half would stay
     return text if len(text) <= EXCERPT_CHARS else text[: EXCERPT_CHARS - 1] + "…"
 
 
@@ -167,14 +172,20 @@ class ProcoreHttp:
             response = await self._send_once("GET", url, what=what)
             async with response:
                 try:
-                    body = await response.read()
+                    body, whole = await read_head(
+                        response, ERROR_BODY if response.status >= 300 else MAX_ANSWER
+                    )
                 except TRANSPORT_ERRORS as exc:
                     raise _Retry(ProcoreError(f"{what}: body cut short ({type(exc).__name__})")) from None
                 if response.status >= 300:
                     raise ProcoreError(describe_status(what, response.status, body), status=response.status)
+                if not whole:
+                    raise ProcoreError(
+                        f"{what}: answer larger than {MAX_ANSWER} bytes", status=response.status
+                    )
                 try:
                     data = json.loads(body)
-                except ValueError:
+                except (ValueError, RecursionError):  # RecursionError: nested deeper than Python parses
                     raise _Retry(
                         ProcoreError(f"{what}: answer is not JSON: {excerpt(body)!r}", status=response.status)
                     ) from None
@@ -183,7 +194,7 @@ class ProcoreHttp:
         return await self._retrying(attempt, what=what, attempts=1 if once else self.retry.attempts)
 
     async def open(
-        self, url: URL, *, what: str, headers: Mapping[str, str] | None = None
+        self, url: URL, *, what: str, headers: Mapping[str, str] | None = None, decompress: bool = True
     ) -> aiohttp.ClientResponse:
         """Send one GET to a Procore host with the token; the caller reads and releases the answer.
 
@@ -193,7 +204,9 @@ class ProcoreHttp:
         interpret; a 401 here usually means the URL's signature expired, not the token.
         """
         return await self._retrying(
-            lambda: self._send_once("GET", url, what=what, renew_on_401=False, extra_headers=headers),
+            lambda: self._send_once(
+                "GET", url, what=what, renew_on_401=False, extra_headers=headers, decompress=decompress
+            ),
             what=what,
             attempts=1,
         )
@@ -234,6 +247,7 @@ class ProcoreHttp:
         data: Mapping[str, str] | None = None,
         renew_on_401: bool = True,
         extra_headers: Mapping[str, str] | None = None,
+        decompress: bool = True,
     ) -> aiohttp.ClientResponse:
         token = await self.tokens.token() if auth else None
         headers = {
@@ -250,7 +264,7 @@ class ProcoreHttp:
                 if (tally := TALLY.get()) is not None:
                     tally.requests += 1
                 response = await self.session.request(
-                    method, url, headers=headers, data=data, allow_redirects=False
+                    method, url, headers=headers, data=data, allow_redirects=False, auto_decompress=decompress
                 )
                 self.pacer.observe(response.headers)
         except aiohttp.ClientConnectorCertificateError as exc:
@@ -299,7 +313,7 @@ class ProcoreHttp:
                     raise ProcoreError(describe_status(what, response.status, body), status=response.status)
                 try:
                     answer = json.loads(body)
-                except ValueError:
+                except (ValueError, RecursionError):
                     raise _Retry(ProcoreError(f"{what}: answer is not JSON")) from None
                 if not isinstance(answer, dict):
                     raise AuthError(f"{what}: unexpected answer shape")
@@ -308,10 +322,22 @@ class ProcoreHttp:
         return await self._retrying(attempt, what=what, attempts=self.retry.attempts)
 
 
+async def read_head(response: aiohttp.ClientResponse, cap: int) -> tuple[bytes, bool]:
+    """Up to `cap` bytes of a body, and whether that was all of it; the rest stays unread, so an
+    endless body costs no memory."""
+    body = bytearray()
+    while len(body) <= cap:
+        chunk = await response.content.read(cap + 1 - len(body))
+        if not chunk:
+            return bytes(body), True
+        body += chunk
+    return bytes(body[:cap]), False
+
+
 async def _read_quietly(response: aiohttp.ClientResponse) -> bytes:
-    """The body of an error answer, or nothing if even that fails; releases the connection."""
+    """The start of an error answer's body, or nothing if even that fails; releases the connection."""
     try:
-        return await response.read()
+        return (await read_head(response, ERROR_BODY))[0]
     except TRANSPORT_ERRORS:
         return b""
     finally:

@@ -7,6 +7,7 @@ is an error (the listing cannot be proven complete without it); any other odd fi
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -19,14 +20,18 @@ class BadRecord(SyncerError):
     """A JSON value that is not the shape Procore documents."""
 
 
-def _int(value: Any) -> int | None:
-    if isinstance(value, bool):
+INT_LIMIT = 1 << 63
+"""Integers the databases hold (64-bit signed): a larger id or size is not a value Procore uses."""
+
+
+def as_int(value: Any) -> int | None:
+    """An integer, or a string of ASCII digits, that a 64-bit column holds; else None. (`"²"` is a
+    digit to `str.isdigit` but not to `int`.)"""
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
         return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.isdigit():
-        return int(value)
-    return None
+    return value if -INT_LIMIT <= value < INT_LIMIT else None
 
 
 def _str(value: Any) -> str | None:
@@ -40,14 +45,11 @@ def _bool(value: Any) -> bool | None:
 def _float(value: Any) -> float | None:
     if isinstance(value, bool):
         return None
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return None
-    return None
+    try:
+        number = float(value) if isinstance(value, int | float | str) else None
+    except (ValueError, OverflowError):
+        return None
+    return number if number is not None and math.isfinite(number) else None
 
 
 def parse_time(value: Any) -> datetime | None:
@@ -56,11 +58,11 @@ def parse_time(value: Any) -> datetime | None:
         return None
     try:
         parsed = datetime.fromisoformat(value)
-    except ValueError:
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        return parsed.astimezone(UTC)
+    except (ValueError, OverflowError):  # OverflowError: year 1 at +01:00 is before year 1 in UTC
         return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
 
 
 def strip_query(url: str) -> str:
@@ -92,7 +94,7 @@ def require_list(value: Any, what: str) -> list[Any]:
 def require_id(obj: Any, what: str) -> int:
     if not isinstance(obj, dict):
         raise BadRecord(f"{what}: expected a JSON object, got {type(obj).__name__}")
-    ident = _int(obj.get("id"))
+    ident = as_int(obj.get("id"))
     if ident is None or ident <= 0:
         raise BadRecord(f"{what}: missing or invalid id {obj.get('id')!r:.40}")
     return ident
@@ -159,7 +161,7 @@ class Photo:
         ident = require_id(obj, "image")
         location = obj.get("location") if isinstance(obj.get("location"), dict) else {}
         uploader = obj.get("uploader") if isinstance(obj.get("uploader"), dict) else {}
-        size = _int(obj.get("size"))
+        size = as_int(obj.get("size"))
         return cls(
             id=ident,
             url=_str(obj.get("url")),
@@ -169,12 +171,12 @@ class Photo:
             taken_at=parse_time(obj.get("taken_at")),
             created_at=parse_time(obj.get("created_at")),
             updated_at=parse_time(obj.get("updated_at")),
-            album_id=_int(obj.get("image_category_id")),
+            album_id=as_int(obj.get("image_category_id")),
             album_name=_str(obj.get("image_category_name")),
             private=_bool(obj.get("private")),
             starred=_bool(obj.get("starred")),
-            width=_int(obj.get("width")),
-            height=_int(obj.get("height")),
+            width=as_int(obj.get("width")),
+            height=as_int(obj.get("height")),
             gps_lat=_float(obj.get("gps_lat")),
             gps_long=_float(obj.get("gps_long")),
             location_name=_str(location.get("node_name")) or _str(location.get("name")),
@@ -188,7 +190,10 @@ class Photo:
 
         A last path segment that is just the photo's file name is left out: renaming a photo in
         Procore changes that segment but not the bytes, and must not cost a download."""
-        path = urlsplit(self.url).path if self.url else ""
+        try:
+            path = urlsplit(self.url).path if self.url else ""
+        except ValueError:  # unparsable: its download fails with that reason; the key stays stable
+            path = self.url or ""
         head, _, last = path.rpartition("/")
         if self.filename and unquote(last) == self.filename:
             path = head

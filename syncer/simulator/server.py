@@ -103,6 +103,28 @@ class SimConfig:
     padded_files: set[int] = field(default_factory=set)
     """Photo ids whose object-store body carries 100 bytes more than the listing's `size`, sent
     without a `Content-Length` (chunked), so only the listed size can tell."""
+    odd_fields: dict[int, dict[str, Any]] = field(default_factory=dict)
+    """Photo ids whose record carries these values instead (an id past 2**63, `"²"` for a size, a
+    time in year 1): what a broken or hostile upstream may send."""
+    raw_listing: dict[int, bytes] = field(default_factory=dict)
+    """Project ids whose image listing answers these bytes as its JSON body (say, arrays nested
+    200,000 deep)."""
+    echoing_files: set[int] = field(default_factory=set)
+    """Photo ids whose file URL on the API origin answers 403 with a body that echoes secrets: the
+    request's `Authorization` header, the client secret, and signed URLs of odd schemes and case."""
+    relative_links: bool = False
+    endless_links: bool = False
+    """Every listing page links to a next one, for ever (past the last, the last page's items
+    again), and no page carries a `Total`."""
+    also_in: dict[int, int] = field(default_factory=dict)
+    """Photo id -> another project id whose listings show that photo too (data moved between
+    projects: the same id in two of them)."""
+    projects_twice: bool = False
+    """The projects listing shows every project twice (its `Total` counting both)."""
+    total_offset: int = 0
+    """Added to every listing's `Total`: 1 makes a header that is always one too high, so no
+    listing can be proven and a naive prover splits its pieces for ever."""
+    """`Link` headers carry URLs relative to the request (`/rest/v1.0/...`), as RFC 8288 allows."""
 
 
 @dataclass
@@ -406,6 +428,7 @@ class Simulator:
             "links": {},
             "trades": photo.trades,
             "comments_count": 0,
+            **self.config.odd_fields.get(photo.id, {}),
         }
 
     # -- the API origin ----------------------------------------------------------------------
@@ -567,24 +590,26 @@ class Simulator:
             raise _BadRequest("page and per_page must be integers") from None
         per_page = min(per_page, self.config.max_per_page)
         last = max(1, math.ceil(total / per_page))
+        served = min(page, last) if self.config.endless_links else page  # endless: items repeat
         chunk = (
-            window((page - 1) * per_page, min(total, page * per_page))
-            if (page - 1) * per_page < total
+            window((served - 1) * per_page, min(total, served * per_page))
+            if (served - 1) * per_page < total
             else []
         )
 
         def link(n: int) -> str:
             url = request.url.update_query(page=str(n), per_page=str(per_page))
-            return f"<{self.api_base}{url.path_qs}>"
+            return f"<{'' if self.config.relative_links else self.api_base}{url.path_qs}>"
 
         links = [f'{link(1)}; rel="first"', f'{link(last)}; rel="last"']
         if page > 1:
             links.append(f'{link(page - 1)}; rel="prev"')
-        if page < last:
+        if page < last or self.config.endless_links:
             links.append(f'{link(page + 1)}; rel="next"')
-        return web.json_response(
-            chunk, headers={"Total": str(total), "Per-Page": str(per_page), "Link": ", ".join(links)}
-        )
+        headers = {"Total": str(total + self.config.total_offset), "Per-Page": str(per_page)}
+        if self.config.endless_links:
+            del headers["Total"]
+        return web.json_response(chunk, headers={**headers, "Link": ", ".join(links)})
 
     def _paginate_list(self, request: web.Request, items: list[Any]) -> web.Response:
         return self._paginate(request, len(items), lambda a, b: items[a:b])
@@ -614,7 +639,8 @@ class Simulator:
                     "company": {"id": self.company.id, "name": self.company.name},
                 }
                 for p in self.company.projects.values()
-            ],
+            ]
+            * (2 if self.config.projects_twice else 1),
         )
 
     async def _albums(self, request: web.Request) -> web.Response:
@@ -708,7 +734,9 @@ class Simulator:
                 return p.created_at or epoch
             return p.updated_at if key_name == "most_recent" else epoch
 
-        photos = [p for p in self.company.live_photos(pid) if self._matches(p, query)]
+        shared = [self.company.photos[i] for i, other in self.config.also_in.items() if other == pid]
+        listed = self.company.live_photos(pid) + [p for p in shared if not p.deleted]
+        photos = [p for p in listed if self._matches(p, query)]
         ordered = sorted(photos, key=key, reverse=(sort or "").startswith("-"))
         ties: list[tuple[int, int]] = []
         start = 0
@@ -749,6 +777,8 @@ class Simulator:
                     project_id=pid, page=page, per_page=per_page, view=view, query=dict(request.query)
                 )
             )
+        if (raw := self.config.raw_listing.get(pid)) is not None:
+            return web.Response(body=raw, content_type="application/json")
         ordered, ties = self._ordered(pid, request.query)
 
         def window(a: int, b: int) -> list[Any]:
@@ -763,7 +793,7 @@ class Simulator:
             photo = self.company.photos[int(request.match_info["id"])]
         except (KeyError, ValueError):
             photo = None
-        if photo is None or photo.deleted or photo.project_id != pid:
+        if photo is None or photo.deleted or pid not in (photo.project_id, self.config.also_in.get(photo.id)):
             return web.json_response({"errors": "Not Found"}, status=404)
         return web.json_response(self._serialize(photo))
 
@@ -773,10 +803,8 @@ class Simulator:
             return web.json_response({"errors": f"Forbidden: {reason}"}, status=status)
         photo_id = int(request.match_info["id"])
         self.stats.file_requests[photo_id] += 1
-        if photo_id in self.config.broken_files:
-            return web.Response(
-                status=500, text="<html><body>internal error</body></html>", content_type="text/html"
-            )
+        if (fault := self._file_fault(request, photo_id)) is not None:
+            return fault
         photo = self.company.photos.get(photo_id)
         if photo is None or photo.deleted:
             return web.json_response({"errors": "Not Found"}, status=404)
@@ -788,6 +816,20 @@ class Simulator:
                 status=302, headers={"Location": f"../../../hop/{self.config.redirect_hops - 1}/{key}"}
             )
         return self._to_store(key)
+
+    def _file_fault(self, request: web.Request, photo_id: int) -> web.Response | None:
+        """The failure configured for this photo's file URL, if any."""
+        if photo_id in self.config.echoing_files:
+            echo = (  # short enough that all of it is in an error's excerpt
+                "HTTP://S/Y?X-Amz-Signature=AMZSECRET gopher://s/x?sig=SIGSECRET "
+                f"{request.headers.get('Authorization')} client_secret={self.config.client_secret}"
+            )
+            return web.Response(status=403, text=echo)
+        if photo_id in self.config.broken_files:
+            return web.Response(
+                status=500, text="<html><body>internal error</body></html>", content_type="text/html"
+            )
+        return None
 
     async def _hop(self, request: web.Request) -> web.Response:
         """One more redirect on the API origin on the way to the object store."""

@@ -19,6 +19,7 @@ INSERT_ONLY = ("id", "first_seen_at", "attempts")
 @dataclass(frozen=True, slots=True)
 class StoredPhoto:
     id: int
+    project_id: int
     file_key: str
     rel_path: str
     updated_at: datetime | None

@@ -224,7 +224,7 @@ class SharedState:
             update(p)
             .where(p.id.in_(pick.scalar_subquery()))
             .values(claimed_by=self.worker_id)
-            .returning(p.project_id, p.size, p.attempts, p.raw_json, p.fetch_url, *STORED_COLUMNS)
+            .returning(p.size, p.attempts, p.raw_json, p.fetch_url, *STORED_COLUMNS)
         )
         async with self.store.engine.begin() as conn:
             rows = (await conn.execute(stmt)).all()
@@ -236,7 +236,7 @@ class SharedState:
                 size=r.size,
                 attempts=r.attempts,
                 photo=_photo(r.raw_json, r.fetch_url),
-                stored=StoredPhoto(*r[5:]),
+                stored=StoredPhoto(*r[4:]),
             )
             for r in rows
         ]

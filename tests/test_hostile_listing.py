@@ -1,0 +1,103 @@
+"""A hostile or broken listing, through a real `syncer` process: odd values fail one photo or
+leave one project's listing unproven, never the run; the other projects are synced."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from syncer.errors import ExitCode
+from syncer.simulator import Simulator
+from tests.conftest import mirror_photos, write_config
+from tests.test_cli import Run, assert_no_traceback, syncer
+
+
+def photos_of(sim: Simulator, project: int) -> list[int]:
+    """The photo ids of the `project`-th project (0 or 1)."""
+    pid = sorted(sim.company.projects)[project]
+    return sorted(i for i, p in sim.company.photos.items() if p.project_id == pid)
+
+
+async def sync_process(sim: Simulator, tmp_path: Path) -> Run:
+    run = await syncer("sync", "--config", str(write_config(sim, tmp_path)))
+    assert_no_traceback(run)
+    return run
+
+
+def assert_mirrored(sim: Simulator, tmp_path: Path, ids: list[int]) -> None:
+    mirrored = mirror_photos(tmp_path / "mirror")
+    expected = sim.expected_files()
+    assert {i: mirrored.get(i) for i in ids} == {i: expected[i] for i in ids}
+
+
+ODD = [
+    {"taken_at": "0001-01-01T00:00:00+01:00"},
+    {"created_at": "9999-12-31T23:59:59-01:00"},
+    {"image_category_id": 2**63},
+    {"image_category_id": "\u00b2"},
+    {"width": 2**70, "height": -(2**70)},
+    {"gps_lat": "1e999", "gps_long": "nan"},
+    {"size": "\u00b2"},
+    {"filename": "../../etc/passwd\u0000.jpg"},
+]
+
+
+async def test_odd_values_in_records_leave_their_photos_mirrored(make_sim: Any, tmp_path: Path) -> None:
+    sim = await make_sim(photos=20, projects=1)
+    ids = photos_of(sim, 0)
+    sim.config.odd_fields.update(dict(zip(ids, ODD, strict=False)))
+    run = await sync_process(sim, tmp_path)
+    assert run.code == ExitCode.OK, run.out + run.err
+    assert_mirrored(sim, tmp_path, ids)
+    status = await syncer("status", "--config", str(tmp_path / "config.yaml"), "--json")
+    assert json.loads(status.out)["projects"][0]["mirrored"] == len(ids)
+
+
+@pytest.mark.parametrize(
+    "ident", [2**63, "\u00b2", 10**30, -1], ids=["2^63", "superscript", "10^30", "negative"]
+)
+async def test_an_unusable_id_leaves_its_project_unproven_and_the_others_sync(
+    make_sim: Any, tmp_path: Path, ident: Any
+) -> None:
+    sim = await make_sim(photos=20, projects=2)
+    sim.config.odd_fields[photos_of(sim, 0)[3]] = {"id": ident}
+    run = await sync_process(sim, tmp_path)
+    assert run.code == ExitCode.INCOMPLETE
+    assert "missing or invalid id" in run.out + run.err
+    assert_mirrored(sim, tmp_path, photos_of(sim, 1))
+
+
+async def test_a_listing_nested_too_deep_leaves_its_project_unproven_and_the_others_sync(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    sim = await make_sim(photos=20, projects=2)
+    sim.config.raw_listing[sorted(sim.company.projects)[0]] = b"[" * 200_000 + b"]" * 200_000
+    run = await sync_process(sim, tmp_path)
+    assert run.code == ExitCode.INCOMPLETE
+    assert "answer is not JSON" in run.out + run.err
+    assert_mirrored(sim, tmp_path, photos_of(sim, 1))
+
+
+async def test_relative_pagination_links_are_followed(make_sim: Any, tmp_path: Path) -> None:
+    sim = await make_sim(
+        photos=60, projects=12, relative_links=True, max_per_page=10
+    )  # two pages of projects
+    run = await sync_process(sim, tmp_path)
+    assert run.code == ExitCode.OK, run.out + run.err
+    assert_mirrored(sim, tmp_path, sorted(sim.company.photos))
+
+
+@pytest.mark.parametrize("url", ["file:///etc/passwd", "relative/path.jpg", "http://[::1", "data:,x"])
+async def test_a_file_url_that_is_not_a_web_url_fails_that_photo_alone(
+    make_sim: Any, tmp_path: Path, url: str
+) -> None:
+    sim = await make_sim(photos=10, projects=1)
+    bad, *others = photos_of(sim, 0)
+    sim.config.odd_fields[bad] = {"url": url}
+    run = await sync_process(sim, tmp_path)
+    assert run.code == ExitCode.INCOMPLETE
+    assert "unusable file URL" in run.out + run.err
+    assert_mirrored(sim, tmp_path, others)
