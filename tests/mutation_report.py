@@ -59,6 +59,14 @@ def mutmut(*args: str) -> str:
     return subprocess.run([*MUTMUT, *args], check=True, capture_output=True, text=True).stdout
 
 
+def commit() -> str:
+    """The commit whose code was mutated (the checkout `mutmut run` copied into `mutants/`)."""
+    done = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+    )
+    return done.stdout.strip() or "unknown"
+
+
 def module_of(name: str) -> str:
     """`syncer.listing.xǁListerǁ_prove__mutmut_3` -> `syncer/listing.py`."""
     dotted = name.split(".x", maxsplit=1)[0]
@@ -141,7 +149,8 @@ def main() -> int:
         "its module's tests (`RECHECK` in `tests/mutation_report.py`). Each survivor is explained",
         "(from `tests/mutation-triage.yaml`) or marked **to look at**.",
         "",
-        f"mutmut alone, of the mutants it ran: {first['killed']} killed, {first['not killed']} not.",
+        f"Measured at commit {commit()}. mutmut alone, of the mutants it ran: {first['killed']} killed, "
+        f"{first['not killed']} not.",
         "",
         "| module | mutants | killed | survived | not run yet | other |",
         "|---|---|---|---|---|---|",
