@@ -73,6 +73,7 @@ async def test_a_certificate_that_does_not_verify_stops_the_run_in_one_line(
     assert_no_traceback(run)
     (line,) = run.err.strip().splitlines()
     assert NOT_TRUSTED.search(line), line
+    assert line.startswith("syncer: token request: the TLS certificate"), "it names what was being done"
     assert sim.stats.tokens_issued == 0 and not sim.stats.downloads
 
 
@@ -88,5 +89,6 @@ async def test_an_object_store_whose_certificate_does_not_verify_stops_the_run_a
     assert_no_traceback(run)
     (line,) = run.err.strip().splitlines()
     assert NOT_TRUSTED.search(line), line
+    assert re.match(r"syncer: photo \d+: the TLS certificate", line), "it names what was being done"
     assert blamed_photos(config) == []
     assert not sim.stats.downloads
