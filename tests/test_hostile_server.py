@@ -19,7 +19,7 @@ from aiohttp import web
 from syncer.mirror.fetch import Fetched, Fetcher, FetchError
 from syncer.mirror.files import MirrorFS
 from syncer.simulator import Simulator
-from tests.test_procore_client import client
+from tests.test_procore_client import client, serving
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MiB = 1 << 20
@@ -43,16 +43,8 @@ async def hostile(
         store.headers.append(dict(request.headers))
         return await handler(request, store)
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}", store
-    finally:
-        await runner.cleanup()
+    async with serving(handle) as base:
+        yield base, store
 
 
 async def endless(

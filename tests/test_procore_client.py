@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from email.utils import formatdate
 from typing import Any
@@ -192,6 +192,13 @@ async def scripted(*answers: web.Response) -> AsyncIterator[tuple[str, list[tupl
         headers = {k: v for k, v in template.headers.items() if k.lower() != "content-length"}
         return web.Response(status=template.status, text=template.text, headers=headers)
 
+    async with serving(handle) as base:
+        yield base, seen
+
+
+@asynccontextmanager
+async def serving(handle: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> AsyncIterator[str]:
+    """A server on loopback that answers every request with `handle`; yields its base URL."""
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", handle)
     runner = web.AppRunner(app, access_log=None)
@@ -199,7 +206,7 @@ async def scripted(*answers: web.Response) -> AsyncIterator[tuple[str, list[tupl
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}", seen
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
     finally:
         await runner.cleanup()
 

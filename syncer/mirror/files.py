@@ -37,9 +37,14 @@ class UnsafePath(ValueError):
 
 def open_new(path: Path, flags: int = os.O_WRONLY) -> int:
     """A descriptor for a new, empty file at `path`, whatever was there: a link planted in its
-    place is removed, never followed, so nothing is written outside the mirror."""
-    path.unlink(missing_ok=True)
-    return os.open(path, flags | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    place is removed, never followed, so nothing is written outside the mirror. Usually nothing is
+    there, so the name is only cleared when the first try finds it taken (one syscall per photo)."""
+    flags |= os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+    try:
+        return os.open(path, flags, 0o644)
+    except FileExistsError:
+        path.unlink()
+        return os.open(path, flags, 0o644)
 
 
 def _write_synced(path: Path, data: bytes) -> None:
