@@ -201,4 +201,4 @@ async def test_a_relative_redirect_is_followed_from_the_current_url(sim: Simulat
 
     async with hostile(relative) as (base, _), fetcher(sim, tmp_path) as f:
         fetched = await fetch(f, f"{base}/a/file", 120)
-    assert fetched.data == b"x" * 120
+    assert fetched.data == [b"x" * 120]

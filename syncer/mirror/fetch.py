@@ -75,9 +75,9 @@ class Fetched:
     tmp: Path
     size: int
     sha256: str
-    data: bytes | None = None
-    """The whole body when it was small enough to keep in memory; then `tmp` is not written yet
-    (the caller writes, fsyncs and renames it in one trip to a file thread)."""
+    data: list[bytes] | None = None
+    """The whole body, in the pieces it arrived in, when it was small enough to keep in memory;
+    then `tmp` is not written yet (the install writes them with one `writev`)."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +87,12 @@ class PartState:
     file_key: str
     durable: int
     etag: str | None
+
+
+async def _chunks(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    """A body as the socket delivered it: each piece as it was read, never joined or copied."""
+    while chunk := (await response.content.readchunk())[0]:
+        yield chunk
 
 
 def _redact(url: URL) -> str:
@@ -322,19 +328,21 @@ class Fetcher:
         if total is not None:
             limit.check(total)
         digest = await self._begin(part, offset)
-        chunks = response.content.iter_chunked(256 * 1024)
-        head = bytearray()
+        chunks = _chunks(response)
+        head: list[bytes] = []
+        received = offset
         try:
             if not offset:  # most photos arrive whole before the first write would be due
                 async for chunk in chunks:
                     digest.update(chunk)
-                    head += chunk
-                    limit.check(len(head))
-                    if len(head) >= WRITE_BATCH:
+                    head.append(chunk)
+                    received += len(chunk)
+                    limit.check(received)
+                    if received >= WRITE_BATCH:
                         break
                 else:
-                    self._check_length(part, len(head), total, expected_size, what)
-                    return Fetched(tmp=part.path, size=len(head), sha256=digest.hexdigest(), data=bytes(head))
+                    self._check_length(part, received, total, expected_size, what)
+                    return Fetched(tmp=part.path, size=received, sha256=digest.hexdigest(), data=head)
             received = await self._write(
                 part,
                 chunks,
@@ -370,34 +378,35 @@ class Fetcher:
         chunks: AsyncIterator[bytes],
         *,
         offset: int,
-        head: bytearray,
+        head: list[bytes],
         digest: hashlib._Hash,
         etag: str | None,
         limit: Limit,
     ) -> int:
         """Stream the rest of a large body to the part file, recording durable progress each MiB."""
-        received = durable = offset + len(head)
-        buffer = head
+        received = durable = offset + sum(map(len, head))
+        batch, batched = head, received - offset
         async with aiofiles.open(
             part.path, "r+b" if offset else "wb", opener=part.opener(bool(offset)), executor=self.fs.executor
         ) as out:
             await out.seek(offset)
             async for chunk in chunks:
                 digest.update(chunk)
-                buffer += chunk
+                batch.append(chunk)
+                batched += len(chunk)
                 received += len(chunk)
                 limit.check(received)
-                if len(buffer) >= WRITE_BATCH:
-                    await out.write(bytes(buffer))
-                    buffer.clear()
+                if batched >= WRITE_BATCH:
+                    await out.write(b"".join(batch))
+                    batch, batched = [], 0
                     if received - durable >= DURABLE_EVERY:
                         await out.flush()
                         await self.fs.run(os.fsync, out.fileno())
                         durable = received
                         await self.fs.run(part.save, durable, etag)
                         self.partial.add(part.state_path.name)
-            if buffer:
-                await out.write(bytes(buffer))
+            if batch:
+                await out.write(b"".join(batch))
             await out.flush()
             await self.fs.run(os.fsync, out.fileno())
         return received

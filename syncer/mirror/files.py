@@ -12,14 +12,14 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import itertools
 import os
 import stat
 import time
-import uuid
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from functools import partial
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,6 +27,9 @@ from syncer.errors import LocalFault
 from syncer.mirror.sidecar import sidecar_path
 
 T = TypeVar("T")
+INSTALL_THREADS = 2
+"""Batches of installs in flight at once: enough to keep a disk's queue busy, few enough that the
+file threads and the event loop seldom queue for the GIL."""
 STATE_DIR = ".syncer"
 TRASH_DIR = ".trash"
 
@@ -47,12 +50,35 @@ def open_new(path: Path, flags: int = os.O_WRONLY) -> int:
         return os.open(path, flags, 0o644)
 
 
-def _write_synced(path: Path, data: bytes) -> None:
+IOV_MAX = 1024
+"""The most buffers one `writev` takes (POSIX guarantees at least 16; Linux allows 1024)."""
+
+
+def write_all(fd: int, pieces: Sequence[bytes]) -> None:
+    """Write `pieces` in order at the descriptor's position: one `writev` for up to IOV_MAX of
+    them, and no copy into one buffer first."""
+    for start in range(0, len(pieces), IOV_MAX):
+        group = [memoryview(p) for p in pieces[start : start + IOV_MAX]]
+        while group:
+            written = os.writev(fd, group)
+            while group and written >= len(group[0]):
+                written -= len(group.pop(0))
+            if group:
+                group[0] = group[0][written:]
+
+
+def _write_synced(path: Path, data: Sequence[bytes], mtime: float | None = None) -> None:
+    """A new file at `path` holding the pieces of `data` (with modification time `mtime`),
+    fsynced. Plain descriptor calls: each is a system call that hands the GIL to the event loop
+    and back, so there are as few as the durability order allows."""
     fd = open_new(path)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
+    try:
+        write_all(fd, data)
+        if mtime is not None:
+            os.utime(fd, (mtime, mtime))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def state_folder(path: Path) -> None:
@@ -130,6 +156,18 @@ def _lock_removable(path: Path) -> int | None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class Install:
+    """One photo to put in place (see `MirrorFS.install`)."""
+
+    rel: str
+    tmp: Path
+    data: list[bytes] | None
+    mtime: float | None
+    sidecar: tuple[str, bytes]
+    replacing: str | None
+
+
 class MirrorFS:
     def __init__(self, root: Path, *, threads: int = 8) -> None:
         self.root = root.resolve()
@@ -139,6 +177,9 @@ class MirrorFS:
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mirror-io")
         self._verified: set[Path] = set()
         self._writing_ready = False
+        self._waiting: list[tuple[Install, asyncio.Future[None]]] = []
+        self._batches = 0
+        self._names = itertools.count()
 
     def prepare(self, *, stale_after: float = 3600.0) -> None:
         """Create the state folder and drop temp files an interrupted run left behind.
@@ -204,75 +245,120 @@ class MirrorFS:
     def tmp_path(self, name: str) -> Path:
         return self.tmp_dir / name
 
-    def _publish(self, tmp: Path, rel: str, mtime: float | None) -> Path:
+    def _folder_for(self, rel: str) -> Path:
+        """The path of `rel`, its folder created if missing (and checked again once it exists,
+        since a folder made now could be a link planted meanwhile)."""
         target = self.path(rel)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        self.path(rel)  # check again: the folders now exist and could be links
-        if mtime is not None:
-            os.utime(tmp, (mtime, mtime))
-        os.replace(tmp, target)
+        if target.parent not in self._verified:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target = self.path(rel)
         return target
 
-    def _write_atomic(self, rel: str, data: bytes) -> None:
-        target = self.path(rel)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.tmp_dir / f"{uuid.uuid4().hex}.tmp"
-        _write_synced(tmp, data)
-        os.replace(tmp, target)
+    def _replace(self, tmp: Path, rel: str) -> Path:
+        """Rename `tmp` to `rel`, making its folder if it is missing (or was removed meanwhile)."""
+        target = self._folder_for(rel)
+        try:
+            os.replace(tmp, target)
+        except FileNotFoundError:
+            if not tmp.exists():
+                raise
+            self._verified.discard(target.parent)
+            os.replace(tmp, self._folder_for(rel))
+        return target
+
+    def _tmp_name(self) -> Path:
+        """A staging name no other process or thread uses: the process id and a counter."""
+        return self.tmp_dir / f"{os.getpid()}-{next(self._names)}.tmp"
+
+    def _write_atomic(self, rel: str, data: bytes) -> Path:
+        tmp = self._tmp_name()
+        _write_synced(tmp, [data])
+        return self._replace(tmp, rel)
 
     def write_with_folder(self, rel: str, data: bytes) -> None:
         """Write a small file atomically and durably, folder included (on a mirror thread)."""
-        self._write_atomic(rel, data)
-        fsync_dir(self.path(rel).parent)
+        fsync_dir(self._write_atomic(rel, data).parent)
 
     async def write_durably(self, rel: str, data: bytes) -> None:
         """Write a small file atomically and make it durable, folder included."""
         await self.run(self.write_with_folder, rel, data)
 
-    def _install(
-        self,
-        rel: str,
-        *,
-        tmp: Path,
-        data: bytes | None,
-        mtime: float | None,
-        sidecar: tuple[str, bytes],
-        replacing: str | None,
-    ) -> None:
-        if data is not None:
-            _write_synced(tmp, data)
-        self._publish(tmp, rel, mtime)
-        self._write_atomic(*sidecar)
-        fsync_dir(self.path(rel).parent)
-        if replacing is not None and replacing != rel:
-            self._remove(replacing)
-            self._remove(sidecar_path(replacing))
+    def _install_batch(self, batch: list[Install]) -> list[BaseException | None]:
+        """Install each photo of `batch` in the durability order, sharing what can be shared: each
+        file and sidecar is written, fsynced and renamed into place, then every folder touched is
+        fsynced once, and only then are old copies removed. One trip to a file thread for the lot;
+        a photo that fails fails alone (its error is in its place in the answer)."""
+        errors: list[BaseException | None] = []
+        folders: list[Path | None] = []
+        for item in batch:
+            try:
+                if item.data is not None:
+                    _write_synced(item.tmp, item.data, item.mtime)
+                elif item.mtime is not None:
+                    os.utime(item.tmp, (item.mtime, item.mtime))
+                folder = self._replace(item.tmp, item.rel).parent
+                self._write_atomic(*item.sidecar)
+                errors.append(None)
+                folders.append(folder)
+            except (OSError, UnsafePath) as exc:
+                errors.append(exc)
+                folders.append(None)
+        for folder in dict.fromkeys(f for f in folders if f is not None):
+            try:
+                fsync_dir(folder)
+            except OSError as exc:  # none of the photos in it is durable
+                errors = [exc if f == folder else e for f, e in zip(folders, errors, strict=True)]
+        for item, error in zip(batch, errors, strict=True):
+            if error is None and item.replacing is not None and item.replacing != item.rel:
+                self._remove(item.replacing)
+                self._remove(sidecar_path(item.replacing))
+        return errors
 
     def install(
         self,
         rel: str,
         *,
         tmp: Path,
-        data: bytes | None,
+        data: list[bytes] | None,
         mtime: float | None,
         sidecar: tuple[str, bytes],
         replacing: str | None = None,
     ) -> asyncio.Future[None]:
-        """Put a verified photo and its sidecar in place, durably, in one trip to a file thread:
-        write the temp file if it is still in memory, fsync, rename, write the sidecar, fsync the
-        folder, then remove the copy at `replacing` (the photo's old path). Only once this is done
-        may the database record the photo."""
-        job = partial(
-            self._install, rel, tmp=tmp, data=data, mtime=mtime, sidecar=sidecar, replacing=replacing
-        )
-        future: asyncio.Future[None] = self.run(job)
+        """Put a verified photo and its sidecar in place, durably: write the temp file if it is
+        still in memory, fsync, rename, write the sidecar, fsync the folder, then remove the copy at
+        `replacing` (the photo's old path). Only once the future is done may the database record
+        the photo. Installs that arrive while others are on a file thread go together in the next
+        batch (`_install_batch`), so a busy run pays one thread hop and one folder fsync for many
+        photos, not for each."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        self._waiting.append((Install(rel, tmp, data, mtime, sidecar, replacing), future))
+        if self._batches < INSTALL_THREADS:
+            self._next_batch()
         return future
 
+    def _next_batch(self) -> None:
+        batch, self._waiting = self._waiting, []
+        self._batches += 1
+        done = self.run(self._install_batch, [item for item, _ in batch])
+
+        def settle(outcome: asyncio.Future[list[BaseException | None]]) -> None:
+            self._batches -= 1
+            crashed = outcome.exception()
+            errors = [crashed] * len(batch) if crashed else outcome.result()
+            for (_, future), error in zip(batch, errors, strict=True):
+                if error is None:
+                    future.set_result(None)
+                else:
+                    future.set_exception(error)
+            if self._waiting:
+                self._next_batch()
+
+        done.add_done_callback(settle)
+
     def _move(self, old: str, new: str) -> None:
-        source, target = self.path(old), self.path(new)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        self.path(new)
-        os.replace(source, target)
+        source = self.path(old)
+        target = self._replace(source, new)
         fsync_dir(target.parent)
         fsync_dir(source.parent)
 
