@@ -84,7 +84,9 @@ async def test_an_install_puts_the_photo_and_its_sidecar_in_place(fs: MirrorFS) 
 
 async def test_an_install_of_a_body_kept_in_memory_writes_it_first(fs: MirrorFS) -> None:
     tmp = fs.tmp_path("2.part")
-    await fs.install("P/Q/b.jpg", tmp=tmp, data=[b"in ", b"memory"], mtime=None, sidecar=("P/Q/b.jpg.json", b"{}\n"))
+    await fs.install(
+        "P/Q/b.jpg", tmp=tmp, data=[b"in ", b"memory"], mtime=None, sidecar=("P/Q/b.jpg.json", b"{}\n")
+    )
     assert (fs.root / "P" / "Q" / "b.jpg").read_bytes() == b"in memory"
 
 
