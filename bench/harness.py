@@ -11,7 +11,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +29,13 @@ class Sim:
         with urllib.request.urlopen(f"{self.api_base}/_sim/stats", timeout=30) as answer:  # noqa: S310 - loopback
             result: dict[str, Any] = json.load(answer)
             return result
+
+    def first_request_after(self, since: float) -> float | None:
+        """When the first API request at or after `since` (a Unix time) arrived, if one has."""
+        url = f"{self.api_base}/_sim/stats?since={since!r}"
+        with urllib.request.urlopen(url, timeout=30) as answer:  # noqa: S310 - loopback
+            at: float | None = json.load(answer)["first_request_after"]
+            return at
 
     def api_requests(self) -> int:
         """Answers the API origin gave (everything but the object store and the bench's own reads)."""
@@ -64,6 +71,8 @@ def simulator(**options: Any) -> Iterator[Sim]:
 
 @dataclass
 class Measured:
+    started: float
+    """When the process was started (Unix time), to compare with the simulator's clock."""
     wall: float
     cpu: float
     """User plus system seconds of the process."""
@@ -75,6 +84,7 @@ class Measured:
 def measure(args: list[str], *, cwd: Path | None = None) -> Measured:
     """Run a command, returning its wall time, CPU time and peak RSS (from wait4)."""
     with tempfile.TemporaryFile() as out:
+        started_at = time.time()
         started = time.perf_counter()
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=cwd)  # noqa: S603
         _, status, usage = os.wait4(proc.pid, 0)
@@ -82,7 +92,9 @@ def measure(args: list[str], *, cwd: Path | None = None) -> Measured:
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         output = out.read().decode(errors="replace")
-    return Measured(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, proc.returncode, output)
+    return Measured(
+        started_at, wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, proc.returncode, output
+    )
 
 
 def syncer_config(sim: Sim, folder: Path, **sync: Any) -> Path:
@@ -97,22 +109,33 @@ def syncer_config(sim: Sim, folder: Path, **sync: Any) -> Path:
     return path
 
 
-def run_syncer(config: Path, *extra: str) -> Measured:
+def run_syncer(config: Path, *extra: str, under: Sequence[str] = ()) -> Measured:
+    """One `syncer sync` run, optionally `under` a wrapping command (strace)."""
     result = measure(
-        [sys.executable, "-m", "syncer", "sync", "--config", str(config), "--progress", "off", *extra]
+        [*under, sys.executable, "-m", "syncer", "sync", "--config", str(config), "--progress", "off", *extra]
     )
     if result.code != 0:
         raise RuntimeError(f"syncer exited {result.code}:\n{result.output[-2000:]}")
     return result
 
 
+SCRATCH: list[Path] = []
+
+
 @contextmanager
 def scratch() -> Iterator[Path]:
+    """A new empty folder, removed only by `clean_up` when the bench ends: deleting thousands of
+    files just before the next measured run makes the file system's inode allocation (ext4 without
+    a journal skips recently freed inodes one by one) charge that run for the bench's own clean-up,
+    which no real sync pays."""
     folder = Path(tempfile.mkdtemp(prefix="syncer-bench-"))
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+    SCRATCH.append(folder)
+    yield folder
+
+
+def clean_up() -> None:
+    while SCRATCH:
+        shutil.rmtree(SCRATCH.pop(), ignore_errors=True)
 
 
 @dataclass

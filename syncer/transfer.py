@@ -289,7 +289,7 @@ class Transfer:
     async def _install(self, job: Job, photo: Photo, fetched: Fetched) -> None:
         """Put the verified file and its sidecar in place and remove the old copy, in one trip to
         a file thread that runs to its end even if the run is stopped meanwhile; then note it."""
-        rel = self.render(photo)
+        rel = job.rel_path if photo is job.photo else self.render(photo)  # a fresh record may move it
         when = photo.when
         installing = self.fs.install(
             rel,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -75,14 +76,29 @@ def strip_query(url: str) -> str:
 
 
 def scrub_urls(value: Any) -> Any:
-    """A copy of a JSON value with the query string removed from every URL-looking string."""
-    if isinstance(value, dict):
-        return {str(k): scrub_urls(v) for k, v in value.items()}
-    if isinstance(value, list):
+    """A copy of a JSON value with the query string removed from every URL-looking string. (Exact
+    type tests: this runs over every field of every listed record.)"""
+    kind = type(value)
+    if kind is str:
+        return strip_query(value) if value.startswith(("http://", "https://")) else value
+    if kind is dict:
+        return {k if type(k) is str else str(k): scrub_urls(v) for k, v in value.items()}
+    if kind is list:
         return [scrub_urls(v) for v in value]
-    if isinstance(value, str) and value.startswith(("http://", "https://")):
-        return strip_query(value)
     return value
+
+
+@lru_cache(maxsize=1024)
+def _file_key(url: str | None, filename: str | None, size: int | None) -> str:
+    """`Photo.file_key`, remembered: the planner, the store and the transfer each ask for it."""
+    try:
+        path = urlsplit(url).path if url else ""
+    except ValueError:  # unparsable: its download fails with that reason; the key stays stable
+        path = url or ""
+    head, _, last = path.rpartition("/")
+    if filename and unquote(last) == filename:
+        path = head
+    return f"{path}#{size if size is not None else '?'}"
 
 
 def require_list(value: Any, what: str) -> list[Any]:
@@ -190,14 +206,7 @@ class Photo:
 
         A last path segment that is just the photo's file name is left out: renaming a photo in
         Procore changes that segment but not the bytes, and must not cost a download."""
-        try:
-            path = urlsplit(self.url).path if self.url else ""
-        except ValueError:  # unparsable: its download fails with that reason; the key stays stable
-            path = self.url or ""
-        head, _, last = path.rpartition("/")
-        if self.filename and unquote(last) == self.filename:
-            path = head
-        return f"{path}#{self.size if self.size is not None else '?'}"
+        return _file_key(self.url, self.filename, self.size)
 
     @property
     def when(self) -> datetime | None:

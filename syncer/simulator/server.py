@@ -142,6 +142,9 @@ class ListingRequest:
 @dataclass
 class Stats:
     requests: Counter[str] = field(default_factory=Counter)
+    arrivals: list[float] = field(default_factory=list)
+    """Wall-clock times (`time.time()`) of the requests to the API origin (`/_sim/` reads too), in
+    order: when a client that started at a known time sent its first request."""
     downloads: Counter[int] = field(default_factory=Counter)
     """Complete object-store bodies sent, by photo id."""
     file_requests: Counter[int] = field(default_factory=Counter)
@@ -445,11 +448,19 @@ class Simulator:
         app.router.add_get("/_sim/stats", self._stats, name="sim_stats")
         return app
 
-    async def _stats(self, _: web.Request) -> web.Response:
-        """The simulator's own counters, for benchmarks and people; not part of Procore's API."""
+    async def _stats(self, request: web.Request) -> web.Response:
+        """The simulator's own counters, for benchmarks and people; not part of Procore's API.
+        With `?since=T` (a Unix time), `first_request_after` is when the first API request at or
+        after T arrived (null if none has)."""
         s = self.stats
+        try:
+            since = float(request.query.get("since", "inf"))
+        except ValueError:
+            raise web.HTTPBadRequest(text="since: a Unix time") from None
+        at = bisect.bisect_left(s.arrivals, since)
         return web.json_response(
             {
+                "first_request_after": s.arrivals[at] if at < len(s.arrivals) else None,
                 "requests": dict(s.requests),
                 "downloads": sum(s.downloads.values()),
                 "bytes_sent": s.bytes_sent,
@@ -478,6 +489,7 @@ class Simulator:
         self, request: web.Request, handler: Handler
     ) -> web.StreamResponse:
         self.stats.requests[request.match_info.route.name or "unknown"] += 1
+        self.stats.arrivals.append(time.time())
         if self.config.latency:
             await asyncio.sleep(self.config.latency)
         if request.path.startswith("/_sim/"):
