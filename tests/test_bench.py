@@ -21,5 +21,6 @@ def test_the_smoke_bench_runs_every_scenario_and_writes_its_results(tmp_path: Pa
     names = " | ".join(f["name"] for f in document["figures"])
     for scenario in ("transfer", "many-small", "no-op", "memory", "budget"):
         assert scenario in names
+    assert "start-up to the first request" in names
     assert all(f["median"] >= 0 and f["runs"] >= 1 for f in document["figures"])
     assert document["machine"]["cpus"]

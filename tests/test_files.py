@@ -4,10 +4,12 @@ fsync order is observed on a real `syncer` in `test_durability.py`."""
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import hashlib
 import os
 import re
+import shutil
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from syncer.errors import LocalFault
-from syncer.mirror.files import MirrorFS, UnsafePath, fsync_dir, fsync_file, sha256_of
+from syncer.mirror.files import IOV_MAX, MirrorFS, UnsafePath, fsync_dir, fsync_file, sha256_of, write_all
 
 
 @pytest.fixture
@@ -134,6 +136,48 @@ async def test_an_install_into_a_folder_that_links_out_of_the_mirror_is_refused(
             "P/a.jpg", tmp=temp_file(fs, b"x"), data=None, mtime=None, sidecar=("P/a.jpg.json", b"1")
         )
     assert list(outside.iterdir()) == []
+
+
+async def test_installs_that_finish_together_fail_or_land_each_on_its_own(fs: MirrorFS) -> None:
+    """Installs queued while others are on a file thread go together in one batch; a photo whose
+    folder cannot be made fails alone, and the others of its batch are in place."""
+    (fs.root / "Blocked").write_bytes(b"a file where a folder should be")
+    rels = [f"P/{n}.jpg" for n in range(6)] + ["Blocked/x.jpg"] + [f"Q/{n}.jpg" for n in range(6)]
+    futures = [
+        fs.install(
+            rel, tmp=fs.tmp_path(f"{n}.part"), data=[rel.encode()], mtime=None, sidecar=(rel + ".json", b"{}")
+        )
+        for n, rel in enumerate(rels)
+    ]
+    outcomes = await asyncio.gather(*futures, return_exceptions=True)
+    assert [isinstance(o, OSError) for o in outcomes] == [False] * 6 + [True] + [False] * 6
+    assert outcomes[:6] + outcomes[7:] == [None] * 12
+    for rel in rels[:6] + rels[7:]:
+        assert (fs.root / rel).read_bytes() == rel.encode()
+        assert (fs.root / (rel + ".json")).read_bytes() == b"{}"
+
+
+async def test_an_install_remakes_a_folder_removed_since_it_was_checked(fs: MirrorFS) -> None:
+    await fs.install(
+        "P/a.jpg", tmp=fs.tmp_path("1.part"), data=[b"a"], mtime=None, sidecar=("P/a.jpg.json", b"1")
+    )
+    shutil.rmtree(fs.root / "P")
+    await fs.install(
+        "P/b.jpg", tmp=fs.tmp_path("2.part"), data=[b"b"], mtime=None, sidecar=("P/b.jpg.json", b"2")
+    )
+    assert (fs.root / "P" / "b.jpg").read_bytes() == b"b"
+    assert (fs.root / "P" / "b.jpg.json").read_bytes() == b"2"
+
+
+def test_a_body_in_many_small_pieces_is_written_whole_and_in_order(fs: MirrorFS) -> None:
+    """More pieces than one writev takes (a server that sends a byte at a time)."""
+    pieces = [bytes([n % 251]) for n in range(3 * IOV_MAX + 7)]
+    fd = os.open(fs.tmp_path("many"), os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        write_all(fd, pieces)
+    finally:
+        os.close(fd)
+    assert fs.tmp_path("many").read_bytes() == b"".join(pieces)
 
 
 def test_only_regular_files_count_as_existing(fs: MirrorFS, tmp_path: Path) -> None:

@@ -194,11 +194,65 @@ async def test_a_shared_budget_counts_a_new_windows_requests_afresh() -> None:
     assert slept == [], "the new window's share is its own"
 
 
-async def test_callers_held_for_the_reset_wake_a_jittered_moment_after_it() -> None:
-    pacer, slept = fake_clock_pacer(jitter=1.0)
+async def test_workers_sharing_a_budget_wake_a_jittered_moment_after_the_reset() -> None:
+    pacer, slept = fake_clock_pacer(share=0.5, jitter=1.0)
     pacer.observe({**WINDOW, "X-Rate-Limit-Remaining": "0"})
     await take(pacer)
     assert slept == [10.2], "up to 0.2 s after the reset, so many workers do not wake at once"
+
+
+async def test_a_process_alone_on_its_budget_wakes_at_the_reset() -> None:
+    pacer, slept = fake_clock_pacer(jitter=1.0)
+    pacer.observe({**WINDOW, "X-Rate-Limit-Remaining": "0"})
+    await take(pacer)
+    assert slept == [10.0], "one process's callers are let through one at a time anyway"
+
+
+def clocked_pacer() -> tuple[Pacer, list[float], list[float]]:
+    """A pacer on a fake clock the test moves; returns it, the clock and the list of sleeps."""
+    now = [1000.0]
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    return Pacer(clock=lambda: now[0], wall=lambda: now[0], sleep=sleep, jitter=lambda: 1.0), now, slept
+
+
+async def test_a_window_opened_by_a_seen_request_ends_no_later_than_the_shortest_window_bound() -> None:
+    """Reset is rounded up to a whole second. A request sent at 1000.0 that opened a window
+    reported to reset at 1010 bounds every such window to 10 s; the next window, opened by a
+    request answered at 1010.3, is over by 1020.3, not at its reported Reset of 1021."""
+    pacer, now, slept = clocked_pacer()
+    first = {"X-Rate-Limit-Limit": "25", "X-Rate-Limit-Remaining": "24"}
+    pacer.observe({**first, "X-Rate-Limit-Reset": "1010"}, sent=1000.0)
+    now[0] = 1010.3
+    pacer.observe({**first, "X-Rate-Limit-Reset": "1021"}, sent=1010.25)
+    pacer.observe({"X-Rate-Limit-Limit": "25", "X-Rate-Limit-Remaining": "0", "X-Rate-Limit-Reset": "1021"})
+    await take(pacer)
+    assert slept == [pytest.approx(10.0)]
+
+
+async def test_a_window_whose_first_request_was_not_seen_is_held_until_its_reset() -> None:
+    pacer, now, slept = clocked_pacer()
+    pacer.observe({**WINDOW, "X-Rate-Limit-Remaining": "24"}, sent=999.0)  # bounds a window to 11 s
+    now[0] = 1010.3
+    pacer.observe({"X-Rate-Limit-Limit": "25", "X-Rate-Limit-Remaining": "0", "X-Rate-Limit-Reset": "1021"})
+    await take(pacer)
+    assert slept == [pytest.approx(10.7)]
+
+
+async def test_the_bound_of_one_window_is_not_applied_to_a_window_of_another_limit() -> None:
+    """The hourly window reported once the spike window is not the tighter one."""
+    pacer, now, slept = clocked_pacer()
+    pacer.observe({**WINDOW, "X-Rate-Limit-Remaining": "24"}, sent=1000.0)
+    now[0] = 1010.3
+    hourly = {"X-Rate-Limit-Limit": "600", "X-Rate-Limit-Reset": "4600"}
+    pacer.observe({**hourly, "X-Rate-Limit-Remaining": "599"}, sent=1010.2)
+    pacer.observe({**hourly, "X-Rate-Limit-Remaining": "0"})
+    await take(pacer)
+    assert slept == [pytest.approx(4600 - 1010.3)]
 
 
 async def test_a_pause_under_a_second_is_waited_too() -> None:

@@ -260,13 +260,13 @@ class ProcoreHttp:
                 raise ProcoreError(f"{what}: refusing to send the token to {url.origin()}")
             headers["Authorization"] = f"Bearer {token}"
         try:
-            async with self.pacer.slot():
+            async with self.pacer.slot() as sent:
                 if (tally := TALLY.get()) is not None:
                     tally.requests += 1
                 response = await self.session.request(
                     method, url, headers=headers, data=data, allow_redirects=False, auto_decompress=decompress
                 )
-                self.pacer.observe(response.headers)
+                self.pacer.observe(response.headers, sent=sent)
         except aiohttp.ClientConnectorCertificateError as exc:
             raise untrusted(what, exc) from None
         except TRANSPORT_ERRORS as exc:

@@ -1,9 +1,15 @@
 """One rate-limit budget shared by every request the process sends to Procore.
 
 Procore reports the window closest to running out in `X-Rate-Limit-Limit/-Remaining/-Reset`.
-The pacer spends `Remaining` and, at zero, holds every caller until `Reset`; a 429 or 503 pauses
-everyone for `Retry-After`. Requests already in flight when an answer arrives are not yet counted
-in it, so they are taken off the reported budget.
+The pacer spends `Remaining` and, at zero, holds every caller until the window ends; a 429 or 503
+pauses everyone for `Retry-After`. Requests already in flight when an answer arrives are not yet
+counted in it, so they are taken off the reported budget.
+
+`Reset` is in whole seconds, rounded up: read as it is, it wastes half a second of every window
+on average, a fifth of a short one. But a window opens with the first request it counts (the one
+whose answer says `Remaining` = limit - 1), so each such request bounds the window's length (at
+most `Reset` minus when it was sent), and the next window ends at most that long after its first
+request is answered. The bound only tightens, and it is never shorter than the truth.
 
 Several workers of one company see the same company-wide budget in their answers. Each spends
 only its `share` of what it sees (`procore.workers_share`), and, since what it sees is a little
@@ -14,6 +20,7 @@ within the budget whatever the others' timing.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -69,6 +76,11 @@ class Pacer:
         self._in_flight = 0
         self._window_end: float | None = None
         """The server's `Reset` of the window the answers report."""
+        self._spans: dict[float, float] = {}
+        """For each window limit seen, the longest such a window can last (seconds, our clock)."""
+        self._opened: float | None = None
+        """The latest the reported window can have opened (our clock), if its first request's
+        answer was seen."""
         self._window_sent = 0
         """Requests sent in that window, as far as can be told; with a share below 1 at most
         `share * limit`."""
@@ -83,12 +95,13 @@ class Pacer:
         """Seconds callers were held for the budget."""
 
     @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        """Hold one unit of budget for the duration of one request."""
+    async def slot(self) -> AsyncIterator[float]:
+        """Hold one unit of budget for the duration of one request; gives the time it is sent, for
+        `observe`."""
         await self._acquire()
         self._in_flight += 1
         try:
-            yield
+            yield self._clock()
         finally:
             self._in_flight -= 1
 
@@ -100,7 +113,8 @@ class Pacer:
                 if now < self._paused_until:
                     wait = self._paused_until - now
                 elif (self._spent() or self._over_quota()) and now < self._reset_at:
-                    wait = self._reset_at - now + 0.2 * self._jitter()
+                    # Several processes sharing a budget wake at scattered moments, not all at once.
+                    wait = self._reset_at - now + (0.2 * self._jitter() if self.share < 1 else 0.0)
                 if wait <= 0:
                     break
                 self.waited += wait
@@ -119,8 +133,9 @@ class Pacer:
     def _over_quota(self) -> bool:
         return self.share < 1 and self.limit is not None and self._window_sent >= self.share * self.limit
 
-    def observe(self, headers: Mapping[str, str]) -> None:
-        """Learn the budget from an answer's headers (any status: errors count too)."""
+    def observe(self, headers: Mapping[str, str], *, sent: float | None = None) -> None:
+        """Learn the budget from an answer's headers (any status: errors count too); `sent` is
+        when its request went out (from `slot`)."""
         server_now = self._server_now(headers)  # every Date sharpens the clock estimate
         remaining = _header_number(headers, "X-Rate-Limit-Remaining")
         reset = _header_number(headers, "X-Rate-Limit-Reset")
@@ -128,10 +143,20 @@ class Pacer:
         if remaining is None or reset is None:
             return
         self.reported_remaining = remaining
+        now = self._clock()
+        reset_at = now + max(0.0, reset - server_now)
         if self._window_end is not None and reset > self._window_end:
             self._window_sent = self._in_flight  # this answer comes from a new window
+            self._opened = None
         self._window_end = reset
-        self._reset_at = self._clock() + max(0.0, reset - server_now)
+        if sent is not None and self.limit is not None and remaining == self.limit - 1:
+            # The window's first request: it opened between `sent` and now.
+            self._spans[self.limit] = min(self._spans.get(self.limit, math.inf), reset_at - sent)
+            self._opened = now
+        span = self._spans.get(self.limit) if self.limit is not None else None
+        if self._opened is not None and span is not None:
+            reset_at = min(reset_at, self._opened + span)
+        self._reset_at = reset_at
         # This request is still counted as in flight; the others were sent but not yet counted.
         # Each other worker may spend a request or so from a view of the budget one answer older
         # than this one, so a shared budget keeps that much in reserve.
