@@ -157,6 +157,51 @@ async def test_installs_that_finish_together_fail_or_land_each_on_its_own(fs: Mi
         assert (fs.root / (rel + ".json")).read_bytes() == b"{}"
 
 
+async def test_an_old_copy_that_cannot_be_removed_leaves_the_new_one_and_the_batch_installed(
+    fs: MirrorFS,
+) -> None:
+    (fs.root / "Old" / "a.jpg").mkdir(parents=True)  # a folder where the old copy should be
+    futures = [
+        fs.install(
+            f"P/{n}.jpg",
+            tmp=fs.tmp_path(f"{n}.part"),
+            data=[b"x"],
+            mtime=None,
+            sidecar=(f"P/{n}.jpg.json", b"{}"),
+        )
+        for n in range(3)
+    ]
+    futures.append(
+        fs.install(
+            "P/a.jpg",
+            tmp=fs.tmp_path("a.part"),
+            data=[b"new"],
+            mtime=None,
+            sidecar=("P/a.jpg.json", b"{}"),
+            replacing="Old/a.jpg",
+        )
+    )
+    assert await asyncio.gather(*futures) == [None] * 4
+    assert (fs.root / "P" / "a.jpg").read_bytes() == b"new"
+
+
+async def test_a_caller_that_stops_waiting_does_not_hold_up_the_others(fs: MirrorFS) -> None:
+    futures = [
+        fs.install(
+            f"P/{n}.jpg",
+            tmp=fs.tmp_path(f"{n}.part"),
+            data=[b"x"],
+            mtime=None,
+            sidecar=(f"P/{n}.jpg.json", b"{}"),
+        )
+        for n in range(8)
+    ]
+    futures[4].cancel()
+    outcomes = await asyncio.gather(*futures, return_exceptions=True)
+    assert [o is None for o in outcomes] == [True] * 4 + [False] + [True] * 3
+    assert (fs.root / "P" / "4.jpg").read_bytes() == b"x", "the install itself ran to its end"
+
+
 async def test_an_install_remakes_a_folder_removed_since_it_was_checked(fs: MirrorFS) -> None:
     await fs.install(
         "P/a.jpg", tmp=fs.tmp_path("1.part"), data=[b"a"], mtime=None, sidecar=("P/a.jpg.json", b"1")

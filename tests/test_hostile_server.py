@@ -201,4 +201,49 @@ async def test_a_relative_redirect_is_followed_from_the_current_url(sim: Simulat
 
     async with hostile(relative) as (base, _), fetcher(sim, tmp_path) as f:
         fetched = await fetch(f, f"{base}/a/file", 120)
-    assert fetched.data == [b"x" * 120]
+    assert fetched.data is not None and b"".join(fetched.data) == b"x" * 120
+
+
+async def test_a_chunked_body_whose_chunk_ends_arrive_late_is_read_to_its_end(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    """A chunk's closing CRLF that arrives after its data gives an empty piece; the body goes on."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(b"\r\n5\r\nworld\r\n0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with fetcher(sim, tmp_path) as f:
+            fetched = await fetch(f, f"http://127.0.0.1:{port}/file", None)
+    finally:
+        server.close()
+    assert fetched.data is not None and b"".join(fetched.data) == b"helloworld"
+
+
+async def test_a_body_sent_a_byte_at_a_time_is_kept_in_few_pieces(sim: Simulator, tmp_path: Path) -> None:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2000\r\nConnection: close\r\n\r\n")
+        for _ in range(2000):
+            writer.write(b"x")
+            await writer.drain()
+            await asyncio.sleep(0)
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with fetcher(sim, tmp_path) as f:
+            fetched = await fetch(f, f"http://127.0.0.1:{port}/file", 2000)
+    finally:
+        server.close()
+    assert fetched.data is not None and b"".join(fetched.data) == b"x" * 2000
+    assert len(fetched.data) <= 257

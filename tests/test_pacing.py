@@ -290,3 +290,39 @@ async def test_the_time_callers_were_held_adds_up() -> None:
     pacer.pause(3)
     await take(pacer)
     assert pacer.waited == 5.0
+
+
+async def test_a_bound_learned_from_the_hourly_window_is_not_applied_to_the_spike_window() -> None:
+    pacer, now, slept = clocked_pacer()
+    hourly = {"X-Rate-Limit-Limit": "600", "X-Rate-Limit-Reset": "4600"}
+    pacer.observe({**hourly, "X-Rate-Limit-Remaining": "599"}, sent=1000.0)
+    now[0] = 1005.0
+    pacer.observe({"X-Rate-Limit-Limit": "25", "X-Rate-Limit-Remaining": "0", "X-Rate-Limit-Reset": "1010"})
+    await take(pacer)
+    assert slept == [pytest.approx(5.0)]
+
+
+async def test_bounds_that_disagree_are_not_used() -> None:
+    """Windows that open at fixed times, not with their first request: the first requests seen
+    fall anywhere in them, so their bounds spread, and the pacer keeps to Reset."""
+    pacer, now, slept = clocked_pacer()
+    first = {"X-Rate-Limit-Limit": "25", "X-Rate-Limit-Remaining": "24"}
+    pacer.observe({**first, "X-Rate-Limit-Reset": "1010"}, sent=1007.0)  # bound 3 s
+    now[0] = 1010.1
+    pacer.observe({**first, "X-Rate-Limit-Reset": "1020"}, sent=1010.0)  # bound 10 s
+    pacer.observe({"X-Rate-Limit-Limit": "25", "X-Rate-Limit-Remaining": "0", "X-Rate-Limit-Reset": "1020"})
+    await take(pacer)
+    assert slept == [pytest.approx(9.9)]
+
+
+async def test_a_learned_bound_never_ends_a_window_more_than_a_second_before_its_reset() -> None:
+    pacer, now, slept = clocked_pacer()
+    first = {"X-Rate-Limit-Limit": "25", "X-Rate-Limit-Remaining": "24"}
+    pacer.observe({**first, "X-Rate-Limit-Reset": "1010"}, sent=1000.0)  # bound 10 s
+    now[0] = 1010.0
+    pacer.observe({**first, "X-Rate-Limit-Reset": "1020"}, sent=1009.9)  # bound 10.1 s
+    now[0] = 1019.65
+    pacer.observe({**first, "X-Rate-Limit-Reset": "1031"}, sent=1019.6)  # bound 11.4 s: they still agree
+    pacer.observe({"X-Rate-Limit-Limit": "25", "X-Rate-Limit-Remaining": "0", "X-Rate-Limit-Reset": "1031"})
+    await take(pacer)
+    assert slept == [pytest.approx(10.35)], "held to 1030 (Reset less the second of rounding), not 1029.65"

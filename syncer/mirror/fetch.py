@@ -89,10 +89,27 @@ class PartState:
     etag: str | None
 
 
+PIECES = 256
+"""Pieces of a body kept apart before they are joined: a server that sends a few bytes at a time
+must not cost tens of bytes of bookkeeping per byte."""
+
+
 async def _chunks(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
-    """A body as the socket delivered it: each piece as it was read, never joined or copied."""
-    while chunk := (await response.content.readchunk())[0]:
-        yield chunk
+    """A body as the socket delivered it: each piece as it was read, never joined or copied. An
+    empty piece that ends an HTTP chunk is not the end of the body; only (b"", False) is."""
+    while True:
+        piece, chunk_end = await response.content.readchunk()
+        if piece:
+            yield piece
+        elif not chunk_end:
+            return
+
+
+def _keep(pieces: list[bytes], piece: bytes) -> None:
+    """Add `piece`, joining what is kept once there are many pieces (one copy per PIECES)."""
+    pieces.append(piece)
+    if len(pieces) > PIECES:
+        pieces[:] = [b"".join(pieces)]
 
 
 def _redact(url: URL) -> str:
@@ -335,7 +352,7 @@ class Fetcher:
             if not offset:  # most photos arrive whole before the first write would be due
                 async for chunk in chunks:
                     digest.update(chunk)
-                    head.append(chunk)
+                    _keep(head, chunk)
                     received += len(chunk)
                     limit.check(received)
                     if received >= WRITE_BATCH:
@@ -392,7 +409,7 @@ class Fetcher:
             await out.seek(offset)
             async for chunk in chunks:
                 digest.update(chunk)
-                batch.append(chunk)
+                _keep(batch, chunk)
                 batched += len(chunk)
                 received += len(chunk)
                 limit.check(received)

@@ -13,7 +13,9 @@ import errno
 import fcntl
 import hashlib
 import itertools
+import logging
 import os
+import secrets
 import stat
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -27,6 +29,7 @@ from syncer.errors import LocalFault
 from syncer.mirror.sidecar import sidecar_path
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 INSTALL_THREADS = 2
 """Batches of installs in flight at once: enough to keep a disk's queue busy, few enough that the
 file threads and the event loop seldom queue for the GIL."""
@@ -156,6 +159,19 @@ def _lock_removable(path: Path) -> int | None:
     return None
 
 
+def _settle(
+    batch: list[tuple[Install, asyncio.Future[None]]], errors: Sequence[BaseException | None]
+) -> None:
+    """Give each install's caller its outcome (a caller that stopped waiting gets none)."""
+    for (_, future), error in zip(batch, errors, strict=True):
+        if future.done():
+            continue
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)
+
+
 @dataclass(frozen=True, slots=True)
 class Install:
     """One photo to put in place (see `MirrorFS.install`)."""
@@ -180,6 +196,7 @@ class MirrorFS:
         self._waiting: list[tuple[Install, asyncio.Future[None]]] = []
         self._batches = 0
         self._names = itertools.count()
+        self._prefix = secrets.token_hex(8)
 
     def prepare(self, *, stale_after: float = 3600.0) -> None:
         """Create the state folder and drop temp files an interrupted run left behind.
@@ -267,8 +284,9 @@ class MirrorFS:
         return target
 
     def _tmp_name(self) -> Path:
-        """A staging name no other process or thread uses: the process id and a counter."""
-        return self.tmp_dir / f"{os.getpid()}-{next(self._names)}.tmp"
+        """A staging name no other process or thread uses: this mirror object's random prefix
+        (processes on several hosts, or in containers, may share a process id) and a counter."""
+        return self.tmp_dir / f"{self._prefix}-{next(self._names)}.tmp"
 
     def _write_atomic(self, rel: str, data: bytes) -> Path:
         tmp = self._tmp_name()
@@ -283,12 +301,12 @@ class MirrorFS:
         """Write a small file atomically and make it durable, folder included."""
         await self.run(self.write_with_folder, rel, data)
 
-    def _install_batch(self, batch: list[Install]) -> list[BaseException | None]:
+    def _install_batch(self, batch: list[Install]) -> list[Exception | None]:
         """Install each photo of `batch` in the durability order, sharing what can be shared: each
         file and sidecar is written, fsynced and renamed into place, then every folder touched is
         fsynced once, and only then are old copies removed. One trip to a file thread for the lot;
         a photo that fails fails alone (its error is in its place in the answer)."""
-        errors: list[BaseException | None] = []
+        errors: list[Exception | None] = []
         folders: list[Path | None] = []
         for item in batch:
             try:
@@ -300,7 +318,7 @@ class MirrorFS:
                 self._write_atomic(*item.sidecar)
                 errors.append(None)
                 folders.append(folder)
-            except (OSError, UnsafePath) as exc:
+            except Exception as exc:  # the photo's own failure, handed to its caller
                 errors.append(exc)
                 folders.append(None)
         for folder in dict.fromkeys(f for f in folders if f is not None):
@@ -310,8 +328,11 @@ class MirrorFS:
                 errors = [exc if f == folder else e for f, e in zip(folders, errors, strict=True)]
         for item, error in zip(batch, errors, strict=True):
             if error is None and item.replacing is not None and item.replacing != item.rel:
-                self._remove(item.replacing)
-                self._remove(sidecar_path(item.replacing))
+                try:
+                    self._remove(item.replacing)
+                    self._remove(sidecar_path(item.replacing))
+                except (OSError, UnsafePath) as exc:  # the new copy is in place: it stands
+                    log.warning("the old copy of %s at %s stays: %s", item.rel, item.replacing, exc)
         return errors
 
     def install(
@@ -340,19 +361,21 @@ class MirrorFS:
     def _next_batch(self) -> None:
         batch, self._waiting = self._waiting, []
         self._batches += 1
-        done = self.run(self._install_batch, [item for item, _ in batch])
-
-        def settle(outcome: asyncio.Future[list[BaseException | None]]) -> None:
+        try:
+            done = self.run(self._install_batch, [item for item, _ in batch])
+        except RuntimeError as exc:  # the file threads are shut down
             self._batches -= 1
-            crashed = outcome.exception()
-            errors = [crashed] * len(batch) if crashed else outcome.result()
-            for (_, future), error in zip(batch, errors, strict=True):
-                if error is None:
-                    future.set_result(None)
-                else:
-                    future.set_exception(error)
-            if self._waiting:
-                self._next_batch()
+            _settle(batch, [exc] * len(batch))
+            return
+
+        def settle(outcome: asyncio.Future[list[Exception | None]]) -> None:
+            self._batches -= 1
+            try:
+                crashed = outcome.exception()
+                _settle(batch, [crashed] * len(batch) if crashed else outcome.result())
+            finally:
+                if self._waiting:
+                    self._next_batch()
 
         done.add_done_callback(settle)
 

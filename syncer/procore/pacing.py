@@ -9,7 +9,8 @@ counted in it, so they are taken off the reported budget.
 on average, a fifth of a short one. But a window opens with the first request it counts (the one
 whose answer says `Remaining` = limit - 1), so each such request bounds the window's length (at
 most `Reset` minus when it was sent), and the next window ends at most that long after its first
-request is answered. The bound only tightens, and it is never shorter than the truth.
+request is answered. The bound is used only once two windows agree on it (windows that open at
+fixed times would not), and never more than the second of rounding before `Reset`.
 
 Several workers of one company see the same company-wide budget in their answers. Each spends
 only its `share` of what it sees (`procore.workers_share`), and, since what it sees is a little
@@ -28,6 +29,9 @@ from contextlib import asynccontextmanager
 from email.utils import parsedate_to_datetime
 
 Sleep = Callable[[float], Awaitable[None]]
+SPREAD = 1.5
+"""How far apart two bounds on a window's length may be (the second of rounding, plus time for
+the round trips) for the pacer to trust them."""
 
 
 def _header_number(headers: Mapping[str, str], name: str) -> float | None:
@@ -76,11 +80,12 @@ class Pacer:
         self._in_flight = 0
         self._window_end: float | None = None
         """The server's `Reset` of the window the answers report."""
-        self._spans: dict[float, float] = {}
-        """For each window limit seen, the longest such a window can last (seconds, our clock)."""
-        self._opened: float | None = None
-        """The latest the reported window can have opened (our clock), if its first request's
-        answer was seen."""
+        self._spans: dict[float, tuple[float, float, int]] = {}
+        """For each window limit seen: the lowest and highest bound on such a window's length that
+        its first requests gave (seconds), and how many there were."""
+        self._opened: tuple[float, float, float] | None = None
+        """(limit, Reset, the latest it can have opened on our clock) of the last window whose first
+        request's answer was seen."""
         self._window_sent = 0
         """Requests sent in that window, as far as can be told; with a share below 1 at most
         `share * limit`."""
@@ -147,21 +152,28 @@ class Pacer:
         reset_at = now + max(0.0, reset - server_now)
         if self._window_end is not None and reset > self._window_end:
             self._window_sent = self._in_flight  # this answer comes from a new window
-            self._opened = None
         self._window_end = reset
-        if sent is not None and self.limit is not None and remaining == self.limit - 1:
+        limit = self.limit
+        if limit is not None and sent is not None and remaining == limit - 1:
             # The window's first request: it opened between `sent` and now.
-            self._spans[self.limit] = min(self._spans.get(self.limit, math.inf), reset_at - sent)
-            self._opened = now
-        span = self._spans.get(self.limit) if self.limit is not None else None
-        if self._opened is not None and span is not None:
-            reset_at = min(reset_at, self._opened + span)
+            low, high, count = self._spans.get(limit, (math.inf, -math.inf, 0))
+            self._spans[limit] = (min(low, reset_at - sent), max(high, reset_at - sent), count + 1)
+            self._opened = (limit, reset, now)
+        if limit is not None and self._opened is not None and self._opened[:2] == (limit, reset):
+            reset_at = max(reset_at - 1.0, min(reset_at, self._opened[2] + self._span(limit)))
         self._reset_at = reset_at
         # This request is still counted as in flight; the others were sent but not yet counted.
         # Each other worker may spend a request or so from a view of the budget one answer older
         # than this one, so a shared budget keeps that much in reserve.
         reserve = 1 / self.share - 1
         self._remaining = remaining * self.share - max(0, self._in_flight - 1) - reserve
+
+    def _span(self, limit: float) -> float:
+        """The longest a window of `limit` can last, if its first requests agree: windows that
+        open with their first request give samples within a second (the rounding) of each other;
+        samples that spread wider mean windows are not opened that way, and are not used."""
+        low, high, count = self._spans.get(limit, (math.inf, -math.inf, 0))
+        return low if count >= 2 and high - low <= SPREAD else math.inf
 
     def _server_now(self, headers: Mapping[str, str]) -> float:
         """The server's clock, so `Reset` is read without our clock's skew.

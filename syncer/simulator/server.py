@@ -139,6 +139,10 @@ class ListingRequest:
     """The request's query string (filters, sort, ...)."""
 
 
+MAX_ARRIVALS = 1_000_000
+"""Request times kept for `/_sim/stats?since=`: a simulator left running forgets the oldest."""
+
+
 @dataclass
 class Stats:
     requests: Counter[str] = field(default_factory=Counter)
@@ -162,6 +166,12 @@ class Stats:
     """Answers 401 for a missing, unknown or expired token."""
     token_life_left: float = math.inf
     """The least time a token had left to live when a request carried it."""
+
+    def arrived(self, now: float) -> None:
+        """Note a request's arrival; kept sorted for bisect even if the clock steps back."""
+        self.arrivals.append(max(now, self.arrivals[-1]) if self.arrivals else now)
+        if len(self.arrivals) > MAX_ARRIVALS:
+            del self.arrivals[: MAX_ARRIVALS // 2]
 
 
 def _ts(value: datetime | None) -> str | None:
@@ -489,7 +499,7 @@ class Simulator:
         self, request: web.Request, handler: Handler
     ) -> web.StreamResponse:
         self.stats.requests[request.match_info.route.name or "unknown"] += 1
-        self.stats.arrivals.append(time.time())
+        self.stats.arrived(time.time())
         if self.config.latency:
             await asyncio.sleep(self.config.latency)
         if request.path.startswith("/_sim/"):
