@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from syncer.mirror.fetch import DURABLE_EVERY, WRITE_BATCH, Fetched, Fetcher, FetchError
+from syncer.mirror.fetch import DURABLE_EVERY, SMALL_PIECE, WRITE_BATCH, Fetched, Fetcher, FetchError, Pieces
 from syncer.mirror.files import MirrorFS
 from syncer.procore.models import Photo
 from syncer.procore.query import ImageQuery
@@ -552,3 +552,18 @@ async def test_a_retry_after_given_as_a_date_is_read_against_the_clock(
         with pytest.raises(FetchError) as caught:
             await fetch_one(fetcher, f"{base}/storage/1")
     assert caught.value.wait is not None and 25 < caught.value.wait <= 30
+
+
+def test_pieces_keep_big_pieces_as_they_are_and_gather_small_ones_in_order() -> None:
+    big = [bytes([n]) * SMALL_PIECE for n in range(3)]
+    pieces = Pieces()
+    for piece in [b"a", b"b", big[0], b"c", big[1], big[2], b"d" * 10]:
+        pieces.add(piece)
+    assert pieces.size == 3 * SMALL_PIECE + 13
+    kept = pieces.take()
+    assert b"".join(kept) == b"ab" + big[0] + b"c" + big[1] + big[2] + b"d" * 10
+    assert [k for k in kept if len(k) == SMALL_PIECE] == big
+    assert all(k is b for k, b in zip([k for k in kept if len(k) == SMALL_PIECE], big, strict=True)), (
+        "not copied"
+    )
+    assert (pieces.size, pieces.take()) == (0, [])

@@ -89,11 +89,6 @@ class PartState:
     etag: str | None
 
 
-PIECES = 256
-"""Pieces of a body kept apart before they are joined: a server that sends a few bytes at a time
-must not cost tens of bytes of bookkeeping per byte."""
-
-
 async def _chunks(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
     """A body as the socket delivered it: each piece as it was read, never joined or copied. An
     empty piece that ends an HTTP chunk is not the end of the body; only (b"", False) is."""
@@ -105,11 +100,39 @@ async def _chunks(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
             return
 
 
-def _keep(pieces: list[bytes], piece: bytes) -> None:
-    """Add `piece`, joining what is kept once there are many pieces (one copy per PIECES)."""
-    pieces.append(piece)
-    if len(pieces) > PIECES:
-        pieces[:] = [b"".join(pieces)]
+SMALL_PIECE = 16 * 1024
+
+
+class Pieces:
+    """Pieces of a body as the socket delivered them, kept without copies. Pieces smaller than
+    SMALL_PIECE (a server sending a few bytes at a time) are gathered into blocks of that size,
+    so what is kept costs little more memory than its bytes."""
+
+    def __init__(self) -> None:
+        self.size = 0
+        self._kept: list[bytes] = []
+        self._small = bytearray()
+
+    def add(self, piece: bytes) -> None:
+        self.size += len(piece)
+        if len(piece) >= SMALL_PIECE:
+            self._gather()
+            self._kept.append(piece)
+        else:
+            self._small += piece
+            if len(self._small) >= SMALL_PIECE:
+                self._gather()
+
+    def take(self) -> list[bytes]:
+        """Everything kept, in order; empties the collection."""
+        self._gather()
+        kept, self._kept, self.size = self._kept, [], 0
+        return kept
+
+    def _gather(self) -> None:
+        if self._small:
+            self._kept.append(bytes(self._small))
+            self._small.clear()
 
 
 def _redact(url: URL) -> str:
@@ -346,20 +369,20 @@ class Fetcher:
             limit.check(total)
         digest = await self._begin(part, offset)
         chunks = _chunks(response)
-        head: list[bytes] = []
+        head = Pieces()
         received = offset
         try:
             if not offset:  # most photos arrive whole before the first write would be due
                 async for chunk in chunks:
                     digest.update(chunk)
-                    _keep(head, chunk)
+                    head.add(chunk)
                     received += len(chunk)
                     limit.check(received)
                     if received >= WRITE_BATCH:
                         break
                 else:
                     self._check_length(part, received, total, expected_size, what)
-                    return Fetched(tmp=part.path, size=received, sha256=digest.hexdigest(), data=head)
+                    return Fetched(tmp=part.path, size=received, sha256=digest.hexdigest(), data=head.take())
             received = await self._write(
                 part,
                 chunks,
@@ -395,35 +418,33 @@ class Fetcher:
         chunks: AsyncIterator[bytes],
         *,
         offset: int,
-        head: list[bytes],
+        head: Pieces,
         digest: hashlib._Hash,
         etag: str | None,
         limit: Limit,
     ) -> int:
         """Stream the rest of a large body to the part file, recording durable progress each MiB."""
-        received = durable = offset + sum(map(len, head))
-        batch, batched = head, received - offset
+        received = durable = offset + head.size
+        batch = head
         async with aiofiles.open(
             part.path, "r+b" if offset else "wb", opener=part.opener(bool(offset)), executor=self.fs.executor
         ) as out:
             await out.seek(offset)
             async for chunk in chunks:
                 digest.update(chunk)
-                _keep(batch, chunk)
-                batched += len(chunk)
+                batch.add(chunk)
                 received += len(chunk)
                 limit.check(received)
-                if batched >= WRITE_BATCH:
-                    await out.write(b"".join(batch))
-                    batch, batched = [], 0
+                if batch.size >= WRITE_BATCH:
+                    await out.write(b"".join(batch.take()))
                     if received - durable >= DURABLE_EVERY:
                         await out.flush()
                         await self.fs.run(os.fsync, out.fileno())
                         durable = received
                         await self.fs.run(part.save, durable, etag)
                         self.partial.add(part.state_path.name)
-            if batch:
-                await out.write(b"".join(batch))
+            if batch.size:
+                await out.write(b"".join(batch.take()))
             await out.flush()
             await self.fs.run(os.fsync, out.fileno())
         return received
