@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -145,10 +146,13 @@ async def test_sigterm_on_a_sync_records_every_installed_file_and_exits_130(
     }
     assert on_disk and on_disk <= recorded, f"installed but not recorded: {sorted(on_disk - recorded)[:5]}"
     assert db_rows(settings, "SELECT outcome FROM sync_runs") == [("interrupted",)]
-    fetched = sum(sim.stats.downloads.values())
+    kept = {row[0] for row in db_rows(settings, "SELECT id FROM photos WHERE local_path IS NOT NULL")}
+    asked = Counter(sim.stats.file_requests)  # counted as each request arrives: no race at the end
     rerun = await syncer("sync", "--config", str(config))
     assert rerun.code == ExitCode.OK, rerun.err
-    assert sum(sim.stats.downloads.values()) - fetched == 40 - len(recorded), "nothing fetched twice"
+    again = Counter(sim.stats.file_requests) - asked
+    assert set(again) == set(sim.expected_files()) - kept, "nothing recorded is fetched again"
+    assert set(again.values()) == {1}
     assert_byte_exact(sim, settings)
 
 
