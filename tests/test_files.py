@@ -231,8 +231,11 @@ def test_only_regular_files_count_as_existing(fs: MirrorFS, tmp_path: Path) -> N
     (fs.root / "P" / "folder.jpg").mkdir()
     (tmp_path / "target.jpg").write_bytes(b"y")
     (fs.root / "P" / "link.jpg").symlink_to(tmp_path / "target.jpg")
-    asked = ["P/missing.jpg", "../escape.jpg", "P/folder.jpg", "P/link.jpg", "P/file.jpg"]
-    assert fs.existing(asked) == {"P/file.jpg"}
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "x.jpg").write_bytes(b"z")
+    (fs.root / "Out").symlink_to(tmp_path / "outside")
+    asked = ["P/missing.jpg", "../escape.jpg", "P/folder.jpg", "P/link.jpg", "Out/x.jpg", "P/file.jpg"]
+    assert fs.existing(asked) == {"P/file.jpg"}, "nothing through a folder that links out of the mirror"
 
 
 async def test_a_small_file_is_written_whole_and_leaves_no_temp_file(fs: MirrorFS) -> None:

@@ -252,8 +252,8 @@ class MirrorFS:
         """Which of these mirror paths hold a regular file, no link followed (on a mirror thread)."""
         found = set()
         for rel in rels:
-            try:
-                if stat.S_ISREG(os.lstat(self.path(rel)).st_mode):
+            try:  # most are new photos in folders not made yet: one lstat says so, before any check
+                if stat.S_ISREG(os.lstat(self.root / rel).st_mode) and self.path(rel):
                     found.add(rel)
             except (OSError, UnsafePath):
                 continue
