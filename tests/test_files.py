@@ -138,17 +138,22 @@ async def test_an_install_into_a_folder_that_links_out_of_the_mirror_is_refused(
     assert list(outside.iterdir()) == []
 
 
+def in_memory(
+    fs: MirrorFS, rel: str, body: bytes = b"x", replacing: str | None = None
+) -> asyncio.Future[None]:
+    """The install of a photo whose body is still in memory, with an empty-object sidecar."""
+    tmp = fs.tmp_path(rel.replace("/", "_") + ".part")
+    return fs.install(
+        rel, tmp=tmp, data=[body], mtime=None, sidecar=(rel + ".json", b"{}"), replacing=replacing
+    )
+
+
 async def test_installs_that_finish_together_fail_or_land_each_on_its_own(fs: MirrorFS) -> None:
     """Installs queued while others are on a file thread go together in one batch; a photo whose
     folder cannot be made fails alone, and the others of its batch are in place."""
     (fs.root / "Blocked").write_bytes(b"a file where a folder should be")
     rels = [f"P/{n}.jpg" for n in range(6)] + ["Blocked/x.jpg"] + [f"Q/{n}.jpg" for n in range(6)]
-    futures = [
-        fs.install(
-            rel, tmp=fs.tmp_path(f"{n}.part"), data=[rel.encode()], mtime=None, sidecar=(rel + ".json", b"{}")
-        )
-        for n, rel in enumerate(rels)
-    ]
+    futures = [in_memory(fs, rel, rel.encode()) for rel in rels]
     outcomes = await asyncio.gather(*futures, return_exceptions=True)
     assert [isinstance(o, OSError) for o in outcomes] == [False] * 6 + [True] + [False] * 6
     assert outcomes[:6] + outcomes[7:] == [None] * 12
@@ -161,41 +166,14 @@ async def test_an_old_copy_that_cannot_be_removed_leaves_the_new_one_and_the_bat
     fs: MirrorFS,
 ) -> None:
     (fs.root / "Old" / "a.jpg").mkdir(parents=True)  # a folder where the old copy should be
-    futures = [
-        fs.install(
-            f"P/{n}.jpg",
-            tmp=fs.tmp_path(f"{n}.part"),
-            data=[b"x"],
-            mtime=None,
-            sidecar=(f"P/{n}.jpg.json", b"{}"),
-        )
-        for n in range(3)
-    ]
-    futures.append(
-        fs.install(
-            "P/a.jpg",
-            tmp=fs.tmp_path("a.part"),
-            data=[b"new"],
-            mtime=None,
-            sidecar=("P/a.jpg.json", b"{}"),
-            replacing="Old/a.jpg",
-        )
-    )
+    futures = [in_memory(fs, f"P/{n}.jpg") for n in range(3)]
+    futures.append(in_memory(fs, "P/a.jpg", b"new", replacing="Old/a.jpg"))
     assert await asyncio.gather(*futures) == [None] * 4
     assert (fs.root / "P" / "a.jpg").read_bytes() == b"new"
 
 
 async def test_a_caller_that_stops_waiting_does_not_hold_up_the_others(fs: MirrorFS) -> None:
-    futures = [
-        fs.install(
-            f"P/{n}.jpg",
-            tmp=fs.tmp_path(f"{n}.part"),
-            data=[b"x"],
-            mtime=None,
-            sidecar=(f"P/{n}.jpg.json", b"{}"),
-        )
-        for n in range(8)
-    ]
+    futures = [in_memory(fs, f"P/{n}.jpg") for n in range(8)]
     futures[4].cancel()
     outcomes = await asyncio.gather(*futures, return_exceptions=True)
     assert [o is None for o in outcomes] == [True] * 4 + [False] + [True] * 3

@@ -76,8 +76,9 @@ class Fetched:
     size: int
     sha256: str
     data: list[bytes] | None = None
-    """The whole body, in the pieces it arrived in, when it was small enough to keep in memory;
-    then `tmp` is not written yet (the install writes them with one `writev`)."""
+    """The whole body, in the pieces it arrived in (small ones gathered, see `Pieces`), when it was
+    small enough to keep in memory; then `tmp` is not written yet (the install writes them with
+    one `writev`)."""
 
 
 @dataclass(frozen=True)
@@ -370,19 +371,18 @@ class Fetcher:
         digest = await self._begin(part, offset)
         chunks = _chunks(response)
         head = Pieces()
-        received = offset
         try:
             if not offset:  # most photos arrive whole before the first write would be due
                 async for chunk in chunks:
                     digest.update(chunk)
                     head.add(chunk)
-                    received += len(chunk)
-                    limit.check(received)
-                    if received >= WRITE_BATCH:
+                    limit.check(head.size)
+                    if head.size >= WRITE_BATCH:
                         break
                 else:
-                    self._check_length(part, received, total, expected_size, what)
-                    return Fetched(tmp=part.path, size=received, sha256=digest.hexdigest(), data=head.take())
+                    size = head.size
+                    self._check_length(part, size, total, expected_size, what)
+                    return Fetched(tmp=part.path, size=size, sha256=digest.hexdigest(), data=head.take())
             received = await self._write(
                 part,
                 chunks,
