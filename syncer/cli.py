@@ -23,7 +23,8 @@ T = TypeVar("T")
 EPILOG = """exit codes:
   0  everything listed is mirrored and verified
   1  some photos or projects failed (the summary names them); safe to run again
-  2  usage or configuration error; nothing was changed
+  2  usage or configuration error, or Procore does not show the configured company or
+     projects to this account, or a needed extra is not installed; nothing was changed
   3  Procore refused the credentials
   4  another syncer is working on the same mirror
   130 interrupted (Ctrl-C or SIGTERM); what was installed is recorded
@@ -85,9 +86,10 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from syncer.config import load_settings
     from syncer.status import render_status, status_document
 
-    settings = _load(args)
+    settings = load_settings(_config_path(args), need_credentials=False)  # reads the database only
     document = asyncio.run(status_document(settings))
     print(json.dumps(document, indent=2) if args.json else render_status(document))
     return 0
@@ -101,10 +103,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from syncer.config import load_settings
     from syncer.verify import render_verify, verify
 
-    settings = _load(args)
-    report = run_stoppable(verify(settings, project_ids=args.project or None, fix=args.fix))
+    if args.move_strays and args.project:
+        raise ConfigError("--move-strays looks at the whole mirror; it cannot be combined with --project")
+    settings = load_settings(_config_path(args), need_credentials=False)  # reads the database only
+    report = run_stoppable(
+        verify(settings, project_ids=args.project or None, fix=args.fix, move_strays=args.move_strays)
+    )
     print(render_verify(report))
     return int(ExitCode.OK if report.matches else ExitCode.INCOMPLETE)
 
@@ -261,12 +268,26 @@ def build_parser() -> argparse.ArgumentParser:
         "verify",
         parents=[with_config],
         help="re-hash the mirror against the database (exit 0 only if it matches)",
+        description="Re-hash every photo in the mirror against the database and check its sidecar; "
+        "list photos missing or changed, sidecars missing or bad, and unexpected files (files the "
+        "database knows nothing of, looked for only without --project). Exit 0 only when the mirror "
+        "matches, once what --fix and --move-strays did is done; a photo --fix queued matches after "
+        "the next `syncer sync`. Needs no Procore credentials.",
     )
     verify.add_argument(
         "--project", type=int, action="append", metavar="ID", help="only this project (repeatable)"
     )
     verify.add_argument(
-        "--fix", action="store_true", help="rewrite bad sidecars and queue bad photos for the next sync"
+        "--fix",
+        action="store_true",
+        help="write missing or bad sidecars from the database, and queue missing or changed photos "
+        "for the next `syncer sync` to download",
+    )
+    verify.add_argument(
+        "--move-strays",
+        action="store_true",
+        help="move unexpected files (the database knows nothing of them) to "
+        "MIRROR/.trash/strays/DATE/ under the same paths; without it they are only listed",
     )
     verify.set_defaults(func=cmd_verify)
 

@@ -243,6 +243,11 @@ class Daemon:
         try:
             async with busy, self.slots:
                 await self._take_turn(project, kind)
+        except asyncio.CancelledError:
+            if not self.stopping.is_set():
+                raise
+            # a stop is not an error: the engine recorded every installed file and closed the run
+            log.info("%s sync of %s stopped by the shutdown; the next run continues", kind, project.name)
         finally:
             self.running.discard(task)
 
@@ -286,7 +291,12 @@ class Daemon:
         self.metrics.record(result, kind, outcome)
         self.health.record(project.id, result.ok)
         self.health.checkpoints[project.id] = await self.syncer.store.checkpoint(project.id)
-        log.info("%s sync of %s: %s", kind, project.name, _one_line(result, outcome))
+        if result.ok or result.stopped:
+            log.info("%s sync of %s: %s", kind, project.name, _one_line(result, outcome))
+        else:
+            log.warning(
+                "%s sync of %s: %s; %s", kind, project.name, _one_line(result, outcome), _cause(result)
+            )
         if result.ok:
             if project.id in self.incident:
                 self.incident.discard(project.id)
@@ -331,6 +341,21 @@ class Daemon:
 
 def _outcome(result: ProjectResult) -> str:
     return "ok" if result.ok else "stopped" if result.stopped else "incomplete"
+
+
+def _cause(result: ProjectResult) -> str:
+    """Why a run is incomplete, in the words of its first problem (the notification has them all)."""
+    if result.listing_error:
+        return f"listing failed: {result.listing_error}"
+    if result.unproven:
+        return f"listing not proven complete: {result.unproven[0]}"
+    if result.deletions_blocked:
+        return f"deletions stopped: {result.deletions_blocked}"
+    if result.failures:
+        photo, _path, error = result.failures[0]
+        more = len(result.failures) - 1
+        return f"photo {photo} failed: {error}" + (f" (and {more} more)" if more else "")
+    return f"{result.waiting} photos wait for their retry time"
 
 
 def _project(project: Project) -> dict[str, Any]:

@@ -19,7 +19,8 @@ class ExitCode(IntEnum):
     INCOMPLETE = 1
     """Some photos or projects failed; the summary names them. Safe to run again."""
     USAGE = 2
-    """Bad command line or configuration; nothing was changed."""
+    """Bad command line or configuration, a company or project the account cannot see, or a
+    missing extra; nothing was changed."""
     AUTH = 3
     """Procore refused the credentials."""
     LOCKED = 4

@@ -24,14 +24,14 @@ from syncer.coordination import Coordinator
 from syncer.coordination.solo import Solo
 from syncer.coordination.team import team
 from syncer.engine import Engine
-from syncer.errors import database_error
+from syncer.errors import ConfigError, database_error
 from syncer.locks import Locks
 from syncer.log import REDACT
 from syncer.mirror.fetch import Fetcher
 from syncer.mirror.files import MirrorFS
 from syncer.mirror.layout import Layout
 from syncer.procore.api import IncompleteListing, ProcoreApi
-from syncer.procore.http import ProcoreHttp, RetryPolicy
+from syncer.procore.http import ProcoreError, ProcoreHttp, RetryPolicy
 from syncer.procore.models import Project
 from syncer.procore.pacing import Pacer
 from syncer.report import LogProgress, Progress
@@ -62,16 +62,36 @@ class Syncer:
         return None if self.settings.sync.projects == "all" else list(self.settings.sync.projects)
 
     async def projects(self, project_ids: Sequence[int] | None = None) -> tuple[list[Project], list[str]]:
-        """The projects to sync, in Procore's order, and an error for each wanted id not visible."""
+        """The projects to sync, in Procore's order, and an error for each wanted id not visible.
+
+        A company Procore will not show, or wanted projects none of which are visible, is a
+        configuration or permission problem (exit 2) rather than a failed run: nothing could be
+        synced, and running again will not change that."""
+        company = self.settings.procore.company_id
         try:
             visible, errors = await self.api.projects(), []
         except IncompleteListing as exc:  # sync what was listed; the run still ends incomplete
             visible, errors = exc.projects, [str(exc)]
+        except ProcoreError as exc:
+            if exc.status not in (403, 404):
+                raise
+            raise ConfigError(
+                f"Procore does not let this service account see company {company} ({exc}): check "
+                "procore.company_id, and that the account's app is installed in that company"
+            ) from None
         wanted = self.wanted(project_ids)
         if wanted is None:
             return visible, errors
         by_id = {p.id: p for p in visible}
         missing = [pid for pid in wanted if pid not in by_id]
+        if missing and len(missing) == len(set(wanted)) and not errors:
+            named = ", ".join(map(str, missing))
+            one = len(missing) == 1
+            raise ConfigError(
+                f"{'project' if one else 'projects'} {named} of company {company} {'is' if one else 'are'} "
+                "not visible to this service account: check the ids (--project, sync.projects) and the "
+                "account's access in each project's Directory"
+            )
         errors = [
             *(errors if missing else []),
             *(f"project {pid} is not visible to this service account" for pid in missing),

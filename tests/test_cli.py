@@ -118,8 +118,90 @@ async def test_unreachable_procore_is_one_line_and_exit_1(tmp_path: Path) -> Non
     path.write_text(yaml.safe_dump(config))
     run = await syncer("sync", "--config", str(path))
     assert run.code == ExitCode.INCOMPLETE
-    assert run.err.strip().splitlines()[-1].startswith("syncer: token request: ")
+    *retries, last = run.err.strip().splitlines()
+    assert last == (
+        "syncer: token request: cannot reach 127.0.0.1:9: connection refused (gave up after 2 attempts)"
+    )
+    (retry,) = retries  # said when it happens, not only at the end
+    assert " WARNING token request: cannot reach 127.0.0.1:9: connection refused; retry 2/2 in " in retry
     assert_no_traceback(run)
+
+
+def procore_at(tmp_path: Path, base: str) -> Path:
+    """A config whose Procore is `base`, with every retry the default allows."""
+    config = {
+        "procore": {
+            "api_base": base,
+            "login_base": base,
+            "company_id": 1,
+            "client_id": "a",
+            "client_secret": "b",
+        },
+        "mirror": {"root": "m"},
+    }
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+async def test_an_unknown_host_fails_at_once_in_one_line(tmp_path: Path) -> None:
+    run = await syncer("sync", "--config", str(procore_at(tmp_path, "http://no-such-host.invalid")))
+    assert run.code == ExitCode.INCOMPLETE
+    (line,) = run.err.strip().splitlines()  # no retry: a name that does not exist stays so
+    assert line.startswith("syncer: token request: the host no-such-host.invalid is unknown ("), line
+    assert line.endswith("); check procore.api_base and procore.login_base"), line
+
+
+async def test_tls_that_fails_ends_the_run_at_once_in_one_line(sim: Simulator, tmp_path: Path) -> None:
+    plain = sim.procore_settings()["api_base"]  # an HTTP server, asked to speak TLS
+    run = await syncer("sync", "--config", str(procore_at(tmp_path, plain.replace("http:", "https:"))))
+    assert run.code == ExitCode.INCOMPLETE
+    (line,) = run.err.strip().splitlines()
+    assert line.startswith("syncer: token request: TLS with 127.0.0.1 failed ("), line
+
+
+async def test_a_project_the_account_cannot_see_is_one_line_and_exit_2(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    config = write_config(sim, tmp_path)
+    run = await syncer("sync", "--config", str(config), "--project", "999")
+    assert run.code == ExitCode.USAGE
+    company = sim.procore_settings()["company_id"]
+    assert run.err.strip() == (
+        f"syncer: project 999 of company {company} is not visible to this service account: check the ids "
+        "(--project, sync.projects) and the account's access in each project's Directory"
+    )
+    assert run.out == ""
+
+
+async def test_a_company_the_account_cannot_see_is_one_line_and_exit_2(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    company = sim.procore_settings()["company_id"] + 1
+    run = await syncer("sync", "--config", str(write_config(sim, tmp_path, procore={"company_id": company})))
+    assert run.code == ExitCode.USAGE
+    (line,) = run.err.strip().splitlines()
+    assert line.startswith(f"syncer: Procore does not let this service account see company {company} ("), line
+    assert line.endswith("check procore.company_id, and that the account's app is installed in that company")
+
+
+async def test_postgresql_without_its_extra_is_one_line_naming_the_extra(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    missing = tmp_path / "without-asyncpg" / "asyncpg"  # shadows the installed driver: as if absent
+    missing.mkdir(parents=True)
+    (missing / "__init__.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'asyncpg'\", name='asyncpg')\n"
+    )
+    config = write_config(sim, tmp_path, database={"url": "postgresql://syncer@127.0.0.1/photos"})
+    for command in ("sync", "status"):
+        run = await syncer(command, "--config", str(config), env={"PYTHONPATH": str(missing.parent)})
+        assert run.code == ExitCode.USAGE
+        assert run.err.strip() == (
+            "syncer: database.url is a PostgreSQL database, which needs the [postgres] extra (asyncpg, not "
+            "installed): install syncer with `pip install '.[postgres]'`, or `pip install asyncpg` into its "
+            "environment"
+        )
 
 
 async def test_an_unreachable_database_is_one_line_and_exit_1(sim: Simulator, tmp_path: Path) -> None:

@@ -150,6 +150,35 @@ async def test_sigterm_mid_download_exits_0_within_10_seconds(make_sim: Any, tmp
     assert_byte_exact(sim, load_settings(config))
 
 
+async def test_a_stop_mid_sync_is_one_info_line_per_stopped_run_not_an_error(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    sim = await make_sim(**BIG)
+    config = daemon_config(sim, tmp_path, sync={"concurrency": 3}, schedule={"max_parallel_projects": 1})
+    async with daemon(config, tmp_path) as running:
+        await eventually(lambda: sim.stats.bytes_sent > 1_000_000, what="downloads in flight")
+        assert (await stop(running))[0] == 0
+        lines = running.log_text().splitlines()
+    assert not [line for line in lines if " ERROR " in line or "Traceback" in line], lines
+    stopped = [line for line in lines if "stopped by the shutdown" in line]
+    assert len(stopped) == 1 and " INFO incremental sync of " in stopped[0], lines
+
+
+async def test_an_incomplete_run_logs_its_cause_as_a_warning(make_sim: Any, tmp_path: Path) -> None:
+    sim = await make_sim(url_ttl=0, photos=2, projects=1)  # every download fails: an incomplete run
+    config = daemon_config(sim, tmp_path, sync={"retry_backoff": "1s"})
+    async with daemon(config, tmp_path) as running:
+        await eventually(lambda: running.runs("incomplete"), what="an incomplete run")
+        await stop(running)
+        warnings = [
+            line for line in running.log_text().splitlines() if " WARNING incremental sync of " in line
+        ]
+    assert warnings and "incomplete;" in warnings[0], running.log_text()
+    assert "; photo " in warnings[0] and " failed: " in warnings[0] and "(and 1 more)" in warnings[0], (
+        warnings
+    )
+
+
 async def test_a_second_daemon_on_the_same_mirror_refuses_to_start(sim: Simulator, tmp_path: Path) -> None:
     config = daemon_config(sim, tmp_path)
     async with daemon(config, tmp_path) as first:

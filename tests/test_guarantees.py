@@ -314,6 +314,21 @@ async def test_a_worker_killed_between_install_and_record_costs_at_most_its_conc
     assert fetched(sim) <= 120 + concurrency, "only the downloads in flight when it died were repeated"
 
 
+async def test_a_state_folder_it_cannot_write_is_one_line_naming_it_before_any_database_exists(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    with tmpfs(tmp_path / "state", "1m") as state:
+        remount(state, "ro")
+        run = await syncer("sync", "--config", str(write_config(sim, tmp_path)))
+        remount(state, "rw")
+    assert run.code == ExitCode.INCOMPLETE
+    assert run.err.strip() == (
+        f"syncer: database {state / 'syncer.db'}: its folder {state} is on a read-only file system (SQLite "
+        "writes its journal beside the database): let the user running syncer write there, or point "
+        "database.url at a folder it can write"
+    )
+
+
 async def test_a_read_only_database_is_one_line_and_a_rerun_completes(sim: Simulator, tmp_path: Path) -> None:
     with tmpfs(tmp_path / "state", "64m") as state:
         config = write_config(sim, tmp_path)

@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import os
 import random
+import socket
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
@@ -28,6 +32,7 @@ from syncer.procore.pacing import Pacer, Sleep, retry_after_seconds
 from syncer.procore.query import encode_query
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 EXCERPT_CHARS = 160
 ERROR_BODY = 16 * 1024
 """Bytes of an error answer read, for its excerpt: a hostile server's 300 MB 403 stays unread."""
@@ -49,6 +54,47 @@ TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError)
 class UntrustedServer(FatalError):
     """A server's TLS certificate did not verify: every request to it would fail the same way,
     and it may not be who it claims to be, so the run stops."""
+
+
+class Unreachable(FatalError):
+    """A Procore host cannot be reached in a way no retry can change (its name does not resolve,
+    or TLS with it fails): every request would fail the same way, so the run stops at once."""
+
+
+def transport_failure(what: str, exc: BaseException) -> ProcoreError | FatalError:
+    """One line for a request that got no answer: fatal where retrying cannot help (an unknown
+    host, TLS that fails), else an error another attempt may fix."""
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return untrusted(what, exc)
+    if isinstance(exc, aiohttp.ClientConnectorDNSError) and exc.os_error.errno in PERMANENT_DNS:
+        return Unreachable(
+            f"{what}: the host {exc.host} is unknown ({exc.os_error.strerror}); check procore.api_base "
+            "and procore.login_base"
+        )
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return Unreachable(f"{what}: TLS with {exc.host} failed ({_reason(exc.os_error)})")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        where = exc.host if exc.port in (80, 443, None) else f"{exc.host}:{exc.port}"
+        return ProcoreError(f"{what}: cannot reach {where}: {_reason(exc.os_error)}")
+    if isinstance(exc, asyncio.TimeoutError):
+        return ProcoreError(f"{what}: no answer in time ({type(exc).__name__})")
+    detail = str(exc)
+    return ProcoreError(f"{what}: {type(exc).__name__}" + (f": {detail}" if detail else ""))
+
+
+PERMANENT_DNS = frozenset({socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)})
+"""What a resolver says of a name that does not exist; EAI_AGAIN (no answer yet) is retried."""
+
+
+def _reason(error: OSError) -> str:
+    """An OS error's own words in lower case ("connection refused"), without the errno."""
+    if isinstance(error, ssl.SSLError):
+        return str(getattr(error, "reason", None) or error)
+    if error.errno is not None and error.errno > 0:  # asyncio's text adds the address again
+        text = os.strerror(error.errno)
+    else:
+        text = error.strerror or str(error) or type(error).__name__
+    return text[:1].lower() + text[1:]
 
 
 def untrusted(what: str, exc: aiohttp.ClientConnectorCertificateError) -> UntrustedServer:
@@ -234,6 +280,10 @@ class ProcoreHttp:
                     raise TransientError(
                         f"{exc.error}{gave_up}", status=exc.error.status, wait=exc.wait
                     ) from None
+                # said at once, so a person watching a run that cannot reach Procore knows why
+                log.warning(
+                    "%s; retry %d/%d in %s s", exc.error, tried + 1, attempts, f"{wait:.{wait < 10:d}f}"
+                )
                 if not exc.pace:
                     await self._sleep(wait)
 
@@ -267,10 +317,11 @@ class ProcoreHttp:
                     method, url, headers=headers, data=data, allow_redirects=False, auto_decompress=decompress
                 )
                 self.pacer.observe(response.headers, sent=sent)
-        except aiohttp.ClientConnectorCertificateError as exc:
-            raise untrusted(what, exc) from None
         except TRANSPORT_ERRORS as exc:
-            raise _Retry(ProcoreError(f"{what}: {type(exc).__name__}: {exc}")) from None
+            failure = transport_failure(what, exc)
+            if isinstance(failure, FatalError):
+                raise failure from None
+            raise _Retry(failure) from None
         status = response.status
         if status == 401 and auth and renew_on_401:
             response.release()

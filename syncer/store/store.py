@@ -19,7 +19,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from syncer.errors import database_error
+from syncer.errors import ConfigError, LocalFault, database_error
 from syncer.procore.models import Album, Project
 from syncer.store.db import create_engine, upgrade
 from syncer.store.models import AlbumRow, Base, PhotoRow, ProjectRow
@@ -46,7 +46,13 @@ def _sqlite_folder_problem(engine: AsyncEngine) -> str | None:
         return None
     folder = Path(engine.url.database).parent
     if folder.is_dir() and not os.access(folder, os.W_OK):
-        return f"the folder {folder} is read-only (SQLite writes its journal beside the database)"
+        readonly = os.statvfs(folder).f_flag & os.ST_RDONLY
+        why = "is on a read-only file system" if readonly else "is not writable"
+        return (
+            f"database {engine.url.database}: its folder {folder} {why} (SQLite writes its "
+            "journal beside the database): let the user running syncer write there, or point "
+            "database.url at a folder it can write"
+        )
     return None
 
 
@@ -68,12 +74,21 @@ class Store(RunLog):
             engine = create_engine(url)
         except OSError as exc:  # SQLite: the folder for the file cannot be made
             raise database_error(exc, url) from None
+        except ModuleNotFoundError as exc:  # the driver of a database this install was not set up for
+            if exc.name != "asyncpg":
+                raise
+            raise ConfigError(
+                "database.url is a PostgreSQL database, which needs the [postgres] extra (asyncpg, "
+                "not installed): install syncer with `pip install '.[postgres]'`, or `pip install "
+                "asyncpg` into its environment"
+            ) from None
         try:
             await upgrade(engine)
         except (OSError, SQLAlchemyError) as exc:
             await engine.dispose()
-            url = engine.url.render_as_string(hide_password=True)
-            raise database_error(exc, url, _sqlite_folder_problem(engine)) from None
+            if (problem := _sqlite_folder_problem(engine)) is not None:
+                raise LocalFault(problem) from None
+            raise database_error(exc, engine.url.render_as_string(hide_password=True)) from None
         except BaseException:
             await engine.dispose()
             raise
