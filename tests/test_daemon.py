@@ -301,15 +301,3 @@ async def test_max_duration_stops_a_run_cleanly_and_the_next_continues(make_sim:
     run = await syncer("sync", "--config", str(config))
     assert run.code == ExitCode.OK, run.out + run.err
     assert_byte_exact(sim, load_settings(config))
-
-
-def test_deploy_units_run_the_documented_commands() -> None:
-    root = Path(__file__).resolve().parent.parent / "deploy"
-    service = (root / "procore-photo-sync.service").read_text()
-    assert (
-        "ExecStart=/usr/local/bin/syncer run --config /etc/procore-photo-sync/config.yaml --log-format json"
-        in service
-    )
-    oneshot = (root / "procore-photo-sync-once.service").read_text()
-    assert "syncer sync --config" in oneshot
-    assert "OnCalendar=" in (root / "procore-photo-sync-once.timer").read_text()
