@@ -3,7 +3,8 @@
 Every error names the key it is about (`sync.concurrency: ...`) and ends the command with exit
 code 2 before anything is touched. `${VAR}` is replaced from the environment, so secrets can stay
 out of the file; relative paths are taken from the config file's folder, so cron and systemd runs
-behave like runs from a shell.
+behave like runs from a shell. Commands that never call Procore (`status`, `verify`) load the
+file without needing the Procore credentials' variables, so an operator's shell need not hold them.
 """
 
 from __future__ import annotations
@@ -73,6 +74,28 @@ def parse_size(value: Any) -> int:
 
 
 Size = Annotated[int, BeforeValidator(parse_size)]
+
+
+class UnsetSecret(SecretStr):
+    """A Procore credential whose environment variable is not set, in settings loaded for a command
+    that never calls Procore. Reading it raises the error loading the file would have raised."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__("")
+        self.problem = problem
+
+    def get_secret_value(self) -> str:
+        raise ConfigError(self.problem)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, UnsetSecret) and other.problem == self.problem
+
+    def __hash__(self) -> int:
+        return hash(self.problem)
+
+
+CREDENTIALS = frozenset({"procore.client_id", "procore.client_secret"})
+"""The keys only a command that calls Procore needs."""
 
 
 class _Section(BaseModel):
@@ -295,20 +318,23 @@ class Settings(_Section):
         return re.sub(r"^postgres(ql)?://", "postgresql+asyncpg://", url)
 
 
-def _substitute_env(value: Any, path: str) -> Any:
+def _substitute_env(value: Any, path: str, unset_allowed: frozenset[str]) -> Any:
+    """`value` with every `${VAR}` replaced; a key in `unset_allowed` whose variable is not set
+    becomes an `UnsetSecret`, any other such key is an error."""
     if isinstance(value, dict):
-        return {k: _substitute_env(v, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+        return {
+            k: _substitute_env(v, f"{path}.{k}" if path else str(k), unset_allowed) for k, v in value.items()
+        }
     if isinstance(value, list):
-        return [_substitute_env(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        return [_substitute_env(v, f"{path}[{i}]", unset_allowed) for i, v in enumerate(value)]
     if isinstance(value, str):
-
-        def lookup(match: re.Match[str]) -> str:
-            name = match.group(1)
-            if name not in os.environ:
-                raise ConfigError(f"{path}: environment variable {name} is not set")
-            return os.environ[name]
-
-        return _ENV_RE.sub(lookup, value)
+        unset = [name for name in _ENV_RE.findall(value) if name not in os.environ]
+        if unset:
+            problem = f"{path}: environment variable {unset[0]} is not set"
+            if path in unset_allowed:
+                return UnsetSecret(problem)
+            raise ConfigError(problem)
+        return _ENV_RE.sub(lambda match: os.environ[match.group(1)], value)
     return value
 
 
@@ -348,13 +374,17 @@ def _ca_file(path: Path) -> Path:
     return path.resolve()
 
 
-def parse_settings(data: Any, folder: Path) -> Settings:
-    """Validate an already-loaded YAML document; relative paths resolve against `folder`."""
+def parse_settings(data: Any, folder: Path, *, need_credentials: bool = True) -> Settings:
+    """Validate an already-loaded YAML document; relative paths resolve against `folder`.
+
+    Without `need_credentials` (a command that never calls Procore), a Procore credential whose
+    environment variable is not set is an `UnsetSecret` instead of an error; everything else is
+    checked as always."""
     if data is None:
         raise ConfigError("the configuration is empty; see config.example.yaml")
     if not isinstance(data, dict):
         raise ConfigError("the configuration must be a mapping of sections (procore:, mirror:, ...)")
-    data = _substitute_env(data, "")
+    data = _substitute_env(data, "", frozenset() if need_credentials else CREDENTIALS)
     filters = (data.get("sync") or {}).get("filters") if isinstance(data.get("sync"), dict) else None
     if isinstance(filters, dict) and "updated_at" in filters:
         raise ConfigError("sync.filters.updated_at: not allowed; the syncer sets it from the checkpoint")
@@ -363,13 +393,15 @@ def parse_settings(data: Any, folder: Path) -> Settings:
     except ValidationError as exc:
         raise ConfigError("; ".join(_describe(e) for e in exc.errors())) from None
     # Secrets never reach a log line or an error message, wherever the text comes from.
-    REDACT.add(settings.procore.client_secret.get_secret_value())
+    if not isinstance(settings.procore.client_secret, UnsetSecret):
+        REDACT.add(settings.procore.client_secret.get_secret_value())
     if password := urlsplit(settings.database.url).password:
         REDACT.add(password)
     return _resolve_paths(settings, folder)
 
 
-def load_settings(path: Path) -> Settings:
+def load_settings(path: Path, *, need_credentials: bool = True) -> Settings:
+    """The settings in the YAML file at `path` (see `parse_settings` for `need_credentials`)."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -382,4 +414,4 @@ def load_settings(path: Path) -> Settings:
         where = getattr(exc, "problem_mark", None)
         at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
         raise ConfigError(f"{path}: not valid YAML{at}") from None
-    return parse_settings(data, path.resolve().parent)
+    return parse_settings(data, path.resolve().parent, need_credentials=need_credentials)

@@ -10,8 +10,11 @@ import trustme
 import yaml
 
 from syncer.config import load_settings, parse_settings
-from syncer.errors import ConfigError
+from syncer.errors import ConfigError, ExitCode
 from syncer.log import REDACT
+from syncer.simulator import Simulator
+from tests.conftest import write_config
+from tests.test_cli import assert_no_traceback, syncer
 
 ROOT = Path(__file__).resolve().parent.parent
 MINIMAL: dict[str, Any] = {
@@ -72,6 +75,77 @@ def test_unset_environment_variable_is_named(monkeypatch: pytest.MonkeyPatch) ->
     assert error_for(with_(procore={"client_secret": "${NOT_SET_ANYWHERE}"})) == (
         "procore.client_secret: environment variable NOT_SET_ANYWHERE is not set"
     )
+
+
+CREDENTIALS_FROM_ENV = {"client_id": "${PROCORE_CLIENT_ID}", "client_secret": "${PROCORE_CLIENT_SECRET}"}
+
+
+def without_credentials(config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make `config` take the Procore credentials from variables that are not set, as in an
+    operator's shell where only the service has them."""
+    monkeypatch.delenv("PROCORE_CLIENT_ID", raising=False)
+    monkeypatch.delenv("PROCORE_CLIENT_SECRET", raising=False)
+    data = yaml.safe_load(config.read_text(encoding="utf-8"))
+    data["procore"].update(CREDENTIALS_FROM_ENV)
+    config.write_text(yaml.safe_dump(data), encoding="utf-8")
+
+
+def test_unset_credentials_load_for_a_command_that_never_calls_procore(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("PROCORE_CLIENT_ID", raising=False)
+    monkeypatch.delenv("PROCORE_CLIENT_SECRET", raising=False)
+    settings = parse_settings(with_(procore=CREDENTIALS_FROM_ENV), Path("/x"), need_credentials=False)
+    assert settings.procore.company_id == 1
+
+
+def test_an_unset_credential_read_anyway_is_the_error_loading_would_have_been(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("PROCORE_CLIENT_SECRET", raising=False)
+    data = with_(procore={"client_secret": "${PROCORE_CLIENT_SECRET}"})
+    settings = parse_settings(data, Path("/x"), need_credentials=False)
+    assert settings.procore.client_id.get_secret_value() == "id"
+    with pytest.raises(ConfigError) as info:
+        settings.procore.client_secret.get_secret_value()
+    assert (
+        str(info.value)
+        == error_for(data)
+        == ("procore.client_secret: environment variable PROCORE_CLIENT_SECRET is not set")
+    )
+
+
+def test_without_the_credentials_every_other_key_is_still_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NOT_SET_ANYWHERE", raising=False)
+    monkeypatch.delenv("PROCORE_CLIENT_ID", raising=False)
+
+    def error_without_credentials(**sections: Any) -> str:
+        data = with_(**sections)
+        data["procore"]["client_id"] = "${PROCORE_CLIENT_ID}"
+        with pytest.raises(ConfigError) as info:
+            parse_settings(data, Path("/x"), need_credentials=False)
+        return str(info.value)
+
+    assert error_without_credentials(sync={"concurrency": 0}).startswith("sync.concurrency: ")
+    assert error_without_credentials(database={"url": "postgresql://u:${NOT_SET_ANYWHERE}@db/s"}) == (
+        "database.url: environment variable NOT_SET_ANYWHERE is not set"
+    )
+    assert error_without_credentials(procore={"company_id": 0}).startswith("procore.company_id: ")
+    with pytest.raises(ConfigError, match=r"^procore.client_secret: required key is missing$"):
+        parse_settings({"procore": {"company_id": 1, "client_id": "x"}}, Path("/x"), need_credentials=False)
+
+
+@pytest.mark.parametrize("command", ["sync", "retry-failed", "run"])
+async def test_commands_that_call_procore_still_need_the_credentials(
+    sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    config = write_config(sim, tmp_path)
+    without_credentials(config, monkeypatch)
+    run = await syncer(command, "--config", str(config))
+    assert run.code == ExitCode.USAGE
+    assert run.err == "syncer: procore.client_id: environment variable PROCORE_CLIENT_ID is not set\n"
+    assert_no_traceback(run)
+    assert not (tmp_path / "mirror").exists(), "nothing is touched before the configuration is whole"
 
 
 def test_relative_paths_resolve_against_the_config_folder(tmp_path: Path) -> None:
