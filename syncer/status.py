@@ -88,12 +88,30 @@ def render_status(document: dict[str, Any]) -> str:
         lines.append("(no projects yet: run `syncer sync`)")
     lines += _worker_lines(document)
     for p in document["projects"]:
-        for f in p["failures"][:20]:
-            lines.append(
-                f"failed: {p['name']}: photo {f['id']} -> {f['path']} ({f['attempts']} attempts, "
-                f"next try {(f['next_retry_at'] or 'next run')[:19]}): {f['error']}"
-            )
+        lines += _failure_lines(p)
     return "\n".join(lines)
+
+
+FAILURES_SHOWN = 20
+"""Failed photos listed per project in the table; the rest are counted, and `--json` lists them."""
+
+
+def _failure_lines(project: dict[str, Any]) -> list[str]:
+    """The project's first failed photos, then how many more there are and where to see them."""
+    listed = project["failures"]
+    lines = [
+        f"failed: {project['name']}: photo {f['id']} -> {f['path']} ({f['attempts']} attempts, "
+        f"next try {(f['next_retry_at'] or 'next run')[:19]}): {f['error']}"
+        for f in listed[:FAILURES_SHOWN]
+    ]
+    more = project["failed"] - len(lines)
+    if more > 0:
+        # the store may cut `failures` short: never promise more than the document holds
+        held = "all" if len(listed) >= project["failed"] else f"{len(listed)} of the {project['failed']}"
+        lines.append(
+            f"... and {more} more failed photos in {project['name']} (`syncer status --json` lists {held})"
+        )
+    return lines
 
 
 def _worker_lines(document: dict[str, Any]) -> list[str]:

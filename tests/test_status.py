@@ -1,0 +1,69 @@
+"""`syncer status` as a real process: it needs no Procore credentials, and its table lists a
+project's first failed photos and counts the rest, which `--json` lists in full."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from syncer.config import load_settings
+from syncer.errors import ExitCode
+from syncer.simulator import Simulator
+from syncer.status import FAILURES_SHOWN, render_status, status_document
+from tests.conftest import write_config
+from tests.test_cli import syncer
+from tests.test_config import without_credentials
+
+
+async def failing_mirror(make_sim: Any, tmp_path: Path, photos: int) -> Path:
+    """The config of a mirror whose every photo failed once (the store's links expire at once)."""
+    sim = await make_sim(url_ttl=0, photos=photos, projects=1)
+    config = write_config(sim, tmp_path)
+    assert (await syncer("sync", "--config", str(config))).code == ExitCode.INCOMPLETE
+    return config
+
+
+async def test_status_needs_no_procore_credentials(
+    sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = write_config(sim, tmp_path)
+    assert (await syncer("sync", "--config", str(config))).code == ExitCode.OK
+    without_credentials(config, monkeypatch)
+    run = await syncer("status", "--config", str(config), "--json")
+    assert run.code == ExitCode.OK, run.err
+    assert sum(p["mirrored"] for p in json.loads(run.out)["projects"]) == 60
+
+
+async def test_status_lists_the_first_failed_photos_and_says_how_many_more_and_where(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    config = await failing_mirror(make_sim, tmp_path, photos=FAILURES_SHOWN + 7)
+    run = await syncer("status", "--config", str(config))
+    assert run.code == ExitCode.OK, run.err
+    lines = run.out.splitlines()
+    assert sum(line.startswith("failed: ") for line in lines) == FAILURES_SHOWN
+    assert re.fullmatch(
+        r"\.\.\. and 7 more failed photos in .+ \(`syncer status --json` lists all\)", lines[-1]
+    ), lines[-1]
+
+
+async def test_status_json_lists_every_failed_photo(make_sim: Any, tmp_path: Path) -> None:
+    config = await failing_mirror(make_sim, tmp_path, photos=FAILURES_SHOWN + 7)
+    (project,) = json.loads((await syncer("status", "--config", str(config), "--json")).out)["projects"]
+    assert project["failed"] == FAILURES_SHOWN + 7
+    assert len({f["id"] for f in project["failures"]}) == FAILURES_SHOWN + 7
+
+
+async def test_status_never_promises_more_failures_than_the_json_holds(make_sim: Any, tmp_path: Path) -> None:
+    config = await failing_mirror(make_sim, tmp_path, photos=FAILURES_SHOWN + 7)
+    document = await status_document(load_settings(config))
+    (project,) = document["projects"]
+    del project["failures"][FAILURES_SHOWN + 2 :]  # as the store lists failures only up to a limit
+    last = render_status(document).splitlines()[-1]
+    assert last.endswith(
+        f"more failed photos in {project['name']} (`syncer status --json` lists 22 of the 27)"
+    )
