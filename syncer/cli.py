@@ -268,11 +268,12 @@ def build_parser() -> argparse.ArgumentParser:
         "verify",
         parents=[with_config],
         help="re-hash the mirror against the database (exit 0 only if it matches)",
-        description="Re-hash every photo in the mirror against the database and check its sidecar; "
-        "list photos missing or changed, sidecars missing or bad, and unexpected files (files the "
-        "database knows nothing of, looked for only without --project). Exit 0 only when the mirror "
-        "matches, once what --fix and --move-strays did is done; a photo --fix queued matches after "
-        "the next `syncer sync`. Needs no Procore credentials.",
+        description="Re-hash every photo in the mirror against the database and check its sidecar. "
+        "Lists photos missing or changed, sidecars missing or bad, and unexpected files: files the "
+        "database knows nothing of (looked for only without --project), never touched unless "
+        "--move-strays is given. Exit 0 only when the mirror matches once this run is done: sidecars "
+        "--fix wrote and files --move-strays moved count as mended, photos --fix queued only after the "
+        "next `syncer sync`. Needs no Procore credentials.",
     )
     verify.add_argument(
         "--project", type=int, action="append", metavar="ID", help="only this project (repeatable)"

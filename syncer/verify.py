@@ -1,8 +1,10 @@
 """`syncer verify`: does the mirror hold exactly what the database says, byte for byte?
 
-Every recorded file is re-hashed against its SHA-256; sidecars are checked to parse. `--fix`
-rewrites broken or missing sidecars from the database at once and queues bad photos for the next
-sync to download. Unexpected files are reported and never touched: they may be the user's.
+Every recorded file is re-hashed against its SHA-256; sidecars are checked to be there and to say
+what the database says. `--fix` writes missing or bad sidecars from the database at once and queues
+bad photos for the next sync to download. Unexpected files (strays: the database knows nothing of
+them) may be the user's, so they are only reported, unless `--move-strays` asks to move them to
+`.trash/strays/<date>/` under their own paths, where nothing counts them any more.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import os
 import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from syncer.config import Settings
@@ -24,24 +27,52 @@ from syncer.report import human_bytes, human_seconds
 from syncer.store import MirroredFile, Store
 
 log = logging.getLogger(__name__)
+STRAYS_DIR = f"{TRASH_DIR}/strays"
+"""Where `--move-strays` puts unexpected files: in the trash, beside its dated folders of deleted
+photos, so whoever empties the trash finds them too."""
+SHOWN = 200
+"""Unexpected files listed one by one; the rest are counted."""
 
 
 @dataclass
 class VerifyReport:
+    root: Path
     checked: int = 0
     bytes: int = 0
     missing: list[str] = field(default_factory=list)
     changed: list[str] = field(default_factory=list)
+    missing_sidecars: list[str] = field(default_factory=list)
     bad_sidecars: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     queued: int = 0
     sidecars_fixed: int = 0
+    strays_folder: Path | None = None
+    """Where this run moved unexpected files (`--move-strays`), if it moved any."""
+    strays_moved: list[str] = field(default_factory=list)
+    strays_not_moved: dict[str, str] = field(default_factory=dict)
+    """Unexpected files `--move-strays` could not move, with why."""
     seconds: float = 0.0
     scanned_for_unexpected: bool = True
 
     @property
+    def found_nothing(self) -> bool:
+        """Whether the mirror matched before this run changed anything."""
+        sidecars = self.missing_sidecars or self.bad_sidecars
+        return not (self.missing or self.changed or sidecars or self.unexpected)
+
+    @property
+    def sidecars_left(self) -> int:
+        return len(self.missing_sidecars) + len(self.bad_sidecars) - self.sidecars_fixed
+
+    @property
+    def strays_left(self) -> int:
+        return len(self.unexpected) - len(self.strays_moved)
+
+    @property
     def matches(self) -> bool:
-        return not (self.missing or self.changed or self.bad_sidecars or self.unexpected)
+        """Whether the mirror matches now, once what this run fixed is fixed (a queued photo is
+        not: the next sync downloads it)."""
+        return not (self.missing or self.changed or self.sidecars_left or self.strays_left)
 
 
 def _check(path: Path, size: int | None, sha256: str | None) -> str | None:
@@ -66,35 +97,98 @@ def _check(path: Path, size: int | None, sha256: str | None) -> str | None:
     return None
 
 
-def _sidecar_ok(path: Path, item: MirroredFile) -> bool:
-    """Whether the sidecar parses and says what the database says: the same photo and project, its
-    file's size and SHA-256, and (unless a change is pending) the whole record, not a stub."""
+def _sidecar_problem(path: Path, item: MirroredFile) -> str | None:
+    """None when the sidecar is a file that parses and says what the database says: the same photo
+    and project, its file's size and SHA-256, and (unless a change is pending) the whole record, not
+    a stub; "missing" when nothing is there; "bad" otherwise. A link or other non-file is bad and
+    never read through."""
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
+        if not stat.S_ISREG(path.lstat().st_mode):
+            return "bad"
+    except FileNotFoundError:
+        return "missing"
+    except OSError:
+        return "bad"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd, "rb") as file:
+            document = json.loads(file.read())
         same = (
             document["procore"]["id"] == item.id
             and document["project"]["id"] == item.project_id
             and document["file"] == {"size": item.size, "sha256": item.sha256}
         )
-        return bool(same and (not item.current or document["procore"] == json.loads(item.raw_json)))
+        good = same and (not item.current or document["procore"] == json.loads(item.raw_json))
     except (OSError, ValueError, TypeError, KeyError):
-        return False
+        return "bad"
+    return None if good else "bad"
 
 
 def _walk(root: Path) -> list[str]:
-    """Every file in the mirror proper (not its state folder or trash), as mirror paths."""
+    """Every file in the mirror proper, as mirror paths: not the state folder or the trash (nor a
+    file or link at their names), and no link to a folder followed."""
     found: list[str] = []
     for folder, dirs, files in os.walk(root):
         if Path(folder) == root:
             dirs[:] = [d for d in dirs if d not in (STATE_DIR, TRASH_DIR)]
-        found.extend((Path(folder) / name).relative_to(root).as_posix() for name in files)
+        found.extend(
+            (Path(folder) / name).relative_to(root).as_posix()
+            for name in files
+            if Path(folder) != root or name not in (STATE_DIR, TRASH_DIR)
+        )
     return found
 
 
+def _new_strays_folder(root: Path, day: str) -> str:
+    """A folder under `.trash/strays/` that no earlier move used, so no earlier stray is ever
+    replaced: the date, else the date and -2, -3, ..."""
+    folder, n = f"{STRAYS_DIR}/{day}", 1
+    while os.path.lexists(root / folder):
+        n += 1
+        folder = f"{STRAYS_DIR}/{day}-{n}"
+    return folder
+
+
+async def _move_strays(fs: MirrorFS, report: VerifyReport) -> None:
+    """Move each unexpected file to a new folder under `.trash/strays/`, keeping its mirror path,
+    with the mirror's own durable move: a link on either side that leads out of the mirror is
+    refused, never followed, and that file stays where it is."""
+    if not report.unexpected:
+        return
+    folder = await fs.run(_new_strays_folder, fs.root, datetime.now(UTC).strftime("%Y-%m-%d"))
+    for rel in report.unexpected:
+        try:
+            await fs.move(rel, f"{folder}/{rel}")
+        except UnsafePath as exc:
+            report.strays_not_moved[rel] = str(exc)
+        except OSError as exc:
+            report.strays_not_moved[rel] = exc.strerror or str(exc)
+        else:
+            report.strays_moved.append(rel)
+    if report.strays_moved:
+        report.strays_folder = fs.root / folder
+
+
+async def _inspect(fs: MirrorFS, item: MirroredFile) -> tuple[str | None, str | None]:
+    """What is wrong with a recorded photo's file, and with its sidecar."""
+    try:
+        path, sidecar = fs.path(item.local_path), fs.path(sidecar_path(item.local_path))
+    except UnsafePath as exc:  # a folder on the way is a link out of the mirror
+        return str(exc), None
+    return await fs.run(_check, path, item.size, item.sha256), await fs.run(_sidecar_problem, sidecar, item)
+
+
 async def verify(
-    settings: Settings, *, project_ids: Sequence[int] | None = None, fix: bool = False
+    settings: Settings,
+    *,
+    project_ids: Sequence[int] | None = None,
+    fix: bool = False,
+    move_strays: bool = False,
 ) -> VerifyReport:
-    report = VerifyReport(scanned_for_unexpected=project_ids is None)
+    """Check the mirror against the database. `fix` writes missing or bad sidecars and queues bad
+    photos; `move_strays` moves unexpected files aside (they are only looked for in the whole
+    mirror, without `project_ids`)."""
+    report = VerifyReport(root=settings.mirror.root, scanned_for_unexpected=project_ids is None)
     loop = asyncio.get_running_loop()
     started = loop.time()
     store = await Store.open(settings.database_url)
@@ -108,13 +202,7 @@ async def verify(
 
             async def check(item: MirroredFile) -> None:
                 async with limit:
-                    try:
-                        path, sidecar = fs.path(item.local_path), fs.path(sidecar_path(item.local_path))
-                    except UnsafePath as exc:  # a folder on the way is a link out of the mirror
-                        problem, sidecar_good = str(exc), False
-                    else:
-                        problem = await fs.run(_check, path, item.size, item.sha256)
-                        sidecar_good = await fs.run(_sidecar_ok, sidecar, item)
+                    problem, sidecar_problem = await _inspect(fs, item)
                 report.checked += 1
                 report.bytes += item.size or 0
                 if problem == "missing":
@@ -122,9 +210,10 @@ async def verify(
                 elif problem:
                     report.changed.append(f"{item.local_path}: {problem}")
                 if problem:
-                    bad_ids.append(item.id)
-                elif not sidecar_good:
-                    report.bad_sidecars.append(sidecar_path(item.local_path))
+                    bad_ids.append(item.id)  # the next sync writes the sidecar with the photo
+                elif sidecar_problem:
+                    found = report.missing_sidecars if sidecar_problem == "missing" else report.bad_sidecars
+                    found.append(sidecar_path(item.local_path))
                     if fix:
                         await _rewrite_sidecar(fs, item)
                         report.sidecars_fixed += 1
@@ -135,6 +224,8 @@ async def verify(
             if report.scanned_for_unexpected:
                 known = {p for item in files for p in (item.local_path, sidecar_path(item.local_path))}
                 report.unexpected = sorted(set(await fs.run(_walk, fs.root)) - known)
+                if move_strays:
+                    await _move_strays(fs, report)
             if fix and bad_ids:
                 await store.requeue(bad_ids)
                 report.queued = len(bad_ids)
@@ -156,24 +247,88 @@ async def _rewrite_sidecar(fs: MirrorFS, item: MirroredFile) -> None:
     await fs.write_durably(sidecar_path(item.local_path), document)
 
 
+def _n(count: int, thing: str, things: str | None = None) -> str:
+    return f"{count} {thing if count == 1 else things or thing + 's'}"
+
+
 def render_verify(report: VerifyReport) -> str:
+    fixed = report.sidecars_fixed > 0
     lines = [f"missing: {p}" for p in report.missing]
     lines += [f"changed: {p}" for p in report.changed]
-    lines += [
-        f"bad sidecar{' (rewritten)' if report.sidecars_fixed else ''}: {p}" for p in report.bad_sidecars
-    ]
-    lines += [f"unexpected: {p}" for p in report.unexpected[:200]]
-    if len(report.unexpected) > 200:
-        lines.append(f"... and {len(report.unexpected) - 200} more unexpected files")
-    verdict = "the mirror matches the database" if report.matches else "the mirror does NOT match"
+    lines += [f"missing sidecar{' (written)' if fixed else ''}: {p}" for p in report.missing_sidecars]
+    lines += [f"bad sidecar{' (rewritten)' if fixed else ''}: {p}" for p in report.bad_sidecars]
+    moved = set(report.strays_moved)
+    for p in report.unexpected[:SHOWN]:
+        if p in moved:
+            lines.append(f"unexpected (moved aside): {p}")
+        elif p in report.strays_not_moved:
+            lines.append(f"unexpected (not moved: {report.strays_not_moved[p]}): {p}")
+        else:
+            lines.append(f"unexpected: {p}")
+    if len(report.unexpected) > SHOWN:
+        lines.append(f"... and {len(report.unexpected) - SHOWN} more unexpected files")
+    if report.found_nothing:
+        verdict = "the mirror matches the database"
+    elif fixed or moved:
+        verdict = "the mirror did NOT match"
+    else:
+        verdict = "the mirror does NOT match"
     lines.append(
-        f"{verdict}: {report.checked} files ({human_bytes(report.bytes)}) verified in "
+        f"{verdict}: {_n(report.checked, 'file')} ({human_bytes(report.bytes)}) verified in "
         f"{human_seconds(report.seconds)}; {len(report.missing)} missing, {len(report.changed)} changed, "
-        f"{len(report.bad_sidecars)} bad sidecars, {len(report.unexpected)} unexpected"
+        f"{_n(len(report.missing_sidecars), 'missing sidecar')}, "
+        f"{_n(len(report.bad_sidecars), 'bad sidecar')}, {len(report.unexpected)} unexpected"
         + ("" if report.scanned_for_unexpected else " (not scanned with --project)")
     )
-    if report.queued:
-        lines.append(f"{report.queued} photos queued: the next `syncer sync` downloads them again")
-    elif report.missing or report.changed:
-        lines.append("run again with --fix to queue them for download")
+    if report.found_nothing:
+        return "\n".join(lines)
+    lines += _done_lines(report) + _to_do_lines(report)
+    if report.matches:
+        lines.append("the mirror matches the database now")
     return "\n".join(lines)
+
+
+def _done_lines(report: VerifyReport) -> list[str]:
+    """What this run changed: sidecars written, strays moved."""
+    lines = []
+    if report.sidecars_fixed:
+        lines.append(f"fixed: {_n(report.sidecars_fixed, 'sidecar')} written from the database")
+    if report.strays_folder is not None:
+        lines.append(
+            f"moved: {_n(len(report.strays_moved), 'unexpected file')} to {report.strays_folder}/ "
+            "under the same paths"
+        )
+    return lines
+
+
+def _to_do_lines(report: VerifyReport) -> list[str]:
+    """What is still wrong and what to do about it; `--fix` is offered only for what it fixes."""
+    lines = []
+    if report.queued:
+        lines.append(
+            f"{_n(report.queued, 'photo')} queued: "
+            f"the next `syncer sync` downloads {_them(report.queued)} again"
+        )
+    fixable = []
+    if (photos := len(report.missing) + len(report.changed)) and not report.queued:
+        fixable.append(f"queue {_n(photos, 'missing or changed photo')} for the next `syncer sync`")
+    if report.sidecars_left:
+        fixable.append(f"write {_n(report.sidecars_left, 'sidecar')} from the database")
+    if fixable:
+        lines.append(f"run again with --fix to {' and '.join(fixable)}")
+    if stuck := len(report.strays_not_moved):
+        lines.append(
+            f"{_n(stuck, 'unexpected file')} could not be moved (see why above): "
+            f"move {_them(stuck)} out of the mirror yourself"
+        )
+    elif left := report.strays_left:
+        lines.append(
+            f"{_n(left, 'unexpected file')}: the database knows nothing of {_them(left)}; move "
+            f"{_them(left)} out of the mirror, or run again with --move-strays to move {_them(left)} to "
+            f"{report.root / STRAYS_DIR}/<date>/ under the same paths"
+        )
+    return lines
+
+
+def _them(count: int) -> str:
+    return "it" if count == 1 else "them"
