@@ -9,13 +9,16 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import syncer
 from syncer.errors import ConfigError, ExitCode, SyncerError, database_error
 from syncer.log import REDACT, setup_logging
+
+if TYPE_CHECKING:
+    from syncer.result import RunSummary
 
 log = logging.getLogger("syncer")
 T = TypeVar("T")
@@ -65,12 +68,21 @@ def _load(args: argparse.Namespace) -> Any:
     return load_settings(_config_path(args))
 
 
+def _summary_renderer(args: argparse.Namespace) -> Callable[[RunSummary], str]:
+    """The run summary as text, or as one JSON object when the logs are JSON (a service's
+    journal then holds nothing but JSON lines)."""
+    from syncer.report import render_summary, render_summary_json
+
+    return render_summary_json if args.log_format == "json" else render_summary
+
+
 def cmd_sync(args: argparse.Namespace) -> int:
-    from syncer.report import make_progress, render_summary
+    from syncer.report import make_progress
     from syncer.runner import run_sync
 
     settings = _load(args)
     progress = make_progress(enabled=None if args.progress == "auto" else args.progress == "on")
+    render = _summary_renderer(args)
     summary = run_stoppable(
         run_sync(
             settings,
@@ -81,7 +93,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
             progress=progress,
         )
     )
-    print(REDACT(render_summary(summary)))
+    print(REDACT(render(summary)))
     return int(summary.exit_code)
 
 
@@ -117,15 +129,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_retry_failed(args: argparse.Namespace) -> int:
-    from syncer.report import make_progress, render_summary
+    from syncer.report import make_progress
     from syncer.runner import run_sync
 
     settings = _load(args)
     progress = make_progress(enabled=None if args.progress == "auto" else args.progress == "on")
+    render = _summary_renderer(args)
     summary = run_stoppable(
         run_sync(settings, project_ids=args.project or None, retry_failed=True, progress=progress)
     )
-    print(REDACT(render_summary(summary)))
+    print(REDACT(render(summary)))
     return int(summary.exit_code)
 
 

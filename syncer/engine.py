@@ -211,9 +211,12 @@ class ProjectSync:
         async def on_page(photos: list[Photo]) -> None:
             for d in await self._decisions(photos):
                 self.result.changes[d.change] += 1
+                if d.download:
+                    self.result.would_bytes += d.photo.size or 0
 
         if await self._open_window():
             await self._list(on_page)
+        self.engine.progress.listed()
         if self.result.listing_error is None:
             due = await self.store.due_downloads(self.project.id, self.engine.now())
             self.result.retried = sum(1 for d in due if d.id not in self.seen)
@@ -249,6 +252,7 @@ class ProjectSync:
         try:
             if opened:
                 await self._list(on_page)
+            engine.progress.listed()  # from here on the run's total is known
             await source.drain()
             await pool.close()
             await self._finish(pool.recorder)

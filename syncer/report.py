@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
-from dataclasses import dataclass, field
-from typing import Protocol
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from syncer.plan import Change
 from syncer.result import ProjectResult, RunSummary
@@ -30,7 +33,14 @@ def human_seconds(s: float) -> str:
     return f"{hours}h{minutes:02d}m{seconds:02d}s" if hours else f"{minutes}m{seconds:02d}s"
 
 
+def plural(count: int, word: str, words: str | None = None) -> str:
+    """`1 photo`, `2 photos`, with thousands separated."""
+    return f"{count:,} {word if count == 1 else words or word + 's'}"
+
+
 class Progress(Protocol):
+    def expect(self, projects: int) -> None: ...
+    def listed(self) -> None: ...
     def queued(self, photos: int, size: int) -> None: ...
     def received(self, size: int) -> None: ...
     def finished(self, photos: int = 1) -> None: ...
@@ -38,43 +48,99 @@ class Progress(Protocol):
     def __exit__(self, *exc: object) -> None: ...
 
 
-@dataclass
-class LogProgress:
-    """For cron and services: a line every `every` seconds while photos are moving."""
+RATE_WINDOW = 10.0
+"""Seconds of history behind the shown rate: long enough to smooth over photos landing whole,
+short enough to follow a change of pace."""
 
-    every: float = 30.0
-    photos_total: int = 0
-    photos_done: int = 0
-    bytes_total: int = 0
-    bytes_done: int = 0
-    _started: float = field(default_factory=time.monotonic)
-    _last: float = field(default_factory=time.monotonic)
+
+class Tally:
+    """What a run has queued and done so far, and how it reads: the one text behind the bar and
+    the periodic log line. The total is known only once every project's listing has ended;
+    until then the run says so instead of showing a bar that fills up and jumps back."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.projects = 0
+        self.listings_done = 0
+        self.photos_total = self.photos_done = 0
+        self.bytes_total = self.bytes_done = 0
+        self._samples: deque[tuple[float, int]] = deque([(clock(), 0)])
+
+    @property
+    def total_known(self) -> bool:
+        return self.listings_done >= self.projects
+
+    def rate(self) -> float | None:
+        """Bytes per second over the last RATE_WINDOW seconds; None before a second has passed."""
+        now = self.clock()
+        samples = self._samples
+        samples.append((now, self.bytes_done))
+        while len(samples) > 2 and now - samples[1][0] >= RATE_WINDOW:
+            samples.popleft()
+        then, done = samples[0]
+        return (self.bytes_done - done) / (now - then) if now - then >= 1.0 else None
+
+    def describe(self) -> str:
+        rate = self.rate()
+        speed = f"{human_bytes(rate)}/s" if rate is not None else "rate not known yet"
+        if not self.total_known:
+            return (
+                f"listing {self.listings_done}/{plural(self.projects, 'project')} · {self.photos_done:,}/"
+                f"{self.photos_total:,} photos so far · {human_bytes(self.bytes_done)} · {speed} · "
+                "total not known yet"
+            )
+        left = self.bytes_total - self.bytes_done
+        eta = f" · ETA {human_seconds(left / rate)}" if rate and left > 0 else ""
+        return (
+            f"{self.photos_done:,}/{plural(self.photos_total, 'photo')} · {human_bytes(self.bytes_done)}/"
+            f"{human_bytes(self.bytes_total)} · {speed}{eta}"
+        )
+
+
+class _Counting(ABC):
+    """Keeps the tally; subclasses say what a change shows."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.tally = Tally(clock)
+
+    @abstractmethod
+    def _changed(self) -> None: ...
+
+    def expect(self, projects: int) -> None:
+        self.tally.projects += projects
+        self._changed()
+
+    def listed(self) -> None:
+        self.tally.listings_done += 1
+        self._changed()
 
     def queued(self, photos: int, size: int) -> None:
-        self.photos_total += photos
-        self.bytes_total += size
+        self.tally.photos_total += photos
+        self.tally.bytes_total += size
+        self._changed()
 
     def received(self, size: int) -> None:
-        self.bytes_done += size
-        self._maybe_log()
+        self.tally.bytes_done += size
+        self._changed()
 
     def finished(self, photos: int = 1) -> None:
-        self.photos_done += photos
-        self._maybe_log()
+        self.tally.photos_done += photos
+        self._changed()
 
-    def _maybe_log(self) -> None:
-        now = time.monotonic()
+
+class LogProgress(_Counting):
+    """For cron and services: a line every `every` seconds while photos are moving."""
+
+    def __init__(self, every: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(clock)
+        self.every = every
+        self._last = clock()
+
+    def _changed(self) -> None:
+        now = self.tally.clock()
         if now - self._last >= self.every:
             self._last = now
-            rate = self.bytes_done / max(now - self._started, 1e-9)
-            log.info(
-                "progress: %d/%d photos, %s/%s, %s/s",
-                self.photos_done,
-                self.photos_total,
-                human_bytes(self.bytes_done),
-                human_bytes(self.bytes_total),
-                human_bytes(rate),
-            )
+            log.info("progress: %s", self.tally.describe())
 
     def __enter__(self) -> LogProgress:
         return self
@@ -83,49 +149,42 @@ class LogProgress:
         return None
 
 
-class BarProgress:
-    """For a terminal: one bar over the bytes queued, with rate and ETA; photo counts beside it."""
+class BarProgress(_Counting):
+    """For a terminal: a bar over the bytes queued once the total is known (a pulse while the
+    listing goes on), with the tally's text beside it, redrawn by rich a few times a second."""
 
     def __init__(self) -> None:
+        super().__init__()
         from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            TextColumn,
-            TimeRemainingColumn,
-            TransferSpeedColumn,
-        )
+        from rich.progress import BarColumn, ProgressColumn, Task
         from rich.progress import Progress as RichProgress
+        from rich.text import Text
+
+        tally = self.tally
+
+        class Described(ProgressColumn):
+            max_refresh = 0.5  # the rate and ETA change at most twice a second: digits a person can read
+
+            def render(self, task: Task) -> Text:
+                return Text(tally.describe())
 
         self._bar = RichProgress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
+            BarColumn(bar_width=24),
+            Described(),
             console=Console(stderr=True),
             transient=True,
+            refresh_per_second=4,
         )
-        self._task = self._bar.add_task("", total=0)
-        self._photos_total = 0
-        self._photos_done = 0
-        self._bytes_total = 0
+        self._task = self._bar.add_task("", total=None)
 
-    def _describe(self) -> None:
-        self._bar.update(self._task, description=f"photos {self._photos_done}/{self._photos_total}")
-
-    def queued(self, photos: int, size: int) -> None:
-        self._photos_total += photos
-        self._bytes_total += size
-        self._bar.update(self._task, total=self._bytes_total)
-        self._describe()
-
-    def received(self, size: int) -> None:
-        self._bar.advance(self._task, size)
-
-    def finished(self, photos: int = 1) -> None:
-        self._photos_done += photos
-        self._describe()
+    def _changed(self) -> None:
+        t = self.tally
+        if not t.total_known:
+            self._bar.update(self._task, total=None)
+        elif t.bytes_total:
+            self._bar.update(self._task, total=t.bytes_total, completed=t.bytes_done)
+        else:  # no sizes stated: the bar counts photos
+            self._bar.update(self._task, total=max(t.photos_total, 1), completed=t.photos_done)
 
     def __enter__(self) -> BarProgress:
         self._bar.start()
@@ -141,42 +200,75 @@ def make_progress(*, enabled: bool | None = None) -> Progress:
     return BarProgress() if enabled else LogProgress()
 
 
+def _counts(*parts: tuple[int, str]) -> str:
+    """The non-zero counts, comma-separated: `3 new, 1 moved`."""
+    return ", ".join(f"{n:,} {label}" for n, label in parts if n)
+
+
+def _are(count: int, which: str) -> str:
+    """`1 photo listed here is`, `3 photos listed here are`."""
+    return f"{plural(count, 'photo')} {which} {'is' if count == 1 else 'are'}"
+
+
+def _reason(photo_id: int, error: str) -> str:
+    """A failure's reason without the photo it is about, which the line already names."""
+    return error.removeprefix(f"photo {photo_id}: ")
+
+
 def _project_lines(r: ProjectResult) -> list[str]:
     c = r.changes
-    head = f"{r.project.name} (project {r.project.id})"
+    head = f"{r.project.name} ({r.project.id})"
+    took = f"{plural(r.requests, 'request')} in {human_seconds(r.seconds)}"
+    fetch = c[Change.NEW] + c[Change.REPLACED] + r.retried
     if r.dry_run:
+        would = _counts(
+            (c[Change.MOVED] + c[Change.RESTORED], "to move"),
+            (c[Change.METADATA], "to update metadata"),
+        )
         lines = [
-            f"{head}: would download {c[Change.NEW] + c[Change.REPLACED] + r.retried} "
-            f"(new {c[Change.NEW]}, replaced {c[Change.REPLACED]}, due from earlier runs {r.retried}), "
-            f"would update {c[Change.MOVED] + c[Change.METADATA]}; {r.listed} listed"
+            f"{head}: {plural(r.listed, 'photo')} listed; would download {plural(fetch, 'photo')}"
+            + (f" ({human_bytes(r.would_bytes)})" if r.would_bytes else "")
+            + (
+                f": {_counts((c[Change.NEW], 'new'), (c[Change.REPLACED], 'replaced'), (r.retried, 'due'))}"
+                if fetch
+                else ""
+            )
+            + (f"; {would}" if would else "")
         ]
     elif r.helped:
-        lines = [
-            f"{head}: listed by another worker; this one downloaded {r.downloaded} "
-            f"({human_bytes(r.bytes)}), {len(r.failures)} failed; "
-            f"{r.requests} requests in {human_seconds(r.seconds)}"
-        ]
+        done = _counts((r.downloaded, f"downloaded ({human_bytes(r.bytes)})"), (len(r.failures), "failed"))
+        lines = [f"{head}: listed by another worker; this one {done or 'had nothing to do'}; {took}"]
     else:
-        lines = [
-            f"{head}: {r.listed} listed, {c[Change.NEW]} new, {c[Change.REPLACED]} replaced, "
-            f"{c[Change.MOVED]} moved, {c[Change.METADATA]} metadata-only, {c[Change.RESTORED]} restored; "
-            f"{r.downloaded} downloaded ({human_bytes(r.bytes)}), "
-            + (f"{r.adopted} already in the mirror (hashed, not fetched), " if r.adopted else "")
-            + f"{r.relocated} updated in place, "
-            + (f"{r.vanished} deleted in Procore meanwhile, " if r.vanished else "")
-            + f"{len(r.failures)} failed; {r.requests} requests in {human_seconds(r.seconds)}"
-        ]
+        changes = _counts(
+            (c[Change.NEW], "new"),
+            (c[Change.REPLACED], "replaced"),
+            (c[Change.MOVED], "moved"),
+            (c[Change.METADATA], "metadata-only"),
+            (c[Change.RESTORED], "restored"),
+        )
+        done = _counts(
+            (r.downloaded, f"downloaded ({human_bytes(r.bytes)})"),
+            (r.adopted, "already in the mirror (hashed, not fetched)"),
+            (r.relocated, "updated in place"),
+            (r.vanished, "deleted in Procore meanwhile"),
+            (len(r.failures), "failed"),
+        )
+        listed = f"{plural(r.listed, 'photo')} listed" + (f" ({changes})" if changes else ", nothing changed")
+        lines = [f"{head}: {listed}" + (f"; {done}" if done else "") + f"; {took}"]
     notes = [
         (r.deleted_upstream or r.trashed or r.removed)
-        and f"{r.deleted_upstream} photos gone from Procore marked deleted; "
-        f"{r.trashed} files moved to the trash, {r.removed} removed",
-        r.elsewhere
-        and f"{r.elsewhere} photos listed here are also in another project and stay in its folder",
+        and f"{plural(r.deleted_upstream, 'photo')} gone from Procore marked deleted"
+        + (
+            f"; {_counts((r.trashed, 'moved to the trash'), (r.removed, 'removed'))}"
+            if r.trashed or r.removed
+            else ""
+        ),
+        r.elsewhere and f"{_are(r.elsewhere, 'listed here')} also in another project and kept in its folder",
         r.deletions_blocked and f"deletions stopped: {r.deletions_blocked}",
         r.deletions_unchecked and f"deletions not checked: {r.deletions_unchecked}",
         r.stopped,
         r.waiting
-        and f"{r.waiting} photos that failed before are not mirrored yet and wait for their next try "
+        and f"{_are(r.waiting, 'that failed before')} not mirrored yet and wait for the next try "
         "(`syncer status` lists them, `syncer retry-failed` tries them now)",
         r.listing_error and f"listing failed: {r.listing_error}",
         *(f"listing: {note}" for note in r.listing_notes),
@@ -185,23 +277,80 @@ def _project_lines(r: ProjectResult) -> list[str]:
         and not r.helped
         and not r.checkpoint_advanced
         and "checkpoint kept where it was; the next run lists this window again",
-        *(f"failed: photo {pid} -> {path}: {error}" for pid, path, error in r.failures[:20]),
-        len(r.failures) > 20 and f"... and {len(r.failures) - 20} more (see `syncer status`)",
+        *(f"failed: photo {pid} -> {path}: {_reason(pid, error)}" for pid, path, error in r.failures[:20]),
+        len(r.failures) > 20 and f"... and {len(r.failures) - 20:,} more (`syncer status` lists them)",
     ]
     return lines + [f"  {note}" for note in notes if note]
 
 
 def render_summary(summary: RunSummary) -> str:
-    """The run summary: one block per project, then the totals. Failures are named."""
+    """The run summary: one block per project, then the totals, counting only what happened."""
     lines = [line for r in summary.results for line in _project_lines(r)]
-    lines.extend(f"error: {e}" for e in summary.errors)
+    lines.extend(summary.errors)
+    projects = plural(len(summary.results), "project")
+    took = f"in {human_seconds(summary.seconds)}"
+    if summary.results and all(r.dry_run for r in summary.results):
+        fetch = sum(r.changes[Change.NEW] + r.changes[Change.REPLACED] + r.retried for r in summary.results)
+        size = sum(r.would_bytes for r in summary.results)
+        moves = sum(r.changes[Change.MOVED] + r.changes[Change.RESTORED] for r in summary.results)
+        metadata = sum(r.changes[Change.METADATA] for r in summary.results)
+        would = [f"download {plural(fetch, 'photo')}" + (f" ({human_bytes(size)})" if size else "")]
+        would += [f"move {plural(moves, 'photo')}"] * bool(moves)
+        would += [f"update the metadata of {plural(metadata, 'photo')}"] * bool(metadata)
+        lines.append(f"dry run, nothing written: {projects}; a sync would {', '.join(would)}, {took}")
+        return "\n".join(lines)
     downloaded = sum(r.downloaded for r in summary.results)
     size = sum(r.bytes for r in summary.results)
     failed = sum(len(r.failures) for r in summary.results)
-    rate = size / summary.seconds if summary.seconds > 0 else 0.0
     verdict = "complete" if summary.exit_code == 0 else "INCOMPLETE"
-    lines.append(
-        f"{verdict}: {len(summary.results)} projects, {downloaded} photos downloaded "
-        f"({human_bytes(size)}, {human_bytes(rate)}/s), {failed} failed, in {human_seconds(summary.seconds)}"
-    )
+    rate = f" at {human_bytes(size / summary.seconds)}/s" if size and summary.seconds > 0 else ""
+    fetched = f"{plural(downloaded, 'photo')} downloaded" + (f" ({human_bytes(size)}{rate})" if size else "")
+    failures = f", {failed:,} failed" if failed else ""
+    lines.append(f"{verdict}: {projects}, {fetched}{failures} {took}")
     return "\n".join(lines)
+
+
+def summary_document(summary: RunSummary) -> dict[str, Any]:
+    """The run summary as one JSON object, for `--log-format json`: every count, every failure."""
+    return {
+        "event": "summary",
+        "outcome": "complete" if summary.exit_code == 0 else "incomplete",
+        "exit_code": int(summary.exit_code),
+        "seconds": round(summary.seconds, 3),
+        "errors": summary.errors,
+        "projects": [
+            {
+                "id": r.project.id,
+                "name": r.project.name,
+                "dry_run": r.dry_run,
+                "listed": r.listed,
+                "changes": {str(change): n for change, n in r.changes.items() if n},
+                "downloaded": r.downloaded,
+                "bytes": r.bytes,
+                "would_download_bytes": r.would_bytes,
+                "due_from_earlier_runs": r.retried,
+                "adopted": r.adopted,
+                "updated_in_place": r.relocated,
+                "deleted_in_procore_meanwhile": r.vanished,
+                "deleted_upstream": r.deleted_upstream,
+                "trashed": r.trashed,
+                "removed": r.removed,
+                "waiting": r.waiting,
+                "requests": r.requests,
+                "seconds": round(r.seconds, 3),
+                "checkpoint_advanced": r.checkpoint_advanced,
+                "listing_error": r.listing_error,
+                "unproven": r.unproven,
+                "stopped": r.stopped,
+                "deletions_blocked": r.deletions_blocked,
+                "failures": [
+                    {"id": pid, "path": path, "error": _reason(pid, error)} for pid, path, error in r.failures
+                ],
+            }
+            for r in summary.results
+        ],
+    }
+
+
+def render_summary_json(summary: RunSummary) -> str:
+    return json.dumps(summary_document(summary), ensure_ascii=False)

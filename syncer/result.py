@@ -25,6 +25,8 @@ class ProjectResult:
     left with that project, not moved or fetched again on every run."""
     retried: int = 0
     """Photos due from earlier runs (failed before, or left by an interrupted run)."""
+    would_bytes: int = 0
+    """A dry run: the stated sizes of the listed photos a sync would download."""
     downloaded: int = 0
     bytes: int = 0
     adopted: int = 0

@@ -232,6 +232,7 @@ async def _run(
         engine, coordinator = syncer.engine, syncer.coordinator
         deadline = engine.deadline()
         projects, summary.errors = await syncer.projects(project_ids)
+        progress.expect(len(projects))
         ids = [p.id for p in projects]
         with coordinator.hold(ids):
             if retry_failed:

@@ -70,7 +70,9 @@ async def test_config_path_can_come_from_the_environment(sim: Simulator, tmp_pat
     config = write_config(sim, tmp_path)
     run = await syncer("sync", "--dry-run", env={"SYNCER_CONFIG": str(config)})
     assert run.code == ExitCode.OK, run.err
-    assert run.out.count("would download") == 2
+    assert run.out.count(" photos listed; would download ") == 2
+    last = run.out.splitlines()[-1]
+    assert last.startswith("dry run, nothing written: 2 projects; a sync would download 60 photos ("), last
     assert not list((tmp_path / "mirror").rglob("*.jpg"))
 
 

@@ -61,7 +61,7 @@ async def test_a_photo_listed_in_two_projects_stays_in_one_and_is_fetched_once(
         assert (await syncer("sync", "--config", config)).code == ExitCode.OK
         run = await syncer("sync", "--full", "--config", config)
         assert run.code == ExitCode.OK, run.out + run.err
-        assert "3 photos listed here are also in another project and stay in its folder" in run.out
+        assert "3 photos listed here are also in another project and kept in its folder" in run.out
     assert sum(sim.stats.downloads.values()) == 20, "no photo was fetched twice"
     now = {p.relative_to(tmp_path / "mirror") for p in (tmp_path / "mirror").rglob("*") if p.is_file()}
     assert now == layout, "no file moved, was removed or went to the trash"

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import shlex
 import signal
+import sys
 from pathlib import Path
 
 import yaml
@@ -86,5 +89,22 @@ async def demo(args: argparse.Namespace) -> int:
         summary = await run_sync(settings, progress=progress)
     print(render_summary(summary))
     print(f"\nPhotos and their .json sidecars are in {folder}.")
-    print(f"See what is mirrored: syncer status --config {config_path}")
+    print(f"See what is mirrored: {_this_syncer()} status --config {_shown(config_path)}")
     return int(summary.exit_code)
+
+
+def _this_syncer() -> str:
+    """A command that runs this same syncer from a fresh shell: `make demo` installs it in a
+    virtual environment whose `bin` is not on the PATH, so a bare `syncer` would not be found."""
+    script = Path(sys.executable).parent / "syncer"
+    if script.is_file():
+        return _shown(script)
+    return f"{_shown(Path(sys.executable))} -m syncer"
+
+
+def _shown(path: Path) -> str:
+    """`path` relative to the working folder when it is inside it, else absolute; quoted for a shell."""
+    path = path.absolute()
+    with contextlib.suppress(ValueError):
+        path = path.relative_to(Path.cwd())
+    return shlex.quote(str(path))
