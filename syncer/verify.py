@@ -169,6 +169,21 @@ async def _move_strays(fs: MirrorFS, report: VerifyReport) -> None:
         report.strays_folder = fs.root / folder
 
 
+def _paths(files: Sequence[MirroredFile]) -> set[str]:
+    return {p for item in files for p in (item.local_path, sidecar_path(item.local_path))}
+
+
+async def _unexpected(store: Store, fs: MirrorFS, files: Sequence[MirroredFile]) -> list[str]:
+    """The files in the mirror the database does not know, as sorted mirror paths. The database
+    is asked again once the walk has found any: a photo installed and recorded while this verify
+    ran (by a worker sharing a PostgreSQL database, which takes no project lock, or by a sync of a
+    project new since this began) is no stray, and must not be moved aside as one."""
+    found = set(await fs.run(_walk, fs.root)) - _paths(files)
+    if found:
+        found -= _paths(await store.mirrored_files())
+    return sorted(found)
+
+
 async def _inspect(fs: MirrorFS, item: MirroredFile) -> tuple[str | None, str | None]:
     """What is wrong with a recorded photo's file, and with its sidecar."""
     try:
@@ -222,8 +237,7 @@ async def verify(
 
             await asyncio.gather(*(check(item) for item in files))
             if report.scanned_for_unexpected:
-                known = {p for item in files for p in (item.local_path, sidecar_path(item.local_path))}
-                report.unexpected = sorted(set(await fs.run(_walk, fs.root)) - known)
+                report.unexpected = await _unexpected(store, fs, files)
                 if move_strays:
                     await _move_strays(fs, report)
             if fix and bad_ids:
