@@ -10,10 +10,12 @@ and a short excerpt, never a crash.
 from __future__ import annotations
 
 import asyncio
+import html
 import json
 import logging
 import os
 import random
+import re
 import socket
 import ssl
 import time
@@ -137,6 +139,12 @@ class _Unauthorized(Exception):
         self.token = token
 
 
+_HTML = re.compile(r"\s*<(?:!doctype|html|head|body|title|h1)\b", re.IGNORECASE)
+_TITLE = re.compile(r"<title[^>]*>(.*?)</title", re.IGNORECASE | re.DOTALL)
+_HIDDEN = re.compile(r"<(script|style)\b.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
+_TAG = re.compile(r"<[^>]*>?")
+
+
 def excerpt(body: bytes | str) -> str:
     """What a person should read of an error body: the message fields of JSON, else its start."""
     text = body.decode("utf-8", errors="replace") if isinstance(body, bytes) else body
@@ -149,6 +157,9 @@ def excerpt(body: bytes | str) -> str:
             if key in data:
                 text = json.dumps(data[key]) if not isinstance(data[key], str) else data[key]
                 break
+    elif _HTML.match(text):  # a proxy's or load balancer's error page: its title, else its text
+        title = _TITLE.search(text)
+        text = html.unescape(title.group(1) if title else _TAG.sub(" ", _HIDDEN.sub(" ", text)))
     text = REDACT(" ".join(text.split()))  # before the cut, or a secret cut in half would stay
     return text if len(text) <= EXCERPT_CHARS else text[: EXCERPT_CHARS - 1] + "…"
 

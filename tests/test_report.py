@@ -1,0 +1,120 @@
+"""What a person reads: the progress text, the run summary (text and JSON) and failure lines."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from syncer.errors import ExitCode
+from syncer.report import Tally
+from tests.conftest import write_config
+from tests.test_cli import syncer
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def listing_two_projects(clock: Clock) -> Tally:
+    tally = Tally(clock)
+    tally.projects = 2
+    tally.photos_total, tally.bytes_total = 300, 300_000_000
+    return tally
+
+
+def test_progress_says_the_total_is_not_known_while_projects_are_still_listed() -> None:
+    clock = Clock()
+    tally = listing_two_projects(clock)
+    tally.listings_done = 1
+    clock.now, tally.photos_done, tally.bytes_done = 4.0, 100, 100_000_000
+    text = tally.describe()
+    assert text.startswith("listing 1/2 projects · 100/300 photos so far · 100.0 MB · ")
+    assert text.endswith(" · total not known yet") and "ETA" not in text
+
+
+def test_progress_gives_an_eta_once_every_listing_has_ended() -> None:
+    clock = Clock()
+    tally = listing_two_projects(clock)
+    tally.listings_done = 2
+    clock.now, tally.photos_done, tally.bytes_done = 10.0, 100, 100_000_000
+    assert tally.describe() == "100/300 photos · 100.0 MB/300.0 MB · 10.0 MB/s · ETA 20.0 s"
+
+
+def test_progress_rate_follows_the_last_ten_seconds_not_the_whole_run() -> None:
+    clock = Clock()
+    tally = listing_two_projects(clock)
+    tally.listings_done = 2
+    for second in range(1, 61):  # a minute at 4 MB/s, then 1 MB/s
+        clock.now = second
+        tally.bytes_done += 4_000_000 if second <= 30 else 1_000_000
+        tally.rate()
+    rate = tally.rate()
+    assert rate is not None and abs(rate - 1_000_000) < 1, rate
+
+
+def test_progress_has_no_rate_before_a_second_has_passed() -> None:
+    clock = Clock()
+    tally = listing_two_projects(clock)
+    clock.now, tally.bytes_done = 0.5, 5_000_000
+    assert tally.rate() is None
+    assert "rate not known yet" in tally.describe()
+
+
+async def test_a_summary_counts_only_what_happened_with_correct_plurals(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    sim = await make_sim(photos=1, projects=1)
+    run = await syncer("sync", "--config", str(write_config(sim, tmp_path)))
+    assert run.code == ExitCode.OK, run.err
+    project, total = run.out.splitlines()
+    (only,) = sim.company.projects.values()
+    assert project.startswith(f"{only.name} ({only.id}): 1 photo listed (1 new); 1 downloaded (")
+    assert project.endswith(" s") and " 0 " not in project, project
+    assert total.startswith("complete: 1 project, 1 photo downloaded (") and "failed" not in total, total
+
+
+async def test_a_dry_run_says_so_and_what_a_sync_would_download(make_sim: Any, tmp_path: Path) -> None:
+    sim = await make_sim(photos=3, projects=1, photo_size=1_000_000)
+    run = await syncer("sync", "--dry-run", "--config", str(write_config(sim, tmp_path)))
+    assert run.code == ExitCode.OK, run.err
+    project, total = run.out.splitlines()
+    assert project.endswith(": 3 photos listed; would download 3 photos (3.0 MB): 3 new"), project
+    assert total.startswith(
+        "dry run, nothing written: 1 project; a sync would download 3 photos (3.0 MB), in "
+    )
+    assert not (tmp_path / "mirror").exists() or not any((tmp_path / "mirror").rglob("*.jpg"))
+
+
+async def test_a_failure_line_names_the_photo_once_with_the_error_page_text_not_its_html(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    sim = await make_sim(photos=3, projects=1)
+    broken = min(sim.expected_files())
+    sim.config.broken_files.add(broken)  # answers an HTML error page
+    run = await syncer("sync", "--config", str(write_config(sim, tmp_path, procore={"retry_attempts": 1})))
+    assert run.code == ExitCode.INCOMPLETE
+    (line,) = [line for line in run.out.splitlines() if line.lstrip().startswith("failed:")]
+    assert line.count(f"photo {broken}") == 1, line
+    assert line.endswith(": HTTP 500: internal error"), line
+    assert "<" not in line
+
+
+async def test_json_logs_end_with_the_summary_as_one_json_object(make_sim: Any, tmp_path: Path) -> None:
+    sim = await make_sim(photos=3, projects=1)
+    broken = min(sim.expected_files())
+    sim.config.broken_files.add(broken)
+    config = write_config(sim, tmp_path, procore={"retry_attempts": 1})
+    run = await syncer("sync", "--config", str(config), "--log-format", "json")
+    (line,) = run.out.splitlines()
+    summary = json.loads(line)
+    assert summary["event"] == "summary" and summary["exit_code"] == run.code == ExitCode.INCOMPLETE
+    (project,) = summary["projects"]
+    assert project["listed"] == 3 and project["downloaded"] == 2 and project["changes"] == {"new": 3}
+    assert project["failures"] == [
+        {"id": broken, "path": project["failures"][0]["path"], "error": "HTTP 500: internal error"}
+    ]
