@@ -170,18 +170,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _add_simulate(sub: Any, common: argparse.ArgumentParser) -> None:
     sim = sub.add_parser(
-        "simulate", parents=[common], help="serve the built-in Procore simulator on 127.0.0.1"
+        "simulate",
+        parents=[common],
+        help="serve the built-in Procore simulator on 127.0.0.1",
+        description="Serve a simulated Procore company (API, OAuth and object store) on 127.0.0.1, with "
+        "the API's awkward parts (rate limits, expiring signed URLs, unstable order among ties), to try "
+        "the syncer without a Procore account. Prints a config section that points at it.",
     )
     sim.add_argument("--port", type=int, default=8470, help="API port (0 picks a free one)")
     sim.add_argument("--store-port", type=int, default=0, help="object-store port (default: a free one)")
-    sim.add_argument("--photos", type=int, default=500)
-    sim.add_argument("--projects", type=int, default=3)
-    sim.add_argument("--seed", type=int, default=1)
+    sim.add_argument("--photos", type=int, default=500, help="photos in the company, over all projects")
+    sim.add_argument("--projects", type=int, default=3, help="projects in the company")
+    sim.add_argument("--seed", type=int, default=1, help="the same seed serves the same company")
     sim.add_argument("--error-rate", type=float, default=0.0, help="share of answers that are 5xx")
     sim.add_argument("--cut-rate", type=float, default=0.0, help="share of file bodies cut short")
     sim.add_argument("--spike-limit", type=int, default=2000, help="requests allowed per spike window")
     sim.add_argument("--spike-window", type=float, default=10.0, help="seconds of the spike window")
-    sim.add_argument("--hourly-limit", type=int, default=100_000)
+    sim.add_argument("--hourly-limit", type=int, default=100_000, help="requests allowed per hour")
     sim.add_argument(
         "--free-file-requests",
         action="store_true",
@@ -243,6 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
         "sync",
         parents=[with_config],
         help="sync the mirror once (for cron)",
+        description="List what changed in Procore since the last run, download it into the mirror, "
+        "record it, and print a summary. Safe to stop and run again at any time.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -270,10 +277,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sync.set_defaults(func=cmd_sync)
 
-    run = sub.add_parser("run", parents=[with_config], help="run as a service on the configured schedule")
+    run = sub.add_parser(
+        "run",
+        parents=[with_config],
+        help="run as a service on the configured schedule",
+        description="Keep the mirror current as a service: sync on the config's schedule, serve "
+        "/healthz, /metrics and /status where http.listen says, reload the config on SIGHUP, stop "
+        "cleanly on SIGTERM.",
+    )
     run.set_defaults(func=cmd_run)
 
-    status = sub.add_parser("status", parents=[with_config], help="show what the mirror holds, per project")
+    status = sub.add_parser(
+        "status",
+        parents=[with_config],
+        help="show what the mirror holds, per project",
+        description="Show, from the database alone, each project's photos, checkpoint and last run, "
+        "and the photos that failed with their error and next try. Never calls Procore.",
+    )
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=cmd_status)
 
@@ -305,25 +325,49 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verify.set_defaults(func=cmd_verify)
 
-    retry = sub.add_parser("retry-failed", parents=[with_config], help="retry failed photos now, then sync")
+    retry = sub.add_parser(
+        "retry-failed",
+        parents=[with_config],
+        help="retry failed photos now, then sync",
+        description="Make every failed photo due now instead of at its backoff time, then run a sync.",
+    )
     retry.add_argument(
         "--project", type=int, action="append", metavar="ID", help="only this project (repeatable)"
     )
-    retry.add_argument("--progress", choices=["auto", "on", "off"], default="auto")
+    retry.add_argument(
+        "--progress",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="progress bar (auto: only on a terminal)",
+    )
     retry.set_defaults(func=cmd_retry_failed)
 
-    db = sub.add_parser("db", help="database maintenance")
+    db = sub.add_parser("db", help="database maintenance", description="Database maintenance.")
     db_sub = db.add_subparsers(dest="db_command", required=True, metavar="COMMAND")
     db_sub.add_parser(
-        "upgrade", parents=[with_config], help="apply schema migrations (also done on start)"
+        "upgrade",
+        parents=[with_config],
+        help="apply schema migrations (also done on start)",
+        description="Bring the database's schema up to date. Every command does this on start; this "
+        "one does only that, for a deploy step.",
     ).set_defaults(func=cmd_db_upgrade)
 
     _add_simulate(sub, common)
 
-    demo = sub.add_parser("demo", parents=[common], help="sync a simulated company into a folder")
+    demo = sub.add_parser(
+        "demo",
+        parents=[common],
+        help="sync a simulated company into a folder",
+        description="Start the simulator and run a real sync from it into a folder: what `make demo` does.",
+    )
     demo.add_argument("--dir", default="demo-mirror", help="where the mirror and its state go")
-    demo.add_argument("--photos", type=int, default=500)
-    demo.add_argument("--progress", choices=["auto", "on", "off"], default="auto")
+    demo.add_argument("--photos", type=int, default=500, help="photos in the simulated company")
+    demo.add_argument(
+        "--progress",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="progress bar (auto: only on a terminal)",
+    )
     demo.set_defaults(func=cmd_demo)
     return parser
 

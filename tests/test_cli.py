@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
 import socket
 import sys
 from asyncio.subprocess import Process
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from syncer.cli import build_parser
 from syncer.errors import ExitCode
 from syncer.locks import Locks
 from syncer.simulator import Simulator
@@ -296,3 +299,22 @@ async def test_status_lists_failed_photos_with_their_error_and_next_try(
     )
     table = (await syncer("status", "--config", str(config))).out
     assert table.count("failed: ") == 3
+
+
+def _parsers(parser: argparse.ArgumentParser, name: str) -> Iterator[tuple[str, argparse.ArgumentParser]]:
+    yield name, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub, child in action.choices.items():
+                yield from _parsers(child, f"{name} {sub}")
+
+
+def test_every_command_has_a_description_and_every_option_a_help_text() -> None:
+    undocumented = [
+        f"{name} {action.option_strings or action.dest}"
+        for name, parser in _parsers(build_parser(), "syncer")
+        for action in parser._actions
+        if action.help is None and not isinstance(action, argparse._SubParsersAction)
+    ]
+    assert undocumented == []
+    assert [name for name, parser in _parsers(build_parser(), "syncer") if not parser.description] == []
