@@ -80,6 +80,7 @@ class Daemon:
         self.metrics = Metrics(lambda: syncer.api.http.pacer, self.health)
         for status in await syncer.store.status():
             self.health.checkpoints[status.id] = status.checkpoint
+            self.health.names[status.id] = status.name
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop, sig)
@@ -197,6 +198,7 @@ class Daemon:
             log.warning("%s", error)
         await self.syncer.store.save_projects(self.settings.procore.company_id, projects)
         self.projects = {p.id: p for p in projects}
+        self.health.names.update((p.id, p.name) for p in projects)
         self.projects_loaded_at = loop.time()
         self._schedule_projects()
 

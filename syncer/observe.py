@@ -28,6 +28,8 @@ class Health:
     failing: dict[int, int] = field(default_factory=dict)
     """Consecutive failed runs per project."""
     checkpoints: dict[int, datetime | None] = field(default_factory=dict)
+    names: dict[int, str] = field(default_factory=dict)
+    """Each project's name, so a person reading /healthz or a dashboard need not look ids up."""
     auth_failing: bool = False
 
     def record(self, project_id: int, ok: bool) -> None:
@@ -38,11 +40,15 @@ class Health:
         if self.auth_failing:
             found.append("Procore refuses the credentials")
         found += [
-            f"project {pid}: {n} failed runs in a row"
+            f"{self.describe(pid)}: {n} failed runs in a row"
             for pid, n in self.failing.items()
             if n >= self.unhealthy_after
         ]
         return found
+
+    def describe(self, project_id: int) -> str:
+        name = self.names.get(project_id)
+        return f"project {project_id} ({name})" if name else f"project {project_id}"
 
 
 class _LiveValues(Collector):
@@ -80,6 +86,13 @@ class _LiveValues(Collector):
         for pid, n in self._health.failing.items():
             failing.add_metric([str(pid)], n)
         yield failing
+        # the usual info-metric join: `... * on(project) group_left(name) syncer_project_info`
+        info = GaugeMetricFamily(
+            "syncer_project_info", "Each project's name, by its id", labels=["project", "name"]
+        )
+        for pid, name in self._health.names.items():
+            info.add_metric([str(pid), name], 1)
+        yield info
 
 
 class Metrics:

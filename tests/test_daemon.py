@@ -128,6 +128,8 @@ async def test_runs_on_schedule_and_reports_through_health_metrics_and_status(
             "syncer_rate_limit_wait_seconds",
         ):
             assert name in metrics, name
+        for project in sim.company.projects.values():  # ids are joined to names in one info metric
+            assert f'syncer_project_info{{name="{project.name}",project="{project.id}"}} 1.0' in metrics
         _, document = await running.get("/status")
         assert sum(p["mirrored"] for p in json.loads(document)["projects"]) == len(sim.company.photos)
         code, _ = await stop(running)
@@ -237,6 +239,9 @@ async def test_a_failing_and_slow_notify_hook_never_stops_syncing(make_sim: Any,
         await eventually(
             lambda: _healthz_is(running, 503), what="/healthz to turn unhealthy after 2 failed runs"
         )
+        (project,) = sim.company.projects.values()
+        (problem,) = json.loads((await running.get("/healthz"))[1])["problems"]
+        assert problem.startswith(f"project {project.id} ({project.name}): "), problem
         sim.config.url_ttl = 600
         await eventually(lambda: running.runs("ok"), what="runs to go on and succeed despite the hook")
         await eventually(lambda: len(events(sink)) >= 2, what="the recovery notification")
