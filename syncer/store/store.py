@@ -82,12 +82,13 @@ class Store(RunLog):
                 "not installed): install syncer with `pip install '.[postgres]'`, or `pip install "
                 "asyncpg` into its environment"
             ) from None
+        if (problem := _sqlite_folder_problem(engine)) is not None:  # before a connection is tried:
+            await engine.dispose()  # SQLite's own word would only be 'unable to open database file'
+            raise LocalFault(problem)
         try:
             await upgrade(engine)
         except (OSError, SQLAlchemyError) as exc:
             await engine.dispose()
-            if (problem := _sqlite_folder_problem(engine)) is not None:
-                raise LocalFault(problem) from None
             raise database_error(exc, engine.url.render_as_string(hide_password=True)) from None
         except BaseException:
             await engine.dispose()
