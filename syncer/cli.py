@@ -102,7 +102,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from syncer.status import render_status, status_document
 
     settings = load_settings(_config_path(args), need_credentials=False)  # reads the database only
-    document = asyncio.run(status_document(settings))
+    document = asyncio.run(status_document(settings, failures_limit=None))  # every failed photo
     print(json.dumps(document, indent=2) if args.json else render_status(document))
     return 0
 

@@ -220,6 +220,8 @@ class ProjectSync:
         if self.result.listing_error is None:
             due = await self.store.due_downloads(self.project.id, self.engine.now())
             self.result.retried = sum(1 for d in due if d.id not in self.seen)
+            if self.full and not self.result.unproven:
+                await self._deletions().reconcile(self.query(), self.result, force=self.force)
 
     async def sync(self) -> None:
         result, engine = self.result, self.engine
@@ -355,17 +357,20 @@ class ProjectSync:
             ]
         )
 
+    def _deletions(self) -> Deletions:
+        engine = self.engine
+        return Deletions(
+            engine.api, self.store, engine.fs, engine.mirror, engine.settings.concurrency, engine.now
+        )
+
     async def _finish(self, recorder: Recorder) -> None:
         """After the transfers: count what still waits, find deletions, move the checkpoint."""
-        result, engine = self.result, self.engine
+        result = self.result
         await recorder.flush()
         result.waiting = await self.store.failing_count(self.project.id) - len(result.failures)
         if result.listing_error is None and not result.unproven:
             if self.full:
-                deletions = Deletions(
-                    engine.api, self.store, engine.fs, engine.mirror, engine.settings.concurrency, engine.now
-                )
-                await deletions.reconcile(self.query(), result, force=self.force)
+                await self._deletions().reconcile(self.query(), result, force=self.force)
             await self.store.set_checkpoint(self.project.id, result.window_end, full=self.full)
             result.checkpoint_advanced = True
 

@@ -109,7 +109,8 @@ class Deletions:
     now: Callable[[], datetime]
 
     async def reconcile(self, query: ImageQuery, result: ProjectResult, *, force: bool) -> None:
-        """Mark photos gone from Procore as deleted, then apply `mirror.on_delete` to their files.
+        """Mark photos gone from Procore as deleted, then apply `mirror.on_delete` to their files;
+        a dry run (`result.dry_run`) only counts them, in `result.would_delete`.
 
         Runs only after a proven listing, on a proven id set, within the `max_delete` cap, and
         each deletion is confirmed by a direct lookup."""
@@ -121,12 +122,16 @@ class Deletions:
         known = await self.store.live_ids(project.id)
         gone = sorted(known - listing.ids)
         cap = self.mirror.delete_cap(len(known))
+        if result.dry_run:  # the lookups only read: what a real run would confirm, it counts
+            result.would_delete = len(await self._confirm_gone(project, gone)) if gone else 0
         if len(gone) > cap and not force:
             result.deletions_blocked = (
                 f"{len(gone)} of {len(known)} photos are gone from Procore, more than mirror.max_delete "
                 f"({self.mirror.max_delete}, {cap} photos) allows; none was marked deleted. "
                 "If that is right, run again with --force"
             )
+            return
+        if result.dry_run:
             return
         confirmed = await self._confirm_gone(project, gone)
         await self.store.mark_deleted(confirmed, self.now())

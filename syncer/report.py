@@ -224,6 +224,7 @@ def _project_lines(r: ProjectResult) -> list[str]:
         would = _counts(
             (c[Change.MOVED] + c[Change.RESTORED], "to move"),
             (c[Change.METADATA], "to update metadata"),
+            (r.would_delete, "gone from Procore to mark deleted"),
         )
         lines = [
             f"{head}: {plural(r.listed, 'photo')} listed; would download {plural(fetch, 'photo')}"
@@ -294,9 +295,11 @@ def render_summary(summary: RunSummary) -> str:
         size = sum(r.would_bytes for r in summary.results)
         moves = sum(r.changes[Change.MOVED] + r.changes[Change.RESTORED] for r in summary.results)
         metadata = sum(r.changes[Change.METADATA] for r in summary.results)
+        gone = sum(r.would_delete for r in summary.results)
         would = [f"download {plural(fetch, 'photo')}" + (f" ({human_bytes(size)})" if size else "")]
         would += [f"move {plural(moves, 'photo')}"] * bool(moves)
         would += [f"update the metadata of {plural(metadata, 'photo')}"] * bool(metadata)
+        would += [f"mark {plural(gone, 'photo')} gone from Procore deleted"] * bool(gone)
         lines.append(f"dry run, nothing written: {projects}; a sync would {', '.join(would)}, {took}")
         return "\n".join(lines)
     downloaded = sum(r.downloaded for r in summary.results)
@@ -328,6 +331,7 @@ def summary_document(summary: RunSummary) -> dict[str, Any]:
                 "downloaded": r.downloaded,
                 "bytes": r.bytes,
                 "would_download_bytes": r.would_bytes,
+                "would_mark_deleted": r.would_delete,
                 "due_from_earlier_runs": r.retried,
                 "adopted": r.adopted,
                 "updated_in_place": r.relocated,

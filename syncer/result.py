@@ -27,6 +27,8 @@ class ProjectResult:
     """Photos due from earlier runs (failed before, or left by an interrupted run)."""
     would_bytes: int = 0
     """A dry run: the stated sizes of the listed photos a sync would download."""
+    would_delete: int = 0
+    """A dry run with --full: photos gone from Procore that a sync would mark deleted."""
     downloaded: int = 0
     bytes: int = 0
     adopted: int = 0

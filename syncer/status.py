@@ -11,15 +11,18 @@ from syncer.store import Store
 from syncer.store.shared import WorkerInfo, team_status
 
 
-async def status_document(settings: Settings, store: Store | None = None) -> dict[str, Any]:
-    """The status of every project, from `store` or from the configured database."""
+async def status_document(
+    settings: Settings, store: Store | None = None, *, failures_limit: int | None = 1000
+) -> dict[str, Any]:
+    """The status of every project, from `store` or from the configured database; at most
+    `failures_limit` failed photos in all, or every one (None, for `syncer status`)."""
     if store is None:
         store = await Store.open(settings.database_url)
         try:
-            return await status_document(settings, store)
+            return await status_document(settings, store, failures_limit=failures_limit)
         finally:
             await store.close()
-    projects = await store.status()
+    projects = await store.status(failures_limit=failures_limit)
     team = await team_status(store) if store.engine.dialect.name == "postgresql" else None
     document: dict[str, Any] = {
         "mirror": str(settings.mirror.root),

@@ -12,6 +12,7 @@ from aiohttp import web
 from syncer.config import Settings
 from syncer.errors import ExitCode
 from syncer.plan import Change
+from syncer.report import render_summary
 from syncer.simulator import Simulator
 from syncer.simulator.server import ListingRequest
 from tests.conftest import assert_byte_exact, db_rows, mirror_photos, sync
@@ -46,6 +47,20 @@ async def test_full_run_marks_photos_gone_upstream_and_keeps_their_files(
     assert sum(r.deleted_upstream for r in summary.results) == 4
     assert marked_deleted(settings) == set(gone)
     assert set(gone) <= set(mirror_photos(settings.mirror.root)), "on_delete: keep leaves the files"
+
+
+async def test_a_full_dry_run_counts_the_photos_gone_upstream_and_touches_nothing(
+    sim: Simulator, settings_for: Any
+) -> None:
+    settings = settings_for(sim, mirror={"on_delete": "trash"})
+    await sync(settings)
+    delete_some(sim, 2)
+    summary = await sync(settings, full=True, dry_run=True)
+    assert sum(r.would_delete for r in summary.results) == 2
+    assert "a sync would download 0 photos, mark 2 photos gone from Procore deleted" in render_summary(
+        summary
+    )
+    assert marked_deleted(settings) == set() and trash_files(settings) == []
 
 
 async def test_incremental_runs_never_delete(sim: Simulator, settings_for: Any) -> None:

@@ -67,3 +67,13 @@ async def test_status_never_promises_more_failures_than_the_json_holds(make_sim:
     assert last.endswith(
         f"more failed photos in {project['name']} (`syncer status --json` lists 22 of the 27)"
     )
+
+
+async def test_only_the_daemons_status_page_caps_the_failed_photos_it_lists(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    config = await failing_mirror(make_sim, tmp_path, photos=FAILURES_SHOWN + 7)
+    settings = load_settings(config)
+    (capped,) = (await status_document(settings, failures_limit=5))["projects"]
+    (whole,) = (await status_document(settings, failures_limit=None))["projects"]
+    assert len(capped["failures"]) == 5 and len(whole["failures"]) == FAILURES_SHOWN + 7

@@ -97,7 +97,11 @@ class RunLog:
                 )
             )
 
-    async def status(self, project_ids: Sequence[int] | None = None) -> list[ProjectStatus]:
+    async def status(
+        self, project_ids: Sequence[int] | None = None, *, failures_limit: int | None = 1000
+    ) -> list[ProjectStatus]:
+        """Each project's counts, checkpoint and last run, and its failed photos: at most
+        `failures_limit` of them in all (the daemon's /status page), or every one (None)."""
         p = PhotoRow
         live = p.deleted_at.is_(None)
         mirrored = live & (p.local_file_key == p.file_key)
@@ -138,7 +142,7 @@ class RunLog:
                 select(p.project_id, p.id, p.rel_path, p.attempts, p.last_error, p.next_retry_at)
                 .where(failing)
                 .order_by(p.id)
-                .limit(1000)
+                .limit(failures_limit)
             ):
                 failures.setdefault(row.project_id, []).append(
                     {
