@@ -154,6 +154,7 @@ async def open_syncer(
                     shared=coordinator.shares_mirror,
                     max_size=settings.mirror.max_file_size,
                     deadline=settings.procore.download_timeout,
+                    on_bytes=progress.received,
                 ),
                 layout=Layout(settings.mirror.layout),
                 settings=settings.sync,

@@ -240,7 +240,7 @@ class Transfer:
                     file_key=photo.file_key,
                     what=f"photo {photo.id}",
                 )
-                self.progress.received(fetched.size)
+                self.progress.received(fetched.size - fetched.counted)  # the rest arrived as it streamed
                 self.guard.check()  # after a long download: is the claim still ours?
                 await self._install(job, photo, fetched)
                 await self.recorder.maybe_flush()

@@ -166,6 +166,22 @@ async def test_a_photo_of_unknown_size_is_taken_at_its_content_length(make_sim: 
         assert on_disk(fetched) == d.content(d.photos[0])
 
 
+async def test_a_large_photo_is_counted_as_it_streams_and_a_failed_attempt_takes_its_count_back(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    sim = await make_sim(photos=1, projects=1, photo_size=LARGE)
+    async with downloads(sim, tmp_path) as d:
+        counts: list[int] = []
+        d.fetcher.on_bytes = counts.append
+        photo = d.photos[0]
+        await cut_download(sim, d, photo)
+        assert counts and sum(counts) == 0, "what the cut attempt counted was taken back"
+        counts.clear()
+        fetched = await d.get(photo)  # resumed: only the rest is streamed and counted
+        assert len(counts) >= 1 and all(n > 0 for n in counts)
+        assert fetched.counted == sum(counts) <= fetched.size
+
+
 async def test_a_body_cut_short_is_retried_and_keeps_only_its_durable_prefix(
     make_sim: Any, tmp_path: Path
 ) -> None:

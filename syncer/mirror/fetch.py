@@ -79,6 +79,24 @@ class Fetched:
     """The whole body, in the pieces it arrived in (small ones gathered, see `Pieces`), when it was
     small enough to keep in memory; then `tmp` is not written yet (the install writes them with
     one `writev`)."""
+    counted: int = 0
+    """Bytes of it already passed to the fetcher's `on_bytes` while it streamed in."""
+
+
+class Counted:
+    """The bytes one download passed to `on_bytes`, so a failed attempt can take them back."""
+
+    def __init__(self, on_bytes: Callable[[int], None] | None) -> None:
+        self.on_bytes = on_bytes
+        self.bytes = 0
+
+    def add(self, n: int) -> None:
+        if self.on_bytes is not None:
+            self.on_bytes(n)
+            self.bytes += n
+
+    def take_back(self) -> None:
+        self.add(-self.bytes)
 
 
 @dataclass(frozen=True)
@@ -236,9 +254,13 @@ class Fetcher:
         shared: bool = False,
         max_size: int = DEFAULT_MAX_FILE_SIZE,
         deadline: float = DEFAULT_DOWNLOAD_TIMEOUT,
+        on_bytes: Callable[[int], None] | None = None,
     ) -> None:
         self.http = http
         self.fs = fs
+        self.on_bytes = on_bytes
+        """Told of a large body's bytes as each MiB is written (and of their removal if the
+        attempt fails), so a progress rate moves during a long download, not only at its end."""
         self.max_size = max_size
         """The most bytes taken for a photo whose size the listing does not state."""
         self.deadline = deadline
@@ -271,9 +293,16 @@ class Fetcher:
         self, url: str, *, expected_size: int | None, part_name: str, file_key: str, what: str
     ) -> Fetched:
         """Download `url` into a verified, fsynced temp file, resuming an earlier part if allowed."""
+        counted = Counted(self.on_bytes)
         try:
             async with asyncio.timeout(self.deadline) as scope:
-                return await self._fetch(url, expected_size, Part(self.fs, part_name, file_key), what)
+                try:
+                    return await self._fetch(
+                        url, expected_size, Part(self.fs, part_name, file_key), what, counted
+                    )
+                except BaseException:
+                    counted.take_back()  # the next attempt counts its bytes again
+                    raise
         except TimeoutError:
             if not scope.expired():  # a read that waited longer than procore.request_timeout
                 raise FetchError(f"{what}: no answer in procore.request_timeout", retry=True) from None
@@ -283,7 +312,9 @@ class Fetcher:
                 retry=True,
             ) from None
 
-    async def _fetch(self, url: str, expected_size: int | None, part: Part, what: str) -> Fetched:
+    async def _fetch(
+        self, url: str, expected_size: int | None, part: Part, what: str, counted: Counted
+    ) -> Fetched:
         look = self.shared or part.state_path.name in self.partial
         state = await self.fs.run(part.resumable) if look else None
         headers = dict(FILE_HEADERS)
@@ -321,7 +352,7 @@ class Fetcher:
                 if coding != "identity":
                     raise FetchError(f"{what}: the file came {excerpt(coding)}-encoded, unasked", retry=True)
                 offset = self._resume_offset(response, state, expected_size)
-                return await self._stream(response, part, offset, expected_size, what)
+                return await self._stream(response, part, offset, expected_size, what, counted=counted)
         raise FetchError(f"{what}: more than {MAX_REDIRECTS} redirects", retry=False)
 
     @staticmethod
@@ -356,7 +387,14 @@ class Fetcher:
         return start
 
     async def _stream(
-        self, response: aiohttp.ClientResponse, part: Part, offset: int, expected_size: int | None, what: str
+        self,
+        response: aiohttp.ClientResponse,
+        part: Part,
+        offset: int,
+        expected_size: int | None,
+        what: str,
+        *,
+        counted: Counted,
     ) -> Fetched:
         length = response.content_length
         total = offset + length if length is not None else None
@@ -391,6 +429,7 @@ class Fetcher:
                 digest=digest,
                 etag=response.headers.get("ETag"),
                 limit=limit,
+                counted=counted,
             )
         except TRANSPORT_ERRORS as exc:
             raise FetchError(f"{what}: body cut short ({type(exc).__name__})", retry=True) from None
@@ -400,7 +439,7 @@ class Fetcher:
         self._check_length(part, received, total, expected_size, what)
         await self.fs.run(part.forget_state)
         self.partial.discard(part.state_path.name)
-        return Fetched(tmp=part.path, size=received, sha256=digest.hexdigest())
+        return Fetched(tmp=part.path, size=received, sha256=digest.hexdigest(), counted=counted.bytes)
 
     async def _begin(self, part: Part, offset: int) -> hashlib._Hash:
         """The running hash: over the kept prefix when resuming, else fresh (old state dropped)."""
@@ -422,6 +461,7 @@ class Fetcher:
         digest: hashlib._Hash,
         etag: str | None,
         limit: Limit,
+        counted: Counted,
     ) -> int:
         """Stream the rest of a large body to the part file, recording durable progress each MiB."""
         received = durable = offset + head.size
@@ -436,7 +476,9 @@ class Fetcher:
                 received += len(chunk)
                 limit.check(received)
                 if batch.size >= WRITE_BATCH:
+                    written = batch.size
                     await out.write(b"".join(batch.take()))
+                    counted.add(written)
                     if received - durable >= DURABLE_EVERY:
                         await out.flush()
                         await self.fs.run(os.fsync, out.fileno())
