@@ -318,3 +318,33 @@ def test_every_command_has_a_description_and_every_option_a_help_text() -> None:
     ]
     assert undocumented == []
     assert [name for name, parser in _parsers(build_parser(), "syncer") if not parser.description] == []
+
+
+async def test_the_demo_ends_with_a_status_command_that_works_from_a_fresh_shell(tmp_path: Path) -> None:
+    demo = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "syncer",
+        "demo",
+        "--dir",
+        "demo",
+        "--photos",
+        "20",
+        "--progress",
+        "off",
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(demo.communicate(), timeout=120)
+    assert demo.returncode == ExitCode.OK, err.decode()
+    hint = out.decode().splitlines()[-1]
+    assert hint.startswith("See what is mirrored: "), hint
+    command = hint.removeprefix("See what is mirrored: ")
+    fresh = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}  # no virtual environment on the path
+    shell = await asyncio.create_subprocess_shell(
+        command, cwd=tmp_path, env=fresh, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(shell.communicate(), timeout=60)
+    assert shell.returncode == 0, (command, err.decode())
+    assert "mirrored" in out.decode()
