@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import signal
 import socket
+import subprocess
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -13,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from syncer.config import load_settings
 from syncer.errors import ExitCode
@@ -150,6 +153,22 @@ async def test_sigterm_mid_download_exits_0_within_10_seconds(make_sim: Any, tmp
     run = await syncer("sync", "--config", str(config))
     assert run.code == ExitCode.OK, run.err
     assert_byte_exact(sim, load_settings(config))
+
+
+@pytest.mark.skipif(
+    shutil.which("promtool") is None, reason="promtool (Debian's prometheus) is not installed"
+)
+async def test_metrics_pass_promtools_check_with_project_names(sim: Simulator, tmp_path: Path) -> None:
+    config = daemon_config(sim, tmp_path)
+    async with daemon(config, tmp_path) as running:
+        await eventually(running.runs, what="a finished run in /metrics")
+        _, metrics = await running.get("/metrics")
+        await stop(running)
+    check = subprocess.run(
+        ["promtool", "check", "metrics"], input=metrics, capture_output=True, text=True, check=False
+    )
+    assert check.returncode == 0 and not check.stdout.strip(), check.stdout + check.stderr
+    assert "syncer_project_info{" in metrics
 
 
 async def test_a_stop_mid_sync_is_one_info_line_per_stopped_run_not_an_error(
