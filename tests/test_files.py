@@ -262,7 +262,9 @@ def test_leftover_temp_files_go_after_an_hour_and_parts_after_a_week(tmp_path: P
 def test_a_mirror_root_that_cannot_be_made_is_one_clear_error(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("not a folder")
     fs = MirrorFS(tmp_path / "file" / "mirror")
-    with pytest.raises(LocalFault, match=r"mirror\.root .*/file/mirror cannot be used: Not a directory; "):
+    with pytest.raises(
+        LocalFault, match=r"mirror\.root .*/file/mirror cannot be used: Not a directory: point "
+    ):
         fs.prepare()
     fs.close()
 

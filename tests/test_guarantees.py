@@ -224,7 +224,10 @@ async def test_a_mirror_root_that_is_a_file_is_one_line_and_exit_1(sim: Simulato
     run = await syncer("sync", "--config", str(config))
     assert run.code == ExitCode.INCOMPLETE
     assert_no_traceback(run)
-    expected = f"mirror.root {tmp_path / 'mirror'} is not a folder; the mirror needs a folder it can write"
+    expected = (
+        f"mirror.root {tmp_path / 'mirror'} is not a folder: point mirror.root at a folder the user running "
+        "syncer can write, or let it write there"
+    )
     assert run.err.strip() == f"syncer: {expected}"
 
 

@@ -209,7 +209,8 @@ class MirrorFS:
             not_folder = self.root.exists() and not self.root.is_dir()
             reason = "is not a folder" if not_folder else f"cannot be used: {exc.strerror}"
             raise LocalFault(
-                f"mirror.root {self.root} {reason}; the mirror needs a folder it can write"
+                f"mirror.root {self.root} {reason}: point mirror.root at a folder the user running "
+                "syncer can write, or let it write there"
             ) from None
         now = time.time()
         for leftover in self.tmp_dir.iterdir():
