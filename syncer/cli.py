@@ -27,7 +27,7 @@ EPILOG = """exit codes:
   0  everything listed is mirrored and verified
   1  some photos or projects failed (the summary names them); safe to run again
   2  usage or configuration error, or Procore does not show the configured company or
-     projects to this account, or a needed extra is not installed; nothing was changed
+     projects to this account, or a needed extra is not installed; nothing was synced
   3  Procore refused the credentials
   4  another syncer is working on the same mirror
   130 interrupted (Ctrl-C or SIGTERM); what was installed is recorded
@@ -122,7 +122,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
         raise ConfigError("--move-strays looks at the whole mirror; it cannot be combined with --project")
     settings = load_settings(_config_path(args), need_credentials=False)  # reads the database only
     report = run_stoppable(
-        verify(settings, project_ids=args.project or None, fix=args.fix, move_strays=args.move_strays)
+        verify(
+            settings,
+            project_ids=args.project or None,
+            fix=args.fix,
+            move_strays=args.move_strays,
+            config_path=_config_path(args),
+        )
     )
     print(render_verify(report))
     return int(ExitCode.OK if report.matches else ExitCode.INCOMPLETE)

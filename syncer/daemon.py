@@ -356,7 +356,8 @@ def _cause(result: ProjectResult) -> str:
     if result.failures:
         photo, _path, error = result.failures[0]
         more = len(result.failures) - 1
-        return f"photo {photo} failed: {error}" + (f" (and {more} more)" if more else "")
+        reason = error.removeprefix(f"photo {photo}: ")
+        return f"photo {photo} failed: {reason}" + (f" (and {more} more)" if more else "")
     return f"{result.waiting} photos wait for their retry time"
 
 

@@ -216,10 +216,15 @@ class ProjectSync:
 
         if await self._open_window():
             await self._list(on_page)
-        self.engine.progress.listed()
+        self.engine.progress.listed(self.project.id)
         if self.result.listing_error is None:
-            due = await self.store.due_downloads(self.project.id, self.engine.now())
-            self.result.retried = sum(1 for d in due if d.id not in self.seen)
+            due = [
+                d
+                for d in await self.store.due_downloads(self.project.id, self.engine.now())
+                if d.id not in self.seen
+            ]
+            self.result.retried = len(due)
+            self.result.would_bytes += sum(d.size or 0 for d in due)
             if self.full and not self.result.unproven:
                 await self._deletions().reconcile(self.query(), self.result, force=self.force)
 
@@ -254,7 +259,7 @@ class ProjectSync:
         try:
             if opened:
                 await self._list(on_page)
-            engine.progress.listed()  # from here on the run's total is known
+            engine.progress.listed(self.project.id)  # this project's part of the total is known
             await source.drain()
             await pool.close()
             await self._finish(pool.recorder)

@@ -20,7 +20,7 @@ class ExitCode(IntEnum):
     """Some photos or projects failed; the summary names them. Safe to run again."""
     USAGE = 2
     """Bad command line or configuration, a company or project the account cannot see, or a
-    missing extra; nothing was changed."""
+    missing extra; nothing was synced."""
     AUTH = 3
     """Procore refused the credentials."""
     LOCKED = 4

@@ -122,8 +122,6 @@ class Deletions:
         known = await self.store.live_ids(project.id)
         gone = sorted(known - listing.ids)
         cap = self.mirror.delete_cap(len(known))
-        if result.dry_run:  # the lookups only read: what a real run would confirm, it counts
-            result.would_delete = len(await self._confirm_gone(project, gone)) if gone else 0
         if len(gone) > cap and not force:
             result.deletions_blocked = (
                 f"{len(gone)} of {len(known)} photos are gone from Procore, more than mirror.max_delete "
@@ -131,9 +129,10 @@ class Deletions:
                 "If that is right, run again with --force"
             )
             return
-        if result.dry_run:
-            return
         confirmed = await self._confirm_gone(project, gone)
+        if result.dry_run:  # the lookups only read: what a real run would mark, it counts
+            result.would_delete = len(confirmed)
+            return
         await self.store.mark_deleted(confirmed, self.now())
         result.deleted_upstream = len(confirmed)
         if self.mirror.on_delete != "keep":

@@ -8,7 +8,7 @@ import sys
 import time
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from syncer.plan import Change
@@ -39,8 +39,8 @@ def plural(count: int, word: str, words: str | None = None) -> str:
 
 
 class Progress(Protocol):
-    def expect(self, projects: int) -> None: ...
-    def listed(self) -> None: ...
+    def expect(self, project_ids: Iterable[int]) -> None: ...
+    def listed(self, project_id: int) -> None: ...
     def queued(self, photos: int, size: int) -> None: ...
     def received(self, size: int) -> None: ...
     def finished(self, photos: int = 1) -> None: ...
@@ -60,37 +60,46 @@ class Tally:
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
-        self.projects = 0
-        self.listings_done = 0
+        self.projects: set[int] = set()
+        """The projects this run lists; the total is known once each listing has ended."""
+        self.listings_done: set[int] = set()
         self.photos_total = self.photos_done = 0
         self.bytes_total = self.bytes_done = 0
         self._samples: deque[tuple[float, int]] = deque([(clock(), 0)])
 
     @property
     def total_known(self) -> bool:
-        return self.listings_done >= self.projects
+        return self.projects <= self.listings_done
 
-    def rate(self) -> float | None:
-        """Bytes per second over the last RATE_WINDOW seconds; None before a second has passed."""
+    def sample(self) -> None:
+        """Note the bytes done now (at most four times a second): what `rate` looks back on."""
         now = self.clock()
         samples = self._samples
-        samples.append((now, self.bytes_done))
-        while len(samples) > 2 and now - samples[1][0] >= RATE_WINDOW:
-            samples.popleft()
-        then, done = samples[0]
-        return (self.bytes_done - done) / (now - then) if now - then >= 1.0 else None
+        if now - samples[-1][0] >= 0.25:
+            samples.append((now, self.bytes_done))
+            while len(samples) > 2 and now - samples[1][0] >= RATE_WINDOW:
+                samples.popleft()
+
+    def rate(self) -> float | None:
+        """Bytes per second over the last RATE_WINDOW seconds (never below 0: a failed attempt
+        takes its bytes back); None before a second has passed."""
+        self.sample()
+        then, done = self._samples[0]
+        elapsed = self.clock() - then
+        return max(0.0, (self.bytes_done - done) / elapsed) if elapsed >= 1.0 else None
 
     def describe(self) -> str:
         rate = self.rate()
         speed = f"{human_bytes(rate)}/s" if rate is not None else "rate not known yet"
         if not self.total_known:
+            done = len(self.listings_done & self.projects)
             return (
-                f"listing {self.listings_done}/{plural(self.projects, 'project')} · {self.photos_done:,}/"
+                f"listing {done}/{plural(len(self.projects), 'project')} · {self.photos_done:,}/"
                 f"{self.photos_total:,} photos so far · {human_bytes(self.bytes_done)} · {speed} · "
                 "total not known yet"
             )
         left = self.bytes_total - self.bytes_done
-        eta = f" · ETA {human_seconds(left / rate)}" if rate and left > 0 else ""
+        eta = f" · ETA {human_seconds(left / rate)}" if rate is not None and rate > 0 and left > 0 else ""
         return (
             f"{self.photos_done:,}/{plural(self.photos_total, 'photo')} · {human_bytes(self.bytes_done)}/"
             f"{human_bytes(self.bytes_total)} · {speed}{eta}"
@@ -106,12 +115,12 @@ class _Counting(ABC):
     @abstractmethod
     def _changed(self) -> None: ...
 
-    def expect(self, projects: int) -> None:
-        self.tally.projects += projects
+    def expect(self, project_ids: Iterable[int]) -> None:
+        self.tally.projects.update(project_ids)
         self._changed()
 
-    def listed(self) -> None:
-        self.tally.listings_done += 1
+    def listed(self, project_id: int) -> None:
+        self.tally.listings_done.add(project_id)
         self._changed()
 
     def queued(self, photos: int, size: int) -> None:
@@ -137,6 +146,7 @@ class LogProgress(_Counting):
         self._last = clock()
 
     def _changed(self) -> None:
+        self.tally.sample()  # the logged rate is the last 10 s's, not the time since the last line
         now = self.tally.clock()
         if now - self._last >= self.every:
             self._last = now

@@ -83,8 +83,8 @@ class Syncer:
         if wanted is None:
             return visible, errors
         by_id = {p.id: p for p in visible}
-        missing = [pid for pid in wanted if pid not in by_id]
-        if missing and len(missing) == len(set(wanted)) and not errors:
+        missing = list(dict.fromkeys(pid for pid in wanted if pid not in by_id))
+        if missing and set(missing) == set(wanted) and not errors:
             named = ", ".join(map(str, missing))
             one = len(missing) == 1
             raise ConfigError(
@@ -233,7 +233,7 @@ async def _run(
         engine, coordinator = syncer.engine, syncer.coordinator
         deadline = engine.deadline()
         projects, summary.errors = await syncer.projects(project_ids)
-        progress.expect(len(projects))
+        progress.expect(p.id for p in projects)
         ids = [p.id for p in projects]
         with coordinator.hold(ids):
             if retry_failed:

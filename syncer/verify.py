@@ -19,12 +19,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from sqlalchemy import make_url
+
 from syncer.config import Settings
+from syncer.errors import LockedError
 from syncer.locks import Locks
 from syncer.mirror.files import STATE_DIR, TRASH_DIR, MirrorFS, UnsafePath, sha256_of
 from syncer.mirror.sidecar import sidecar_bytes, sidecar_path
 from syncer.report import human_bytes, human_seconds
 from syncer.store import MirroredFile, Store
+from syncer.store.shared import team_status
 
 log = logging.getLogger(__name__)
 STRAYS_DIR = f"{TRASH_DIR}/strays"
@@ -124,9 +128,10 @@ def _sidecar_problem(path: Path, item: MirroredFile) -> str | None:
     return None if good else "bad"
 
 
-def _walk(root: Path) -> list[str]:
+def _walk(root: Path, own: frozenset[Path] = frozenset()) -> list[str]:
     """Every file in the mirror proper, as mirror paths: not the state folder or the trash (nor a
-    file or link at their names), and no link to a folder followed."""
+    file or link at their names), not the syncer's `own` files (its config or SQLite database
+    kept inside the mirror), and no link to a folder followed."""
     found: list[str] = []
     for folder, dirs, files in os.walk(root):
         if Path(folder) == root:
@@ -134,9 +139,25 @@ def _walk(root: Path) -> list[str]:
         found.extend(
             (Path(folder) / name).relative_to(root).as_posix()
             for name in files
-            if Path(folder) != root or name not in (STATE_DIR, TRASH_DIR)
+            if (Path(folder) != root or name not in (STATE_DIR, TRASH_DIR)) and Path(folder) / name not in own
         )
     return found
+
+
+def _own_files(settings: Settings, config_path: Path | None) -> frozenset[Path]:
+    """The files the syncer itself keeps, wherever they are: its config and a SQLite database with
+    its journals. A mirror root that holds them must never see them as strays."""
+    own = {_real(config_path)} if config_path is not None else set()
+    url = make_url(settings.database_url)
+    if url.get_backend_name() == "sqlite" and url.database:
+        database = _real(Path(url.database))
+        own |= {database.with_name(database.name + suffix) for suffix in ("", "-wal", "-shm", "-journal")}
+    return frozenset(own)
+
+
+def _real(path: Path) -> Path:
+    """`path` as the walk of the (resolved) mirror root names it: its folder resolved, not itself."""
+    return path.absolute().parent.resolve() / path.name
 
 
 def _new_strays_folder(root: Path, day: str) -> str:
@@ -173,12 +194,14 @@ def _paths(files: Sequence[MirroredFile]) -> set[str]:
     return {p for item in files for p in (item.local_path, sidecar_path(item.local_path))}
 
 
-async def _unexpected(store: Store, fs: MirrorFS, files: Sequence[MirroredFile]) -> list[str]:
+async def _unexpected(
+    store: Store, fs: MirrorFS, files: Sequence[MirroredFile], own: frozenset[Path]
+) -> list[str]:
     """The files in the mirror the database does not know, as sorted mirror paths. The database
     is asked again once the walk has found any: a photo installed and recorded while this verify
     ran (by a worker sharing a PostgreSQL database, which takes no project lock, or by a sync of a
     project new since this began) is no stray, and must not be moved aside as one."""
-    found = set(await fs.run(_walk, fs.root)) - _paths(files)
+    found = set(await fs.run(_walk, fs.root, own)) - _paths(files)
     if found:
         found -= _paths(await store.mirrored_files())
     return sorted(found)
@@ -199,16 +222,19 @@ async def verify(
     project_ids: Sequence[int] | None = None,
     fix: bool = False,
     move_strays: bool = False,
+    config_path: Path | None = None,
 ) -> VerifyReport:
     """Check the mirror against the database. `fix` writes missing or bad sidecars and queues bad
     photos; `move_strays` moves unexpected files aside (they are only looked for in the whole
-    mirror, without `project_ids`)."""
+    mirror, without `project_ids`); `config_path` is never one of them."""
     report = VerifyReport(root=settings.mirror.root, scanned_for_unexpected=project_ids is None)
     loop = asyncio.get_running_loop()
     started = loop.time()
     store = await Store.open(settings.database_url)
     fs = MirrorFS(settings.mirror.root, threads=4)
     try:
+        if move_strays:
+            await _alone(store)
         projects = project_ids if project_ids is not None else [p.id for p in await store.status()]
         with Locks(settings.mirror.root).projects(projects):  # no sync may write while this reads
             files = await store.mirrored_files(project_ids)
@@ -237,7 +263,7 @@ async def verify(
 
             await asyncio.gather(*(check(item) for item in files))
             if report.scanned_for_unexpected:
-                report.unexpected = await _unexpected(store, fs, files)
+                report.unexpected = await _unexpected(store, fs, files, _own_files(settings, config_path))
                 if move_strays:
                     await _move_strays(fs, report)
             if fix and bad_ids:
@@ -248,6 +274,21 @@ async def verify(
         await store.close()
     report.seconds = loop.time() - started
     return report
+
+
+async def _alone(store: Store) -> None:
+    """Refuse to move strays while a worker sharing this PostgreSQL database is live: it takes no
+    project lock, and records what it installed up to seconds later, so a photo it has just put in
+    place would look like a stray. (With SQLite, the project locks keep syncs out.)"""
+    if store.engine.dialect.name != "postgresql":
+        return
+    live = [w for w in (await team_status(store)).workers if w.live]
+    if live:
+        raise LockedError(
+            f"--move-strays needs the mirror to itself, and {len(live)} syncer worker"
+            f"{' is' if len(live) == 1 else 's are'} live on this database (`syncer status` lists "
+            f"{'it' if len(live) == 1 else 'them'}): run it when they have stopped"
+        )
 
 
 async def _rewrite_sidecar(fs: MirrorFS, item: MirroredFile) -> None:

@@ -169,7 +169,7 @@ async def test_a_project_the_account_cannot_see_is_one_line_and_exit_2(
     sim: Simulator, tmp_path: Path
 ) -> None:
     config = write_config(sim, tmp_path)
-    run = await syncer("sync", "--config", str(config), "--project", "999")
+    run = await syncer("sync", "--config", str(config), "--project", "999", "--project", "999")
     assert run.code == ExitCode.USAGE
     company = sim.procore_settings()["company_id"]
     assert run.err.strip() == (

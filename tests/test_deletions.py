@@ -63,6 +63,20 @@ async def test_a_full_dry_run_counts_the_photos_gone_upstream_and_touches_nothin
     assert marked_deleted(settings) == set() and trash_files(settings) == []
 
 
+async def test_a_full_dry_run_promises_no_deletions_that_max_delete_would_stop(
+    sim: Simulator, settings_for: Any
+) -> None:
+    settings = settings_for(sim, mirror={"max_delete": 1})
+    await sync(settings)
+    project = min(sim.company.projects)
+    for photo_id in sorted(i for i, p in sim.company.photos.items() if p.project_id == project)[:3]:
+        sim.delete_photo(photo_id)  # three of one project: over its cap of one
+    summary = await sync(settings, full=True, dry_run=True)
+    assert sum(r.would_delete for r in summary.results) == 0
+    assert "mark" not in render_summary(summary).splitlines()[-1]
+    assert any(r.deletions_blocked for r in summary.results)
+
+
 async def test_incremental_runs_never_delete(sim: Simulator, settings_for: Any) -> None:
     settings = settings_for(sim, mirror={"on_delete": "delete"})
     await sync(settings)

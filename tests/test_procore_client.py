@@ -278,6 +278,7 @@ async def test_a_single_attempt_told_to_wait_says_how_long_to_its_caller(sim: Si
         (b'{"errors": {"id": ["is invalid"]}}', '{"id": ["is invalid"]}'),
         (b'{"other": 1}', '{"other": 1}'),
         (b"<html>\n  <body>Bad   gateway</body>\n</html>", "Bad gateway"),
+        (b"<html><title> </title><body>Real text</body></html>", "Real text"),
         (
             b"<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head><body>x</body></html>",
             "502 Bad Gateway",

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from syncer.errors import ExitCode
-from syncer.report import Tally
+from syncer.report import LogProgress, Tally
 from tests.conftest import write_config
 from tests.test_cli import syncer
 
@@ -22,7 +22,7 @@ class Clock:
 
 def listing_two_projects(clock: Clock) -> Tally:
     tally = Tally(clock)
-    tally.projects = 2
+    tally.projects = {1, 2}
     tally.photos_total, tally.bytes_total = 300, 300_000_000
     return tally
 
@@ -30,7 +30,7 @@ def listing_two_projects(clock: Clock) -> Tally:
 def test_progress_says_the_total_is_not_known_while_projects_are_still_listed() -> None:
     clock = Clock()
     tally = listing_two_projects(clock)
-    tally.listings_done = 1
+    tally.listings_done = {1}
     clock.now, tally.photos_done, tally.bytes_done = 4.0, 100, 100_000_000
     text = tally.describe()
     assert text.startswith("listing 1/2 projects · 100/300 photos so far · 100.0 MB · ")
@@ -40,7 +40,7 @@ def test_progress_says_the_total_is_not_known_while_projects_are_still_listed() 
 def test_progress_gives_an_eta_once_every_listing_has_ended() -> None:
     clock = Clock()
     tally = listing_two_projects(clock)
-    tally.listings_done = 2
+    tally.listings_done = {1, 2}
     clock.now, tally.photos_done, tally.bytes_done = 10.0, 100, 100_000_000
     assert tally.describe() == "100/300 photos · 100.0 MB/300.0 MB · 10.0 MB/s · ETA 20.0 s"
 
@@ -48,7 +48,7 @@ def test_progress_gives_an_eta_once_every_listing_has_ended() -> None:
 def test_progress_rate_follows_the_last_ten_seconds_not_the_whole_run() -> None:
     clock = Clock()
     tally = listing_two_projects(clock)
-    tally.listings_done = 2
+    tally.listings_done = {1, 2}
     for second in range(1, 61):  # a minute at 4 MB/s, then 1 MB/s
         clock.now = second
         tally.bytes_done += 4_000_000 if second <= 30 else 1_000_000
@@ -63,6 +63,27 @@ def test_progress_has_no_rate_before_a_second_has_passed() -> None:
     clock.now, tally.bytes_done = 0.5, 5_000_000
     assert tally.rate() is None
     assert "rate not known yet" in tally.describe()
+
+
+def test_progress_rate_never_goes_below_zero_when_a_failed_attempt_takes_its_bytes_back() -> None:
+    clock = Clock()
+    tally = listing_two_projects(clock)
+    tally.projects = tally.listings_done = {1}
+    clock.now, tally.bytes_done = 2.0, 30_000_000
+    tally.rate()
+    clock.now, tally.bytes_done = 4.0, 0  # the attempt was cut and counted back
+    assert tally.rate() == 0.0
+    assert "ETA" not in tally.describe()
+
+
+def test_progress_counts_a_project_once_toward_the_total_however_often_it_is_listed() -> None:
+    progress = LogProgress(clock=Clock())
+    progress.expect([1, 2])
+    progress.listed(1)  # helped while another worker listed it,
+    progress.listed(1)  # then taken over and listed here
+    assert not progress.tally.total_known
+    progress.listed(2)
+    assert progress.tally.total_known
 
 
 async def test_a_summary_counts_only_what_happened_with_correct_plurals(
@@ -88,6 +109,19 @@ async def test_a_dry_run_says_so_and_what_a_sync_would_download(make_sim: Any, t
         "dry run, nothing written: 1 project; a sync would download 3 photos (3.0 MB), in "
     )
     assert not (tmp_path / "mirror").exists() or not any((tmp_path / "mirror").rglob("*.jpg"))
+
+
+async def test_a_dry_run_counts_the_bytes_of_photos_due_from_earlier_runs(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    sim = await make_sim(photos=2, projects=1, photo_size=1_000_000)
+    sim.config.broken_files.update(sim.expected_files())
+    config = write_config(sim, tmp_path, procore={"retry_attempts": 1}, sync={"retry_backoff": "1ms"})
+    assert (await syncer("sync", "--config", str(config))).code == ExitCode.INCOMPLETE
+    run = await syncer("sync", "--dry-run", "--config", str(config))
+    project, total = run.out.splitlines()
+    assert project.endswith(": 0 photos listed; would download 2 photos (2.0 MB): 2 due"), project
+    assert "a sync would download 2 photos (2.0 MB)" in total, total
 
 
 async def test_a_failure_line_names_the_photo_once_with_the_error_page_text_not_its_html(

@@ -319,3 +319,15 @@ async def test_move_strays_with_project_is_a_usage_error(make_sim: Any, tmp_path
         run.err == "syncer: --move-strays looks at the whole mirror; it cannot be combined with --project\n"
     )
     assert (root / "notes.txt").exists()
+
+
+async def test_move_strays_never_moves_the_syncers_own_config_or_database(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    config = str(write_config(await make_sim(photos=4, projects=1), tmp_path, mirror={"root": "."}))
+    assert (await syncer("sync", "--config", config)).code == ExitCode.OK
+    run = await verify_cli(config, "--move-strays")
+    assert run.code == ExitCode.OK, run.out
+    assert "unexpected" not in run.out.replace(" 0 unexpected", ""), run.out
+    assert (tmp_path / "config.yaml").is_file() and (tmp_path / "state" / "syncer.db").is_file()
+    assert (await syncer("status", "--config", config)).code == ExitCode.OK

@@ -500,3 +500,17 @@ async def test_a_photo_another_process_is_writing_is_left_for_a_later_run(
     assert busy not in sim.stats.downloads
     assert (await sync(settings, retry_failed=True)).exit_code == ExitCode.OK
     assert_byte_exact(sim, settings)
+
+
+async def test_move_strays_is_refused_while_a_worker_is_live_on_the_database(
+    sim: Simulator, tmp_path: Path, pg_url: str, store: Store
+) -> None:
+    config = write_config(sim, tmp_path, database={"url": pg_url})
+    (tmp_path / "mirror").mkdir()
+    stray = tmp_path / "mirror" / "just-installed.jpg"  # what a live worker may not have recorded yet
+    stray.write_bytes(b"photo")
+    await worker(store, "live-one")
+    run = await syncer("verify", "--config", str(config), "--move-strays")
+    assert run.code == ExitCode.LOCKED
+    assert run.err.startswith("syncer: --move-strays needs the mirror to itself, and 1 syncer worker is live")
+    assert stray.read_bytes() == b"photo"

@@ -245,6 +245,7 @@ class Team:
                     elif project.id not in busy_at:
                         busy_at[project.id] = await mark(project)
             for project in list(waiting):
+                engine.progress.listed(project.id)  # by another worker: this one learns of no more photos
                 log.info("project %s is listed by another worker; downloading a share of it", project.id)
                 helped = await self.help(engine, project, deadline=deadline)
                 results[project.id] = helped.absorb(results.get(project.id))

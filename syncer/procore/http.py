@@ -73,7 +73,9 @@ def transport_failure(what: str, exc: BaseException) -> ProcoreError | FatalErro
             f"{what}: the host {exc.host} is unknown ({exc.os_error.strerror}); check procore.api_base "
             "and procore.login_base"
         )
-    if isinstance(exc, aiohttp.ClientSSLError):
+    if isinstance(exc, aiohttp.ClientSSLError) and not isinstance(
+        exc.os_error, ssl.SSLEOFError | ConnectionError
+    ):
         return Unreachable(f"{what}: TLS with {exc.host} failed ({_reason(exc.os_error)})")
     if isinstance(exc, aiohttp.ClientConnectorError):
         where = exc.host if exc.port in (80, 443, None) else f"{exc.host}:{exc.port}"
@@ -159,7 +161,10 @@ def excerpt(body: bytes | str) -> str:
                 break
     elif _HTML.match(text):  # a proxy's or load balancer's error page: its title, else its text
         title = _TITLE.search(text)
-        text = html.unescape(title.group(1) if title else _TAG.sub(" ", _HIDDEN.sub(" ", text)))
+        if title and title.group(1).strip():
+            text = html.unescape(title.group(1))
+        else:
+            text = html.unescape(_TAG.sub(" ", _HIDDEN.sub(" ", text)))
     text = REDACT(" ".join(text.split()))  # before the cut, or a secret cut in half would stay
     return text if len(text) <= EXCERPT_CHARS else text[: EXCERPT_CHARS - 1] + "…"
 
