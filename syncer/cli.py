@@ -148,6 +148,17 @@ def cmd_retry_failed(args: argparse.Namespace) -> int:
     return int(summary.exit_code)
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from syncer.config import load_settings
+    from syncer.export import export_csv
+
+    settings = load_settings(_config_path(args), need_credentials=False)  # reads the database only
+    count = asyncio.run(export_csv(settings, args.csv, project_ids=args.project or None))
+    if args.csv != "-":
+        print(f"{count:,} photo{'' if count == 1 else 's'} listed in {args.csv}")
+    return 0
+
+
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     from syncer.store import Store
 
@@ -347,6 +358,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="progress bar (auto: only on a terminal)",
     )
     retry.set_defaults(func=cmd_retry_failed)
+
+    export = sub.add_parser(
+        "export",
+        parents=[with_config],
+        help="write an index of the mirror's photos as CSV",
+        description="Write one row per photo in the mirror (project, album, path, id, file name, dates, "
+        "uploader, location, trades, description, flags, size, SHA-256, a link to Procore) as CSV for "
+        "spreadsheet programs: UTF-8 with a byte-order mark, and no cell that could run as a formula. "
+        "Reads only the database.",
+    )
+    export.add_argument(
+        "--csv", required=True, metavar="PATH", help="where to write it (- for standard output)"
+    )
+    export.add_argument(
+        "--project", type=int, action="append", metavar="ID", help="only this project (repeatable)"
+    )
+    export.set_defaults(func=cmd_export)
 
     db = sub.add_parser("db", help="database maintenance", description="Database maintenance.")
     db_sub = db.add_subparsers(dest="db_command", required=True, metavar="COMMAND")

@@ -105,6 +105,8 @@ class _Section(BaseModel):
 class ProcoreSettings(_Section):
     api_base: str = "https://api.procore.com"
     login_base: str = "https://login.procore.com"
+    web_base: str = "https://app.procore.com"
+    """Procore's web app, for links back to Procore in exports (never called)."""
     company_id: int = Field(gt=0)
     client_id: SecretStr
     client_secret: SecretStr
@@ -120,7 +122,7 @@ class ProcoreSettings(_Section):
     """A PEM file of certificate authorities to trust besides the system's: a company proxy's
     that inspects TLS, or a private CA. Relative to the config file."""
 
-    @field_validator("api_base", "login_base")
+    @field_validator("api_base", "login_base", "web_base")
     @classmethod
     def _base_url(cls, value: str) -> str:
         if not re.match(r"^https?://[^/?#\s]+/?$", value):

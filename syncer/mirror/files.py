@@ -84,6 +84,20 @@ def _write_synced(path: Path, data: Sequence[bytes], mtime: float | None = None)
         os.close(fd)
 
 
+def replace_file(path: Path, data: bytes) -> None:
+    """Put `data` at `path`, anywhere (an export the user named): a new file beside it, fsynced,
+    renamed over it, then the folder fsynced, so a crash leaves the old file or the new, never half."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    _write_synced(tmp, [data])
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    fsync_dir(path.parent)
+
+
 def state_folder(path: Path) -> None:
     """Create a folder of the syncer's own state if missing, and refuse it if it is a link (or not a
     folder at all): staging files, locks and clean-up there would land outside the mirror. Callers

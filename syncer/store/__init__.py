@@ -1,6 +1,7 @@
 """The database: SQLAlchemy models, engine setup, and the few batched queries a run needs."""
 
 from syncer.store.rows import (
+    ArchivedPhoto,
     Downloaded,
     DueDownload,
     Failed,
@@ -14,6 +15,7 @@ from syncer.store.runs import ProjectStatus
 from syncer.store.store import Store
 
 __all__ = [
+    "ArchivedPhoto",
     "Downloaded",
     "DueDownload",
     "Failed",

@@ -124,3 +124,27 @@ class MirroredFile:
     raw_json: str
     current: bool | None
     """The file and its sidecar are of the record in `raw_json` (nothing is pending for them)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ArchivedPhoto:
+    """A photo whose file is in the mirror, with what a person searches an archive by."""
+
+    id: int
+    project_id: int
+    project_name: str
+    album_name: str | None
+    local_path: str
+    filename: str | None
+    taken_at: datetime | None
+    created_at: datetime | None
+    uploader_name: str | None
+    location_name: str | None
+    description: str | None
+    starred: bool | None
+    private: bool | None
+    size: int | None
+    sha256: str | None
+    deleted_at: datetime | None
+    """When a full run found it gone from Procore (its file kept: `mirror.on_delete: keep`)."""
+    raw_json: str

@@ -26,6 +26,7 @@ from syncer.store.models import AlbumRow, Base, PhotoRow, ProjectRow
 from syncer.store.rows import (
     INSERT_ONLY,
     STORED_COLUMNS,
+    ArchivedPhoto,
     Downloaded,
     DueDownload,
     Failed,
@@ -336,6 +337,38 @@ class Store(RunLog):
         async with self.engine.connect() as conn:
             rows = await conn.execute(query.order_by(PhotoRow.local_path))
             return [MirroredFile(**row._mapping) for row in rows]
+
+    async def archived(self, project_ids: Sequence[int] | None = None) -> list[ArchivedPhoto]:
+        """Every photo whose file is in the mirror, by project name and path: an archive's index."""
+        p = PhotoRow
+        query = (
+            select(
+                p.id,
+                p.project_id,
+                ProjectRow.name.label("project_name"),
+                p.album_name,
+                p.local_path,
+                p.filename,
+                p.taken_at,
+                p.created_at,
+                p.uploader_name,
+                p.location_name,
+                p.description,
+                p.starred,
+                p.private,
+                p.local_size.label("size"),
+                p.sha256,
+                p.deleted_at,
+                p.raw_json,
+            )
+            .join(ProjectRow, ProjectRow.id == p.project_id)
+            .where(p.local_path.is_not(None))
+        )
+        if project_ids is not None:
+            query = query.where(p.project_id.in_(project_ids))
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(query.order_by(ProjectRow.name, p.project_id, p.local_path))
+            return [ArchivedPhoto(**row._mapping) for row in rows]
 
     async def requeue(self, ids: Sequence[int]) -> None:
         """Forget that these photos are mirrored, so the next sync downloads them at once."""

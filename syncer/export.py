@@ -1,0 +1,139 @@
+"""`syncer export --csv`: an index of the archive, one row per photo in the mirror, for a person
+with a spreadsheet rather than for the syncer.
+
+Everything in a cell came from Procore, so none of it is trusted: a description that starts like a
+formula (`=`, `+`, `-`, `@`, or a tab or carriage return before one) would run as one when the
+file is opened in a spreadsheet program, so such a cell is written with a leading apostrophe, the
+usual way to say "text". The file is UTF-8 with a byte-order mark, which spreadsheet programs need
+to read it as UTF-8, and CRLF line ends.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from syncer.config import Settings
+from syncer.mirror.files import replace_file
+from syncer.store import ArchivedPhoto, Store
+
+COLUMNS = (
+    "project",
+    "project_id",
+    "album",
+    "path",
+    "procore_id",
+    "file_name",
+    "taken",
+    "uploaded",
+    "uploader",
+    "location",
+    "trades",
+    "description",
+    "starred",
+    "private",
+    "size",
+    "sha256",
+    "deleted_in_procore",
+    "procore_link",
+)
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def text_cell(value: str | None) -> str:
+    """An upstream string as a spreadsheet shows it, never as a formula it would run."""
+    if not value:
+        return ""
+    return "'" + value if value.startswith(FORMULA_START) else value
+
+
+def _when(value: datetime | None) -> str:
+    return value.isoformat().replace("+00:00", "Z") if value else ""
+
+
+def _flag(value: bool | None) -> str:
+    return "" if value is None else "yes" if value else "no"
+
+
+def _record(photo: ArchivedPhoto) -> dict[str, Any]:
+    try:
+        record = json.loads(photo.raw_json)
+    except ValueError:
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _trades(record: dict[str, Any]) -> str:
+    trades = record.get("trades")
+    if not isinstance(trades, list):
+        return ""
+    return "; ".join(t["name"] for t in trades if isinstance(t, dict) and isinstance(t.get("name"), str))
+
+
+def _location(photo: ArchivedPhoto, record: dict[str, Any]) -> str | None:
+    """The location's full path where Procore gives one (`node_name`: "Building A > Level 3")."""
+    location = record.get("location")
+    if isinstance(location, dict) and isinstance(location.get("node_name"), str) and location["node_name"]:
+        return str(location["node_name"])
+    return photo.location_name
+
+
+def photos_page(web_base: str, project_id: int) -> str:
+    """The project's Photos tool in Procore's web app. Procore does not document a web address
+    for one photo, so the link goes to the project's photos and the id column names the photo."""
+    return f"{web_base.rstrip('/')}/{project_id}/project/photos"
+
+
+def row(photo: ArchivedPhoto, web_base: str) -> list[str]:
+    record = _record(photo)
+    return [
+        text_cell(photo.project_name),
+        str(photo.project_id),
+        text_cell(photo.album_name),
+        text_cell(photo.local_path),
+        str(photo.id),
+        text_cell(photo.filename),
+        _when(photo.taken_at),
+        _when(photo.created_at),
+        text_cell(photo.uploader_name),
+        text_cell(_location(photo, record)),
+        text_cell(_trades(record)),
+        text_cell(photo.description),
+        _flag(photo.starred),
+        _flag(photo.private),
+        "" if photo.size is None else str(photo.size),
+        photo.sha256 or "",
+        _when(photo.deleted_at),
+        photos_page(web_base, photo.project_id),
+    ]
+
+
+def render_csv(photos: Sequence[ArchivedPhoto], web_base: str) -> str:
+    out = io.StringIO()
+    out.write("\ufeff")
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(COLUMNS)
+    writer.writerows(row(photo, web_base) for photo in photos)
+    return out.getvalue()
+
+
+async def export_csv(settings: Settings, target: str, *, project_ids: Sequence[int] | None = None) -> int:
+    """Write the index to `target` (a path, replaced atomically; `-` for standard output) and
+    return how many photos it lists."""
+    store = await Store.open(settings.database_url)
+    try:
+        photos = await store.archived(project_ids)
+    finally:
+        await store.close()
+    text = render_csv(photos, settings.procore.web_base)
+    if target == "-":
+        sys.stdout.write(text)
+    else:
+        replace_file(Path(target), text.encode("utf-8"))
+    return len(photos)
