@@ -154,10 +154,18 @@ def parse_max_delete(value: Any) -> str:
     return text
 
 
+def _yaml_off(value: Any) -> Any:
+    """YAML reads a bare `off` as false: take it as the word it looks like."""
+    return "off" if value is False else value
+
+
 class MirrorSettings(_Section):
     root: Path = Path("mirror")
     layout: str = DEFAULT_LAYOUT
     on_delete: Literal["keep", "trash", "delete"] = "keep"
+    xmp: Annotated[Literal["off", "append", "replace"], BeforeValidator(_yaml_off)] = "off"
+    """An XMP sidecar for photo tools beside each photo: `append` names it IMG_1.jpg.xmp (darktable,
+    digiKam), `replace` IMG_1.xmp (Lightroom)."""
     max_delete: Annotated[str, BeforeValidator(parse_max_delete)] = "10%"
     """The most photos one run may mark deleted per project without `--force`."""
     max_file_size: Size = DEFAULT_MAX_FILE_SIZE

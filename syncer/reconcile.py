@@ -26,7 +26,6 @@ from itertools import pairwise
 from syncer.config import MirrorSettings
 from syncer.listing import BEGINNING, FAR_FUTURE, Pass, paged_pass
 from syncer.mirror.files import TRASH_DIR, MirrorFS, UnsafePath
-from syncer.mirror.sidecar import sidecar_path
 from syncer.procore.api import Page, ProcoreApi
 from syncer.procore.http import ProcoreError
 from syncer.procore.models import BadRecord, Project
@@ -166,7 +165,8 @@ class Deletions:
             try:
                 for photo_id, path in files:
                     target = f"{TRASH_DIR}/{day}/{path}"
-                    for source, dest in ((path, target), (sidecar_path(path), sidecar_path(target))):
+                    sidecars = zip(self.fs.sidecars.paths(path), self.fs.sidecars.paths(target), strict=True)
+                    for source, dest in ((path, target), *sidecars):
                         with contextlib.suppress(FileNotFoundError):
                             await self.fs.move(source, dest)
                     moved.append((photo_id, target))
@@ -179,8 +179,8 @@ class Deletions:
             result.trashed = len(moved)
         else:
             for _, path in files:
-                await self.fs.remove(path)
-                await self.fs.remove(sidecar_path(path))
+                for each in (path, *self.fs.sidecars.paths(path)):
+                    await self.fs.remove(each)
             await self.store.record_removed([photo_id for photo_id, _ in files])
             result.removed = len(files)
         log.info(

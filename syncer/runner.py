@@ -30,6 +30,7 @@ from syncer.log import REDACT
 from syncer.mirror.fetch import Fetcher
 from syncer.mirror.files import MirrorFS
 from syncer.mirror.layout import Layout
+from syncer.mirror.sidecar import Sidecars
 from syncer.procore.api import IncompleteListing, ProcoreApi
 from syncer.procore.http import ProcoreError, ProcoreHttp, RetryPolicy
 from syncer.procore.models import Project
@@ -137,7 +138,11 @@ async def open_syncer(
 ) -> AsyncIterator[Syncer]:
     concurrency = settings.sync.concurrency
     store = await Store.open(settings.database_url)
-    fs = MirrorFS(settings.mirror.root, threads=concurrency + 2)
+    fs = MirrorFS(
+        settings.mirror.root,
+        threads=concurrency + 2,
+        sidecars=Sidecars(settings.mirror.xmp, settings.procore.web_base),
+    )
     try:
         fs.prepare()
         async with (

@@ -32,7 +32,6 @@ from syncer.mirror.adopt import adopt
 from syncer.mirror.fetch import Fetched, Fetcher, FetchError
 from syncer.mirror.files import MirrorFS, UnsafePath
 from syncer.mirror.layout import Layout
-from syncer.mirror.sidecar import sidecar_bytes, sidecar_path
 from syncer.procore.api import ProcoreApi
 from syncer.procore.http import ProcoreError, RetryPolicy
 from syncer.procore.models import BadRecord, Photo, Project
@@ -202,8 +201,11 @@ class Transfer:
     def render(self, photo: Photo) -> str:
         return self.layout.render(photo, project_name=self.project.name, project_id=self.project.id)
 
-    def sidecar(self, photo: Photo, size: int | None, sha256: str | None) -> bytes:
-        return sidecar_bytes(
+    def sidecars(
+        self, rel: str, photo: Photo, size: int | None, sha256: str | None
+    ) -> list[tuple[str, bytes]]:
+        return self.fs.sidecars.documents(
+            rel,
             raw=photo.raw,
             project_id=self.project.id,
             project_name=self.project.name,
@@ -267,7 +269,7 @@ class Transfer:
     async def _adopt(self, photo: Photo) -> bool:
         """Record the photo's file already in the mirror, if it is this photo's: no download."""
         rel = self.render(photo)
-        adopted = await self.fs.run(adopt, self.fs, rel, photo, partial(self.sidecar, photo))
+        adopted = await self.fs.run(adopt, self.fs, rel, photo, partial(self.sidecars, rel, photo))
         if adopted is None:
             return False
         self.result.adopted += 1
@@ -296,7 +298,7 @@ class Transfer:
             tmp=fetched.tmp,
             data=fetched.data,
             mtime=when.timestamp() if when else None,
-            sidecar=(sidecar_path(rel), self.sidecar(photo, fetched.size, fetched.sha256)),
+            sidecars=self.sidecars(rel, photo, fetched.size, fetched.sha256),
             replacing=job.stored.local_path if job.stored else None,
         )
 
@@ -315,14 +317,14 @@ class Transfer:
         try:
             if source != job.rel_path:
                 await self.fs.move(source, job.rel_path)
-                await self.fs.remove(sidecar_path(source))
+                for old in self.fs.sidecars.paths(source):
+                    await self.fs.remove(old)
         except FileNotFoundError:
             log.warning("photo %s is missing from the mirror at %s; downloading it again", photo.id, source)
             await self._download(replace(job, download=True, stored=None))
             return
-        await self.fs.write_durably(
-            sidecar_path(job.rel_path), self.sidecar(photo, stored.local_size, stored.sha256)
-        )
+        for path, document in self.sidecars(job.rel_path, photo, stored.local_size, stored.sha256):
+            await self.fs.write_durably(path, document)
         self.result.relocated += 1
         await self.recorder.add(Relocated(photo.id, job.rel_path, photo.updated_at))
 

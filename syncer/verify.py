@@ -25,7 +25,7 @@ from syncer.config import Settings
 from syncer.errors import LockedError
 from syncer.locks import Locks
 from syncer.mirror.files import STATE_DIR, TRASH_DIR, MirrorFS, UnsafePath, sha256_of
-from syncer.mirror.sidecar import sidecar_bytes, sidecar_path
+from syncer.mirror.sidecar import Sidecars
 from syncer.report import human_bytes, human_seconds
 from syncer.store import MirroredFile, Store
 from syncer.store.shared import team_status
@@ -190,8 +190,8 @@ async def _move_strays(fs: MirrorFS, report: VerifyReport) -> None:
         report.strays_folder = fs.root / folder
 
 
-def _paths(files: Sequence[MirroredFile]) -> set[str]:
-    return {p for item in files for p in (item.local_path, sidecar_path(item.local_path))}
+def _paths(fs: MirrorFS, files: Sequence[MirroredFile]) -> set[str]:
+    return {p for item in files for p in (item.local_path, *fs.sidecars.paths(item.local_path))}
 
 
 async def _unexpected(
@@ -201,19 +201,52 @@ async def _unexpected(
     is asked again once the walk has found any: a photo installed and recorded while this verify
     ran (by a worker sharing a PostgreSQL database, which takes no project lock, or by a sync of a
     project new since this began) is no stray, and must not be moved aside as one."""
-    found = set(await fs.run(_walk, fs.root, own)) - _paths(files)
+    found = set(await fs.run(_walk, fs.root, own)) - _paths(fs, files)
     if found:
-        found -= _paths(await store.mirrored_files())
+        found -= _paths(fs, await store.mirrored_files())
     return sorted(found)
 
 
-async def _inspect(fs: MirrorFS, item: MirroredFile) -> tuple[str | None, str | None]:
-    """What is wrong with a recorded photo's file, and with its sidecar."""
+def _documents(fs: MirrorFS, item: MirroredFile) -> list[tuple[str, bytes]]:
+    """What the photo's sidecars should hold, from the record in the database."""
+    return fs.sidecars.documents(
+        item.local_path,
+        raw=json.loads(item.raw_json),
+        project_id=item.project_id,
+        project_name=item.project_name,
+        size=item.size,
+        sha256=item.sha256,
+    )
+
+
+def _xmp_problem(path: Path, wanted: bytes, item: MirroredFile) -> str | None:
+    """None when the XMP sidecar is a file holding what the record gives (its bytes depend only on
+    the record; with a change pending, any file will do until the next sync rewrites it)."""
     try:
-        path, sidecar = fs.path(item.local_path), fs.path(sidecar_path(item.local_path))
+        if not stat.S_ISREG(path.lstat().st_mode):
+            return "bad"
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd, "rb") as file:
+            held = file.read()
+    except FileNotFoundError:
+        return "missing"
+    except OSError:
+        return "bad"
+    return None if held == wanted or not item.current else "bad"
+
+
+async def _inspect(fs: MirrorFS, item: MirroredFile) -> tuple[str | None, list[tuple[str, str]]]:
+    """What is wrong with a recorded photo's file, and with each of its sidecars (path, problem)."""
+    json_sidecar, *others = _documents(fs, item)
+    try:
+        path = fs.path(item.local_path)
+        sidecars = [(rel, fs.path(rel), wanted) for rel, wanted in (json_sidecar, *others)]
     except UnsafePath as exc:  # a folder on the way is a link out of the mirror
-        return str(exc), None
-    return await fs.run(_check, path, item.size, item.sha256), await fs.run(_sidecar_problem, sidecar, item)
+        return str(exc), []
+    problem = await fs.run(_check, path, item.size, item.sha256)
+    found = [(json_sidecar[0], await fs.run(_sidecar_problem, sidecars[0][1], item))]
+    found += [(rel, await fs.run(_xmp_problem, full, wanted, item)) for rel, full, wanted in sidecars[1:]]
+    return problem, [(rel, p) for rel, p in found if p is not None]
 
 
 async def verify(
@@ -231,7 +264,9 @@ async def verify(
     loop = asyncio.get_running_loop()
     started = loop.time()
     store = await Store.open(settings.database_url)
-    fs = MirrorFS(settings.mirror.root, threads=4)
+    fs = MirrorFS(
+        settings.mirror.root, threads=4, sidecars=Sidecars(settings.mirror.xmp, settings.procore.web_base)
+    )
     try:
         if move_strays:
             await _alone(store)
@@ -243,7 +278,7 @@ async def verify(
 
             async def check(item: MirroredFile) -> None:
                 async with limit:
-                    problem, sidecar_problem = await _inspect(fs, item)
+                    problem, sidecar_problems = await _inspect(fs, item)
                 report.checked += 1
                 report.bytes += item.size or 0
                 if problem == "missing":
@@ -252,11 +287,11 @@ async def verify(
                     report.changed.append(f"{item.local_path}: {problem}")
                 if problem:
                     bad_ids.append(item.id)  # the next sync writes the sidecar with the photo
-                elif sidecar_problem:
+                for rel, sidecar_problem in [] if problem else sidecar_problems:
                     found = report.missing_sidecars if sidecar_problem == "missing" else report.bad_sidecars
-                    found.append(sidecar_path(item.local_path))
+                    found.append(rel)
                     if fix:
-                        await _rewrite_sidecar(fs, item)
+                        await fs.write_durably(rel, dict(_documents(fs, item))[rel])
                         report.sidecars_fixed += 1
                 if report.checked % 1000 == 0:
                     log.info("verified %d of %d files", report.checked, len(files))
@@ -289,17 +324,6 @@ async def _alone(store: Store) -> None:
             f"{' is' if len(live) == 1 else 's are'} live on this database (`syncer status` lists "
             f"{'it' if len(live) == 1 else 'them'}): run it when they have stopped"
         )
-
-
-async def _rewrite_sidecar(fs: MirrorFS, item: MirroredFile) -> None:
-    document = sidecar_bytes(
-        raw=json.loads(item.raw_json),
-        project_id=item.project_id,
-        project_name=item.project_name,
-        size=item.size,
-        sha256=item.sha256,
-    )
-    await fs.write_durably(sidecar_path(item.local_path), document)
 
 
 def _n(count: int, thing: str, things: str | None = None) -> str:

@@ -75,7 +75,9 @@ def test_a_folder_swapped_for_a_link_after_its_first_use_is_refused_when_it_is_c
 
 async def test_an_install_puts_the_photo_and_its_sidecar_in_place(fs: MirrorFS) -> None:
     tmp = temp_file(fs, b"jpeg bytes")
-    await fs.install("P/a.jpg", tmp=tmp, data=None, mtime=1_600_000_000.0, sidecar=("P/a.jpg.json", b"{}\n"))
+    await fs.install(
+        "P/a.jpg", tmp=tmp, data=None, mtime=1_600_000_000.0, sidecars=[("P/a.jpg.json", b"{}\n")]
+    )
     photo = fs.root / "P" / "a.jpg"
     assert photo.read_bytes() == b"jpeg bytes"
     assert (fs.root / "P" / "a.jpg.json").read_bytes() == b"{}\n"
@@ -87,21 +89,21 @@ async def test_an_install_puts_the_photo_and_its_sidecar_in_place(fs: MirrorFS) 
 async def test_an_install_of_a_body_kept_in_memory_writes_it_first(fs: MirrorFS) -> None:
     tmp = fs.tmp_path("2.part")
     await fs.install(
-        "P/Q/b.jpg", tmp=tmp, data=[b"in ", b"memory"], mtime=None, sidecar=("P/Q/b.jpg.json", b"{}\n")
+        "P/Q/b.jpg", tmp=tmp, data=[b"in ", b"memory"], mtime=None, sidecars=[("P/Q/b.jpg.json", b"{}\n")]
     )
     assert (fs.root / "P" / "Q" / "b.jpg").read_bytes() == b"in memory"
 
 
 async def test_an_install_that_replaces_a_photo_at_another_path_removes_the_old_copy(fs: MirrorFS) -> None:
     await fs.install(
-        "P/old.jpg", tmp=temp_file(fs, b"v1"), data=None, mtime=None, sidecar=("P/old.jpg.json", b"1")
+        "P/old.jpg", tmp=temp_file(fs, b"v1"), data=None, mtime=None, sidecars=[("P/old.jpg.json", b"1")]
     )
     await fs.install(
         "Q/new.jpg",
         tmp=temp_file(fs, b"v2"),
         data=None,
         mtime=None,
-        sidecar=("Q/new.jpg.json", b"2"),
+        sidecars=[("Q/new.jpg.json", b"2")],
         replacing="P/old.jpg",
     )
     assert (fs.root / "Q" / "new.jpg").read_bytes() == b"v2"
@@ -111,14 +113,14 @@ async def test_an_install_that_replaces_a_photo_at_another_path_removes_the_old_
 
 async def test_an_install_that_replaces_a_photo_at_the_same_path_keeps_it(fs: MirrorFS) -> None:
     await fs.install(
-        "P/a.jpg", tmp=temp_file(fs, b"v1"), data=None, mtime=None, sidecar=("P/a.jpg.json", b"1")
+        "P/a.jpg", tmp=temp_file(fs, b"v1"), data=None, mtime=None, sidecars=[("P/a.jpg.json", b"1")]
     )
     await fs.install(
         "P/a.jpg",
         tmp=temp_file(fs, b"v2"),
         data=None,
         mtime=None,
-        sidecar=("P/a.jpg.json", b"2"),
+        sidecars=[("P/a.jpg.json", b"2")],
         replacing="P/a.jpg",
     )
     assert (fs.root / "P" / "a.jpg").read_bytes() == b"v2"
@@ -133,7 +135,7 @@ async def test_an_install_into_a_folder_that_links_out_of_the_mirror_is_refused(
     (fs.root / "P").symlink_to(outside)
     with pytest.raises(UnsafePath):
         await fs.install(
-            "P/a.jpg", tmp=temp_file(fs, b"x"), data=None, mtime=None, sidecar=("P/a.jpg.json", b"1")
+            "P/a.jpg", tmp=temp_file(fs, b"x"), data=None, mtime=None, sidecars=[("P/a.jpg.json", b"1")]
         )
     assert list(outside.iterdir()) == []
 
@@ -144,7 +146,7 @@ def in_memory(
     """The install of a photo whose body is still in memory, with an empty-object sidecar."""
     tmp = fs.tmp_path(rel.replace("/", "_") + ".part")
     return fs.install(
-        rel, tmp=tmp, data=[body], mtime=None, sidecar=(rel + ".json", b"{}"), replacing=replacing
+        rel, tmp=tmp, data=[body], mtime=None, sidecars=[(rel + ".json", b"{}")], replacing=replacing
     )
 
 
@@ -182,11 +184,11 @@ async def test_a_caller_that_stops_waiting_does_not_hold_up_the_others(fs: Mirro
 
 async def test_an_install_remakes_a_folder_removed_since_it_was_checked(fs: MirrorFS) -> None:
     await fs.install(
-        "P/a.jpg", tmp=fs.tmp_path("1.part"), data=[b"a"], mtime=None, sidecar=("P/a.jpg.json", b"1")
+        "P/a.jpg", tmp=fs.tmp_path("1.part"), data=[b"a"], mtime=None, sidecars=[("P/a.jpg.json", b"1")]
     )
     shutil.rmtree(fs.root / "P")
     await fs.install(
-        "P/b.jpg", tmp=fs.tmp_path("2.part"), data=[b"b"], mtime=None, sidecar=("P/b.jpg.json", b"2")
+        "P/b.jpg", tmp=fs.tmp_path("2.part"), data=[b"b"], mtime=None, sidecars=[("P/b.jpg.json", b"2")]
     )
     assert (fs.root / "P" / "b.jpg").read_bytes() == b"b"
     assert (fs.root / "P" / "b.jpg.json").read_bytes() == b"2"

@@ -53,9 +53,12 @@ def _same_file(fd: int, sidecar: bytes, photo: Photo) -> Adopted | None:
     return Adopted(size, sha256) if sha256_of(fd) == sha256 else None
 
 
-def adopt(fs: MirrorFS, rel: str, photo: Photo, sidecar: Callable[[int, str], bytes]) -> Adopted | None:
-    """Check the file at `rel` against its sidecar and `photo`; if it is that photo's file, bring
-    its sidecar up to date (`sidecar(size, sha256)` is what it should say) and return it.
+def adopt(
+    fs: MirrorFS, rel: str, photo: Photo, sidecars: Callable[[int, str], list[tuple[str, bytes]]]
+) -> Adopted | None:
+    """Check the file at `rel` against its JSON sidecar and `photo`; if it is that photo's file,
+    bring its sidecars up to date (`sidecars(size, sha256)` is what they should say, the JSON one
+    first) and return it.
 
     Durable before recorded, as an install is: the file, its sidecar and their folder are
     fsynced before this returns. Runs on a mirror thread: it reads and hashes the whole file."""
@@ -77,10 +80,10 @@ def adopt(fs: MirrorFS, rel: str, photo: Photo, sidecar: Callable[[int, str], by
         os.close(fd)
     if found is None:
         return None
-    wanted = sidecar(found.size, found.sha256)
-    if wanted != current:  # the metadata changed since the sidecar was written
-        fs.write_with_folder(sidecar_path(rel), wanted)
-    else:
-        fsync_file(side)
-        fsync_dir(path.parent)
+    for sidecar, wanted in sidecars(found.size, found.sha256):
+        if sidecar == sidecar_path(rel) and wanted == current:
+            fsync_file(side)
+        else:  # the metadata changed since it was written, or this sidecar is new
+            fs.write_with_folder(sidecar, wanted)
+    fsync_dir(path.parent)
     return found

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from syncer.errors import LocalFault
-from syncer.mirror.sidecar import sidecar_path
+from syncer.mirror.sidecar import Sidecars
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -194,13 +194,15 @@ class Install:
     tmp: Path
     data: list[bytes] | None
     mtime: float | None
-    sidecar: tuple[str, bytes]
+    sidecars: list[tuple[str, bytes]]
     replacing: str | None
 
 
 class MirrorFS:
-    def __init__(self, root: Path, *, threads: int = 8) -> None:
+    def __init__(self, root: Path, *, threads: int = 8, sidecars: Sidecars | None = None) -> None:
         self.root = root.resolve()
+        self.sidecars = sidecars or Sidecars()
+        """Which metadata files go with each photo (moved and removed with it)."""
         self.tmp_dir = self.root / STATE_DIR / "tmp"
         self.writing_dir = self.root / STATE_DIR / "locks" / "writing"
         """Locks of the photos being written, when several processes share the mirror."""
@@ -330,7 +332,8 @@ class MirrorFS:
                 elif item.mtime is not None:
                     os.utime(item.tmp, (item.mtime, item.mtime))
                 folder = self._replace(item.tmp, item.rel).parent
-                self._write_atomic(*item.sidecar)
+                for sidecar in item.sidecars:
+                    self._write_atomic(*sidecar)
                 errors.append(None)
                 folders.append(folder)
             except Exception as exc:  # the photo's own failure, handed to its caller
@@ -344,8 +347,8 @@ class MirrorFS:
         for item, error in zip(batch, errors, strict=True):
             if error is None and item.replacing is not None and item.replacing != item.rel:
                 try:
-                    self._remove(item.replacing)
-                    self._remove(sidecar_path(item.replacing))
+                    for old in (item.replacing, *self.sidecars.paths(item.replacing)):
+                        self._remove(old)
                 except (OSError, UnsafePath) as exc:  # the new copy is in place: it stands
                     log.warning("the old copy of %s at %s stays: %s", item.rel, item.replacing, exc)
         return errors
@@ -357,7 +360,7 @@ class MirrorFS:
         tmp: Path,
         data: list[bytes] | None,
         mtime: float | None,
-        sidecar: tuple[str, bytes],
+        sidecars: list[tuple[str, bytes]],
         replacing: str | None = None,
     ) -> asyncio.Future[None]:
         """Put a verified photo and its sidecar in place, durably: write the temp file if it is
@@ -368,7 +371,7 @@ class MirrorFS:
         photos, not for each."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
-        self._waiting.append((Install(rel, tmp, data, mtime, sidecar, replacing), future))
+        self._waiting.append((Install(rel, tmp, data, mtime, sidecars, replacing), future))
         if self._batches < INSTALL_THREADS:
             self._next_batch()
         return future

@@ -1,4 +1,5 @@
-"""The JSON sidecar beside each photo: its Procore metadata, readable without the database.
+"""The sidecars beside each photo: its Procore metadata as JSON, readable without the database,
+and as XMP for photo tools where asked.
 
 Signed URLs are credentials for a while, so every URL in the sidecar has its query removed (the
 record was scrubbed when it was parsed; this module only arranges it).
@@ -7,9 +8,11 @@ record was scrubbed when it was parsed; this module only arranges it).
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from syncer.mirror.layout import SIDECAR_SUFFIX
+from syncer.mirror.xmp import XmpNaming, xmp_bytes, xmp_path
 
 SCHEMA = 1
 
@@ -29,3 +32,37 @@ def sidecar_bytes(
     }
     # Compact: the C encoder is several times faster than the indented one (`jq .` pretty-prints).
     return (json.dumps(document, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
+
+
+@dataclass(frozen=True)
+class Sidecars:
+    """The metadata files that go with a photo wherever it goes (written, moved, trashed and
+    removed with it, and checked by `verify`): the JSON sidecar always, and an XMP sidecar for
+    photo tools when `mirror.xmp` asks for one."""
+
+    xmp: XmpNaming = "off"
+    web_base: str = "https://app.procore.com"
+
+    def paths(self, rel: str) -> list[str]:
+        return [sidecar_path(rel)] + ([xmp_path(rel, self.xmp)] if self.xmp != "off" else [])
+
+    def documents(
+        self,
+        rel: str,
+        *,
+        raw: dict[str, Any],
+        project_id: int,
+        project_name: str,
+        size: int | None,
+        sha256: str | None,
+    ) -> list[tuple[str, bytes]]:
+        """Each sidecar's path and bytes for the photo at `rel`: the JSON one first."""
+        json_sidecar = sidecar_bytes(
+            raw=raw, project_id=project_id, project_name=project_name, size=size, sha256=sha256
+        )
+        documents = [(sidecar_path(rel), json_sidecar)]
+        if self.xmp != "off":
+            link = f"{self.web_base.rstrip('/')}/{project_id}/project/photos"
+            xmp = xmp_bytes(raw, project_id=project_id, project_name=project_name, link=link)
+            documents.append((xmp_path(rel, self.xmp), xmp))
+        return documents

@@ -73,7 +73,7 @@ async def demo(args: argparse.Namespace) -> int:
                 {
                     "procore": sim.procore_settings(),
                     "database": {"url": "sqlite:///syncer.db"},
-                    "mirror": {"root": ".."},
+                    "mirror": {"root": "..", "xmp": "append"},  # photo tools see the metadata too
                 },
                 sort_keys=False,
             ),
