@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import sys
 from collections.abc import Sequence
 from datetime import datetime
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from syncer.config import Settings
+from syncer.errors import ConfigError
 from syncer.mirror.files import replace_file
 from syncer.store import ArchivedPhoto, Store
 
@@ -43,14 +45,17 @@ COLUMNS = (
     "deleted_in_procore",
     "procore_link",
 )
-FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+FORMULA_START = ("=", "+", "-", "@")
+INVISIBLE = "".join(map(chr, range(33)))
+"""What a spreadsheet may skip before it looks for a formula: blanks and control characters."""
 
 
 def text_cell(value: str | None) -> str:
     """An upstream string as a spreadsheet shows it, never as a formula it would run."""
     if not value:
         return ""
-    return "'" + value if value.startswith(FORMULA_START) else value
+    led = value.startswith(("\t", "\r")) or value.lstrip(INVISIBLE).startswith(FORMULA_START)
+    return "'" + value if led else value
 
 
 def _when(value: datetime | None) -> str:
@@ -131,9 +136,20 @@ async def export_csv(settings: Settings, target: str, *, project_ids: Sequence[i
         photos = await store.archived(project_ids)
     finally:
         await store.close()
-    text = render_csv(photos, settings.procore.web_base)
-    if target == "-":
-        sys.stdout.write(text)
-    else:
-        replace_file(Path(target), text.encode("utf-8"))
+    data = render_csv(photos, settings.procore.web_base).encode("utf-8")
+    if target == "-":  # the bytes as they are: not re-encoded or re-ended by the terminal's settings
+        sys.stdout.flush()
+        try:
+            sys.stdout.buffer.write(data)
+            sys.stdout.buffer.flush()
+        except BrokenPipeError:  # `| head`: the reader has what it wanted; nothing more to say
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return len(photos)
+    try:
+        replace_file(Path(target), data)
+    except OSError as exc:
+        raise ConfigError(
+            f"--csv {target}: {exc.strerror or exc}: give the path of a file in a folder that exists "
+            "and that the user running syncer can write"
+        ) from None
     return len(photos)

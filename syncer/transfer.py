@@ -206,7 +206,7 @@ class Transfer:
     ) -> list[tuple[str, bytes]]:
         return self.fs.sidecars.documents(
             rel,
-            raw=photo.raw,
+            photo,
             project_id=self.project.id,
             project_name=self.project.name,
             size=size,

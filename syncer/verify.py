@@ -26,6 +26,7 @@ from syncer.errors import LockedError
 from syncer.locks import Locks
 from syncer.mirror.files import STATE_DIR, TRASH_DIR, MirrorFS, UnsafePath, sha256_of
 from syncer.mirror.sidecar import Sidecars
+from syncer.procore.models import Photo
 from syncer.report import human_bytes, human_seconds
 from syncer.store import MirroredFile, Store
 from syncer.store.shared import team_status
@@ -211,7 +212,7 @@ def _documents(fs: MirrorFS, item: MirroredFile) -> list[tuple[str, bytes]]:
     """What the photo's sidecars should hold, from the record in the database."""
     return fs.sidecars.documents(
         item.local_path,
-        raw=json.loads(item.raw_json),
+        Photo.from_api(json.loads(item.raw_json)),
         project_id=item.project_id,
         project_name=item.project_name,
         size=item.size,

@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from syncer.errors import ExitCode
-from syncer.export import COLUMNS
+from syncer.export import COLUMNS, text_cell
 from tests.conftest import write_config
 from tests.test_cli import syncer
 
@@ -79,3 +79,34 @@ async def test_export_of_one_project_needs_no_procore_credentials(make_sim: Any,
     assert run.code == ExitCode.OK, run.err
     rows = read_csv(run.out.encode())
     assert rows and {r["project_id"] for r in rows} == {str(one)}
+
+
+async def test_a_target_it_cannot_write_is_one_line_and_exit_2(make_sim: Any, tmp_path: Path) -> None:
+    _, config = await synced(make_sim, tmp_path, photos=2, projects=1)
+    run = await syncer("export", "--config", config, "--csv", str(tmp_path / "no-such-folder" / "x.csv"))
+    assert run.code == ExitCode.USAGE
+    assert run.err.startswith(
+        f"syncer: --csv {tmp_path / 'no-such-folder' / 'x.csv'}: No such file or directory: "
+    )
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+async def test_standard_output_gets_the_same_bytes_whatever_the_terminal_encoding(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    sim, config = await synced(make_sim, tmp_path, photos=2, projects=1)
+    planted = min(sim.company.photos)
+    sim.edit_photo(planted, description="Fa\u00e7ade \u2013 level 3")
+    assert (await syncer("sync", "--config", config)).code == ExitCode.OK
+    target = tmp_path / "index.csv"
+    assert (await syncer("export", "--config", config, "--csv", str(target))).code == ExitCode.OK
+    run = await syncer("export", "--config", config, "--csv", "-", env={"PYTHONIOENCODING": "latin-1"})
+    assert run.code == ExitCode.OK, run.err
+    assert run.out.encode() == target.read_bytes()
+
+
+def test_a_formula_behind_blanks_or_control_characters_is_still_text() -> None:
+    assert text_cell("\x00=cmd|' /C calc'!A0") == "'\x00=cmd|' /C calc'!A0"
+    assert text_cell("  +1") == "'  +1"
+    assert text_cell("\tplain") == "'\tplain"
+    assert text_cell("level -1 corridor") == "level -1 corridor"

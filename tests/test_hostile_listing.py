@@ -42,6 +42,7 @@ ODD = [
     {"gps_lat": "1e999", "gps_long": "nan"},
     {"size": "\u00b2"},
     {"filename": "../../etc/passwd\u0000.jpg"},
+    {"description": "a\ud800b", "filename": "x\udc00.jpg", "uploader": {"name": "\udfff"}},  # lone surrogates
 ]
 
 

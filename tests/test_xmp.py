@@ -9,11 +9,14 @@ import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 import pytest
 
 from syncer.config import Settings
 from syncer.errors import ExitCode
+from syncer.mirror.xmp import xmp_bytes, xmp_path
+from syncer.procore.models import Photo
 from syncer.simulator import Simulator
 from tests.conftest import sync, write_config
 from tests.test_cli import syncer
@@ -171,3 +174,40 @@ async def test_verify_finds_a_missing_xmp_and_fix_writes_it(make_sim: Any, tmp_p
     assert run.code == ExitCode.OK, run.out
     assert exiftool(xmp)["XMP-pps:PhotoId"] > 0
     assert (await syncer("verify", "--config", config)).code == ExitCode.OK
+
+
+def test_lightroom_naming_appends_for_a_photo_whose_own_extension_is_xmp() -> None:
+    assert xmp_path("P/1_IMG.JPG", "replace") == "P/1_IMG.xmp"
+    assert xmp_path("P/1_scan.XMP", "replace") == "P/1_scan.XMP.xmp", "never the photo itself"
+    assert xmp_path("P/1_noext", "replace") == "P/1_noext.xmp"
+    assert xmp_path("P/1_IMG.JPG", "append") == "P/1_IMG.JPG.xmp"
+
+
+def test_the_xmp_holds_the_parsed_record_as_the_database_does(tmp_path: Path) -> None:
+    raw = {"id": "123", "image_category_id": True, "gps_lat": "47.5", "gps_long": "-122.25"}
+    photo = Photo.from_api({**raw, "taken_at": "2024-05-01T10:00:00", "description": "a\rb"})
+    path = tmp_path / "p.jpg.xmp"
+    path.write_bytes(
+        xmp_bytes(photo, project_id=5, project_name="Tower", link="https://app.procore.com/5/project/photos")
+    )
+    tags = exiftool(path)
+    assert tags["XMP-pps:PhotoId"] == 123 and "XMP-pps:AlbumId" not in tags
+    assert (tags["XMP-exif:GPSLatitude"], tags["XMP-exif:GPSLongitude"]) == (47.5, -122.25)
+    assert tags["XMP-exif:DateTimeOriginal"] == "2024:05:01 10:00:00Z", "a time without a zone is UTC"
+    (li,) = ElementTree.parse(path).getroot().iter("{http://www.w3.org/1999/02/22-rdf-syntax-ns#}li")
+    assert li.text == "a\rb", "a carriage return survives any XML parser"
+
+
+async def test_a_new_file_whose_extension_changed_keeps_its_lightroom_xmp(
+    make_sim: Any, settings_for: Any
+) -> None:
+    sim = await make_sim(photos=2, projects=1)
+    settings = settings_with_xmp(settings_for, sim, "replace")
+    assert (await sync(settings)).exit_code == ExitCode.OK
+    changed = min(sim.company.photos)
+    sim.replace_photo(changed)
+    sim.edit_photo(changed, filename="IMG_1.png")  # IMG_1.jpg and IMG_1.png share IMG_1.xmp
+    assert (await sync(settings)).exit_code == ExitCode.OK
+    (photo,) = [p for p, d in photos_with_sidecars(settings.mirror.root) if d["procore"]["id"] == changed]
+    assert photo.name.endswith("IMG_1.png")
+    assert exiftool(photo.with_suffix(".xmp"))["XMP-pps:PhotoId"] == changed

@@ -347,8 +347,10 @@ class MirrorFS:
         for item, error in zip(batch, errors, strict=True):
             if error is None and item.replacing is not None and item.replacing != item.rel:
                 try:
+                    kept = {item.rel, *(path for path, _ in item.sidecars)}  # IMG_1.jpg, IMG_1.png: one .xmp
                     for old in (item.replacing, *self.sidecars.paths(item.replacing)):
-                        self._remove(old)
+                        if old not in kept:
+                            self._remove(old)
                 except (OSError, UnsafePath) as exc:  # the new copy is in place: it stands
                     log.warning("the old copy of %s at %s stays: %s", item.rel, item.replacing, exc)
         return errors

@@ -13,6 +13,7 @@ from typing import Any
 
 from syncer.mirror.layout import SIDECAR_SUFFIX
 from syncer.mirror.xmp import XmpNaming, xmp_bytes, xmp_path
+from syncer.procore.models import Photo
 
 SCHEMA = 1
 
@@ -49,20 +50,20 @@ class Sidecars:
     def documents(
         self,
         rel: str,
+        photo: Photo,
         *,
-        raw: dict[str, Any],
         project_id: int,
         project_name: str,
         size: int | None,
         sha256: str | None,
     ) -> list[tuple[str, bytes]]:
-        """Each sidecar's path and bytes for the photo at `rel`: the JSON one first."""
+        """Each sidecar's path and bytes for `photo` at `rel`: the JSON one first."""
         json_sidecar = sidecar_bytes(
-            raw=raw, project_id=project_id, project_name=project_name, size=size, sha256=sha256
+            raw=photo.raw, project_id=project_id, project_name=project_name, size=size, sha256=sha256
         )
         documents = [(sidecar_path(rel), json_sidecar)]
         if self.xmp != "off":
             link = f"{self.web_base.rstrip('/')}/{project_id}/project/photos"
-            xmp = xmp_bytes(raw, project_id=project_id, project_name=project_name, link=link)
+            xmp = xmp_bytes(photo, project_id=project_id, project_name=project_name, link=link)
             documents.append((xmp_path(rel, self.xmp), xmp))
         return documents

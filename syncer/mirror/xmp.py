@@ -17,6 +17,8 @@ from datetime import datetime
 from typing import Any, Literal
 from xml.sax.saxutils import escape, quoteattr
 
+from syncer.procore.models import Photo
+
 XmpNaming = Literal["off", "append", "replace"]
 """`append`: IMG_1.jpg.xmp (darktable, digiKam); `replace`: IMG_1.xmp (Lightroom)."""
 
@@ -27,10 +29,12 @@ _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 
 def xmp_path(rel: str, naming: XmpNaming) -> str:
-    if naming == "append":
-        return rel + ".xmp"
+    """Where the XMP of the photo at `rel` goes. `replace` swaps the extension, except for a
+    photo whose own extension is `.xmp`: its XMP would be the photo itself, so it is appended."""
     folder, _, name = rel.rpartition("/")
-    stem = name.rsplit(".", 1)[0] if "." in name.lstrip(".") else name
+    stem, dot, extension = name.rpartition(".")
+    if naming == "append" or not dot or not stem or extension.lower() == "xmp":
+        return rel + ".xmp"
     return f"{folder}/{stem}.xmp" if folder else f"{stem}.xmp"
 
 
@@ -41,21 +45,16 @@ def _text(value: Any) -> str | None:
     return cleaned or None
 
 
-def _gps(value: Any, limit: float, positive: str, negative: str) -> str | None:
+def _gps(value: float | None, limit: float, positive: str, negative: str) -> str | None:
     """XMP's GPS coordinate form: degrees, decimal minutes and a direction ("47,36.372000N")."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not -limit <= value <= limit:
+    if value is None or not -limit <= value <= limit:
         return None
-    degrees, minutes = divmod(abs(float(value)) * 60, 60)
+    degrees, minutes = divmod(abs(value) * 60, 60)
     return f"{int(degrees)},{minutes:.6f}{positive if value >= 0 else negative}"
 
 
-def _when(value: Any) -> str | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).isoformat().replace("+00:00", "Z")
-    except ValueError:
-        return None
+def _when(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None
 
 
 def _names(items: Any) -> list[str]:
@@ -64,55 +63,56 @@ def _names(items: Any) -> list[str]:
     return [name for item in items if isinstance(item, dict) and (name := _text(item.get("name")))]
 
 
-def _location_parts(location: Any) -> list[str]:
+def _location_parts(name: str | None) -> list[str]:
     """A location's path from the top: "Building A > Level 3" is Building A, then Level 3."""
-    if not isinstance(location, dict):
-        return []
-    path = _text(location.get("node_name")) or _text(location.get("name"))
+    path = _text(name)
     return [part.strip() for part in path.split(">") if part.strip()] if path else []
+
+
+def _escape(text: str) -> str:
+    """Text as XML character data; a carriage return as a reference, which XML parsers would
+    otherwise read as a line feed."""
+    return escape(text, {"\r": "&#13;"})
 
 
 def _bag(tag: str, items: Iterable[str], kind: str = "Bag") -> str:
     values = list(dict.fromkeys(items))
     if not values:
         return ""
-    lis = "".join(f"<rdf:li>{escape(v)}</rdf:li>" for v in values)
+    lis = "".join(f"<rdf:li>{_escape(v)}</rdf:li>" for v in values)
     return f"   <{tag}><rdf:{kind}>{lis}</rdf:{kind}></{tag}>\n"
 
 
 def _simple(tag: str, value: str | None) -> str:
-    return f"   <{tag}>{escape(value)}</{tag}>\n" if value else ""
+    return f"   <{tag}>{_escape(value)}</{tag}>\n" if value else ""
 
 
-def xmp_bytes(raw: dict[str, Any], *, project_id: int, project_name: str, link: str) -> bytes:
-    """The XMP document for the photo record `raw` (Procore's image object, URLs scrubbed)."""
-    description = _text(raw.get("description"))
-    uploader = raw.get("uploader")
-    creator = _text(uploader.get("name")) if isinstance(uploader, dict) else None
-    album = _text(raw.get("image_category_name"))
-    trades = _names(raw.get("trades"))
-    place = _location_parts(raw.get("location"))
+def xmp_bytes(photo: Photo, *, project_id: int, project_name: str, link: str) -> bytes:
+    """The XMP document for `photo`, from its parsed fields (the same the database and the CSV
+    index hold: ids as numbers, times in UTC) and, for trades, its record."""
+    description = _text(photo.description)
+    creator = _text(photo.uploader_name)
+    album = _text(photo.album_name)
+    trades = _names(photo.raw.get("trades"))
+    place = _location_parts(photo.location_name)
     keywords = [k for k in (album, *trades, *place) if k]
     hierarchy = [
         *([f"Album|{album}"] if album else []),
         *(f"Trade|{t}" for t in trades),
         *(["Location|" + "|".join(place)] if place else []),
     ]
-    taken = _when(raw.get("taken_at")) or _when(raw.get("created_at"))
-    lat, lon = _gps(raw.get("gps_lat"), 90, "N", "S"), _gps(raw.get("gps_long"), 180, "E", "W")
+    taken = _when(photo.when)
+    lat, lon = _gps(photo.gps_lat, 90, "N", "S"), _gps(photo.gps_long, 180, "E", "W")
     own = [
-        ("pps:PhotoId", str(raw["id"]) if isinstance(raw.get("id"), int) else None),
+        ("pps:PhotoId", str(photo.id)),
         ("pps:ProjectId", str(project_id)),
         ("pps:ProjectName", _text(project_name)),
-        (
-            "pps:AlbumId",
-            str(raw["image_category_id"]) if isinstance(raw.get("image_category_id"), int) else None,
-        ),
+        ("pps:AlbumId", str(photo.album_id) if photo.album_id is not None else None),
         ("pps:Link", link),
     ]
     body = (
         (
-            f'   <dc:description><rdf:Alt><rdf:li xml:lang="x-default">{escape(description)}</rdf:li>'
+            f'   <dc:description><rdf:Alt><rdf:li xml:lang="x-default">{_escape(description)}</rdf:li>'
             "</rdf:Alt></dc:description>\n"
             if description
             else ""
@@ -125,7 +125,7 @@ def xmp_bytes(raw: dict[str, Any], *, project_id: int, project_name: str, link: 
         + (_simple("exif:GPSLatitude", lat) + _simple("exif:GPSLongitude", lon) if lat and lon else "")
         + (
             "   <xmp:Rating>5</xmp:Rating>\n   <xmp:Label>Starred</xmp:Label>\n"
-            if raw.get("starred") is True
+            if photo.starred is True
             else ""
         )
         + "".join(_simple(tag, value) for tag, value in own)

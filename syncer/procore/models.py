@@ -36,7 +36,7 @@ def as_int(value: Any) -> int | None:
 
 
 def _str(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
+    return _encodable(value) if isinstance(value, str) else None
 
 
 def _bool(value: Any) -> bool | None:
@@ -75,14 +75,22 @@ def strip_query(url: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
 
 
+def _encodable(text: str) -> str:
+    """`text` with any lone surrogate (JSON allows `\\ud800`; UTF-8 does not) replaced by `?`: one
+    such character must not stop the database, a sidecar or an index from holding the record."""
+    return text if text.isascii() else text.encode("utf-8", "replace").decode("utf-8")
+
+
 def scrub_urls(value: Any) -> Any:
     """A copy of a JSON value with the query string removed from every URL-looking string. (Exact
     type tests: this runs over every field of every listed record.)"""
     kind = type(value)
     if kind is str:
+        if not value.isascii():
+            value = _encodable(value)
         return strip_query(value) if value.startswith(("http://", "https://")) else value
     if kind is dict:
-        return {k if type(k) is str else str(k): scrub_urls(v) for k, v in value.items()}
+        return {_encodable(k) if type(k) is str else str(k): scrub_urls(v) for k, v in value.items()}
     if kind is list:
         return [scrub_urls(v) for v in value]
     return value
