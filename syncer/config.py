@@ -155,7 +155,10 @@ def parse_max_delete(value: Any) -> str:
 
 
 def _yaml_off(value: Any) -> Any:
-    """YAML reads a bare `off` as false: take it as the word it looks like."""
+    """YAML reads a bare `off` as false: take it as the word it looks like. `on` (true) names no
+    file convention, so it is refused with the choices."""
+    if value is True:
+        raise ValueError("on/yes/true names no file: use append (IMG_1.jpg.xmp), replace (IMG_1.xmp) or off")
     return "off" if value is False else value
 
 

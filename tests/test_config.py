@@ -57,6 +57,13 @@ def test_out_of_range_value_is_named() -> None:
     assert "sync.concurrency" in error_for(with_(sync={"concurrency": 0}))
 
 
+def test_xmp_off_unquoted_is_off_and_on_asks_which_naming() -> None:
+    assert parse_settings(yaml.safe_load("mirror: {xmp: off}") | MINIMAL, Path("/etc")).mirror.xmp == "off"
+    assert error_for(with_(mirror=yaml.safe_load("{xmp: on}"))) == (
+        "mirror.xmp: on/yes/true names no file: use append (IMG_1.jpg.xmp), replace (IMG_1.xmp) or off"
+    )
+
+
 def test_missing_required_key_is_named() -> None:
     assert error_for({"procore": {"company_id": 1, "client_id": "x"}}) == (
         "procore.client_secret: required key is missing"
