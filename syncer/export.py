@@ -23,6 +23,7 @@ from typing import Any
 from syncer.config import Settings
 from syncer.errors import ConfigError
 from syncer.mirror.files import replace_file
+from syncer.procore.models import photos_page
 from syncer.store import ArchivedPhoto, Store
 
 COLUMNS = (
@@ -87,12 +88,6 @@ def _location(photo: ArchivedPhoto, record: dict[str, Any]) -> str | None:
     if isinstance(location, dict) and isinstance(location.get("node_name"), str) and location["node_name"]:
         return str(location["node_name"])
     return photo.location_name
-
-
-def photos_page(web_base: str, project_id: int) -> str:
-    """The project's Photos tool in Procore's web app. Procore does not document a web address
-    for one photo, so the link goes to the project's photos and the id column names the photo."""
-    return f"{web_base.rstrip('/')}/{project_id}/project/photos"
 
 
 def row(photo: ArchivedPhoto, web_base: str) -> list[str]:

@@ -323,8 +323,7 @@ class Transfer:
             log.warning("photo %s is missing from the mirror at %s; downloading it again", photo.id, source)
             await self._download(replace(job, download=True, stored=None))
             return
-        for path, document in self.sidecars(job.rel_path, photo, stored.local_size, stored.sha256):
-            await self.fs.write_durably(path, document)
+        await self.fs.write_durably(self.sidecars(job.rel_path, photo, stored.local_size, stored.sha256))
         self.result.relocated += 1
         await self.recorder.add(Relocated(photo.id, job.rel_path, photo.updated_at))
 

@@ -102,29 +102,37 @@ def _check(path: Path, size: int | None, sha256: str | None) -> str | None:
     return None
 
 
-def _sidecar_problem(path: Path, item: MirroredFile) -> str | None:
-    """None when the sidecar is a file that parses and says what the database says: the same photo
-    and project, its file's size and SHA-256, and (unless a change is pending) the whole record, not
-    a stub; "missing" when nothing is there; "bad" otherwise. A link or other non-file is bad and
-    never read through."""
+def _read_sidecar(path: Path) -> bytes | str:
+    """A sidecar's bytes, or why there are none: "missing" when nothing is there, "bad" for a link
+    or other non-file (never read through) or one that cannot be read."""
     try:
         if not stat.S_ISREG(path.lstat().st_mode):
             return "bad"
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd, "rb") as file:
+            return file.read()
     except FileNotFoundError:
         return "missing"
     except OSError:
         return "bad"
+
+
+def _sidecar_problem(path: Path, item: MirroredFile) -> str | None:
+    """None when the JSON sidecar is a file that parses and says what the database says: the same
+    photo and project, its file's size and SHA-256, and (unless a change is pending) the whole
+    record, not a stub; else why not (see `_read_sidecar`), or "bad"."""
+    held = _read_sidecar(path)
+    if isinstance(held, str):
+        return held
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-        with os.fdopen(fd, "rb") as file:
-            document = json.loads(file.read())
+        document = json.loads(held)
         same = (
             document["procore"]["id"] == item.id
             and document["project"]["id"] == item.project_id
             and document["file"] == {"size": item.size, "sha256": item.sha256}
         )
         good = same and (not item.current or document["procore"] == json.loads(item.raw_json))
-    except (OSError, ValueError, TypeError, KeyError):
+    except (ValueError, TypeError, KeyError):
         return "bad"
     return None if good else "bad"
 
@@ -223,31 +231,33 @@ def _documents(fs: MirrorFS, item: MirroredFile) -> list[tuple[str, bytes]]:
 def _xmp_problem(path: Path, wanted: bytes, item: MirroredFile) -> str | None:
     """None when the XMP sidecar is a file holding what the record gives (its bytes depend only on
     the record; with a change pending, any file will do until the next sync rewrites it)."""
-    try:
-        if not stat.S_ISREG(path.lstat().st_mode):
-            return "bad"
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-        with os.fdopen(fd, "rb") as file:
-            held = file.read()
-    except FileNotFoundError:
-        return "missing"
-    except OSError:
-        return "bad"
+    held = _read_sidecar(path)
+    if isinstance(held, str):
+        return held
     return None if held == wanted or not item.current else "bad"
 
 
-async def _inspect(fs: MirrorFS, item: MirroredFile) -> tuple[str | None, list[tuple[str, str]]]:
-    """What is wrong with a recorded photo's file, and with each of its sidecars (path, problem)."""
-    json_sidecar, *others = _documents(fs, item)
+def _sidecar_problems(
+    sidecars: list[tuple[str, Path, bytes]], item: MirroredFile
+) -> list[tuple[str, str, bytes]]:
+    """(mirror path, problem, what it should hold) of each of the photo's sidecars that is not
+    right, the JSON one first (on a mirror thread: one hop for all of them)."""
+    (json_rel, json_path, json_wanted), *others = sidecars
+    found = [(json_rel, _sidecar_problem(json_path, item), json_wanted)]
+    found += [(rel, _xmp_problem(path, wanted, item), wanted) for rel, path, wanted in others]
+    return [(rel, problem, wanted) for rel, problem, wanted in found if problem is not None]
+
+
+async def _inspect(fs: MirrorFS, item: MirroredFile) -> tuple[str | None, list[tuple[str, str, bytes]]]:
+    """What is wrong with a recorded photo's file, else with its sidecars (see `_sidecar_problems`):
+    a bad photo's sidecars are written with it by the next sync."""
     try:
         path = fs.path(item.local_path)
-        sidecars = [(rel, fs.path(rel), wanted) for rel, wanted in (json_sidecar, *others)]
+        sidecars = [(rel, fs.path(rel), wanted) for rel, wanted in _documents(fs, item)]
     except UnsafePath as exc:  # a folder on the way is a link out of the mirror
         return str(exc), []
     problem = await fs.run(_check, path, item.size, item.sha256)
-    found = [(json_sidecar[0], await fs.run(_sidecar_problem, sidecars[0][1], item))]
-    found += [(rel, await fs.run(_xmp_problem, full, wanted, item)) for rel, full, wanted in sidecars[1:]]
-    return problem, [(rel, p) for rel, p in found if p is not None]
+    return problem, [] if problem else await fs.run(_sidecar_problems, sidecars, item)
 
 
 async def verify(
@@ -288,12 +298,12 @@ async def verify(
                     report.changed.append(f"{item.local_path}: {problem}")
                 if problem:
                     bad_ids.append(item.id)  # the next sync writes the sidecar with the photo
-                for rel, sidecar_problem in [] if problem else sidecar_problems:
+                for rel, sidecar_problem, _ in sidecar_problems:
                     found = report.missing_sidecars if sidecar_problem == "missing" else report.bad_sidecars
                     found.append(rel)
-                    if fix:
-                        await fs.write_durably(rel, dict(_documents(fs, item))[rel])
-                        report.sidecars_fixed += 1
+                if fix and sidecar_problems:
+                    await fs.write_durably([(rel, wanted) for rel, _, wanted in sidecar_problems])
+                    report.sidecars_fixed += len(sidecar_problems)
                 if report.checked % 1000 == 0:
                     log.info("verified %d of %d files", report.checked, len(files))
 

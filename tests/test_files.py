@@ -219,28 +219,28 @@ def test_only_regular_files_count_as_existing(fs: MirrorFS, tmp_path: Path) -> N
 
 
 async def test_a_small_file_is_written_whole_and_leaves_no_temp_file(fs: MirrorFS) -> None:
-    await fs.write_durably("P/Q/a.jpg.json", b"first")
-    await fs.write_durably("P/Q/a.jpg.json", b"second")
+    await fs.write_durably([("P/Q/a.jpg.json", b"first")])
+    await fs.write_durably([("P/Q/a.jpg.json", b"second")])
     assert (fs.root / "P" / "Q" / "a.jpg.json").read_bytes() == b"second"
     assert list(fs.tmp_dir.iterdir()) == []
 
 
 async def test_a_move_creates_the_new_folder_and_leaves_nothing_at_the_old_path(fs: MirrorFS) -> None:
-    await fs.write_durably("P/a.jpg", b"photo")
+    await fs.write_durably([("P/a.jpg", b"photo")])
     await fs.move("P/a.jpg", "Q/R/a.jpg")
     assert (fs.root / "Q" / "R" / "a.jpg").read_bytes() == b"photo"
     assert not (fs.root / "P" / "a.jpg").exists()
 
 
 async def test_a_move_into_a_folder_that_exists_keeps_what_is_there(fs: MirrorFS) -> None:
-    await fs.write_durably("P/a.jpg", b"a")
-    await fs.write_durably("Q/b.jpg", b"b")
+    await fs.write_durably([("P/a.jpg", b"a")])
+    await fs.write_durably([("Q/b.jpg", b"b")])
     await fs.move("P/a.jpg", "Q/a.jpg")
     assert sorted(p.name for p in (fs.root / "Q").iterdir()) == ["a.jpg", "b.jpg"]
 
 
 async def test_a_remove_of_a_missing_file_is_not_an_error(fs: MirrorFS) -> None:
-    await fs.write_durably("P/a.jpg", b"photo")
+    await fs.write_durably([("P/a.jpg", b"photo")])
     await fs.remove("P/a.jpg")
     await fs.remove("P/a.jpg")
     assert not (fs.root / "P" / "a.jpg").exists()

@@ -80,10 +80,12 @@ def adopt(
         os.close(fd)
     if found is None:
         return None
-    for sidecar, wanted in sidecars(found.size, found.sha256):
-        if sidecar == sidecar_path(rel) and wanted == current:
-            fsync_file(side)
-        else:  # the metadata changed since it was written, or this sidecar is new
-            fs.write_with_folder(sidecar, wanted)
-    fsync_dir(path.parent)
+    documents = sidecars(found.size, found.sha256)
+    stale = [(name, wanted) for name, wanted in documents if name != sidecar_path(rel) or wanted != current]
+    if len(stale) < len(documents):  # the JSON sidecar already says it: make sure it is on disk
+        fsync_file(side)
+    if stale:  # the metadata changed since they were written, or a sidecar is new
+        fs.write_with_folder(stale)
+    else:
+        fsync_dir(path.parent)
     return found

@@ -310,13 +310,17 @@ class MirrorFS:
         _write_synced(tmp, [data])
         return self._replace(tmp, rel)
 
-    def write_with_folder(self, rel: str, data: bytes) -> None:
-        """Write a small file atomically and durably, folder included (on a mirror thread)."""
-        fsync_dir(self._write_atomic(rel, data).parent)
+    def write_with_folder(self, documents: Sequence[tuple[str, bytes]]) -> None:
+        """Write small files (a photo's sidecars) atomically and durably, each folder fsynced once
+        after all of them (on a mirror thread)."""
+        folders = [self._write_atomic(rel, data).parent for rel, data in documents]
+        for folder in dict.fromkeys(folders):
+            fsync_dir(folder)
 
-    async def write_durably(self, rel: str, data: bytes) -> None:
-        """Write a small file atomically and make it durable, folder included."""
-        await self.run(self.write_with_folder, rel, data)
+    async def write_durably(self, documents: Sequence[tuple[str, bytes]]) -> None:
+        """Write small files atomically and make them durable, folders included: one file-thread
+        trip for all of them."""
+        await self.run(self.write_with_folder, documents)
 
     def _install_batch(self, batch: list[Install]) -> list[Exception | None]:
         """Install each photo of `batch` in the durability order, sharing what can be shared: each

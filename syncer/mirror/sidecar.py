@@ -13,7 +13,7 @@ from typing import Any
 
 from syncer.mirror.layout import SIDECAR_SUFFIX
 from syncer.mirror.xmp import XmpNaming, xmp_bytes, xmp_path
-from syncer.procore.models import Photo
+from syncer.procore.models import Photo, photos_page
 
 SCHEMA = 1
 
@@ -63,7 +63,7 @@ class Sidecars:
         )
         documents = [(sidecar_path(rel), json_sidecar)]
         if self.xmp != "off":
-            link = f"{self.web_base.rstrip('/')}/{project_id}/project/photos"
+            link = photos_page(self.web_base, project_id)
             xmp = xmp_bytes(photo, project_id=project_id, project_name=project_name, link=link)
             documents.append((xmp_path(rel, self.xmp), xmp))
         return documents

@@ -109,6 +109,13 @@ def _file_key(url: str | None, filename: str | None, size: int | None) -> str:
     return f"{path}#{size if size is not None else '?'}"
 
 
+def photos_page(web_base: str, project_id: int) -> str:
+    """The project's Photos tool in Procore's web app (`procore.web_base`, no trailing slash).
+    Procore documents no web address for one photo, so links back to Procore go to the project's
+    photos, and the photo's id says which."""
+    return f"{web_base}/{project_id}/project/photos"
+
+
 def require_list(value: Any, what: str) -> list[Any]:
     if not isinstance(value, list):
         raise BadRecord(f"{what}: expected a JSON array, got {type(value).__name__}")
