@@ -33,11 +33,19 @@ def assert_no_torn_files(sim: Simulator, root: Path) -> None:
         assert path.read_bytes() == photo.content.all_bytes(), f"torn or foreign file at {path}"
 
 
+def durable_marks(settings: Settings) -> list[Path]:
+    """The records of parts with a durable prefix, which a later run may resume."""
+    return list((settings.mirror.root / ".syncer" / "tmp").glob("*.part.json"))
+
+
 async def interrupt_after(sim: Simulator, settings: Settings, sent: int) -> None:
-    """Start a sync and cancel it once the object store has sent `sent` bytes."""
+    """Start a sync and cancel it once the object store has sent `sent` bytes and at least one part
+    has a durable mark. (Bytes sent can sit in socket buffers on a loaded machine; waiting for the
+    mark keeps "there is something to resume" true however slowly the client reads.)"""
     task = asyncio.create_task(sync(settings))
-    while sim.stats.bytes_sent < sent and not task.done():
+    while (sim.stats.bytes_sent < sent or not durable_marks(settings)) and not task.done():
         await asyncio.sleep(0.02)
+    assert not task.done(), "the sync finished before it could be interrupted"
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
