@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 import sys
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from syncer.config import Settings
 from syncer.errors import ConfigError
@@ -67,31 +65,8 @@ def _flag(value: bool | None) -> str:
     return "" if value is None else "yes" if value else "no"
 
 
-def _record(photo: ArchivedPhoto) -> dict[str, Any]:
-    try:
-        record = json.loads(photo.raw_json)
-    except ValueError:
-        return {}
-    return record if isinstance(record, dict) else {}
-
-
-def _trades(record: dict[str, Any]) -> str:
-    trades = record.get("trades")
-    if not isinstance(trades, list):
-        return ""
-    return "; ".join(t["name"] for t in trades if isinstance(t, dict) and isinstance(t.get("name"), str))
-
-
-def _location(photo: ArchivedPhoto, record: dict[str, Any]) -> str | None:
-    """The location's full path where Procore gives one (`node_name`: "Building A > Level 3")."""
-    location = record.get("location")
-    if isinstance(location, dict) and isinstance(location.get("node_name"), str) and location["node_name"]:
-        return str(location["node_name"])
-    return photo.location_name
-
-
 def row(photo: ArchivedPhoto, web_base: str) -> list[str]:
-    record = _record(photo)
+    """A photo's cells; the location is its full path where Procore gives one ("Building A > Level 3")."""
     return [
         text_cell(photo.project_name),
         str(photo.project_id),
@@ -102,8 +77,8 @@ def row(photo: ArchivedPhoto, web_base: str) -> list[str]:
         _when(photo.taken_at),
         _when(photo.created_at),
         text_cell(photo.uploader_name),
-        text_cell(_location(photo, record)),
-        text_cell(_trades(record)),
+        text_cell(photo.location_name),
+        text_cell("; ".join(photo.trades)),
         text_cell(photo.description),
         _flag(photo.starred),
         _flag(photo.private),

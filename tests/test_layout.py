@@ -38,6 +38,7 @@ def photo(**fields: Any) -> Photo:
         "gps_long": None,
         "location_name": None,
         "uploader_name": None,
+        "trades": (),
         "raw": {},
     }
     return Photo(**{**base, **fields})

@@ -164,3 +164,30 @@ async def test_status_counts_known_mirrored_pending_and_failed_photos(store: Sto
     (status,) = await store.status()
     assert (status.known, status.mirrored, status.pending, status.failed, status.bytes) == (3, 1, 2, 1, 10)
     assert [f["id"] for f in status.failures] == [2]
+
+
+async def test_upgrading_fills_the_trades_column_from_each_record(
+    sim: Simulator, settings_for: Any, database_url: str
+) -> None:
+    settings = settings_for(sim, database={"url": database_url})
+    assert (await sync(settings)).exit_code == ExitCode.OK
+
+    def back_to_0003(connection: Connection) -> None:
+        from alembic import command
+
+        cfg = alembic_config()
+        cfg.attributes["connection"] = connection
+        command.downgrade(cfg, "0003")
+
+    store = await Store.open(settings.database_url)
+    async with store.engine.begin() as conn:
+        await conn.run_sync(back_to_0003)
+    await store.close()
+    store = await Store.open(settings.database_url)  # upgrades to the head again
+    try:
+        archived = await store.archived()
+    finally:
+        await store.close()
+    expected = {p.id: tuple(t["name"] for t in p.trades) for p in sim.company.photos.values()}
+    assert any(expected.values())
+    assert {a.id: a.trades for a in archived} == expected

@@ -57,12 +57,6 @@ def _when(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value else None
 
 
-def _names(items: Any) -> list[str]:
-    if not isinstance(items, list):
-        return []
-    return [name for item in items if isinstance(item, dict) and (name := _text(item.get("name")))]
-
-
 def _location_parts(name: str | None) -> list[str]:
     """A location's path from the top: "Building A > Level 3" is Building A, then Level 3."""
     path = _text(name)
@@ -89,11 +83,11 @@ def _simple(tag: str, value: str | None) -> str:
 
 def xmp_bytes(photo: Photo, *, project_id: int, project_name: str, link: str) -> bytes:
     """The XMP document for `photo`, from its parsed fields (the same the database and the CSV
-    index hold: ids as numbers, times in UTC) and, for trades, its record."""
+    index hold: ids as numbers, times in UTC)."""
     description = _text(photo.description)
     creator = _text(photo.uploader_name)
     album = _text(photo.album_name)
-    trades = _names(photo.raw.get("trades"))
+    trades = [t for name in photo.trades if (t := _text(name))]
     place = _location_parts(photo.location_name)
     keywords = [k for k in (album, *trades, *place) if k]
     hierarchy = [

@@ -39,6 +39,14 @@ def _str(value: Any) -> str | None:
     return _encodable(value) if isinstance(value, str) else None
 
 
+def trade_names(items: Any) -> tuple[str, ...]:
+    """The names in a record's `trades` list, each made one line (the store keeps them a line each)."""
+    if not isinstance(items, list):
+        return ()
+    names = (_str(item.get("name")) for item in items if isinstance(item, dict))
+    return tuple(" ".join(name.split()) for name in names if name and name.strip())
+
+
 def _bool(value: Any) -> bool | None:
     return value if isinstance(value, bool) else None
 
@@ -184,6 +192,8 @@ class Photo:
     gps_long: float | None
     location_name: str | None
     uploader_name: str | None
+    trades: tuple[str, ...]
+    """The names of the photo's trades, each on one line."""
     raw: dict[str, Any]
     """The record as received, with signed-URL query strings removed."""
 
@@ -212,6 +222,7 @@ class Photo:
             gps_long=_float(obj.get("gps_long")),
             location_name=_str(location.get("node_name")) or _str(location.get("name")),
             uploader_name=_str(uploader.get("name")),
+            trades=trade_names(obj.get("trades")),
             raw=scrub_urls(obj),
         )
 

@@ -109,6 +109,8 @@ class PhotoRow(Base):
     gps_long: Mapped[float | None] = mapped_column(Float)
     location_name: Mapped[str | None] = mapped_column(String(1000))
     uploader_name: Mapped[str | None] = mapped_column(String(1000))
+    trades: Mapped[str | None] = mapped_column(Text)
+    """The trades' names, a line each: searchable without parsing `raw_json`."""
     raw_json: Mapped[str] = mapped_column(Text)
     """The record as Procore sent it, signed-URL query strings removed."""
     file_key: Mapped[str] = mapped_column(String(2000))

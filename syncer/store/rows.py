@@ -60,6 +60,7 @@ def photo_row(
         "gps_long": photo.gps_long,
         "location_name": photo.location_name,
         "uploader_name": photo.uploader_name,
+        "trades": "\n".join(photo.trades),
         "raw_json": json.dumps(photo.raw, ensure_ascii=False, separators=(",", ":")),
         "file_key": photo.file_key,
         "rel_path": rel_path,
@@ -147,4 +148,8 @@ class ArchivedPhoto:
     sha256: str | None
     deleted_at: datetime | None
     """When a full run found it gone from Procore (its file kept: `mirror.on_delete: keep`)."""
-    raw_json: str
+    trades: tuple[str, ...]
+    width: int | None
+    height: int | None
+    gps_lat: float | None
+    gps_long: float | None

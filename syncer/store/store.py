@@ -359,7 +359,11 @@ class Store(RunLog):
                 p.local_size.label("size"),
                 p.sha256,
                 p.deleted_at,
-                p.raw_json,
+                p.trades,
+                p.width,
+                p.height,
+                p.gps_lat,
+                p.gps_long,
             )
             .join(ProjectRow, ProjectRow.id == p.project_id)
             .where(p.local_path.is_not(None))
@@ -368,7 +372,12 @@ class Store(RunLog):
             query = query.where(p.project_id.in_(project_ids))
         async with self.engine.connect() as conn:
             rows = await conn.execute(query.order_by(ProjectRow.name, p.project_id, p.local_path))
-            return [ArchivedPhoto(**row._mapping) for row in rows]
+            return [
+                ArchivedPhoto(
+                    **{**row._mapping, "trades": tuple(row.trades.split("\n")) if row.trades else ()}
+                )
+                for row in rows
+            ]
 
     async def requeue(self, ids: Sequence[int]) -> None:
         """Forget that these photos are mirrored, so the next sync downloads them at once."""
