@@ -159,6 +159,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gallery(args: argparse.Namespace) -> int:
+    from syncer.config import load_settings
+    from syncer.gallery import build_gallery, render_report
+
+    settings = load_settings(_config_path(args), need_credentials=False)  # reads the database only
+    print(render_report(run_stoppable(build_gallery(settings, args.project or None))))
+    return 0
+
+
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     from syncer.store import Store
 
@@ -375,6 +384,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--project", type=int, action="append", metavar="ID", help="only this project (repeatable)"
     )
     export.set_defaults(func=cmd_export)
+
+    gallery = sub.add_parser(
+        "gallery",
+        parents=[with_config],
+        help="build the offline gallery (index.html) in the mirror",
+        description="Build or bring up to date a static gallery inside the mirror: index.html at its root "
+        "(projects, counts, dates), a page per project with thumbnails, search and filters, and index.csv. "
+        "It opens from file:// with no server and no network. Only what changed since the last build "
+        "is made again. Reads only the database and the mirror.",
+    )
+    gallery.add_argument(
+        "--project",
+        type=int,
+        action="append",
+        metavar="ID",
+        help="only this project's thumbnails and page (repeatable)",
+    )
+    gallery.set_defaults(func=cmd_gallery)
 
     db = sub.add_parser("db", help="database maintenance", description="Database maintenance.")
     db_sub = db.add_subparsers(dest="db_command", required=True, metavar="COMMAND")

@@ -313,6 +313,11 @@ class HttpSettings(_Section):
         return value
 
 
+class GallerySettings(_Section):
+    enabled: bool = False
+    """Bring the offline gallery (`syncer gallery`) up to date after every sync run and daemon job."""
+
+
 class Settings(_Section):
     procore: ProcoreSettings
     database: DatabaseSettings = DatabaseSettings()
@@ -321,6 +326,7 @@ class Settings(_Section):
     schedule: ScheduleSettings = ScheduleSettings()
     notify: NotifySettings = NotifySettings()
     http: HttpSettings = HttpSettings()
+    gallery: GallerySettings = GallerySettings()
 
     @property
     def database_url(self) -> str:

@@ -320,6 +320,8 @@ def render_summary(summary: RunSummary) -> str:
     fetched = f"{plural(downloaded, 'photo')} downloaded" + (f" ({human_bytes(size)}{rate})" if size else "")
     failures = f", {failed:,} failed" if failed else ""
     lines.append(f"{verdict}: {projects}, {fetched}{failures} {took}")
+    if summary.gallery is not None:
+        lines.append(f"gallery: open {summary.gallery.absolute().as_uri()}")
     return "\n".join(lines)
 
 
@@ -331,6 +333,7 @@ def summary_document(summary: RunSummary) -> dict[str, Any]:
         "exit_code": int(summary.exit_code),
         "seconds": round(summary.seconds, 3),
         "errors": summary.errors,
+        "gallery": str(summary.gallery) if summary.gallery else None,
         "projects": [
             {
                 "id": r.project.id,

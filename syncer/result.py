@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 
 from syncer.errors import ExitCode
 from syncer.plan import Change
@@ -93,6 +94,8 @@ class RunSummary:
     errors: list[str] = field(default_factory=list)
     """Problems outside any one project (a configured project that is not visible, say)."""
     seconds: float = 0.0
+    gallery: Path | None = None
+    """The gallery's index page, when the run brought it up to date (`gallery.enabled`)."""
 
     @property
     def exit_code(self) -> ExitCode:

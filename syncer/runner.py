@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
 from sqlalchemy import make_url
@@ -24,7 +25,8 @@ from syncer.coordination import Coordinator
 from syncer.coordination.solo import Solo
 from syncer.coordination.team import team
 from syncer.engine import Engine
-from syncer.errors import ConfigError, database_error
+from syncer.errors import ConfigError, SyncerError, database_error
+from syncer.gallery import gallery_of, render_report
 from syncer.locks import Locks
 from syncer.log import REDACT
 from syncer.mirror.fetch import Fetcher
@@ -56,6 +58,16 @@ class Syncer:
     engine: Engine
     coordinator: Coordinator
     """How this process shares the mirror: file locks (SQLite) or leases and claims (PostgreSQL)."""
+
+    async def refresh_gallery(self, project_ids: Sequence[int] | None) -> Path | None:
+        """With `gallery.enabled`, bring the gallery up to date for `project_ids` (None: every
+        project, removing the pages of projects that left); returns its index page. A gallery
+        that cannot be written raises a SyncerError naming it: the photos are safe either way."""
+        if not self.settings.gallery.enabled:
+            return None
+        report = await gallery_of(self.settings).build(self.store, project_ids)
+        log.info("%s", render_report(report).splitlines()[0])
+        return report.index
 
     def wanted(self, project_ids: Sequence[int] | None = None) -> list[int] | None:
         if project_ids:
@@ -254,3 +266,10 @@ async def _run(
                     summary.results = await coordinator.sync(
                         engine, projects, full=full, force=force, deadline=deadline
                     )
+        if not dry_run:
+            try:
+                summary.gallery = await syncer.refresh_gallery(
+                    None if syncer.wanted(project_ids) is None else ids
+                )
+            except SyncerError as exc:
+                summary.errors.append(f"the gallery was not brought up to date: {exc}")

@@ -84,9 +84,10 @@ def _write_synced(path: Path, data: Sequence[bytes], mtime: float | None = None)
         os.close(fd)
 
 
-def replace_file(path: Path, data: bytes) -> None:
+def replace_file(path: Path, data: bytes, *, sync_folder: bool = True) -> None:
     """Put `data` at `path`, anywhere (an export the user named): a new file beside it, fsynced,
-    renamed over it, then the folder fsynced, so a crash leaves the old file or the new, never half."""
+    renamed over it, then the folder fsynced, so a crash leaves the old file or the new, never half.
+    A caller replacing many files in one folder passes `sync_folder=False` and fsyncs it once."""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     _write_synced(tmp, [data])
     try:
@@ -95,7 +96,8 @@ def replace_file(path: Path, data: bytes) -> None:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
-    fsync_dir(path.parent)
+    if sync_folder:
+        fsync_dir(path.parent)
 
 
 def state_folder(path: Path) -> None:

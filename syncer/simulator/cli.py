@@ -74,6 +74,7 @@ async def demo(args: argparse.Namespace) -> int:
                     "procore": sim.procore_settings(),
                     "database": {"url": "sqlite:///syncer.db"},
                     "mirror": {"root": "..", "xmp": "append"},  # photo tools see the metadata too
+                    "gallery": {"enabled": True},
                 },
                 sort_keys=False,
             ),
