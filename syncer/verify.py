@@ -23,6 +23,8 @@ from sqlalchemy import make_url
 
 from syncer.config import Settings
 from syncer.errors import LockedError
+from syncer.gallery import GALLERY_DIR
+from syncer.gallery import OWN_ROOT_FILES as GALLERY_ROOT_FILES
 from syncer.locks import Locks
 from syncer.mirror.files import STATE_DIR, TRASH_DIR, MirrorFS, UnsafePath, sha256_of
 from syncer.mirror.sidecar import Sidecars
@@ -137,18 +139,22 @@ def _sidecar_problem(path: Path, item: MirroredFile) -> str | None:
     return None if good else "bad"
 
 
+SYNCER_ROOT_NAMES = frozenset({STATE_DIR, TRASH_DIR, GALLERY_DIR, *GALLERY_ROOT_FILES})
+"""What the syncer keeps at the mirror's root besides photos: its state, the trash, the gallery."""
+
+
 def _walk(root: Path, own: frozenset[Path] = frozenset()) -> list[str]:
-    """Every file in the mirror proper, as mirror paths: not the state folder or the trash (nor a
-    file or link at their names), not the syncer's `own` files (its config or SQLite database
-    kept inside the mirror), and no link to a folder followed."""
+    """Every file in the mirror proper, as mirror paths: not the state folder, the trash or the
+    gallery (nor a file or link at their names), not the syncer's `own` files (its config or
+    SQLite database kept inside the mirror), and no link to a folder followed."""
     found: list[str] = []
     for folder, dirs, files in os.walk(root):
         if Path(folder) == root:
-            dirs[:] = [d for d in dirs if d not in (STATE_DIR, TRASH_DIR)]
+            dirs[:] = [d for d in dirs if d not in SYNCER_ROOT_NAMES]
         found.extend(
             (Path(folder) / name).relative_to(root).as_posix()
             for name in files
-            if (Path(folder) != root or name not in (STATE_DIR, TRASH_DIR)) and Path(folder) / name not in own
+            if (Path(folder) != root or name not in SYNCER_ROOT_NAMES) and Path(folder) / name not in own
         )
     return found
 

@@ -36,7 +36,6 @@ from syncer.config import Settings
 from syncer.errors import LocalFault, local_fault
 from syncer.export import render_csv
 from syncer.gallery import pages
-from syncer.gallery.thumbs import thumbnail
 from syncer.mirror.files import STATE_DIR, fsync_dir, replace_file, state_folder, try_flock
 from syncer.procore.models import photos_page
 from syncer.report import human_seconds, plural
@@ -204,6 +203,8 @@ class Gallery:
         return made, failed
 
     def _make_one(self, sha: str, path: str) -> tuple[str, bool]:
+        from syncer.gallery.thumbs import thumbnail  # Pillow: paid for only by a build that decodes
+
         data = thumbnail(self.root / path)
         if data is None:
             return sha, False
@@ -274,8 +275,13 @@ def _current(path: Path) -> bytes | None:
         if exc.errno in (errno.ENOENT, errno.ELOOP, errno.EISDIR, errno.ENOTDIR):
             return None
         raise
-    with os.fdopen(fd, "rb") as fh:
-        return fh.read() if stat.S_ISREG(os.fstat(fh.fileno()).st_mode) else None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            return fh.read()
+    finally:
+        os.close(fd)
 
 
 def gallery_of(settings: Settings) -> Gallery:

@@ -22,12 +22,7 @@ SEGMENT_OVERHEAD = 4  # FF FE and the two length bytes
 @lru_cache(maxsize=2 * SCENES)
 def scene(variant: int, *, small: bool = False) -> bytes:
     """A drawn site photo: sky, ground, a building under construction, a tower crane."""
-    try:
-        from PIL import Image, ImageDraw
-    except ImportError as exc:  # pragma: no cover - exercised only without the extra
-        raise RuntimeError(
-            "the simulator draws its photos with Pillow: pip install 'procore-photo-sync[simulator]'"
-        ) from exc
+    from PIL import Image, ImageDraw
     rng = random.Random(variant)
     width, height = (96, 72) if small else (640, 480)
     img = Image.new("RGB", (width, height))
