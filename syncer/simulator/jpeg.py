@@ -14,6 +14,8 @@ import random
 from collections.abc import Iterator
 from functools import lru_cache
 
+from PIL import Image, ImageDraw
+
 SCENES = 12
 SEGMENT_PAYLOAD = 65_533  # a COM segment's length field counts itself: 2 + 65533 = 0xFFFF
 SEGMENT_OVERHEAD = 4  # FF FE and the two length bytes
@@ -22,7 +24,6 @@ SEGMENT_OVERHEAD = 4  # FF FE and the two length bytes
 @lru_cache(maxsize=2 * SCENES)
 def scene(variant: int, *, small: bool = False) -> bytes:
     """A drawn site photo: sky, ground, a building under construction, a tower crane."""
-    from PIL import Image, ImageDraw
     rng = random.Random(variant)
     width, height = (96, 72) if small else (640, 480)
     img = Image.new("RGB", (width, height))
