@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench import gallery
 from bench.harness import (
     Figure,
     Measured,
@@ -47,6 +48,8 @@ SCALES: dict[str, dict[str, Any]] = {
         "big": 500_000_000,
         "budget_window": 10.0,
         "budget_windows": 3,
+        "thumbnails": 100,
+        "gallery": 100_000,
     },
     "quick": {
         "repeat": 3,
@@ -57,6 +60,8 @@ SCALES: dict[str, dict[str, Any]] = {
         "big": 100_000_000,
         "budget_window": 2.5,
         "budget_windows": 3,
+        "thumbnails": 24,
+        "gallery": 20_000,
     },
     "smoke": {
         "repeat": 1,
@@ -67,6 +72,8 @@ SCALES: dict[str, dict[str, Any]] = {
         "big": 3_000_000,
         "budget_window": 1.0,
         "budget_windows": 2,
+        "thumbnails": 4,
+        "gallery": 500,
     },
 }
 GENEROUS = {"spike_limit": 10**9, "hourly_limit": 10**9}
@@ -310,6 +317,8 @@ SCENARIOS: dict[str, Callable[[dict[str, Any], str | None], list[Figure]]] = {
     "no-op": noop,
     "memory": memory,
     "budget": budget,
+    "thumbnails": gallery.thumbnails,
+    "gallery-rebuild": gallery.rebuild,
 }
 
 

@@ -178,12 +178,52 @@ async def test_a_photo_deleted_in_procore_and_kept_stays_marked_deleted(
     make_sim: Any, settings_for: Any
 ) -> None:
     sim, settings = await synced(make_sim, settings_for, mirror={"on_delete": "keep"})
+    await build(settings)
     gone = min(sim.company.photos)
     sim.delete_photo(gone)
     assert (await sync(settings, full=True)).exit_code == ExitCode.OK
     await build(settings)
     row = row_of(settings.mirror.root, sim.company.photos[gone].project_id, gone)
     assert row[FIELD["deleted"]] and row[FIELD["thumb"]] == 1
+
+
+async def test_a_renamed_project_shows_its_new_name(make_sim: Any, settings_for: Any) -> None:
+    sim, settings = await synced(make_sim, settings_for)
+    await build(settings)
+    renamed = min(sim.company.projects)
+    sim.company.projects[renamed].name = "Harbor View, Phase 3"
+    assert (await sync(settings)).exit_code == ExitCode.OK
+    await build(settings)
+    root = settings.mirror.root
+    assert data_of(root, renamed)["project"]["name"] == "Harbor View, Phase 3"
+    assert "Harbor View, Phase 3" in (root / "index.html").read_text(encoding="utf-8")
+    assert "Harbor View, Phase 3" in (root / "index.csv").read_text(encoding="utf-8-sig")
+
+
+async def test_a_thumbnail_removed_by_hand_is_made_again(make_sim: Any, settings_for: Any) -> None:
+    sim, settings = await synced(make_sim, settings_for)
+    await build(settings)
+    sha = mirrored_sha(settings, min(sim.company.photos))
+    (settings.mirror.root / ".gallery" / "thumbs" / sha[:2] / f"{sha}.jpg").unlink()
+    report = await build(settings)
+    assert report.thumbnails == 1 and sha in thumbnails(settings.mirror.root)
+
+
+async def test_a_lost_or_damaged_state_file_costs_a_full_build_not_a_wrong_one(
+    make_sim: Any, settings_for: Any
+) -> None:
+    sim, settings = await synced(make_sim, settings_for)
+    await build(settings)
+    state = settings.mirror.root / ".gallery" / "state.json"
+    state.write_text("{not json")
+    edited = min(sim.company.photos)
+    sim.edit_photo(edited, description="after the state was lost")
+    assert (await sync(settings)).exit_code == ExitCode.OK
+    report = await build(settings)
+    assert report.thumbnails == 0
+    row = row_of(settings.mirror.root, sim.company.photos[edited].project_id, edited)
+    assert row[FIELD["description"]] == "after the state was lost"
+    assert json.loads(state.read_text())["projects"]
 
 
 async def test_a_project_with_no_photo_left_loses_its_page(make_sim: Any, settings_for: Any) -> None:

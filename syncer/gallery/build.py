@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -28,10 +29,12 @@ import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from importlib.resources import files
 from pathlib import Path
+from typing import Any
 
+import syncer
 from syncer.config import Settings
 from syncer.errors import LocalFault, local_fault
 from syncer.export import render_csv
@@ -73,6 +76,45 @@ class GalleryReport:
         return self.root / INDEX_PAGE
 
 
+@dataclass
+class GalleryState:
+    """What the last build made, in `.gallery/state.json`: for each project the digest of the
+    archive its page shows and its card on the root page; the originals that cannot be decoded;
+    the digest of everything `index.csv` shows. A state written by another version of the syncer
+    or for another `procore.web_base` is not used: everything is rendered again."""
+
+    made_by: str
+    web_base: str
+    projects: dict[int, dict[str, Any]] = field(default_factory=dict)
+    undecodable: list[str] = field(default_factory=list)
+    csv: str | None = None
+
+    @classmethod
+    def load(cls, path: Path, made_by: str, web_base: str) -> GalleryState:
+        fresh = cls(made_by, web_base)
+        try:
+            saved = json.loads(_current(path) or b"{}")
+            state = cls(
+                made_by=saved["made_by"],
+                web_base=saved["web_base"],
+                projects={int(pid): entry for pid, entry in saved["projects"].items()},
+                undecodable=[str(sha) for sha in saved["undecodable"]],
+                csv=saved["csv"],
+            )
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return fresh
+        if (state.made_by, state.web_base) != (made_by, web_base):
+            return fresh
+        return state
+
+    def digest(self, project_id: int) -> str | None:
+        entry = self.projects.get(project_id)
+        return str(entry["digest"]) if entry else None
+
+    def encode(self) -> bytes:
+        return json.dumps(asdict(self), ensure_ascii=False, sort_keys=True).encode()
+
+
 class Gallery:
     """The gallery of one mirror."""
 
@@ -91,11 +133,10 @@ class Gallery:
         started = time.monotonic()
         report = GalleryReport(self.root)
         async with self._lock():
-            photos = await store.archived()
             try:
                 await asyncio.to_thread(self._prepare)
                 with ThreadPoolExecutor(self.threads, thread_name_prefix="gallery") as pool:
-                    await self._build(photos, project_ids, report, pool)
+                    await self._build(store, project_ids, report, pool)
             except OSError as exc:
                 raise local_fault(exc, "the gallery") or LocalFault(f"the gallery: {exc}") from None
         report.seconds = time.monotonic() - started
@@ -118,57 +159,75 @@ class Gallery:
             state_folder(folder)
 
     async def _build(
-        self,
-        photos: list[ArchivedPhoto],
-        project_ids: Sequence[int] | None,
-        report: GalleryReport,
-        pool: ThreadPoolExecutor,
+        self, store: Store, project_ids: Sequence[int] | None, report: GalleryReport, pool: ThreadPoolExecutor
     ) -> None:
+        loop = asyncio.get_running_loop()
+        archive = await store.archive_digests()
+        state = await loop.run_in_executor(pool, self._load_state)
+        existing = await loop.run_in_executor(pool, self._thumbnails_on_disk)
+        undecodable = set(state.undecodable)
+        selected = [pid for pid in (project_ids or archive) if pid in archive]
+        missing = {pid: archive[pid].hashes - existing - undecodable for pid in selected}
+        pages_there = await loop.run_in_executor(pool, self._projects_with_pages, set(selected))
+        stale = [
+            pid
+            for pid in selected
+            if missing[pid] or pid not in pages_there or state.digest(pid) != archive[pid].digest
+        ]
+
+        photos = await store.archived(stale) if stale else []
         by_project: dict[int, list[ArchivedPhoto]] = defaultdict(list)
         for photo in photos:
             by_project[photo.project_id].append(photo)
-        selected = [pid for pid in (project_ids or by_project) if pid in by_project]
-        loop = asyncio.get_running_loop()
-        existing = await loop.run_in_executor(pool, self._thumbnails_on_disk)
-        undecodable = await loop.run_in_executor(pool, self._undecodable)
-        needed = {p.sha256: p.local_path for pid in selected for p in by_project[pid] if p.sha256}
-        todo = {sha: path for sha, path in needed.items() if sha not in existing and sha not in undecodable}
+        todo = {p.sha256: p.local_path for p in photos if p.sha256 in missing[p.project_id]}
         made, failed = await self._make_thumbnails(todo, pool)
         existing |= made
         undecodable |= failed
         report.thumbnails = len(made)
 
-        referenced = {p.sha256 for p in photos if p.sha256}
+        referenced = set().union(*(a.hashes for a in archive.values()))
         report.removed += await loop.run_in_executor(pool, self._remove_thumbnails, existing - referenced)
         existing &= referenced
         undecodable &= referenced
 
+        for pid in stale:
+            project = pages.newest_first(by_project[pid])
+            if not project:  # its last photo left the mirror since the digests were read
+                continue
+            name = project[0].project_name
+            data = pages.project_data(pid, name, photos_page(self.web_base, pid), project, existing)
+            documents = [
+                (pages.project_data_name(pid), data),
+                (pages.project_page_name(pid), pages.project_page(pid, name)),
+            ]
+            report.written += await loop.run_in_executor(pool, self._write_changed, documents)
+            state.projects[pid] = {
+                "digest": archive[pid].digest,
+                "card": asdict(pages.card(pid, project, existing)),
+            }
         for pid in selected:
-            project = by_project[pid]
-            link = photos_page(self.web_base, pid)
-            data = pages.project_data(pid, project[0].project_name, link, project, existing)
-            page = pages.project_page(pid, project[0].project_name)
-            report.written += await loop.run_in_executor(
-                pool,
-                self._write_changed,
-                [(pages.project_data_name(pid), data), (pages.project_page_name(pid), page)],
-            )
-            report.photos += len(project)
-            report.placeholders += sum(1 for p in project if p.sha256 not in existing)
+            report.photos += archive[pid].photos
+            report.placeholders += len(archive[pid].hashes - existing)
         report.projects = len(selected)
         if project_ids is None:
-            report.removed += await loop.run_in_executor(pool, self._remove_pages, set(by_project))
+            report.removed += await loop.run_in_executor(pool, self._remove_pages, set(archive))
+            state.projects = {pid: entry for pid, entry in state.projects.items() if pid in archive}
 
-        shown = await loop.run_in_executor(pool, self._projects_with_pages, set(by_project))
-        cards = [pages.card(pid, by_project[pid], existing) for pid in shown]
-        csv = render_csv(photos, self.web_base).encode("utf-8")
+        cards = [pages.ProjectCard(**state.projects[pid]["card"]) for pid in state.projects if pid in archive]
         root_files = [
             (f"../{INDEX_PAGE}", pages.index_page(cards, GALLERY_DIR, has_csv=True)),
-            (f"../{INDEX_CSV}", csv),
             *((name, files("syncer.gallery").joinpath("assets", name).read_bytes()) for name in ASSETS),
-            (STATE_FILE, json.dumps({"undecodable": sorted(undecodable)}, indent=0).encode()),
         ]
+        digests = sorted((pid, a.digest) for pid, a in archive.items())
+        csv_of = hashlib.sha256(json.dumps([self.web_base, digests]).encode()).hexdigest()
+        if state.csv != csv_of or not (self.root / INDEX_CSV).is_file():
+            everything = await store.archived()
+            root_files.append((f"../{INDEX_CSV}", render_csv(everything, self.web_base).encode("utf-8")))
+            state.csv = csv_of
         report.written += await loop.run_in_executor(pool, self._write_changed, root_files)
+        state.undecodable = sorted(undecodable)
+        # Last: a build stopped before this point leaves the old state, and the next one redoes the work.
+        await loop.run_in_executor(pool, self._write_changed, [(STATE_FILE, state.encode())])
 
     async def _make_thumbnails(
         self, todo: dict[str, str], pool: ThreadPoolExecutor
@@ -222,12 +281,9 @@ class Gallery:
                 found.update(e.name[:-4] for e in os.scandir(sub.path) if e.name.endswith(".jpg"))
         return found
 
-    def _undecodable(self) -> set[str]:
-        try:
-            state = json.loads((self.folder / STATE_FILE).read_bytes())
-            return {str(sha) for sha in state["undecodable"]}
-        except (OSError, ValueError, KeyError, TypeError):
-            return set()
+    def _load_state(self) -> GalleryState:
+        made_by = f"{pages.DATA_VERSION}:{syncer.__version__}"
+        return GalleryState.load(self.folder / STATE_FILE, made_by, self.web_base)
 
     def _remove_thumbnails(self, keys: Iterable[str]) -> int:
         removed = 0

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import html
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from urllib.parse import quote
 
 from syncer.store import ArchivedPhoto
@@ -66,7 +66,8 @@ def project_data_name(project_id: int) -> str:
 
 
 def _when(value: datetime | None) -> str | None:
-    return value.strftime("%Y-%m-%dT%H:%M:%SZ") if value else None
+    """UTC to the second ("2026-05-06T07:05:19Z"); `isoformat` is many times cheaper than `strftime`."""
+    return value.isoformat()[:19] + "Z" if value else None
 
 
 class _Table:
@@ -86,20 +87,23 @@ class _Table:
         return index
 
 
-def _order(photo: ArchivedPhoto) -> tuple[str, int]:
-    """Newest first (a later build of the same photos writes the same bytes)."""
-    return _when(photo.taken_at or photo.created_at) or "", photo.id
+NO_TIME = datetime.min.replace(tzinfo=UTC)
+
+
+def newest_first(photos: Iterable[ArchivedPhoto]) -> list[ArchivedPhoto]:
+    """Taken (else uploaded) newest first, then by id: the same photos always in the same order,
+    so a build of an unchanged project renders the same bytes."""
+    return sorted(photos, key=lambda p: (p.taken_at or p.created_at or NO_TIME, p.id), reverse=True)
 
 
 def project_data(
-    project_id: int, project_name: str, link: str, photos: Sequence[ArchivedPhoto], thumbs: Iterable[str]
+    project_id: int, project_name: str, link: str, photos: Sequence[ArchivedPhoto], thumbs: Container[str]
 ) -> bytes:
-    """The script a project page loads: its photos newest first, `thumbs` naming the originals
-    (by SHA-256) that have a thumbnail."""
-    with_thumb = set(thumbs)
+    """The script a project page loads: its `photos` in their order (`newest_first`), `thumbs`
+    naming the originals (by SHA-256) that have a thumbnail."""
     albums, people, places, trades = _Table(), _Table(), _Table(), _Table()
     rows = []
-    for p in sorted(photos, key=_order, reverse=True):
+    for p in photos:
         flags = (STARRED if p.starred else 0) | (PRIVATE if p.private else 0)
         rows.append(
             [
@@ -116,7 +120,7 @@ def project_data(
                 flags,
                 p.size,
                 p.sha256,
-                1 if p.sha256 in with_thumb else 0,
+                1 if p.sha256 in thumbs else 0,
                 p.width,
                 p.height,
                 p.gps_lat,
@@ -191,18 +195,19 @@ class ProjectCard:
     name: str
     photos: int
     bytes: int
-    first: datetime | None
-    last: datetime | None
+    first: str | None
+    """The day of the oldest photo (taken, else uploaded), as YYYY-MM-DD in UTC."""
+    last: str | None
     albums: int
     cover: str | None
     """A recent photo's thumbnail, under the gallery folder."""
 
 
-def card(project_id: int, photos: Sequence[ArchivedPhoto], thumbs: Iterable[str]) -> ProjectCard:
-    with_thumb = set(thumbs)
-    times = [t for p in photos if (t := p.taken_at or p.created_at)]
-    newest = sorted(photos, key=_order, reverse=True)
-    cover = next((p.sha256 for p in newest if p.sha256 in with_thumb), None)
+def card(project_id: int, photos: Sequence[ArchivedPhoto], thumbs: Container[str]) -> ProjectCard:
+    """A project's card, from its photos in their order (`newest_first`): the newest photo with a
+    thumbnail is its cover."""
+    times = [t.date().isoformat() for p in photos if (t := p.taken_at or p.created_at)]
+    cover = next((p.sha256 for p in photos if p.sha256 in thumbs), None)
     return ProjectCard(
         id=project_id,
         name=photos[0].project_name,
@@ -215,11 +220,10 @@ def card(project_id: int, photos: Sequence[ArchivedPhoto], thumbs: Iterable[str]
     )
 
 
-def _span(first: datetime | None, last: datetime | None) -> str:
+def _span(first: str | None, last: str | None) -> str:
     if first is None or last is None:
         return "no dates"
-    a, b = first.strftime("%Y-%m-%d"), last.strftime("%Y-%m-%d")
-    return a if a == b else f"{a} to {b}"
+    return first if first == last else f"{first} to {last}"
 
 
 def _size(count: int) -> str:

@@ -1,6 +1,7 @@
 """The database: SQLAlchemy models, engine setup, and the few batched queries a run needs."""
 
 from syncer.store.rows import (
+    ArchiveDigest,
     ArchivedPhoto,
     Downloaded,
     DueDownload,
@@ -15,6 +16,7 @@ from syncer.store.runs import ProjectStatus
 from syncer.store.store import Store
 
 __all__ = [
+    "ArchiveDigest",
     "ArchivedPhoto",
     "Downloaded",
     "DueDownload",

@@ -148,8 +148,18 @@ class ArchivedPhoto:
     sha256: str | None
     deleted_at: datetime | None
     """When a full run found it gone from Procore (its file kept: `mirror.on_delete: keep`)."""
-    trades: tuple[str, ...]
     width: int | None
     height: int | None
     gps_lat: float | None
     gps_long: float | None
+    trades: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveDigest:
+    """What identifies a project's archive index without reading it (`Store.archive_digests`)."""
+
+    photos: int
+    digest: str
+    hashes: frozenset[str]
+    """The SHA-256 of each of its files."""
