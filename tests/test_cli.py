@@ -348,3 +348,12 @@ async def test_the_demo_ends_with_a_status_command_that_works_from_a_fresh_shell
     out, err = await asyncio.wait_for(shell.communicate(), timeout=60)
     assert shell.returncode == 0, (command, err.decode())
     assert "mirrored" in out.decode()
+
+
+async def test_the_demo_builds_the_gallery_and_prints_where_to_open_it(tmp_path: Path) -> None:
+    run = await syncer("demo", "--dir", str(tmp_path / "demo"), "--photos", "20", "--progress", "off")
+    assert run.code == ExitCode.OK, run.err
+    index = tmp_path / "demo" / "index.html"
+    assert f"gallery: open {index.as_uri()}" in run.out.splitlines()
+    assert index.is_file() and (tmp_path / "demo" / "index.csv").is_file()
+    assert len(list((tmp_path / "demo" / ".gallery" / "thumbs").rglob("*.jpg"))) == 20
