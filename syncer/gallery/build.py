@@ -191,20 +191,13 @@ class Gallery:
         undecodable &= referenced
 
         for pid in stale:
-            project = pages.newest_first(by_project[pid])
-            if not project:  # its last photo left the mirror since the digests were read
-                continue
-            name = project[0].project_name
-            data = pages.project_data(pid, name, photos_page(self.web_base, pid), project, existing)
-            documents = [
-                (pages.project_data_name(pid), data),
-                (pages.project_page_name(pid), pages.project_page(pid, name)),
-            ]
-            report.written += await loop.run_in_executor(pool, self._write_changed, documents)
-            state.projects[pid] = {
-                "digest": archive[pid].digest,
-                "card": asdict(pages.card(pid, project, existing)),
-            }
+            if by_project[pid]:  # else its last photo left the mirror since the digests were read
+                # On the pool, like every long step: the daemon's event loop keeps serving meanwhile.
+                written, card = await loop.run_in_executor(
+                    pool, self._project, pid, by_project[pid], existing
+                )
+                report.written += written
+                state.projects[pid] = {"digest": archive[pid].digest, "card": asdict(card)}
         for pid in selected:
             report.photos += archive[pid].photos
             report.placeholders += len(archive[pid].hashes - existing)
@@ -222,12 +215,24 @@ class Gallery:
         csv_of = hashlib.sha256(json.dumps([self.web_base, digests]).encode()).hexdigest()
         if state.csv != csv_of or not (self.root / INDEX_CSV).is_file():
             everything = await store.archived()
-            root_files.append((f"../{INDEX_CSV}", render_csv(everything, self.web_base).encode("utf-8")))
+            csv = await loop.run_in_executor(pool, render_csv, everything, self.web_base)
+            root_files.append((f"../{INDEX_CSV}", csv.encode("utf-8")))
             state.csv = csv_of
         report.written += await loop.run_in_executor(pool, self._write_changed, root_files)
         state.undecodable = sorted(undecodable)
         # Last: a build stopped before this point leaves the old state, and the next one redoes the work.
         await loop.run_in_executor(pool, self._write_changed, [(STATE_FILE, state.encode())])
+
+    def _project(
+        self, project_id: int, photos: list[ArchivedPhoto], thumbs: set[str]
+    ) -> tuple[int, pages.ProjectCard]:
+        """Render a project's data and page, write those that changed; how many, and its card."""
+        ordered = pages.newest_first(photos)
+        name = ordered[0].project_name
+        data = pages.project_data(project_id, name, photos_page(self.web_base, project_id), ordered, thumbs)
+        page = pages.project_page(project_id, name)
+        documents = [(pages.project_data_name(project_id), data), (pages.project_page_name(project_id), page)]
+        return self._write_changed(documents), pages.card(project_id, ordered, thumbs)
 
     async def _make_thumbnails(
         self, todo: dict[str, str], pool: ThreadPoolExecutor
