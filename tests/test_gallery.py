@@ -70,6 +70,16 @@ async def synced(make_sim: Any, settings_for: Any, **sections: Any) -> tuple[Sim
     return sim, settings
 
 
+async def synced_by_process(
+    make_sim: Any, tmp_path: Path, photos: int = 14, **sections: Any
+) -> tuple[Simulator, str]:
+    """A simulated company synced by a `syncer sync` process; its config's path."""
+    sim = await make_sim(photos=photos, projects=2 if photos > 6 else 1)
+    config = str(write_config(sim, tmp_path, **sections))
+    assert (await syncer("sync", "--config", config)).code == ExitCode.OK
+    return sim, config
+
+
 def mirrored_sha(settings: Settings, photo_id: int) -> str:
     [(sha,)] = db_rows(settings, f"SELECT sha256 FROM photos WHERE id = {photo_id}")
     return str(sha)
@@ -78,9 +88,7 @@ def mirrored_sha(settings: Settings, photo_id: int) -> str:
 async def test_gallery_builds_an_index_a_page_per_project_and_a_thumbnail_per_photo(
     make_sim: Any, tmp_path: Path
 ) -> None:
-    sim = await make_sim(photos=14, projects=2)
-    config = str(write_config(sim, tmp_path))
-    assert (await syncer("sync", "--config", config)).code == ExitCode.OK
+    sim, config = await synced_by_process(make_sim, tmp_path)
     run = await syncer("gallery", "--config", config)
     assert run.code == ExitCode.OK, run.err
     root = tmp_path / "mirror"
@@ -257,9 +265,7 @@ async def test_a_file_that_cannot_be_decoded_gets_a_placeholder_and_is_not_tried
 
 
 async def test_only_the_named_project_gets_a_page_with_project(make_sim: Any, tmp_path: Path) -> None:
-    sim = await make_sim(photos=14, projects=2)
-    config = str(write_config(sim, tmp_path))
-    assert (await syncer("sync", "--config", config)).code == ExitCode.OK
+    sim, config = await synced_by_process(make_sim, tmp_path)
     first, second = sorted(sim.company.projects)
     run = await syncer("gallery", "--config", config, "--project", str(first))
     assert run.code == ExitCode.OK, run.err
@@ -276,18 +282,14 @@ async def test_only_the_named_project_gets_a_page_with_project(make_sim: Any, tm
 
 
 async def test_the_csv_beside_the_gallery_is_the_export(make_sim: Any, tmp_path: Path) -> None:
-    sim = await make_sim(photos=14, projects=2)
-    config = str(write_config(sim, tmp_path))
-    assert (await syncer("sync", "--config", config)).code == ExitCode.OK
+    _sim, config = await synced_by_process(make_sim, tmp_path)
     assert (await syncer("gallery", "--config", config)).code == ExitCode.OK
     assert (await syncer("export", "--config", config, "--csv", str(tmp_path / "export.csv"))).code == 0
     assert (tmp_path / "mirror" / "index.csv").read_bytes() == (tmp_path / "export.csv").read_bytes()
 
 
 async def test_verify_does_not_count_the_gallery_as_strays(make_sim: Any, tmp_path: Path) -> None:
-    sim = await make_sim(photos=14, projects=2)
-    config = str(write_config(sim, tmp_path))
-    assert (await syncer("sync", "--config", config)).code == ExitCode.OK
+    _sim, config = await synced_by_process(make_sim, tmp_path)
     assert (await syncer("gallery", "--config", config)).code == ExitCode.OK
     run = await syncer("verify", "--config", config)
     assert run.code == ExitCode.OK, run.out + run.err
@@ -297,9 +299,7 @@ async def test_verify_does_not_count_the_gallery_as_strays(make_sim: Any, tmp_pa
 async def test_a_link_planted_at_the_gallery_folder_is_refused_and_nothing_lands_outside(
     make_sim: Any, tmp_path: Path
 ) -> None:
-    sim = await make_sim(photos=6, projects=1)
-    config = str(write_config(sim, tmp_path))
-    assert (await syncer("sync", "--config", config)).code == ExitCode.OK
+    _sim, config = await synced_by_process(make_sim, tmp_path, photos=6)
     outside = tmp_path / "outside"
     outside.mkdir()
     (tmp_path / "mirror" / ".gallery").symlink_to(outside)
@@ -332,9 +332,7 @@ async def test_a_link_planted_at_a_thumbnail_folder_is_refused_and_nothing_lands
 async def test_a_folder_where_the_index_page_goes_is_one_line_naming_it(
     make_sim: Any, tmp_path: Path
 ) -> None:
-    sim = await make_sim(photos=6, projects=1)
-    config = str(write_config(sim, tmp_path))
-    assert (await syncer("sync", "--config", config)).code == ExitCode.OK
+    _sim, config = await synced_by_process(make_sim, tmp_path, photos=6)
     (tmp_path / "mirror" / "index.html").mkdir()
     run = await syncer("gallery", "--config", config)
     assert run.code == ExitCode.INCOMPLETE
@@ -343,9 +341,7 @@ async def test_a_folder_where_the_index_page_goes_is_one_line_naming_it(
 
 
 async def test_a_sync_with_the_gallery_enabled_brings_it_up_to_date(make_sim: Any, tmp_path: Path) -> None:
-    sim = await make_sim(photos=14, projects=2)
-    config = str(write_config(sim, tmp_path, gallery={"enabled": True}))
-    assert (await syncer("sync", "--config", config)).code == ExitCode.OK
+    sim, config = await synced_by_process(make_sim, tmp_path, gallery={"enabled": True})
     project = min(sim.company.projects)
     added = sim.add_photo(project)
     run = await syncer("sync", "--config", config)

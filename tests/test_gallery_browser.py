@@ -103,6 +103,17 @@ def settle(browser: WebDriver) -> None:
     browser.execute_script("return new Promise(r => requestAnimationFrame(() => r()))")
 
 
+def open_photo(browser: WebDriver, root: Path, project_id: int, search: str, photo_id: int) -> Any:
+    """Open a project's page, search for `search`, click the photo's tile; its open viewer."""
+    open_project(browser, root, project_id)
+    browser.find_element(By.ID, "search").send_keys(search)
+    settle(browser)
+    browser.find_element(By.CSS_SELECTOR, f'a.tile[href="#photo={photo_id}"]').click()
+    viewer = browser.find_element(By.ID, "viewer")
+    WebDriverWait(browser, 10).until(lambda b: viewer.is_displayed())
+    return viewer
+
+
 def errors_in_console(browser: WebDriver) -> list[str]:
     return [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE"]
 
@@ -207,12 +218,7 @@ async def test_a_photo_opens_with_its_metadata_and_its_original_file(
     sim, root = await synced_gallery(make_sim, tmp_path)
     project = max(sim.company.projects)
     photo = next(p for p in project_photos(sim, project) if p.trades and p.location)
-    open_project(browser, root, project)
-    browser.find_element(By.ID, "search").send_keys(photo.filename)
-    settle(browser)
-    browser.find_element(By.CSS_SELECTOR, f'a.tile[href="#photo={photo.id}"]').click()
-    viewer = browser.find_element(By.ID, "viewer")
-    WebDriverWait(browser, 10).until(lambda b: viewer.is_displayed())
+    viewer = open_photo(browser, root, project, photo.filename, photo.id)
     facts = dict(
         zip(
             (e.text for e in viewer.find_elements(By.TAG_NAME, "dt")),
@@ -242,12 +248,7 @@ async def test_a_script_planted_in_a_description_shows_as_text_and_does_not_run(
     sim, root = await synced_gallery(make_sim, tmp_path)
     project = min(sim.company.projects)
     planted = next(p for p in project_photos(sim, project) if p.description == PLANTED)
-    open_project(browser, root, project)
-    browser.find_element(By.ID, "search").send_keys("onerror")
-    settle(browser)
-    browser.find_element(By.CSS_SELECTOR, f'a.tile[href="#photo={planted.id}"]').click()
-    viewer = browser.find_element(By.ID, "viewer")
-    WebDriverWait(browser, 10).until(lambda b: viewer.is_displayed())
+    viewer = open_photo(browser, root, project, "onerror", planted.id)
     assert PLANTED in viewer.text
     assert browser.find_elements(By.CSS_SELECTOR, 'img[src="x"]') == []
     assert browser.find_elements(By.ID, "planted") == []
