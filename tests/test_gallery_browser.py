@@ -18,7 +18,7 @@ import pytest
 
 from syncer.errors import ExitCode
 from syncer.gallery import GALLERY_DIR
-from syncer.gallery.pages import project_data, project_page
+from syncer.gallery.pages import newest_first, project_data, project_page
 from syncer.simulator import Simulator
 from syncer.store import ArchivedPhoto
 from tests.conftest import write_config
@@ -308,7 +308,7 @@ def test_a_project_of_100000_photos_opens_in_seconds_and_draws_only_what_is_in_v
     (folder / "data").mkdir(parents=True)
     photos = synthetic(100_000)
     (folder / "data" / "project-7.js").write_bytes(
-        project_data(7, "Big Project", "https://app.procore.com/7", photos, [])
+        project_data(7, "Big Project", "https://app.procore.com/7", newest_first(photos), set())
     )
     (folder / "project-7.html").write_bytes(project_page(7, "Big Project"))
     assets = Path(__file__).parents[1] / "syncer" / "gallery" / "assets"
