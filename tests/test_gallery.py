@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import pytest
 from PIL import Image
 
 from syncer.config import Settings, load_settings
@@ -217,13 +218,35 @@ async def test_a_thumbnail_removed_by_hand_is_made_again(make_sim: Any, settings
     assert report.thumbnails == 1 and sha in thumbnails(settings.mirror.root)
 
 
+def _card_of_wrong_type(state: dict[str, Any]) -> str:
+    for built in state["projects"].values():
+        built["card"]["photos"] = "many"
+    return json.dumps(state)
+
+
+def _entry_without_card(state: dict[str, Any]) -> str:
+    for built in state["projects"].values():
+        del built["card"]
+    return json.dumps(state)
+
+
+DAMAGE = {
+    "not JSON": lambda state: "{not json",
+    "a list": lambda state: "[]",
+    "projects a list": lambda state: json.dumps({**state, "projects": []}),
+    "a card of the wrong type": _card_of_wrong_type,
+    "an entry without its card": _entry_without_card,
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
 async def test_a_lost_or_damaged_state_file_costs_a_full_build_not_a_wrong_one(
-    make_sim: Any, settings_for: Any
+    make_sim: Any, settings_for: Any, damage: str
 ) -> None:
     sim, settings = await synced(make_sim, settings_for)
     await build(settings)
     state = settings.mirror.root / ".gallery" / "state.json"
-    state.write_text("{not json")
+    state.write_text(DAMAGE[damage](json.loads(state.read_text())))
     edited = min(sim.company.photos)
     sim.edit_photo(edited, description="after the state was lost")
     assert (await sync(settings)).exit_code == ExitCode.OK

@@ -32,7 +32,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
+
+from pydantic import TypeAdapter
 
 import syncer
 from syncer.config import Settings
@@ -76,6 +77,19 @@ class GalleryReport:
         return self.root / INDEX_PAGE
 
 
+@dataclass(frozen=True)
+class Built:
+    """What the last build made of one project."""
+
+    digest: str
+    """`Store.archive_digests`' digest of the archive its page shows."""
+    card: pages.ProjectCard
+
+
+SAVED_STATE = TypeAdapter(dict[int, Built])
+"""Reads the saved projects strictly: a state file is ours, but anyone can edit it."""
+
+
 @dataclass
 class GalleryState:
     """What the last build made, in `.gallery/state.json`: for each project the digest of the
@@ -85,7 +99,7 @@ class GalleryState:
 
     made_by: str
     web_base: str
-    projects: dict[int, dict[str, Any]] = field(default_factory=dict)
+    projects: dict[int, Built] = field(default_factory=dict)
     undecodable: list[str] = field(default_factory=list)
     csv: str | None = None
 
@@ -97,19 +111,24 @@ class GalleryState:
             state = cls(
                 made_by=saved["made_by"],
                 web_base=saved["web_base"],
-                projects={int(pid): entry for pid, entry in saved["projects"].items()},
-                undecodable=[str(sha) for sha in saved["undecodable"]],
-                csv=saved["csv"],
+                projects=SAVED_STATE.validate_python(saved["projects"]),
+                undecodable=[sha for sha in saved["undecodable"] if isinstance(sha, str)],
+                csv=saved["csv"] if isinstance(saved["csv"], str) else None,
             )
-        except (ValueError, KeyError, TypeError, AttributeError):
+        except (
+            ValueError,
+            KeyError,
+            TypeError,
+            AttributeError,
+        ):  # pydantic's ValidationError is a ValueError
             return fresh
         if (state.made_by, state.web_base) != (made_by, web_base):
             return fresh
         return state
 
     def digest(self, project_id: int) -> str | None:
-        entry = self.projects.get(project_id)
-        return str(entry["digest"]) if entry else None
+        built = self.projects.get(project_id)
+        return built.digest if built else None
 
     def encode(self) -> bytes:
         return json.dumps(asdict(self), ensure_ascii=False, sort_keys=True).encode()
@@ -197,7 +216,7 @@ class Gallery:
                     pool, self._project, pid, by_project[pid], existing
                 )
                 report.written += written
-                state.projects[pid] = {"digest": archive[pid].digest, "card": asdict(card)}
+                state.projects[pid] = Built(archive[pid].digest, card)
         for pid in selected:
             report.photos += archive[pid].photos
             report.placeholders += len(archive[pid].hashes - existing)
@@ -206,7 +225,7 @@ class Gallery:
             report.removed += await loop.run_in_executor(pool, self._remove_pages, set(archive))
             state.projects = {pid: entry for pid, entry in state.projects.items() if pid in archive}
 
-        cards = [pages.ProjectCard(**state.projects[pid]["card"]) for pid in state.projects if pid in archive]
+        cards = [built.card for pid, built in state.projects.items() if pid in archive]
         root_files = [
             (f"../{INDEX_PAGE}", pages.index_page(cards, GALLERY_DIR, has_csv=True)),
             *((name, files("syncer.gallery").joinpath("assets", name).read_bytes()) for name in ASSETS),
