@@ -41,16 +41,16 @@ class UnsafePath(ValueError):
     pass
 
 
-def open_new(path: Path, flags: int = os.O_WRONLY) -> int:
+def open_new(path: Path, flags: int = os.O_WRONLY, mode: int = 0o644) -> int:
     """A descriptor for a new, empty file at `path`, whatever was there: a link planted in its
     place is removed, never followed, so nothing is written outside the mirror. Usually nothing is
     there, so the name is only cleared when the first try finds it taken (one syscall per photo)."""
     flags |= os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
     try:
-        return os.open(path, flags, 0o644)
+        return os.open(path, flags, mode)
     except FileExistsError:
         path.unlink()
-        return os.open(path, flags, 0o644)
+        return os.open(path, flags, mode)
 
 
 IOV_MAX = 1024
@@ -70,11 +70,11 @@ def write_all(fd: int, pieces: Sequence[bytes]) -> None:
                 group[0] = group[0][written:]
 
 
-def _write_synced(path: Path, data: Sequence[bytes], mtime: float | None = None) -> None:
+def _write_synced(path: Path, data: Sequence[bytes], mtime: float | None = None, mode: int = 0o644) -> None:
     """A new file at `path` holding the pieces of `data` (with modification time `mtime`),
     fsynced. Plain descriptor calls: each is a system call that hands the GIL to the event loop
     and back, so there are as few as the durability order allows."""
-    fd = open_new(path)
+    fd = open_new(path, mode=mode)
     try:
         write_all(fd, data)
         if mtime is not None:
@@ -84,12 +84,13 @@ def _write_synced(path: Path, data: Sequence[bytes], mtime: float | None = None)
         os.close(fd)
 
 
-def replace_file(path: Path, data: bytes, *, sync_folder: bool = True) -> None:
+def replace_file(path: Path, data: bytes, *, sync_folder: bool = True, mode: int = 0o644) -> None:
     """Put `data` at `path`, anywhere (an export the user named): a new file beside it, fsynced,
     renamed over it, then the folder fsynced, so a crash leaves the old file or the new, never half.
-    A caller replacing many files in one folder passes `sync_folder=False` and fsyncs it once."""
+    A caller replacing many files in one folder passes `sync_folder=False` and fsyncs it once; a
+    secret is written with `mode=0o600`, readable by its owner alone from its first byte."""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    _write_synced(tmp, [data])
+    _write_synced(tmp, [data], mode=mode)
     try:
         os.replace(tmp, path)
     except BaseException:

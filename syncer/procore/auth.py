@@ -1,8 +1,10 @@
-"""OAuth client-credentials tokens: fetched once, reused, renewed before they expire.
+"""OAuth access tokens: fetched once, reused, renewed before they expire.
 
-The grant has no refresh token, so renewal is simply a new token request. A 401 from the API makes
-the caller `invalidate` the token it used; the next `token()` fetches a fresh one, and concurrent
-callers wait for that single request instead of each sending their own.
+How a token is obtained is the grant's business, chosen once at setup: a service account asks for
+a new one with its client credentials (that grant has no refresh token); a person's sign-in
+(`signin.py`) reuses or refreshes a saved one. A 401 from the API makes the caller `invalidate`
+the token it used; the next `token()` fetches a fresh one, and concurrent callers wait for that
+single request instead of each sending their own.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from syncer.errors import ExitCode, FatalError
 
@@ -44,7 +46,31 @@ class Token:
 
 
 FetchToken = Callable[[], Awaitable[dict[str, Any]]]
-"""Posts the token request and returns the decoded JSON answer (raising on HTTP errors)."""
+"""Obtains a token and returns the decoded JSON answer (raising on HTTP errors)."""
+
+
+class PostToken(Protocol):
+    """`ProcoreHttp.post_token`: one form POST to `/oauth/token`, the client's credentials added;
+    `refused` starts the AuthError of a 400, 401 or 403; `retry=False` sends it once."""
+
+    def __call__(
+        self, grant: dict[str, str], *, refused: str, retry: bool = True
+    ) -> Awaitable[dict[str, Any]]: ...
+
+
+class Grant(Protocol):
+    """How this process obtains access tokens."""
+
+    async def fetch(self, post: PostToken) -> dict[str, Any]: ...
+
+
+class ServiceAccount:
+    """A Developer Managed Service Account: client credentials buy each token."""
+
+    async def fetch(self, post: PostToken) -> dict[str, Any]:
+        return await post(
+            {"grant_type": "client_credentials"}, refused="Procore refused the client credentials"
+        )
 
 
 class TokenSource:

@@ -29,7 +29,7 @@ from yarl import URL
 
 from syncer.errors import FatalError, SyncerError
 from syncer.log import REDACT
-from syncer.procore.auth import AuthError, TokenSource
+from syncer.procore.auth import AuthError, Grant, ServiceAccount, TokenSource
 from syncer.procore.pacing import Pacer, Sleep, retry_after_seconds
 from syncer.procore.query import encode_query
 
@@ -204,6 +204,7 @@ class ProcoreHttp:
         pacer: Pacer | None = None,
         retry: RetryPolicy | None = None,
         sleep: Sleep = asyncio.sleep,
+        grant: Grant | None = None,
     ) -> None:
         self.session = session
         self.api_base = URL(api_base)
@@ -214,7 +215,8 @@ class ProcoreHttp:
         self.pacer = pacer or Pacer()
         self.retry = retry or RetryPolicy()
         self._sleep = sleep
-        self.tokens = TokenSource(self._fetch_token)
+        grant = grant or ServiceAccount()
+        self.tokens = TokenSource(lambda: grant.fetch(self.post_token))
 
     def is_procore_url(self, url: URL) -> bool:
         """Whether the bearer token may go to `url`: the API origin, or HTTPS on *.procore.com."""
@@ -359,13 +361,12 @@ class ProcoreHttp:
             raise _Retry(ProcoreError(describe_status(what, status, body), status=status))
         return response
 
-    async def _fetch_token(self) -> dict[str, Any]:
+    async def post_token(self, grant: dict[str, str], *, refused: str, retry: bool = True) -> dict[str, Any]:
+        """POST a grant to `/oauth/token` with the client's credentials and return the answer; a 400,
+        401 or 403 is an AuthError starting with `refused`. `retry=False` sends it once (a refresh
+        token is spent by being sent, so it is never sent twice)."""
         url = self._login_base / "oauth" / "token"
-        form = {
-            "grant_type": "client_credentials",
-            "client_id": self._client_id,
-            "client_secret": self._client_secret,
-        }
+        form = {**grant, "client_id": self._client_id, "client_secret": self._client_secret}
         what = "token request"
 
         async def attempt() -> dict[str, Any]:
@@ -373,9 +374,7 @@ class ProcoreHttp:
             async with response:
                 body = await _read_quietly(response)
                 if response.status in (400, 401, 403):
-                    raise AuthError(
-                        describe_status("Procore refused the client credentials", response.status, body)
-                    )
+                    raise AuthError(describe_status(refused, response.status, body))
                 if response.status >= 300:
                     raise ProcoreError(describe_status(what, response.status, body), status=response.status)
                 try:
@@ -386,7 +385,7 @@ class ProcoreHttp:
                     raise AuthError(f"{what}: unexpected answer shape")
                 return answer
 
-        return await self._retrying(attempt, what=what, attempts=self.retry.attempts)
+        return await self._retrying(attempt, what=what, attempts=self.retry.attempts if retry else 1)
 
 
 async def read_head(response: aiohttp.ClientResponse, cap: int) -> tuple[bytes, bool]:

@@ -1,0 +1,214 @@
+"""Signing in as a person: Procore's User Level Authentication (the OAuth authorization code
+grant), and the refresh token that keeps the sign-in alive between runs.
+
+Procore's refresh tokens are single-use, and the old one dies the moment a refresh is *sent*, even
+if the answer is lost. So the saved sign-in (`.syncer/procore-login.json` in the mirror, mode
+0600, nothing else holds it) follows one rule: the new refresh token is on disk (temp file, fsync,
+rename, folder fsync) before the new access token is used. Before a refresh is sent, the file
+records that one is under way; if the process is killed while Procore answers, the next run finds
+that mark, and when Procore then refuses the old token it says so and names `syncer login` as the
+fix. Nothing can do better: the only token that would still work was in the lost answer.
+
+Processes sharing a mirror (a cron run beside the daemon) take turns: one file lock is held from
+reading the saved sign-in to writing the new one, and a process that waited reads the file again,
+so it uses the token its neighbour just obtained instead of spending the dead one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+from syncer.mirror.files import STATE_DIR, replace_file, state_folder, try_flock
+from syncer.procore.auth import RENEW_BEFORE, AuthError, PostToken
+
+log = logging.getLogger(__name__)
+OUT_OF_BAND = "urn:ietf:wg:oauth:2.0:oob"
+"""The redirect URI of a tool with no web server: Procore shows the code for the person to paste."""
+LOGIN_FILE = "procore-login.json"
+
+
+def login_again(config: Path | None) -> str:
+    where = f" --config {config}" if config else ""
+    return f"sign in again with `syncer login{where}`"
+
+
+@dataclass(frozen=True)
+class SavedLogin:
+    refresh_token: str
+    access_token: str | None
+    expires_at: float
+    """When the access token dies (Unix time, this machine's clock)."""
+    user: str
+    """Who signed in, for messages ("Pat Jones (pat@example.com)")."""
+    refreshing_since: float | None = None
+    """Set, durably, just before a refresh is sent; cleared with the answer saved."""
+
+    def __repr__(self) -> str:  # never print a token, even in a debugger
+        return f"SavedLogin(user={self.user!r}, expires_at={self.expires_at:.0f})"
+
+
+class LoginFile:
+    """The saved sign-in of one mirror, and the lock that makes its refreshes take turns."""
+
+    def __init__(self, mirror_root: Path) -> None:
+        self.folder = mirror_root / STATE_DIR
+        self.path = self.folder / LOGIN_FILE
+        self.lock_path = self.folder / "locks" / "procore-login.lock"
+
+    def read(self) -> SavedLogin | None:
+        """The saved sign-in, or None if there is none; a damaged file is an AuthError."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise AuthError(
+                f"the saved Procore sign-in {self.path} cannot be read ({exc.strerror})"
+            ) from None
+        with os.fdopen(fd, "rb") as fh:
+            raw = fh.read()
+        try:
+            saved = json.loads(raw)
+            login = SavedLogin(
+                refresh_token=str(saved["refresh_token"]),
+                access_token=saved["access_token"] if isinstance(saved["access_token"], str) else None,
+                expires_at=float(saved["expires_at"]),
+                user=str(saved["user"]),
+                refreshing_since=float(saved["refreshing_since"]) if saved.get("refreshing_since") else None,
+            )
+        except (ValueError, KeyError, TypeError):
+            raise AuthError(f"the saved Procore sign-in {self.path} is damaged") from None
+        return login
+
+    def write(self, login: SavedLogin) -> None:
+        """Replace the saved sign-in durably, readable by this user alone."""
+        state_folder(self.folder)
+        replace_file(self.path, json.dumps(asdict(login)).encode(), mode=0o600)
+
+    def remove(self) -> bool:
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            return False
+        with contextlib.suppress(OSError):
+            os.fsync(os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY))
+        return True
+
+    @contextlib.asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
+        """This process's turn with the saved sign-in; other processes wait for theirs."""
+        for folder in (self.folder, self.lock_path.parent):
+            state_folder(folder)
+        while (fd := try_flock(self.lock_path)) is None:  # noqa: ASYNC110 - another process holds it
+            await asyncio.sleep(0.1)
+        try:
+            yield
+        finally:
+            os.close(fd)
+
+
+def parse_tokens(answer: dict[str, Any], now: float) -> tuple[str, str, float]:
+    """(access token, refresh token, expiry) from a token answer of the authorization code or
+    refresh grant; an answer without both tokens is refused."""
+    access, refresh = answer.get("access_token"), answer.get("refresh_token")
+    if not isinstance(access, str) or not access or not isinstance(refresh, str) or not refresh:
+        raise AuthError("Procore's token answer has no access and refresh token")
+    expires_in = answer.get("expires_in")
+    lifetime = float(expires_in) if isinstance(expires_in, int | float) and expires_in > 0 else 3600.0
+    return access, refresh, now + lifetime
+
+
+class UserGrant:
+    """Access tokens of a person's sign-in: the saved one while it lives, else a refresh."""
+
+    def __init__(
+        self,
+        file: LoginFile,
+        *,
+        config: Path | None = None,
+        on_secret: Callable[[str], None] = lambda _: None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.file = file
+        self.config = config
+        self.on_secret = on_secret
+        """Called with each token read or received, so the log redactor learns it."""
+        self.clock = clock
+        self._used: set[str] = set()
+        """Access tokens this process was given: asked again, it needs another (one expired or died)."""
+
+    async def fetch(self, post: PostToken) -> dict[str, Any]:
+        async with self.file.turn():
+            saved = self.file.read()
+            if saved is None:
+                raise AuthError(f"not signed in to Procore: {login_again(self.config)}")
+            self.on_secret(saved.refresh_token)
+            now = self.clock()
+            if (
+                saved.access_token
+                and saved.access_token not in self._used
+                and saved.expires_at - RENEW_BEFORE > now
+            ):
+                self.on_secret(saved.access_token)
+                return self._hand_out(saved.access_token, saved.expires_at - now)
+            return await self._refresh(saved, post, now)
+
+    async def _refresh(self, saved: SavedLogin, post: PostToken, now: float) -> dict[str, Any]:
+        interrupted = saved.refreshing_since is not None
+        await asyncio.to_thread(self.file.write, replace(saved, refreshing_since=now))
+        grant = {"grant_type": "refresh_token", "refresh_token": saved.refresh_token}
+        refused = f"Procore refused the saved sign-in of {saved.user}"
+        if interrupted:
+            refused += " (a refresh was interrupted before its answer was saved, which spends the token)"
+        try:
+            # Sent once: a retry after a lost answer would spend a token that is already dead.
+            answer = await post(grant, refused=refused, retry=False)
+        except AuthError as exc:
+            raise AuthError(f"{exc}; {login_again(self.config)}") from None
+        access, refresh, expires_at = parse_tokens(answer, now)
+        self.on_secret(access)
+        self.on_secret(refresh)
+        await asyncio.to_thread(self.file.write, SavedLogin(refresh, access, expires_at, saved.user))
+        log.debug("refreshed the Procore sign-in of %s", saved.user)
+        return self._hand_out(access, expires_at - now)
+
+    def _hand_out(self, access: str, lifetime: float) -> dict[str, Any]:
+        self._used.add(access)
+        return {"access_token": access, "expires_in": lifetime}
+
+
+def authorize_url(login_base: str, client_id: str, redirect_uri: str, state: str) -> str:
+    query = urlencode(
+        {"response_type": "code", "client_id": client_id, "redirect_uri": redirect_uri, "state": state}
+    )
+    return f"{login_base}/oauth/authorize?{query}"
+
+
+def loopback(redirect_uri: str) -> tuple[str, int, str] | None:
+    """(host, port, path) when the redirect URI is this machine (`http://127.0.0.1:8765/callback`),
+    where `syncer login` itself receives the code; None for out-of-band and anything else."""
+    if redirect_uri == OUT_OF_BAND:
+        return None
+    parts = urlsplit(redirect_uri)
+    if parts.scheme != "http" or parts.hostname not in ("127.0.0.1", "localhost", "::1") or not parts.port:
+        return None
+    return parts.hostname, parts.port, parts.path or "/"
+
+
+def check_redirect_uri(value: str) -> str:
+    if value == OUT_OF_BAND or loopback(value) is not None:
+        return value
+    raise ValueError(
+        f"expected {OUT_OF_BAND} (paste the code Procore shows) or a loopback address with a port "
+        f"like http://127.0.0.1:8765/callback, got {value!r}"
+    )
