@@ -159,6 +159,20 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_login(args: argparse.Namespace) -> int:
+    from syncer.login import login
+
+    print(REDACT(run_stoppable(login(_load(args), say=lambda text: print(text, flush=True)))))
+    return 0
+
+
+def cmd_logout(args: argparse.Namespace) -> int:
+    from syncer.login import logout
+
+    print(REDACT(run_stoppable(logout(_load(args)))))
+    return 0
+
+
 def cmd_gallery(args: argparse.Namespace) -> int:
     from syncer.config import load_settings
     from syncer.gallery import build_gallery, render_report
@@ -384,6 +398,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--project", type=int, action="append", metavar="ID", help="only this project (repeatable)"
     )
     export.set_defaults(func=cmd_export)
+
+    login = sub.add_parser(
+        "login",
+        parents=[with_config],
+        help="sign in to Procore as a person (procore.auth: authorization_code)",
+        description="Sign in to Procore as yourself: prints Procore's authorize address, then takes the "
+        "code Procore shows (or receives it on procore.redirect_uri when that is a loopback address), "
+        "and saves the sign-in in the mirror's .syncer/procore-login.json, readable by you alone. Syncs "
+        "then see exactly what you can see in Procore. Run it again when Procore stops accepting it.",
+    )
+    login.set_defaults(func=cmd_login)
+    logout = sub.add_parser(
+        "logout",
+        parents=[with_config],
+        help="forget the saved Procore sign-in (and revoke it in Procore)",
+        description="Ask Procore to revoke the saved sign-in, then delete it from the mirror's .syncer/.",
+    )
+    logout.set_defaults(func=cmd_logout)
 
     gallery = sub.add_parser(
         "gallery",

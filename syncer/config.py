@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -35,6 +36,7 @@ from syncer.log import REDACT
 from syncer.mirror.fetch import DEFAULT_DOWNLOAD_TIMEOUT, DEFAULT_MAX_FILE_SIZE
 from syncer.mirror.layout import DEFAULT_LAYOUT, Layout, LayoutError
 from syncer.procore.query import ImageFilters, parse_range
+from syncer.procore.signin import OUT_OF_BAND, check_redirect_uri
 
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -108,8 +110,14 @@ class ProcoreSettings(_Section):
     web_base: str = "https://app.procore.com"
     """Procore's web app, for links back to Procore in exports (never called)."""
     company_id: int = Field(gt=0)
+    auth: Literal["client_credentials", "authorization_code"] = "client_credentials"
+    """`client_credentials`: a Developer Managed Service Account (what its company admin gave it);
+    `authorization_code`: a person's own sign-in (`syncer login`), seeing what they see."""
     client_id: SecretStr
     client_secret: SecretStr
+    redirect_uri: Annotated[str, AfterValidator(check_redirect_uri)] = OUT_OF_BAND
+    """With `authorization_code`: the app's redirect URI, out-of-band (paste the code) or a
+    loopback address where `syncer login` receives it."""
     request_timeout: Duration = 60.0
     download_timeout: Duration = Field(default=DEFAULT_DOWNLOAD_TIMEOUT, gt=0)
     """The longest one attempt at a photo may take, body included; what is durable of a slower one

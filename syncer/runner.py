@@ -34,9 +34,11 @@ from syncer.mirror.files import MirrorFS
 from syncer.mirror.layout import Layout
 from syncer.mirror.sidecar import Sidecars
 from syncer.procore.api import IncompleteListing, ProcoreApi
+from syncer.procore.auth import Grant, ServiceAccount
 from syncer.procore.http import ProcoreError, ProcoreHttp, RetryPolicy
 from syncer.procore.models import Project
 from syncer.procore.pacing import Pacer
+from syncer.procore.signin import LoginFile, UserGrant
 from syncer.report import LogProgress, Progress
 from syncer.result import RunSummary
 from syncer.store import Store
@@ -69,6 +71,38 @@ class Syncer:
         log.info("%s", render_report(report).splitlines()[0])
         return report.index
 
+    @property
+    def who(self) -> str:
+        return (
+            "the signed-in user"
+            if self.settings.procore.auth == "authorization_code"
+            else "this service account"
+        )
+
+    async def _company_refused(self, exc: ProcoreError) -> ConfigError:
+        """Why Procore will not show the company: for a person, whether they cannot see it at all or
+        the company does not let them use an app its admins did not install."""
+        company = self.settings.procore.company_id
+        if self.settings.procore.auth == "client_credentials":
+            return ConfigError(
+                f"Procore does not let this service account see company {company} ({exc}): check "
+                "procore.company_id, and that the account's app is installed in that company"
+            )
+        try:
+            theirs = await self.api.companies()
+        except ProcoreError:
+            theirs = None
+        if theirs is not None and company not in {c.id for c in theirs}:
+            listed = ", ".join(f"{c.name} ({c.id})" for c in theirs) or "none"
+            return ConfigError(
+                f"the signed-in user cannot see company {company}; the companies they can see: {listed}: "
+                "check procore.company_id, or sign in as someone in that company (syncer login)"
+            )
+        return ConfigError(
+            f"company {company} does not let the signed-in user use this app ({exc}): a company admin "
+            "can turn on Allow User Installs in the company's App Management, or install the app"
+        )
+
     def wanted(self, project_ids: Sequence[int] | None = None) -> list[int] | None:
         if project_ids:
             return list(project_ids)
@@ -88,10 +122,7 @@ class Syncer:
         except ProcoreError as exc:
             if exc.status not in (403, 404):
                 raise
-            raise ConfigError(
-                f"Procore does not let this service account see company {company} ({exc}): check "
-                "procore.company_id, and that the account's app is installed in that company"
-            ) from None
+            raise await self._company_refused(exc) from None
         wanted = self.wanted(project_ids)
         if wanted is None:
             return visible, errors
@@ -102,14 +133,21 @@ class Syncer:
             one = len(missing) == 1
             raise ConfigError(
                 f"{'project' if one else 'projects'} {named} of company {company} {'is' if one else 'are'} "
-                "not visible to this service account: check the ids (--project, sync.projects) and the "
+                f"not visible to {self.who}: check the ids (--project, sync.projects) and the "
                 "account's access in each project's Directory"
             )
         errors = [
             *(errors if missing else []),
-            *(f"project {pid} is not visible to this service account" for pid in missing),
+            *(f"project {pid} is not visible to {self.who}" for pid in missing),
         ]
         return [by_id[pid] for pid in dict.fromkeys(wanted) if pid in by_id], errors
+
+
+def grant_of(settings: Settings) -> Grant:
+    """How this process obtains access tokens: `procore.auth` decides, once."""
+    if settings.procore.auth == "authorization_code":
+        return UserGrant(LoginFile(settings.mirror.root), on_secret=REDACT.add)
+    return ServiceAccount()
 
 
 @asynccontextmanager
@@ -139,6 +177,7 @@ async def procore_client(settings: Settings, *, connections: int) -> AsyncIterat
             client_id=p.client_id.get_secret_value(),
             client_secret=secret,
             retry=RetryPolicy(attempts=p.retry_attempts),
+            grant=grant_of(settings),
         )
         http.tokens.on_new_token = REDACT.add
         yield ProcoreApi(http, company_id=p.company_id)

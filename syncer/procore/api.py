@@ -15,7 +15,7 @@ from typing import Any
 from yarl import URL
 
 from syncer.procore.http import Answer, ProcoreError, ProcoreHttp
-from syncer.procore.models import Album, BadRecord, Photo, Project, as_int, require_list
+from syncer.procore.models import Album, BadRecord, Company, Photo, Project, as_int, person, require_list
 from syncer.procore.query import ImageQuery
 
 
@@ -117,6 +117,19 @@ class ProcoreApi:
                 f"listing projects: Procore's Total says {total} projects, the listing gave {len(items)}",
                 projects=out,
             )
+        return out
+
+    async def me(self) -> str:
+        """Who the access token belongs to (`person`)."""
+        answer = await self.http.get_json(self.http.api_url("/rest/v1.0/me", []), what="asking who signed in")
+        return person(answer.data)
+
+    async def companies(self) -> list[Company]:
+        """The companies the signed-in person can see."""
+        url = self.http.api_url("/rest/v1.0/companies", [("per_page", "300")])
+        out: list[Company] = []
+        async for page in self._pages(url, "listing companies"):
+            out.extend(Company.from_api(item) for item in page.items)
         return out
 
     async def albums(self, project_id: int) -> list[Album]:

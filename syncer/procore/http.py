@@ -387,6 +387,16 @@ class ProcoreHttp:
 
         return await self._retrying(attempt, what=what, attempts=self.retry.attempts if retry else 1)
 
+    async def revoke(self, token: str) -> None:
+        """Ask Procore to revoke a token (`/oauth/revoke`, RFC 7009), once."""
+        url = self._login_base / "oauth" / "revoke"
+        form = {"token": token, "client_id": self._client_id, "client_secret": self._client_secret}
+        response = await self._send_once("POST", url, what="revoking the sign-in", auth=False, data=form)
+        async with response:
+            body = await _read_quietly(response)
+            if response.status >= 300:
+                raise ProcoreError(describe_status("revoking the sign-in", response.status, body))
+
 
 async def read_head(response: aiohttp.ClientResponse, cap: int) -> tuple[bytes, bool]:
     """Up to `cap` bytes of a body, and whether that was all of it; the rest stays unread, so an

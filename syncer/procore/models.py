@@ -153,6 +153,26 @@ class Project:
 
 
 @dataclass(frozen=True, slots=True)
+class Company:
+    id: int
+    name: str
+
+    @classmethod
+    def from_api(cls, obj: Any) -> Company:
+        ident = require_id(obj, "company")
+        return cls(id=ident, name=_str(obj.get("name")) or f"company-{ident}")
+
+
+def person(obj: Any) -> str:
+    """Who a `/me` answer says signed in, for messages: "Pat Jones (pat@example.com)"."""
+    record = obj if isinstance(obj, dict) else {}
+    name, login = _str(record.get("name")), _str(record.get("login"))
+    if name and login:
+        return f"{name} ({login})"
+    return name or login or "an unnamed Procore user"
+
+
+@dataclass(frozen=True, slots=True)
 class Album:
     id: int
     name: str

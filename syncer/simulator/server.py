@@ -28,6 +28,7 @@ from multidict import MultiMapping
 
 from syncer.simulator.data import Company, SimPhoto, generate_company
 from syncer.simulator.limits import RateLimits
+from syncer.simulator.signin import SignIn
 
 SORTS = {"created_at", "taken_at", "deleted_at", "exposure_date", "most_recent"}
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -233,6 +234,13 @@ class Simulator:
         self.stats = Stats()
         self.listing_hooks: list[Callable[[ListingRequest], None]] = []
         self.tokens: dict[str, float] = {}
+        self.sign_in = SignIn(
+            client_id=c.client_id,
+            client_secret=c.client_secret,
+            company=(self.company.id, self.company.name),
+            projects=sorted(self.company.projects),
+            live=self.tokens,
+        )
         self._key = secrets.token_bytes(32)
         self._rng = random.Random(c.seed + 1)
         self._runners: list[web.AppRunner] = []
@@ -449,6 +457,11 @@ class Simulator:
     def _api_app(self) -> web.Application:
         app = web.Application(middlewares=[self._api_middleware])
         app.router.add_post("/oauth/token", self._token, name="token")
+        app.router.add_get("/oauth/authorize", self.sign_in.authorize, name="authorize")
+        app.router.add_post("/oauth/authorize", self.sign_in.authorize, name="authorize_form")
+        app.router.add_post("/oauth/revoke", self.sign_in.revoke, name="revoke")
+        app.router.add_get("/rest/v1.0/me", self._me, name="me")
+        app.router.add_get("/rest/v1.0/companies", self._companies, name="companies")
         app.router.add_get("/rest/v1.0/projects", self._projects, name="projects")
         app.router.add_get("/rest/v1.0/image_categories", self._albums, name="albums")
         app.router.add_get("/rest/v1.0/images", self._images, name="images")
@@ -502,7 +515,7 @@ class Simulator:
         self.stats.arrived(time.time())
         if self.config.latency:
             await asyncio.sleep(self.config.latency)
-        if request.path.startswith("/_sim/"):
+        if request.path.startswith("/_sim/") or request.path in ("/oauth/authorize", "/oauth/revoke"):
             return await handler(request)
         if request.path == "/oauth/token":
             failed = self._injected_error({}) if self.config.token_faults else None
@@ -526,26 +539,36 @@ class Simulator:
             self.stats.unauthorized += 1
             return web.json_response({"errors": "Unauthorized"}, status=401, headers=limit_headers)
         self.stats.token_life_left = min(self.stats.token_life_left, self.tokens[token] - time.time())
-        company = request.headers.get("Procore-Company-Id")
-        if request.path.startswith("/rest/"):
-            if not company:
-                return web.json_response(
-                    {"errors": "Missing Procore-Company-Id header!"},
-                    status=400,
-                    headers=limit_headers,
-                )
-            if company != str(self.company.id):
-                return web.json_response(
-                    {"errors": "You do not have access to this company"},
-                    status=403,
-                    headers=limit_headers,
-                )
+        request["user"] = self.sign_in.access_tokens.get(token)
+        if (refused := self._company_refusal(request, limit_headers)) is not None:
+            return refused
         try:
             response = await handler(request)
         except _BadRequest as exc:
             return web.json_response({"errors": str(exc)}, status=400, headers=limit_headers)
         response.headers.update(limit_headers)
         return self._maybe_broken(response)
+
+    def _company_refusal(self, request: web.Request, headers: dict[str, str]) -> web.Response | None:
+        """Procore's answer to an API call without the company header, for a company the caller
+        cannot see, or (a user) in a company that refuses apps its admins did not install. Who
+        signed in and their companies are asked before any company is chosen."""
+        if not request.path.startswith("/rest/") or request.path in ("/rest/v1.0/me", "/rest/v1.0/companies"):
+            return None
+        company = request.headers.get("Procore-Company-Id")
+        if not company:
+            return web.json_response(
+                {"errors": "Missing Procore-Company-Id header!"}, status=400, headers=headers
+            )
+        if company != str(self.company.id):
+            refusal: str | None = "You do not have access to this company"
+        elif (user := request["user"]) is not None:
+            refusal = self.sign_in.company_refusal(user, self.company.id)
+        else:
+            refusal = None
+        return (
+            None if refusal is None else web.json_response({"errors": refusal}, status=403, headers=headers)
+        )
 
     def _maybe_broken(self, response: web.StreamResponse) -> web.StreamResponse:
         """For a share `broken_json_rate` of JSON answers: the body cut in half, or an HTML page."""
@@ -570,7 +593,7 @@ class Simulator:
 
     async def _token(self, request: web.Request) -> web.Response:
         form = await request.post()
-        if form.get("grant_type") != "client_credentials":
+        if form.get("grant_type") not in ("client_credentials", "authorization_code", "refresh_token"):
             return web.json_response(
                 {
                     "error": "unsupported_grant_type",
@@ -589,6 +612,15 @@ class Simulator:
                 },
                 status=401,
             )
+        if form.get("grant_type") != "client_credentials":
+            granted = self.sign_in.grant({k: str(v) for k, v in form.items()}, time.time())
+            if isinstance(granted, web.Response):
+                return granted
+            if self.sign_in.refresh_delay and form.get("grant_type") == "refresh_token":
+                await asyncio.sleep(self.sign_in.refresh_delay)  # the old token is already spent
+            self.tokens[granted[1]["access_token"]] = time.time() + self.sign_in.token_ttl
+            self.stats.tokens_issued += 1
+            return web.json_response(granted[1])
         token = secrets.token_urlsafe(32)
         self.tokens[token] = time.time() + self.config.token_ttl
         self.stats.tokens_issued += 1
@@ -645,7 +677,24 @@ class Simulator:
             raise web.HTTPNotFound(
                 text=json.dumps({"errors": "Project not found"}), content_type="application/json"
             )
+        if not self._sees(request, pid):
+            raise web.HTTPForbidden(
+                text=json.dumps({"errors": "You do not have access to this project"}),
+                content_type="application/json",
+            )
         return pid
+
+    def _sees(self, request: web.Request, project_id: int) -> bool:
+        """A service account sees every project; a user the projects they are a member of."""
+        user = request.get("user")
+        return user is None or project_id in self.sign_in.users[user].projects
+
+    async def _me(self, request: web.Request) -> web.Response:
+        return web.json_response(self.sign_in.me(request.get("user")))
+
+    async def _companies(self, request: web.Request) -> web.Response:
+        companies = self.sign_in.companies(request.get("user"), (self.company.id, self.company.name))
+        return self._paginate_list(request, companies)
 
     async def _projects(self, request: web.Request) -> web.Response:
         if request.query.get("company_id") != str(self.company.id):
@@ -661,6 +710,7 @@ class Simulator:
                     "company": {"id": self.company.id, "name": self.company.name},
                 }
                 for p in self.company.projects.values()
+                if self._sees(request, p.id)
             ]
             * (2 if self.config.projects_twice else 1),
         )
