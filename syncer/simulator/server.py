@@ -144,6 +144,10 @@ MAX_ARRIVALS = 1_000_000
 """Request times kept for `/_sim/stats?since=`: a simulator left running forgets the oldest."""
 
 
+USER: web.RequestKey[int | None] = web.RequestKey("user")
+"""The user whose access token a request carries; None for a service account."""
+
+
 @dataclass
 class Stats:
     requests: Counter[str] = field(default_factory=Counter)
@@ -539,7 +543,7 @@ class Simulator:
             self.stats.unauthorized += 1
             return web.json_response({"errors": "Unauthorized"}, status=401, headers=limit_headers)
         self.stats.token_life_left = min(self.stats.token_life_left, self.tokens[token] - time.time())
-        request["user"] = self.sign_in.access_tokens.get(token)
+        request[USER] = self.sign_in.access_tokens.get(token)
         if (refused := self._company_refusal(request, limit_headers)) is not None:
             return refused
         try:
@@ -562,7 +566,7 @@ class Simulator:
             )
         if company != str(self.company.id):
             refusal: str | None = "You do not have access to this company"
-        elif (user := request["user"]) is not None:
+        elif (user := request[USER]) is not None:
             refusal = self.sign_in.company_refusal(user, self.company.id)
         else:
             refusal = None
@@ -686,14 +690,14 @@ class Simulator:
 
     def _sees(self, request: web.Request, project_id: int) -> bool:
         """A service account sees every project; a user the projects they are a member of."""
-        user = request.get("user")
+        user = request.get(USER)
         return user is None or project_id in self.sign_in.users[user].projects
 
     async def _me(self, request: web.Request) -> web.Response:
-        return web.json_response(self.sign_in.me(request.get("user")))
+        return web.json_response(self.sign_in.me(request[USER]))
 
     async def _companies(self, request: web.Request) -> web.Response:
-        companies = self.sign_in.companies(request.get("user"), (self.company.id, self.company.name))
+        companies = self.sign_in.companies(request[USER], (self.company.id, self.company.name))
         return self._paginate_list(request, companies)
 
     async def _projects(self, request: web.Request) -> web.Response:
