@@ -1,0 +1,263 @@
+"""Signing in as a person (`procore.auth: authorization_code`): `syncer login` by a pasted code or
+a loopback redirect, runs that see what the person sees, a refresh token that rotates on every
+refresh and dies the moment one is sent, processes that share it, and secrets that stay in the
+one file that must hold them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import re
+import signal
+import stat
+import sys
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from syncer.errors import ExitCode
+from syncer.procore.signin import LOGIN_FILE
+from syncer.simulator import Simulator
+from tests.conftest import write_config
+from tests.test_cli import Run, spawn, syncer
+from tests.test_daemon import daemon, daemon_config, events, eventually, free_port, hook, stop
+
+PAT, SAM = 7001, 7002
+ALWAYS_REFRESH = 300.0
+"""An access token lifetime the syncer never reuses from the saved sign-in (it renews 300 s before
+expiry), so every run starts with a refresh."""
+
+
+def user_config(sim: Simulator, folder: Path, **procore: Any) -> str:
+    return str(write_config(sim, folder, procore={"auth": "authorization_code", **procore}))
+
+
+def login_file(folder: Path) -> Path:
+    return folder / "mirror" / ".syncer" / LOGIN_FILE
+
+
+async def authorize_url(proc: asyncio.subprocess.Process) -> str:
+    """The authorize address `syncer login` prints."""
+    assert proc.stdout is not None
+    while line := await asyncio.wait_for(proc.stdout.readline(), 30):
+        if "/oauth/authorize?" in line.decode():
+            return line.decode().strip()
+    raise AssertionError("syncer login printed no authorize address")
+
+
+async def login(sim: Simulator, config: str, *, as_user: int = PAT) -> Run:
+    """`syncer login` with the code pasted, as a person would after approving in a browser."""
+    sim.sign_in.auto_approve = as_user
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "syncer", "login", "--config", config,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    url = await authorize_url(proc)
+    async with aiohttp.ClientSession() as browser, browser.get(url) as page:
+        found = re.search(r'id="code">([^<]+)<', await page.text())
+    assert found, "the out-of-band page shows a code"
+    out, err = await asyncio.wait_for(proc.communicate(found[1].encode() + b"\n"), 60)
+    assert proc.returncode is not None
+    return Run(proc.returncode, out.decode(), err.decode())
+
+
+async def signed_in(make_sim: Any, tmp_path: Path, *, ttl: float = 5400.0) -> tuple[Simulator, str]:
+    """A company and a person signed in to it; access tokens live `ttl` seconds."""
+    sim = await make_sim(photos=24, projects=3)
+    sim.sign_in.token_ttl = ttl
+    config = user_config(sim, tmp_path)
+    run = await login(sim, config)
+    assert run.code == ExitCode.OK, run.err
+    return sim, config
+
+
+def saved_refresh_token(folder: Path) -> str:
+    import json
+
+    return str(json.loads(login_file(folder).read_text())["refresh_token"])
+
+
+async def test_login_with_a_pasted_code_saves_a_sign_in_only_its_owner_can_read(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    sim = await make_sim(photos=12, projects=2)
+    run = await login(sim, user_config(sim, tmp_path))
+    assert run.code == ExitCode.OK, run.err
+    assert "signed in to Procore as Pat Jones (pat@example.com)" in run.out
+    assert f"company {sim.company.name} ({sim.company.id}) is visible" in run.out
+    saved = login_file(tmp_path)
+    assert stat.S_IMODE(saved.stat().st_mode) == 0o600
+    assert saved_refresh_token(tmp_path) in sim.sign_in.refresh_tokens
+
+
+async def test_login_through_a_loopback_redirect(make_sim: Any, tmp_path: Path) -> None:
+    sim = await make_sim(photos=12, projects=2)
+    redirect = f"http://127.0.0.1:{free_port()}/callback"
+    config = user_config(sim, tmp_path, redirect_uri=redirect)
+    sim.sign_in.auto_approve = PAT
+    proc = await spawn("login", "--config", config)
+    url = await authorize_url(proc)
+    async with aiohttp.ClientSession() as browser:
+        async with browser.get(f"{redirect}?code=forged&state=not-this-login") as forged:
+            assert forged.status == 400  # a code another page sends is refused
+        async with browser.get(url) as landed:  # Procore sends the browser back to syncer login
+            assert "Signed in" in await landed.text()
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == ExitCode.OK, err.decode()
+    assert "signed in to Procore as Pat Jones" in out.decode()
+    assert saved_refresh_token(tmp_path) in sim.sign_in.refresh_tokens
+
+
+async def test_a_sync_as_a_person_mirrors_the_projects_they_are_a_member_of(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    sim, config = await signed_in(make_sim, tmp_path)
+    run = await syncer("sync", "--config", config)
+    assert run.code == ExitCode.OK, run.err
+    member = sim.sign_in.users[PAT].projects
+    assert member and member != set(sim.company.projects)
+    mirrored = {int(p.name.split("_", 1)[0]) for p in (tmp_path / "mirror").rglob("*.jpg")}
+    mirrored |= {int(p.name.split("_", 1)[0]) for p in (tmp_path / "mirror").rglob("*.JPG")}
+    assert mirrored == {p.id for p in sim.company.photos.values() if p.project_id in member}
+
+
+async def test_the_refresh_token_rotates_across_three_runs(make_sim: Any, tmp_path: Path) -> None:
+    sim, config = await signed_in(make_sim, tmp_path, ttl=ALWAYS_REFRESH)
+    seen = [saved_refresh_token(tmp_path)]
+    before = sim.sign_in.stats.refreshes
+    for _ in range(3):
+        run = await syncer("sync", "--config", config)
+        assert run.code == ExitCode.OK, run.err
+        seen.append(saved_refresh_token(tmp_path))
+    assert sim.sign_in.stats.refreshes - before == 3
+    assert len(set(seen)) == 4, "each refresh saved a new refresh token"
+    assert [token in sim.sign_in.refresh_tokens for token in seen] == [False, False, False, True]
+
+
+async def test_a_sign_in_procore_refuses_exits_3_naming_syncer_login(make_sim: Any, tmp_path: Path) -> None:
+    sim, config = await signed_in(make_sim, tmp_path, ttl=ALWAYS_REFRESH)
+    assert (await syncer("sync", "--config", config)).code == ExitCode.OK
+    sim.sign_in.revoke_user(PAT)  # an admin removed the person, or they revoked the app
+    run = await syncer("sync", "--config", config)
+    assert run.code == ExitCode.AUTH
+    assert "syncer login" in run.err and len(run.err.strip().splitlines()) == 1
+
+
+async def test_killed_while_procore_answers_a_refresh_the_next_run_asks_for_a_login(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    sim, config = await signed_in(make_sim, tmp_path, ttl=ALWAYS_REFRESH)
+    sim.sign_in.refresh_delay = 30  # the refresh token is spent; its successor is still on its way
+    proc = await spawn("sync", "--config", config)
+    before = sim.sign_in.stats.refreshes
+    await eventually(lambda: sim.sign_in.stats.refreshes > before, what="the refresh to arrive")
+    proc.send_signal(signal.SIGKILL)
+    await proc.wait()
+    sim.sign_in.refresh_delay = 0
+    run = await syncer("sync", "--config", config)
+    assert run.code == ExitCode.AUTH
+    assert "a refresh was interrupted" in run.err and "syncer login" in run.err
+
+
+async def test_killed_at_any_moment_the_next_run_works_or_asks_for_a_login(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    sim, config = await signed_in(make_sim, tmp_path, ttl=ALWAYS_REFRESH)
+    sim.sign_in.refresh_delay = 0.3
+    rng = random.Random(5)
+    for _ in range(5):
+        proc = await spawn("sync", "--config", config)
+        await asyncio.sleep(rng.uniform(0.2, 2.5))
+        with contextlib.suppress(ProcessLookupError):  # it may have finished
+            proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+        run = await syncer("sync", "--config", config)
+        if run.code == ExitCode.AUTH:  # killed inside the one window Procore leaves: said so
+            assert "a refresh was interrupted" in run.err and "syncer login" in run.err
+            assert (await login(sim, config)).code == ExitCode.OK
+        else:
+            assert run.code == ExitCode.OK, run.err
+
+
+async def test_two_processes_refreshing_at_once_never_spend_the_same_token(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    sim, config = await signed_in(make_sim, tmp_path, ttl=ALWAYS_REFRESH)
+    first, second = sorted(sim.sign_in.users[PAT].projects)[:2]
+    sim.sign_in.refresh_delay = 1.0  # wide enough for both to try at once
+    both = await asyncio.gather(
+        syncer("sync", "--config", config, "--project", str(first)),
+        syncer("sync", "--config", config, "--project", str(second)),
+    )
+    assert [run.code for run in both] == [ExitCode.OK, ExitCode.OK], [run.err for run in both]
+    assert sim.sign_in.stats.refused_refreshes == 0
+    assert saved_refresh_token(tmp_path) in sim.sign_in.refresh_tokens
+
+
+async def test_no_token_or_code_is_in_any_output_or_file_but_the_sign_in(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    sim, config = await signed_in(make_sim, tmp_path, ttl=ALWAYS_REFRESH)
+    runs = [await syncer("sync", "-v", "--config", config) for _ in range(2)]
+    runs += [
+        await syncer("status", "--config", config),
+        await syncer("sync", "-v", "--log-format", "json", "--config", config),
+    ]
+    assert [run.code for run in runs] == [ExitCode.OK] * 4, [run.err[-300:] for run in runs]
+    secrets_issued = [s for s in sim.sign_in.stats.issued if len(s) >= 20]
+    assert len(secrets_issued) >= 8
+    said = "".join(run.out + run.err for run in runs)
+    assert not [s for s in secrets_issued if s in said]
+    for path in tmp_path.rglob("*"):
+        if path.is_file() and path != login_file(tmp_path):
+            data = path.read_bytes()
+            assert not [s for s in secrets_issued if s.encode() in data], f"a token in {path}"
+
+
+async def test_logout_revokes_the_sign_in_and_forgets_it(make_sim: Any, tmp_path: Path) -> None:
+    sim, config = await signed_in(make_sim, tmp_path)
+    token = saved_refresh_token(tmp_path)
+    run = await syncer("logout", "--config", config)
+    assert run.code == ExitCode.OK, run.err
+    assert "revoked in Procore" in run.out
+    assert not login_file(tmp_path).exists() and token not in sim.sign_in.refresh_tokens
+    after = await syncer("sync", "--config", config)
+    assert after.code == ExitCode.AUTH and "not signed in" in after.err and "syncer login" in after.err
+
+
+async def test_a_person_who_cannot_see_the_company_is_told_which_companies_they_can(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    sim = await make_sim(photos=12, projects=2)
+    run = await login(sim, user_config(sim, tmp_path), as_user=SAM)
+    assert run.code == ExitCode.USAGE
+    assert f"cannot see company {sim.company.id}" in run.err and "Other Builders (99001)" in run.err
+
+
+async def test_a_company_that_refuses_user_installs_says_so(make_sim: Any, tmp_path: Path) -> None:
+    sim, config = await signed_in(make_sim, tmp_path)
+    sim.sign_in.allow_user_installs = False
+    run = await syncer("sync", "--config", config)
+    assert run.code == ExitCode.USAGE
+    assert "Allow User Installs" in run.err and len(run.err.strip().splitlines()) == 1
+
+
+async def test_the_daemon_reports_a_refused_sign_in_once_and_resumes_after_a_login(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    sim, _ = await signed_in(make_sim, tmp_path, ttl=ALWAYS_REFRESH)
+    command, sink = hook(tmp_path, "exit 0")
+    config = daemon_config(sim, tmp_path, notify={"command": command}, procore={"auth": "authorization_code"})
+    sim.sign_in.revoke_user(PAT)
+    async with daemon(config, tmp_path) as running:
+        await eventually(lambda: events(sink), what="the auth_failed notification")
+        await asyncio.sleep(2.5)
+        assert [e["event"] for e in events(sink)] == ["auth_failed"]
+        assert "syncer login" in events(sink)[0]["error"]
+        assert (await login(sim, str(config))).code == ExitCode.OK
+        await eventually(lambda: len(events(sink)) == 2, what="the recovery notification")
+        await eventually(running.runs, what="syncing to resume")
+        await stop(running)
+    assert login_file(tmp_path).exists()
