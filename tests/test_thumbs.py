@@ -10,9 +10,10 @@ import time
 import zlib
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
-from syncer.gallery.thumbs import SIZE, thumbnail
+from syncer.gallery.thumbs import SIZE, Unreadable, thumbnail
 
 
 def decoded(data: bytes | None) -> Image.Image:
@@ -108,4 +109,12 @@ def test_a_link_is_not_followed(tmp_path: Path) -> None:
     target = twelve_megapixels(tmp_path / "elsewhere.jpg")
     link = tmp_path / "photo.jpg"
     link.symlink_to(target)
-    assert thumbnail(link) is None
+    with pytest.raises(Unreadable):
+        thumbnail(link)
+
+
+def test_a_fifo_is_not_waited_on(tmp_path: Path) -> None:
+    fifo = tmp_path / "photo.jpg"
+    os.mkfifo(fifo)
+    with pytest.raises(Unreadable):
+        thumbnail(fifo)  # a blocking open would never return

@@ -19,19 +19,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import hashlib
 import json
 import logging
 import os
-import stat
+import threading
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from importlib.resources import files
 from pathlib import Path
+from typing import Any, TypeVar
 
 from pydantic import TypeAdapter
 
@@ -40,11 +40,13 @@ from syncer.config import Settings
 from syncer.errors import LocalFault, local_fault
 from syncer.export import render_csv
 from syncer.gallery import pages
-from syncer.mirror.files import STATE_DIR, fsync_dir, replace_file, state_folder, try_flock
+from syncer.gallery.folder import Folder
+from syncer.mirror.files import STATE_DIR, state_folder, try_flock
 from syncer.procore.models import photos_page
 from syncer.report import human_seconds, plural
-from syncer.store import ArchivedPhoto, Store
+from syncer.store import ArchiveDigest, ArchivedPhoto, Store
 
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 GALLERY_DIR = ".gallery"
 INDEX_PAGE = "index.html"
@@ -82,8 +84,10 @@ class Built:
     """What the last build made of one project."""
 
     digest: str
-    """`Store.archive_digests`' digest of the archive its page shows."""
+    """`Store.archive_digests`' digest of the archive its page shows ("" when only its card is known)."""
     card: pages.ProjectCard
+    files: dict[str, str] = field(default_factory=dict)
+    """The SHA-256 of each file written for it (its data and page), to notice one damaged or lost."""
 
 
 SAVED_STATE = TypeAdapter(dict[int, Built])
@@ -93,34 +97,32 @@ SAVED_STATE = TypeAdapter(dict[int, Built])
 @dataclass
 class GalleryState:
     """What the last build made, in `.gallery/state.json`: for each project the digest of the
-    archive its page shows and its card on the root page; the originals that cannot be decoded;
-    the digest of everything `index.csv` shows. A state written by another version of the syncer
-    or for another `procore.web_base` is not used: everything is rendered again."""
+    archive its page shows, its card on the root page and its files' hashes; the originals that
+    cannot be decoded; the digest of everything `index.csv` shows and of the file itself. A state
+    written by another version of the syncer or for another `procore.web_base` is not used:
+    everything is rendered again."""
 
     made_by: str
     web_base: str
     projects: dict[int, Built] = field(default_factory=dict)
     undecodable: list[str] = field(default_factory=list)
     csv: str | None = None
+    csv_file: str | None = None
 
     @classmethod
-    def load(cls, path: Path, made_by: str, web_base: str) -> GalleryState:
+    def load(cls, raw: bytes | None, made_by: str, web_base: str) -> GalleryState:
         fresh = cls(made_by, web_base)
         try:
-            saved = json.loads(_current(path) or b"{}")
+            saved = json.loads(raw or b"{}")
             state = cls(
                 made_by=saved["made_by"],
                 web_base=saved["web_base"],
                 projects=SAVED_STATE.validate_python(saved["projects"]),
                 undecodable=[sha for sha in saved["undecodable"] if isinstance(sha, str)],
                 csv=saved["csv"] if isinstance(saved["csv"], str) else None,
+                csv_file=saved["csv_file"] if isinstance(saved["csv_file"], str) else None,
             )
-        except (
-            ValueError,
-            KeyError,
-            TypeError,
-            AttributeError,
-        ):  # pydantic's ValidationError is a ValueError
+        except (ValueError, KeyError, TypeError, AttributeError):  # a ValidationError is a ValueError
             return fresh
         if (state.made_by, state.web_base) != (made_by, web_base):
             return fresh
@@ -134,12 +136,15 @@ class GalleryState:
         return json.dumps(asdict(self), ensure_ascii=False, sort_keys=True).encode()
 
 
+def _sha(data: bytes | None) -> str | None:
+    return hashlib.sha256(data).hexdigest() if data is not None else None
+
+
 class Gallery:
     """The gallery of one mirror."""
 
     def __init__(self, root: Path, *, web_base: str, threads: int | None = None) -> None:
         self.root = root
-        self.folder = root / GALLERY_DIR
         self.web_base = web_base
         self.threads = threads or os.cpu_count() or 2
 
@@ -153,9 +158,8 @@ class Gallery:
         report = GalleryReport(self.root)
         async with self._lock():
             try:
-                await asyncio.to_thread(self._prepare)
-                with ThreadPoolExecutor(self.threads, thread_name_prefix="gallery") as pool:
-                    await self._build(store, project_ids, report, pool)
+                with Build(self.root, self.web_base, self.threads) as build:
+                    await build.run(store, project_ids, report)
             except OSError as exc:
                 raise local_fault(exc, "the gallery") or LocalFault(f"the gallery: {exc}") from None
         report.seconds = time.monotonic() - started
@@ -173,195 +177,233 @@ class Gallery:
         finally:
             os.close(fd)
 
-    def _prepare(self) -> None:
-        for folder in (self.folder, self.folder / "thumbs", self.folder / "data"):
-            state_folder(folder)
 
-    async def _build(
-        self, store: Store, project_ids: Sequence[int] | None, report: GalleryReport, pool: ThreadPoolExecutor
-    ) -> None:
-        loop = asyncio.get_running_loop()
+class Build:
+    """One build: the gallery's folders held open (`Folder`), the threads that decode and write."""
+
+    def __init__(self, root: Path, web_base: str, threads: int) -> None:
+        self.root_path = root
+        self.web_base = web_base
+        self.threads = threads
+
+    def __enter__(self) -> Build:
+        self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="gallery")
+        self.root = Folder.open(self.root_path)
+        self.opened = [self.root]
+        self.gallery = self._open(self.root, GALLERY_DIR)
+        self.data = self._open(self.gallery, "data")
+        self.thumbs = self._open(self.gallery, "thumbs")
+        self._thumb_folders: dict[str, Folder] = {}
+        self._thumb_lock = threading.Lock()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        for folder in self.opened:
+            folder.close()
+
+    def _open(self, parent: Folder, name: str) -> Folder:
+        folder = parent.sub(name)
+        self.opened.append(folder)
+        return folder
+
+    def _in_pool(self, function: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        """On the build's threads, like every long step: the daemon's event loop keeps serving."""
+        return asyncio.get_running_loop().run_in_executor(self.pool, function, *args)
+
+    async def run(self, store: Store, project_ids: Sequence[int] | None, report: GalleryReport) -> None:
         archive = await store.archive_digests()
-        state = await loop.run_in_executor(pool, self._load_state)
-        existing = await loop.run_in_executor(pool, self._thumbnails_on_disk)
+        made_by = f"{pages.DATA_VERSION}:{syncer.__version__}"
+        state = GalleryState.load(await self._in_pool(self.gallery.read, STATE_FILE), made_by, self.web_base)
+        existing = await self._in_pool(self._thumbnails_on_disk)
         undecodable = set(state.undecodable)
         selected = [pid for pid in (project_ids or archive) if pid in archive]
         missing = {pid: archive[pid].hashes - existing - undecodable for pid in selected}
-        pages_there = await loop.run_in_executor(pool, self._projects_with_pages, set(selected))
+        intact = await self._in_pool(self._intact, state, selected)
         stale = [
             pid
             for pid in selected
-            if missing[pid] or pid not in pages_there or state.digest(pid) != archive[pid].digest
+            if missing[pid] or pid not in intact or state.digest(pid) != archive[pid].digest
         ]
+        # A project shown on the root page needs a card even when this build does not render it.
+        uncarded = [pid for pid in archive if pid not in state.projects and pid not in stale]
+        uncarded = await self._in_pool(self._with_pages, uncarded)
 
-        photos = await store.archived(stale) if stale else []
+        photos = await store.archived([*stale, *uncarded]) if stale or uncarded else []
         by_project: dict[int, list[ArchivedPhoto]] = defaultdict(list)
         for photo in photos:
             by_project[photo.project_id].append(photo)
-        todo = {p.sha256: p.local_path for p in photos if p.sha256 in missing[p.project_id]}
-        made, failed = await self._make_thumbnails(todo, pool)
-        existing |= made
-        undecodable |= failed
+        todo = {p.sha256: p.local_path for pid in stale for p in by_project[pid] if p.sha256 in missing[pid]}
+        made, failed = await self._make_thumbnails(todo)
         report.thumbnails = len(made)
-
         referenced = set().union(*(a.hashes for a in archive.values()))
-        report.removed += await loop.run_in_executor(pool, self._remove_thumbnails, existing - referenced)
-        existing &= referenced
-        undecodable &= referenced
+        report.removed += await self._in_pool(self._remove_thumbnails, (existing | made) - referenced)
+        existing = (existing | made) & referenced
+        state.undecodable = sorted((undecodable | failed) & referenced)
 
         for pid in stale:
             if by_project[pid]:  # else its last photo left the mirror since the digests were read
-                # On the pool, like every long step: the daemon's event loop keeps serving meanwhile.
-                written, card = await loop.run_in_executor(
-                    pool, self._project, pid, by_project[pid], existing
-                )
+                built = self._in_pool(self._project, pid, by_project[pid], existing, archive[pid].digest)
+                written, state.projects[pid] = await built
                 report.written += written
-                state.projects[pid] = Built(archive[pid].digest, card)
+        for pid in uncarded:
+            if by_project[pid]:
+                state.projects[pid] = Built(
+                    "", pages.card(pid, pages.newest_first(by_project[pid]), existing)
+                )
         for pid in selected:
             report.photos += archive[pid].photos
             report.placeholders += len(archive[pid].hashes - existing)
         report.projects = len(selected)
         if project_ids is None:
-            report.removed += await loop.run_in_executor(pool, self._remove_pages, set(archive))
-            state.projects = {pid: entry for pid, entry in state.projects.items() if pid in archive}
+            report.removed += await self._in_pool(self._remove_pages, set(archive))
+        state.projects = {pid: entry for pid, entry in state.projects.items() if pid in archive}
+        report.written += await self._write_root(store, state, archive)
+        # Last: a build stopped before this point leaves the old state, and the next one redoes the work.
+        await self._in_pool(self._write_changed, self.gallery, [(STATE_FILE, state.encode())])
 
-        cards = [built.card for pid, built in state.projects.items() if pid in archive]
-        root_files = [
-            (f"../{INDEX_PAGE}", pages.index_page(cards, GALLERY_DIR, has_csv=True)),
-            *((name, files("syncer.gallery").joinpath("assets", name).read_bytes()) for name in ASSETS),
-        ]
+    async def _write_root(self, store: Store, state: GalleryState, archive: dict[int, ArchiveDigest]) -> int:
+        """The root page, the script and style, and `index.csv` when what it shows changed (or the
+        file is not the one the last build wrote); how many files were written."""
+        assets = [(name, files("syncer.gallery").joinpath("assets", name).read_bytes()) for name in ASSETS]
+        written = await self._in_pool(self._write_changed, self.gallery, assets)
+        cards = [built.card for built in state.projects.values()]
+        root_files = [(INDEX_PAGE, pages.index_page(cards, GALLERY_DIR, has_csv=True))]
         digests = sorted((pid, a.digest) for pid, a in archive.items())
         csv_of = hashlib.sha256(json.dumps([self.web_base, digests]).encode()).hexdigest()
-        if state.csv != csv_of or not (self.root / INDEX_CSV).is_file():
+        on_disk = await self._in_pool(lambda: _sha(self.root.read(INDEX_CSV)))
+        if state.csv != csv_of or state.csv_file is None or on_disk != state.csv_file:
             everything = await store.archived()
-            csv = await loop.run_in_executor(pool, render_csv, everything, self.web_base)
-            root_files.append((f"../{INDEX_CSV}", csv.encode("utf-8")))
-            state.csv = csv_of
-        report.written += await loop.run_in_executor(pool, self._write_changed, root_files)
-        state.undecodable = sorted(undecodable)
-        # Last: a build stopped before this point leaves the old state, and the next one redoes the work.
-        await loop.run_in_executor(pool, self._write_changed, [(STATE_FILE, state.encode())])
+            csv = (await self._in_pool(render_csv, everything, self.web_base)).encode("utf-8")
+            root_files.append((INDEX_CSV, csv))
+            state.csv, state.csv_file = csv_of, _sha(csv)
+        return written + await self._in_pool(self._write_changed, self.root, root_files)
+
+    def _intact(self, state: GalleryState, project_ids: list[int]) -> set[int]:
+        """The projects whose data and page are on disk as the last build wrote them."""
+        intact = set()
+        for pid in project_ids:
+            built = state.projects.get(pid)
+            if built is None or not built.files:
+                continue
+            data, page = pages.data_file(pid), pages.project_page_name(pid)
+            if _sha(self.data.read(data)) == built.files.get(data) and _sha(
+                self.gallery.read(page)
+            ) == built.files.get(page):
+                intact.add(pid)
+        return intact
+
+    def _with_pages(self, project_ids: list[int]) -> list[int]:
+        return [pid for pid in project_ids if self.gallery.read(pages.project_page_name(pid)) is not None]
 
     def _project(
-        self, project_id: int, photos: list[ArchivedPhoto], thumbs: set[str]
-    ) -> tuple[int, pages.ProjectCard]:
-        """Render a project's data and page, write those that changed; how many, and its card."""
+        self, project_id: int, photos: list[ArchivedPhoto], thumbs: set[str], digest: str
+    ) -> tuple[int, Built]:
+        """Render a project's data and page, write those that changed; how many, and what was built."""
         ordered = pages.newest_first(photos)
         name = ordered[0].project_name
         data = pages.project_data(project_id, name, photos_page(self.web_base, project_id), ordered, thumbs)
         page = pages.project_page(project_id, name)
-        documents = [(pages.project_data_name(project_id), data), (pages.project_page_name(project_id), page)]
-        return self._write_changed(documents), pages.card(project_id, ordered, thumbs)
+        data_file, page_file = pages.data_file(project_id), pages.project_page_name(project_id)
+        written = self._write_changed(self.data, [(data_file, data)]) + self._write_changed(
+            self.gallery, [(page_file, page)]
+        )
+        built = Built(
+            digest,
+            pages.card(project_id, ordered, thumbs),
+            {data_file: _sha(data) or "", page_file: _sha(page) or ""},
+        )
+        return written, built
 
-    async def _make_thumbnails(
-        self, todo: dict[str, str], pool: ThreadPoolExecutor
-    ) -> tuple[set[str], set[str]]:
-        """Make the thumbnails of `todo` (SHA-256 → mirror path) on the pool's threads (Pillow
-        decodes without the GIL); return the SHA-256s made and those that could not be decoded."""
+    async def _make_thumbnails(self, todo: dict[str, str]) -> tuple[set[str], set[str]]:
+        """Make the thumbnails of `todo` (SHA-256 → mirror path) on the build's threads (Pillow
+        decodes without the GIL); return the SHA-256s made and those that could not be decoded. A
+        file that cannot be read just now is neither: the next build tries it again."""
         made: set[str] = set()
         failed: set[str] = set()
         if not todo:
             return made, failed
-        loop = asyncio.get_running_loop()
-        folders: set[str] = set()
         last = time.monotonic()
-        pending = {loop.run_in_executor(pool, self._make_one, sha, path): sha for sha, path in todo.items()}
+        pending = [self._in_pool(self._make_one, sha, path) for sha, path in todo.items()]
         try:
             for done in asyncio.as_completed(pending):
-                sha, ok = await done
-                (made if ok else failed).add(sha)
-                if ok:
-                    folders.add(pages.thumb_path(sha).rsplit("/", 1)[0])
+                sha, outcome = await done
+                if outcome is not None:
+                    (made if outcome else failed).add(sha)
                 if time.monotonic() - last >= PROGRESS_EVERY:
                     last = time.monotonic()
-                    log.info(
-                        "gallery: %s of %s thumbnails made", f"{len(made) + len(failed):,}", f"{len(todo):,}"
-                    )
+                    count = f"{len(made) + len(failed):,}"
+                    log.info("gallery: %s of %s thumbnails made", count, f"{len(todo):,}")
         finally:
             for future in pending:
                 future.cancel()
-            for folder in folders:  # what was renamed into them survives a crash from here on
-                with contextlib.suppress(OSError):
-                    fsync_dir(self.folder / folder)
+            with self._thumb_lock:
+                for folder in self._thumb_folders.values():  # what was renamed in survives a crash from here
+                    folder.sync()
         return made, failed
 
-    def _make_one(self, sha: str, path: str) -> tuple[str, bool]:
-        from syncer.gallery.thumbs import thumbnail  # Pillow: paid for only by a build that decodes
+    def _make_one(self, sha: str, path: str) -> tuple[str, bool | None]:
+        """Make one thumbnail: (its SHA-256, True if made, False if undecodable, None if unreadable)."""
+        from syncer.gallery.thumbs import (  # Pillow: paid for only by a build that decodes
+            Unreadable,
+            thumbnail,
+        )
 
-        data = thumbnail(self.root / path)
+        try:
+            data = thumbnail(self.root_path / path)
+        except Unreadable:
+            return sha, None
         if data is None:
             return sha, False
-        target = self.folder / pages.thumb_path(sha)
-        state_folder(target.parent)
-        replace_file(target, data, sync_folder=False)
+        folder_name, name = pages.thumb_path(sha).split("/")[1:]
+        self._thumb_folder(folder_name).replace(name, data, sync=False)
         return sha, True
+
+    def _thumb_folder(self, name: str) -> Folder:
+        with self._thumb_lock:
+            folder = self._thumb_folders.get(name)
+            if folder is None:
+                folder = self._thumb_folders[name] = self._open(self.thumbs, name)
+            return folder
 
     def _thumbnails_on_disk(self) -> set[str]:
         """The SHA-256s of the originals that have a thumbnail (each is named by its own)."""
         found: set[str] = set()
-        thumbs = self.folder / "thumbs"
-        for sub in os.scandir(thumbs):
-            if sub.is_dir(follow_symlinks=False):
-                found.update(e.name[:-4] for e in os.scandir(sub.path) if e.name.endswith(".jpg"))
+        for name in self.thumbs.folders():
+            sub = self._thumb_folder(name)
+            found.update(f[:-4] for f in sub.files() if f.endswith(".jpg"))
         return found
-
-    def _load_state(self) -> GalleryState:
-        made_by = f"{pages.DATA_VERSION}:{syncer.__version__}"
-        return GalleryState.load(self.folder / STATE_FILE, made_by, self.web_base)
 
     def _remove_thumbnails(self, keys: Iterable[str]) -> int:
         removed = 0
         for key in keys:
-            with contextlib.suppress(FileNotFoundError):
-                (self.folder / pages.thumb_path(key)).unlink()
-                removed += 1
+            folder_name, name = pages.thumb_path(key).split("/")[1:]
+            removed += self._thumb_folder(folder_name).remove(name)
         return removed
 
     def _remove_pages(self, kept: set[int]) -> int:
         removed = 0
-        for path in [*self.folder.glob("project-*.html"), *self.folder.glob("data/project-*.js")]:
-            ident = path.name.removeprefix("project-").split(".", 1)[0]
-            if ident.isdigit() and int(ident) not in kept:
-                path.unlink()
-                removed += 1
+        for folder, suffix in ((self.gallery, ".html"), (self.data, ".js")):
+            for name in list(folder.files()):
+                ident = name.removeprefix("project-").removesuffix(suffix)
+                if (
+                    name.startswith("project-")
+                    and name.endswith(suffix)
+                    and ident.isdigit()
+                    and int(ident) not in kept
+                ):
+                    removed += folder.remove(name)
         return removed
 
-    def _projects_with_pages(self, candidates: set[int]) -> list[int]:
-        return [pid for pid in candidates if (self.folder / pages.project_page_name(pid)).is_file()]
-
-    def _write_changed(self, documents: list[tuple[str, bytes]]) -> int:
-        """Replace each document (a path under the gallery folder) whose bytes differ; how many."""
+    @staticmethod
+    def _write_changed(folder: Folder, documents: list[tuple[str, bytes]]) -> int:
+        """Replace each document in `folder` whose bytes differ; how many."""
         written = 0
         for name, data in documents:
-            path = self.folder / name
-            if _current(path) == data:
-                continue
-            try:
-                replace_file(path, data)
-            except IsADirectoryError:
-                raise LocalFault(
-                    f"{path.resolve()} is a folder, where the gallery keeps its {path.name}: move it away "
-                    "(or change mirror.layout so no project folder takes that name) and run again"
-                ) from None
-            written += 1
+            if folder.read(name) != data:
+                folder.replace(name, data)
+                written += 1
         return written
-
-
-def _current(path: Path) -> bytes | None:
-    """A file's bytes, or None if it is missing, a link or not a file (a planted link is replaced)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError as exc:
-        if exc.errno in (errno.ENOENT, errno.ELOOP, errno.EISDIR, errno.ENOTDIR):
-            return None
-        raise
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        with os.fdopen(os.dup(fd), "rb") as fh:
-            return fh.read()
-    finally:
-        os.close(fd)
 
 
 def gallery_of(settings: Settings) -> Gallery:

@@ -61,8 +61,13 @@ def project_page_name(project_id: int) -> str:
     return f"project-{project_id}.html"
 
 
+def data_file(project_id: int) -> str:
+    """A project's data script, in the gallery's `data/` folder."""
+    return f"project-{project_id}.js"
+
+
 def project_data_name(project_id: int) -> str:
-    return f"data/project-{project_id}.js"
+    return f"data/{data_file(project_id)}"
 
 
 def _when(value: datetime | None) -> str | None:

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 from PIL import Image, ImageOps
 
@@ -22,25 +24,41 @@ SIZE = 320
 QUALITY = 80
 
 
+class Unreadable(Exception):
+    """The file could not be opened as a regular file (missing for now, a link, a FIFO, no
+    permission): not a judgement on its contents, so the next build tries again."""
+
+
 def thumbnail(source: Path) -> bytes | None:
-    """The JPEG thumbnail of the image at `source`, or None if it cannot be decoded."""
+    """The JPEG thumbnail of the image at `source`, or None if it cannot be decoded; `Unreadable`
+    if it cannot be opened. A link is not followed and a FIFO is not waited on."""
     try:
-        fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
-        with os.fdopen(fd, "rb") as fh, warnings.catch_warnings():
-            # A file can claim any size: past Pillow's limit (about 89 megapixels) it is not decoded.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(fh) as image:
-                image.draft("RGB", (SIZE, SIZE))
-                image.load()
-                upright = ImageOps.exif_transpose(image)
-                upright.thumbnail((SIZE, SIZE), Image.Resampling.LANCZOS, reducing_gap=2.0)
-                if upright.mode != "RGB":
-                    upright = _flatten(upright)
-                out = io.BytesIO()
-                upright.save(out, "JPEG", quality=QUALITY, optimize=True)
-                return out.getvalue()
-    except Exception:  # whatever a hostile file makes a decoder raise, it gets a placeholder
-        return None
+        fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        raise Unreadable(str(exc)) from None
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise Unreadable(f"{source} is not a regular file")
+        try:
+            return _shrunk(fh)
+        except Exception:  # whatever a hostile file makes a decoder raise, it gets a placeholder
+            return None
+
+
+def _shrunk(fh: BinaryIO) -> bytes:
+    with warnings.catch_warnings():
+        # A file can claim any size: past Pillow's limit (about 89 megapixels) it is not decoded.
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(fh) as image:
+            image.draft("RGB", (SIZE, SIZE))
+            image.load()
+            upright = ImageOps.exif_transpose(image)
+            upright.thumbnail((SIZE, SIZE), Image.Resampling.LANCZOS, reducing_gap=2.0)
+            if upright.mode != "RGB":
+                upright = _flatten(upright)
+            out = io.BytesIO()
+            upright.save(out, "JPEG", quality=QUALITY, optimize=True)
+            return out.getvalue()
 
 
 def _flatten(image: Image.Image) -> Image.Image:

@@ -389,11 +389,18 @@ class Store(RunLog):
         whatever order the database visits them, so a different order can only report a change
         that is not one."""
         p = PhotoRow
-        columns: list[Any] = [p.id, p.album_name, p.local_path, p.filename, p.taken_at, p.created_at]
-        columns += [p.uploader_name, p.location_name, p.description, p.starred, p.private, p.local_size]
-        columns += [p.sha256, p.deleted_at, p.width, p.height, p.gps_lat, p.gps_long, p.trades]
-        text: list[Any] = [func.coalesce(cast(c, String), "") for c in columns]
-        row_text = functools.reduce(lambda a, b: a + "\x1f" + b, text)
+        # Free text goes in as its length, a colon, then the text, so no value can pass for the end
+        # of another whatever characters it holds (-1 is NULL); numbers and times cannot hold the
+        # separator that ends each of them.
+        texts = [p.album_name, p.local_path, p.filename, p.uploader_name, p.location_name, p.description]
+        texts += [p.sha256, p.trades]
+        others: list[Any] = [p.id, p.taken_at, p.created_at, p.starred, p.private, p.local_size, p.deleted_at]
+        others += [p.width, p.height, p.gps_lat, p.gps_long]
+        fields: list[Any] = [
+            cast(func.coalesce(func.length(t), -1), String) + ":" + func.coalesce(t, "") for t in texts
+        ]
+        fields += [func.coalesce(cast(c, String), "") + "\x1f" for c in others]
+        row_text = functools.reduce(lambda a, b: a + b, fields)
         query = (
             select(
                 p.project_id,
