@@ -4,6 +4,7 @@ test_gallery_browser.py.)"""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -295,7 +296,7 @@ async def test_only_the_named_project_gets_a_page_with_project(make_sim: Any, tm
     gallery = tmp_path / "mirror" / ".gallery"
     assert (gallery / f"project-{first}.html").is_file()
     assert not (gallery / f"project-{second}.html").exists()
-    assert "project-{second}" not in (tmp_path / "mirror" / "index.html").read_text(encoding="utf-8")
+    assert f"project-{second}" not in (tmp_path / "mirror" / "index.html").read_text(encoding="utf-8")
     expected = {
         hashlib.sha256(p.content.all_bytes()).hexdigest()
         for p in sim.company.photos.values()
@@ -385,3 +386,112 @@ async def test_the_daemon_keeps_the_gallery_current(sim: Simulator, tmp_path: Pa
         added = sim.add_photo(project)
         await eventually(lambda: added.id in photo_ids(root, project), what="the new photo in the gallery")
         assert (await stop(running))[0] == 0
+
+
+async def test_a_project_build_after_a_lost_state_keeps_every_project_on_the_root_page(
+    make_sim: Any, settings_for: Any
+) -> None:
+    sim, settings = await synced(make_sim, settings_for)
+    await build(settings)
+    (settings.mirror.root / ".gallery" / "state.json").unlink()
+    first, second = sorted(sim.company.projects)
+    await build(settings, [first])
+    index = (settings.mirror.root / "index.html").read_text(encoding="utf-8")
+    assert f"project-{first}.html" in index and f"project-{second}.html" in index
+
+
+async def test_a_damaged_or_lost_data_file_is_written_again(make_sim: Any, settings_for: Any) -> None:
+    sim, settings = await synced(make_sim, settings_for)
+    await build(settings)
+    first, second = sorted(sim.company.projects)
+    data = settings.mirror.root / ".gallery" / "data"
+    good = (data / f"project-{first}.js").read_bytes()
+    (data / f"project-{first}.js").write_bytes(good[: len(good) // 2])
+    (data / f"project-{second}.js").unlink()
+    (settings.mirror.root / "index.csv").write_text("tampered")
+    report = await build(settings)
+    assert report.written == 3
+    assert (data / f"project-{first}.js").read_bytes() == good
+    assert photo_ids(settings.mirror.root, second)
+    assert (settings.mirror.root / "index.csv").read_bytes().startswith(b"\xef\xbb\xbf")
+
+
+async def test_a_link_planted_at_a_data_file_is_replaced_not_followed(
+    make_sim: Any, settings_for: Any, tmp_path: Path
+) -> None:
+    sim, settings = await synced(make_sim, settings_for)
+    await build(settings)
+    project = min(sim.company.projects)
+    outside = tmp_path / "outside.js"
+    outside.write_text("var GALLERY = null;")
+    data = settings.mirror.root / ".gallery" / "data" / f"project-{project}.js"
+    data.unlink()
+    data.symlink_to(outside)
+    await build(settings)
+    assert not data.is_symlink() and photo_ids(settings.mirror.root, project)
+    assert outside.read_text() == "var GALLERY = null;"
+
+
+FIFO_PLACES = ["index.html", "index.csv", ".gallery/state.json", ".gallery/gallery.js"]
+
+
+@pytest.mark.parametrize("place", FIFO_PLACES)
+async def test_a_fifo_planted_where_the_gallery_reads_does_not_hang_it(
+    make_sim: Any, settings_for: Any, place: str
+) -> None:
+    _, settings = await synced(make_sim, settings_for)
+    await build(settings)
+    planted = settings.mirror.root / place
+    planted.unlink()
+    os.mkfifo(planted)
+    await asyncio.wait_for(build(settings), 30)
+    assert planted.is_file()  # replaced by the file the gallery keeps there
+
+
+async def test_a_photo_that_cannot_be_opened_now_is_tried_again_next_build(
+    make_sim: Any, settings_for: Any
+) -> None:
+    sim, settings = await synced(make_sim, settings_for)
+    photo = min(sim.company.photos)
+    [(path,)] = db_rows(settings, f"SELECT local_path FROM photos WHERE id = {photo}")
+    original = settings.mirror.root / path
+    aside = original.with_name("aside")
+    original.rename(aside)
+    os.mkfifo(original)  # not a photo, and must not hang the build either
+    first = await asyncio.wait_for(build(settings), 30)
+    assert first.placeholders == 1
+    original.unlink()
+    aside.rename(original)
+    again = await build(settings)
+    assert (again.thumbnails, again.placeholders) == (1, 0)
+
+
+async def test_an_edit_that_moves_text_between_fields_is_seen(make_sim: Any, settings_for: Any) -> None:
+    sim, settings = await synced(make_sim, settings_for)
+    edited = min(sim.company.photos)
+    sim.edit_photo(edited, description="B\x1fC", filename="A.jpg")
+    assert (await sync(settings)).exit_code == ExitCode.OK
+    await build(settings)
+    sim.edit_photo(edited, description="C", filename="A.jpg\x1fB")
+    assert (await sync(settings)).exit_code == ExitCode.OK
+    await build(settings)
+    row = row_of(settings.mirror.root, sim.company.photos[edited].project_id, edited)
+    assert row[FIELD["description"]] == "C"
+
+
+async def test_a_link_swapped_in_for_the_gallery_mid_build_receives_nothing(
+    make_sim: Any, settings_for: Any, tmp_path: Path
+) -> None:
+    sim = await make_sim(photos=60, projects=1)
+    settings = settings_for(sim)
+    assert (await sync(settings)).exit_code == ExitCode.OK
+    gallery = settings.mirror.root / ".gallery"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    running = asyncio.create_task(build(settings))
+    while not (gallery / "thumbs").is_dir() or not any((gallery / "thumbs").iterdir()):
+        await asyncio.sleep(0.005)
+    gallery.rename(settings.mirror.root / ".gallery-moved")
+    gallery.symlink_to(outside)
+    await running
+    assert list(outside.iterdir()) == []
