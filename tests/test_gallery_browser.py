@@ -31,6 +31,8 @@ from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+DECOMPOSED = "Cafe\u0301 counter, \u202egpj.exe backsplash"
+"""An accent stored decomposed (NFD), and a right-to-left override."""
 PLANTED = "<img src=x onerror=\"document.title='pwned'\"><script>document.title='pwned'</script> rebar"
 
 
@@ -74,6 +76,8 @@ async def synced_gallery(make_sim: Any, tmp_path: Path) -> tuple[Simulator, Path
     sim.edit_photo(
         min(p.id for p in sim.company.photos.values() if p.project_id == first), description=PLANTED
     )
+    decomposed = max(p.id for p in sim.company.photos.values() if p.project_id == first)
+    sim.edit_photo(decomposed, description=DECOMPOSED)
     config = str(write_config(sim, tmp_path))
     assert (await syncer("sync", "--config", config)).code == ExitCode.OK
     run = await syncer("gallery", "--config", config)
@@ -347,3 +351,65 @@ def searchable(p: ArchivedPhoto) -> str:
         p.filename or "",
     ]
     return "\n".join(parts).lower()
+
+
+async def test_a_search_typed_composed_finds_text_stored_decomposed(
+    browser: WebDriver, make_sim: Any, tmp_path: Path
+) -> None:
+    sim, root = await synced_gallery(make_sim, tmp_path)
+    project = min(sim.company.projects)
+    photo = next(p for p in project_photos(sim, project) if p.description == DECOMPOSED)
+    viewer = open_photo(browser, root, project, "caf\u00e9", photo.id)
+    shown_text = viewer.find_elements(By.TAG_NAME, "dd")[1].text
+    assert "\u202e" not in shown_text and "gpj.exe backsplash" in shown_text
+
+
+async def test_closing_a_photo_then_going_back_does_not_open_it_again(
+    browser: WebDriver, make_sim: Any, tmp_path: Path
+) -> None:
+    sim, root = await synced_gallery(make_sim, tmp_path)
+    project = max(sim.company.projects)
+    photo = project_photos(sim, project)[0]
+    viewer = open_photo(browser, root, project, photo.filename, photo.id)
+    assert browser.execute_script("return document.activeElement.closest('#viewer') !== null")
+    assert browser.execute_script("return document.getElementById('grid').inert")
+    browser.find_element(By.TAG_NAME, "body").send_keys("\ue00c")  # Escape
+    WebDriverWait(browser, 10).until(lambda b: not viewer.is_displayed())
+    assert "#photo" not in browser.current_url
+    browser.back()  # leaves the project's page: the photo was a step, and closing took it back
+    assert not browser.current_url.endswith(f"#photo={photo.id}")
+
+
+async def test_a_resize_keeps_the_photos_in_view(browser: WebDriver, make_sim: Any, tmp_path: Path) -> None:
+    sim, root = await synced_gallery(make_sim, tmp_path)
+    project = max(sim.company.projects)
+    open_project(browser, root, project)
+    grid = browser.find_element(By.ID, "grid")
+    browser.execute_script("arguments[0].scrollTop = arguments[0].scrollHeight / 2", grid)
+    settle(browser)
+    first = browser.execute_script(FIRST_TILE_IN_VIEW, grid)
+    browser.set_window_size(900, 900)
+    try:
+        settle(browser)
+        shown_after = browser.execute_script(TILES_IN_VIEW, grid)
+        assert first in shown_after
+    finally:
+        browser.set_window_size(1280, 900)
+
+
+FIRST_TILE_IN_VIEW = """
+const grid = arguments[0], top = grid.getBoundingClientRect().top;
+const tiles = [...grid.querySelectorAll('a.tile')].filter(t => t.getBoundingClientRect().top >= top);
+tiles.sort((a, b) => a.getBoundingClientRect().top - b.getBoundingClientRect().top
+  || a.getBoundingClientRect().left - b.getBoundingClientRect().left);
+return tiles[0].getAttribute('href');
+"""
+TILES_IN_VIEW = """
+const grid = arguments[0], box = grid.getBoundingClientRect();
+return [...grid.querySelectorAll('a.tile')]
+  .filter(t => {
+    const r = t.getBoundingClientRect();
+    return r.top >= box.top - 1 && r.bottom <= box.bottom + 1;
+  })
+  .map(t => t.getAttribute('href'));
+"""

@@ -75,6 +75,15 @@ def _when(value: datetime | None) -> str | None:
     return value.isoformat()[:19] + "Z" if value else None
 
 
+BIDI_CONTROLS = dict.fromkeys(map(ord, "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"))
+"""Characters that make text display in another order than it is stored ("photo\u202egpj.exe")."""
+
+
+def shown(text: str | None) -> str | None:
+    """An upstream string as the page shows it: without bidirectional overrides."""
+    return text.translate(BIDI_CONTROLS) if text else text
+
+
 class _Table:
     """Names given once and referred to by their position."""
 
@@ -83,6 +92,7 @@ class _Table:
         self._index: dict[str, int] = {}
 
     def ref(self, name: str | None) -> int | None:
+        name = shown(name)
         if not name:
             return None
         index = self._index.get(name)
@@ -115,13 +125,13 @@ def project_data(
                 p.id,
                 albums.ref(p.album_name),
                 p.local_path,
-                p.filename or p.local_path.rsplit("/", 1)[-1],
+                shown(p.filename) or p.local_path.rsplit("/", 1)[-1],
                 _when(p.taken_at),
                 _when(p.created_at),
                 people.ref(p.uploader_name),
                 places.ref(p.location_name),
                 [trades.ref(t) for t in p.trades],
-                p.description,
+                shown(p.description),
                 flags,
                 p.size,
                 p.sha256,
@@ -136,7 +146,7 @@ def project_data(
     document = {
         "version": DATA_VERSION,
         "fields": FIELDS,
-        "project": {"id": project_id, "name": project_name, "link": link},
+        "project": {"id": project_id, "name": shown(project_name), "link": link},
         "albums": albums.names,
         "people": people.names,
         "places": places.names,
@@ -161,7 +171,7 @@ PAGE_HEAD = """<!DOCTYPE html>
 
 def project_page(project_id: int, project_name: str) -> bytes:
     """A project's page: the controls, and the scripts that load its data and draw it."""
-    name = html.escape(project_name)
+    name = html.escape(shown(project_name) or f"project {project_id}")
     body = f"""<body class="project">
 <header>
   <nav><a href="../index.html">All projects</a></nav>
@@ -215,12 +225,12 @@ def card(project_id: int, photos: Sequence[ArchivedPhoto], thumbs: Container[str
     cover = next((p.sha256 for p in photos if p.sha256 in thumbs), None)
     return ProjectCard(
         id=project_id,
-        name=photos[0].project_name,
+        name=shown(photos[0].project_name) or f"project {project_id}",
         photos=len(photos),
         bytes=sum(p.size or 0 for p in photos),
         first=min(times, default=None),
         last=max(times, default=None),
-        albums=len({p.album_name for p in photos}),
+        albums=len({p.album_name for p in photos} - {None}),
         cover=thumb_path(cover) if cover else None,
     )
 

@@ -34,9 +34,11 @@
   function trades(p) { return (p[F.trades] || []).map(function (t) { return data.trades[t]; }); }
 
   // What the search box looks in, lower-cased once.
+  // Both sides in NFC, so "café" typed finds "café" stored decomposed.
+  function fold(text) { return text.normalize("NFC").toLowerCase(); }
   const haystack = photos.map(function (p) {
-    return [p[F.description] || "", name("places", p[F.location]), trades(p).join(" "),
-      name("people", p[F.uploader]), p[F.name] || ""].join("\n").toLowerCase();
+    return fold([p[F.description] || "", name("places", p[F.location]), trades(p).join(" "),
+      name("people", p[F.uploader]), p[F.name] || ""].join("\n"));
   });
 
   function fillSelect(select, table) {
@@ -85,7 +87,7 @@
   }
 
   function select() {
-    const words = controls.search.value.toLowerCase().split(/\s+/).filter(Boolean);
+    const words = fold(controls.search.value).split(/\s+/).filter(Boolean);
     const album = controls.album.value === "" ? null : Number(controls.album.value);
     const place = controls.location.value === "" ? null : Number(controls.location.value);
     const chosen = [];
@@ -115,13 +117,19 @@
   let rows = [];       // {top, height, label} or {top, height, start, end}
   const drawn = new Map(); // row index -> element
 
-  function layout() {
+  function firstInView() {
+    const row = rows[firstRowBelow(grid.scrollTop)];
+    return row === undefined ? undefined : row.start;
+  }
+
+  // keep: the place in `order` to keep in view (a resize), else the grid starts at the top.
+  function layout(keep) {
     const width = grid.clientWidth - 2 * PAD;
     const columns = Math.max(1, Math.floor((width + GAP) / (TILE + GAP)));
     rows = [];
     let y = PAD;
     for (const g of groups) {
-      rows.push({ top: y, height: HEAD, label: g.label, size: g.end - g.start });
+      rows.push({ top: y, height: HEAD, label: g.label, size: g.end - g.start, start: g.start });
       y += HEAD;
       for (let n = g.start; n < g.end; n += columns) {
         rows.push({ top: y, height: TILE + GAP, start: n, end: Math.min(n + columns, g.end) });
@@ -131,6 +139,12 @@
     spacer.style.height = (y + PAD) + "px";
     drawn.forEach(function (el) { el.remove(); });
     drawn.clear();
+    if (keep !== undefined) {
+      const row = rows.find(function (r) { return r.label === undefined && r.start <= keep && keep < r.end; });
+      grid.scrollTop = row ? row.top - HEAD : 0;
+    } else {
+      grid.scrollTop = 0;
+    }
     draw();
   }
 
@@ -193,6 +207,12 @@
     const a = document.createElement("a");
     a.className = "tile";
     a.href = "#photo=" + p[F.id];
+    a.addEventListener("click", function (e) {
+      if (e.button !== 0 || e.ctrlKey || e.metaKey || e.shiftKey) return;  // a new tab keeps its own way
+      e.preventDefault();
+      history.pushState({ photo: p[F.id] }, "", "#photo=" + p[F.id]);  // Back closes it again
+      route();
+    });
     a.title = (p[F.name] || "") + (when(p) ? " · " + when(p).slice(0, 10) : "");
     a.append(picture(p, false));
     if (p[F.flags] & STARRED) { const s = document.createElement("span"); s.className = "star"; s.textContent = "★"; a.append(s); }
@@ -208,6 +228,7 @@
   viewer.setAttribute("aria-modal", "true");
   document.body.append(viewer);
   const byId = new Map(photos.map(function (p, i) { return [String(p[F.id]), i]; }));
+  const behind = [document.querySelector("header"), document.getElementById("filters"), grid];
   let current = null;
 
   function button(label, text, action) {
@@ -281,24 +302,35 @@
     viewer.append(bar, figure, side);
     viewer.hidden = false;
     document.body.classList.add("viewing");
+    for (const el of behind) el.inert = true;  // Tab stays in the photo view
+    bar.lastChild.focus();
   }
 
   function step(by) {
     const at = order.indexOf(current);
-    const next = order[at + by];
-    if (next !== undefined) location.replace("#photo=" + photos[next][F.id]);
+    // A photo opened by its address may be one the filters hide: step into what they show.
+    const next = at < 0 ? order[by > 0 ? 0 : order.length - 1] : order[at + by];
+    if (next !== undefined) {
+      history.replaceState(history.state, "", "#photo=" + photos[next][F.id]);
+      route();
+    }
   }
 
   function close() {
-    if (location.hash) history.pushState("", document.title, location.pathname + location.search);
+    if (history.state && history.state.photo) history.back();  // opened from a tile: undo that step
+    else history.replaceState(null, "", location.pathname + location.search);
     hide();
   }
 
   function hide() {
+    if (viewer.hidden) return;
     viewer.hidden = true;
     viewer.replaceChildren();
     document.body.classList.remove("viewing");
+    for (const el of behind) el.inert = false;
+    const shown = current === null ? null : spacer.querySelector('a.tile[href="#photo=' + photos[current][F.id] + '"]');
     current = null;
+    if (shown) shown.focus();
   }
 
   function route() {
@@ -315,8 +347,15 @@
   document.getElementById("filters").addEventListener("submit", function (e) { e.preventDefault(); });
   let frame = 0;
   grid.addEventListener("scroll", function () { if (!frame) frame = requestAnimationFrame(function () { frame = 0; draw(); }); });
-  new ResizeObserver(function () { layout(); }).observe(grid);
+  let width = 0;
+  new ResizeObserver(function () {
+    if (grid.clientWidth === width) { draw(); return; }  // taller or shorter: the rows stand
+    const keep = width ? firstInView() : undefined;
+    width = grid.clientWidth;
+    layout(keep);
+  }).observe(grid);
   window.addEventListener("hashchange", route);
+  window.addEventListener("popstate", route);
   document.addEventListener("keydown", function (e) {
     if (!viewer.hidden) {
       if (e.key === "Escape") close();
