@@ -477,6 +477,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("syncer: interrupted; what was committed stays committed", file=sys.stderr)
         return int(ExitCode.INTERRUPTED)
+    except BrokenPipeError:  # `syncer ... | head`: the reader has what it wanted; nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return int(ExitCode.OK)
     except Exception as exc:  # a bug: say so in one line; -v shows where
         from sqlalchemy.exc import SQLAlchemyError
 

@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -495,3 +496,12 @@ async def test_a_link_swapped_in_for_the_gallery_mid_build_receives_nothing(
     gallery.symlink_to(outside)
     await running
     assert list(outside.iterdir()) == []
+
+
+async def test_a_reader_that_stops_early_gets_no_error(make_sim: Any, tmp_path: Path) -> None:
+    _sim, config = await synced_by_process(make_sim, tmp_path)
+    # `true` reads nothing and is gone long before the build ends and the report is written
+    command = f"{sys.executable} -m syncer gallery --config {config} 2>{tmp_path / 'err'} | true"
+    shell = await asyncio.create_subprocess_shell(command)
+    await asyncio.wait_for(shell.wait(), 60)
+    assert (tmp_path / "err").read_text() == ""

@@ -21,6 +21,7 @@ import contextlib
 import json
 import logging
 import os
+import stat
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, replace
@@ -37,9 +38,7 @@ OUT_OF_BAND = "urn:ietf:wg:oauth:2.0:oob"
 LOGIN_FILE = "procore-login.json"
 
 
-def login_again(config: Path | None) -> str:
-    where = f" --config {config}" if config else ""
-    return f"sign in again with `syncer login{where}`"
+LOGIN_AGAIN = "sign in again with `syncer login`"
 
 
 @dataclass(frozen=True)
@@ -68,7 +67,7 @@ class LoginFile:
     def read(self) -> SavedLogin | None:
         """The saved sign-in, or None if there is none; a damaged file is an AuthError."""
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW)
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except FileNotFoundError:
             return None
         except OSError as exc:
@@ -76,6 +75,8 @@ class LoginFile:
                 f"the saved Procore sign-in {self.path} cannot be read ({exc.strerror})"
             ) from None
         with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise AuthError(f"the saved Procore sign-in {self.path} is not a file: {LOGIN_AGAIN}")
             raw = fh.read()
         try:
             saved = json.loads(raw)
@@ -87,7 +88,7 @@ class LoginFile:
                 refreshing_since=float(saved["refreshing_since"]) if saved.get("refreshing_since") else None,
             )
         except (ValueError, KeyError, TypeError):
-            raise AuthError(f"the saved Procore sign-in {self.path} is damaged") from None
+            raise AuthError(f"the saved Procore sign-in {self.path} is damaged: {LOGIN_AGAIN}") from None
         return login
 
     def write(self, login: SavedLogin) -> None:
@@ -135,12 +136,10 @@ class UserGrant:
         self,
         file: LoginFile,
         *,
-        config: Path | None = None,
         on_secret: Callable[[str], None] = lambda _: None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.file = file
-        self.config = config
         self.on_secret = on_secret
         """Called with each token read or received, so the log redactor learns it."""
         self.clock = clock
@@ -151,7 +150,7 @@ class UserGrant:
         async with self.file.turn():
             saved = self.file.read()
             if saved is None:
-                raise AuthError(f"not signed in to Procore: {login_again(self.config)}")
+                raise AuthError(f"not signed in to Procore: {LOGIN_AGAIN}")
             self.on_secret(saved.refresh_token)
             now = self.clock()
             if (
@@ -174,7 +173,7 @@ class UserGrant:
             # Sent once: a retry after a lost answer would spend a token that is already dead.
             answer = await post(grant, refused=refused, retry=False)
         except AuthError as exc:
-            raise AuthError(f"{exc}; {login_again(self.config)}") from None
+            raise AuthError(f"{exc}; {LOGIN_AGAIN}") from None
         access, refresh, expires_at = parse_tokens(answer, now)
         self.on_secret(access)
         self.on_secret(refresh)
