@@ -167,7 +167,7 @@ async def test_killed_at_any_moment_the_next_run_works_or_asks_for_a_login(
     sim, config = await signed_in(make_sim, tmp_path, ttl=ALWAYS_REFRESH)
     sim.sign_in.refresh_delay = 0.3
     rng = random.Random(5)
-    for _ in range(5):
+    for _ in range(3):
         proc = await spawn("sync", "--config", config)
         await asyncio.sleep(rng.uniform(0.2, 2.5))
         with contextlib.suppress(ProcessLookupError):  # it may have finished
