@@ -18,7 +18,8 @@ from typing import Any
 import aiohttp
 
 from syncer.errors import ExitCode
-from syncer.procore.signin import LOGIN_FILE
+from syncer.procore.signin import LOGIN_FILE, OUT_OF_BAND
+from syncer.procore.signin import authorize_url as authorize_url_for
 from syncer.simulator import Simulator
 from tests.conftest import write_config
 from tests.test_cli import Run, spawn, syncer
@@ -261,3 +262,27 @@ async def test_the_daemon_reports_a_refused_sign_in_once_and_resumes_after_a_log
         await eventually(running.runs, what="syncing to resume")
         await stop(running)
     assert login_file(tmp_path).exists()
+
+
+async def test_the_simulator_refuses_a_code_brought_to_another_redirect_uri(make_sim: Any) -> None:
+    sim = await make_sim(photos=4, projects=1)
+    sim.sign_in.auto_approve = PAT
+    settings = sim.procore_settings()
+    url = authorize_url_for(settings["login_base"], settings["client_id"], OUT_OF_BAND, "s")
+    async with aiohttp.ClientSession() as client:
+        async with client.get(url) as page:
+            found = re.search(r'id="code">([^<]+)<', await page.text())
+        assert found
+        form = {
+            "grant_type": "authorization_code",
+            "code": found[1],
+            "redirect_uri": "http://127.0.0.1:9/elsewhere",
+            "client_id": settings["client_id"],
+            "client_secret": settings["client_secret"],
+        }
+        async with client.post(f"{settings['login_base']}/oauth/token", data=form) as answer:
+            assert answer.status == 400 and (await answer.json())["error"] == "invalid_grant"
+        async with client.post(
+            f"{settings['login_base']}/oauth/token", data={**form, "redirect_uri": OUT_OF_BAND}
+        ) as again:
+            assert again.status == 400, "a code is spent by a failed exchange too"
