@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import secrets
 import sys
 import time
@@ -91,8 +92,7 @@ async def _receive_code(url: str, redirect_uri: str, state: str, say: Callable[[
     if address is None:
         say(f"Open this address in a browser, sign in to Procore and allow the app:\n\n  {url}\n")
         say("Then paste the code Procore shows here and press Enter:")
-        line: str = await asyncio.wait_for(asyncio.to_thread(sys.stdin.readline), LOGIN_TIMEOUT)
-        code = line.strip()
+        code = (await asyncio.wait_for(_read_line(), LOGIN_TIMEOUT)).strip()
         if not code:
             raise ConfigError("no code was pasted: run syncer login again")
         if len(code) > CODE_CHARS or not code.isprintable() or " " in code:
@@ -138,6 +138,26 @@ async def _receive_code(url: str, redirect_uri: str, state: str, say: Callable[[
             ) from None
     finally:
         await runner.cleanup()
+
+
+async def _read_line() -> str:
+    """A line from standard input, read on the event loop (not a thread that Ctrl-C could not stop)."""
+    loop = asyncio.get_running_loop()
+    line: asyncio.Future[str] = loop.create_future()
+    fd = sys.stdin.fileno()
+    received = bytearray()
+
+    def readable() -> None:
+        chunk = os.read(fd, 4096)
+        received.extend(chunk)
+        if (not chunk or b"\n" in received) and not line.done():
+            line.set_result(received.split(b"\n", 1)[0].decode(errors="replace"))
+
+    loop.add_reader(fd, readable)
+    try:
+        return await line
+    finally:
+        loop.remove_reader(fd)
 
 
 async def logout(settings: Settings) -> str:

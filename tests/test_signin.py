@@ -286,3 +286,16 @@ async def test_the_simulator_refuses_a_code_brought_to_another_redirect_uri(make
             f"{settings['login_base']}/oauth/token", data={**form, "redirect_uri": OUT_OF_BAND}
         ) as again:
             assert again.status == 400, "a code is spent by a failed exchange too"
+
+
+async def test_ctrl_c_at_the_code_prompt_ends_login_at_once(make_sim: Any, tmp_path: Path) -> None:
+    sim = await make_sim(photos=4, projects=1)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "syncer", "login", "--config", user_config(sim, tmp_path),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    await authorize_url(proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = await asyncio.wait_for(proc.communicate(), 10)
+    assert proc.returncode == ExitCode.INTERRUPTED, err.decode()
+    assert not login_file(tmp_path).exists()
