@@ -24,6 +24,7 @@ from syncer.simulator import Simulator
 from tests.conftest import write_config
 from tests.test_cli import Run, spawn, syncer
 from tests.test_daemon import daemon, daemon_config, events, eventually, free_port, hook, stop
+from tests.test_guarantees import remount, tmpfs
 
 PAT, SAM = 7001, 7002
 ALWAYS_REFRESH = 300.0
@@ -299,3 +300,21 @@ async def test_ctrl_c_at_the_code_prompt_ends_login_at_once(make_sim: Any, tmp_p
     _, err = await asyncio.wait_for(proc.communicate(), 10)
     assert proc.returncode == ExitCode.INTERRUPTED, err.decode()
     assert not login_file(tmp_path).exists()
+
+
+async def test_a_read_only_mirror_spends_no_refresh_token(make_sim: Any, tmp_path: Path) -> None:
+    sim = await make_sim(photos=12, projects=2)
+    sim.sign_in.token_ttl = ALWAYS_REFRESH
+    with tmpfs(tmp_path / "mirror", "64m") as mirror:
+        config = user_config(sim, tmp_path)
+        assert (await login(sim, config)).code == ExitCode.OK
+        token, spent = saved_refresh_token(tmp_path), sim.sign_in.stats.refreshes
+        remount(mirror, "ro")
+        try:
+            run = await syncer("sync", "--config", config)
+        finally:
+            remount(mirror, "rw")
+        assert run.code == ExitCode.INCOMPLETE
+        assert "read-only" in run.err.lower() and len(run.err.strip().splitlines()) == 1
+        assert sim.sign_in.stats.refreshes == spent and token in sim.sign_in.refresh_tokens
+        assert (await syncer("sync", "--config", config)).code == ExitCode.OK

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
+from syncer.errors import local_fault
 from syncer.mirror.files import STATE_DIR, replace_file, state_folder, try_flock
 from syncer.procore.auth import RENEW_BEFORE, AuthError, PostToken
 
@@ -143,12 +144,15 @@ class UserGrant:
         self.on_secret = on_secret
         """Called with each token read or received, so the log redactor learns it."""
         self.clock = clock
+        self._unsaved: SavedLogin | None = None
+        """A refreshed sign-in the disk refused: the only working one, kept until a save works."""
         self._used: set[str] = set()
         """Access tokens this process was given: asked again, it needs another (one expired or died)."""
 
     async def fetch(self, post: PostToken) -> dict[str, Any]:
         async with self.file.turn():
-            saved = self.file.read()
+            await self._save()  # a sign-in this process could not save before
+            saved = self._unsaved or self.file.read()
             if saved is None:
                 raise AuthError(f"not signed in to Procore: {LOGIN_AGAIN}")
             self.on_secret(saved.refresh_token)
@@ -164,7 +168,10 @@ class UserGrant:
 
     async def _refresh(self, saved: SavedLogin, post: PostToken, now: float) -> dict[str, Any]:
         interrupted = saved.refreshing_since is not None
-        await asyncio.to_thread(self.file.write, replace(saved, refreshing_since=now))
+        try:  # the mark first: if the disk refuses it, nothing is sent and nothing is spent
+            await asyncio.to_thread(self.file.write, replace(saved, refreshing_since=now))
+        except OSError as exc:
+            raise local_fault(exc, "the saved Procore sign-in") or exc from None
         grant = {"grant_type": "refresh_token", "refresh_token": saved.refresh_token}
         refused = f"Procore refused the saved sign-in of {saved.user}"
         if interrupted:
@@ -174,12 +181,34 @@ class UserGrant:
             answer = await post(grant, refused=refused, retry=False)
         except AuthError as exc:
             raise AuthError(f"{exc}; {LOGIN_AGAIN}") from None
-        access, refresh, expires_at = parse_tokens(answer, now)
+        try:
+            access, refresh, expires_at = parse_tokens(answer, now)
+        except AuthError as exc:
+            raise AuthError(f"{exc}, and the old one is spent: {LOGIN_AGAIN}") from None
         self.on_secret(access)
         self.on_secret(refresh)
-        await asyncio.to_thread(self.file.write, SavedLogin(refresh, access, expires_at, saved.user))
+        self._unsaved = SavedLogin(refresh, access, expires_at, saved.user)
+        await self._save()
         log.debug("refreshed the Procore sign-in of %s", saved.user)
         return self._hand_out(access, expires_at - now)
+
+    async def _save(self) -> None:
+        """Save the sign-in only this process holds. If the disk refuses (full, read-only), this
+        process goes on with it (a backup run is worth finishing) and tries again at its next
+        refresh; a process that ends first leaves the marker, and the next run asks for a login."""
+        if self._unsaved is None:
+            return
+        try:
+            await asyncio.to_thread(self.file.write, self._unsaved)
+        except OSError as exc:
+            log.error(
+                "the refreshed Procore sign-in could not be saved in %s (%s): this process goes on "
+                "with it; unless a later save works, the next run will need `syncer login`",
+                self.file.path,
+                exc.strerror or exc,
+            )
+            return
+        self._unsaved = None
 
     def _hand_out(self, access: str, lifetime: float) -> dict[str, Any]:
         self._used.add(access)
