@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import os
 import secrets
+import stat
 import sys
 import time
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from dataclasses import replace
 from aiohttp import web
 
 from syncer.config import Settings
-from syncer.errors import ConfigError
+from syncer.errors import ConfigError, SyncerError
 from syncer.log import REDACT
 from syncer.procore.auth import AuthError
 from syncer.procore.http import ProcoreError
@@ -69,19 +70,29 @@ async def login(settings: Settings, *, say: Callable[[str], None] = print) -> st
             if (saved := file.read()) is not None:
                 await asyncio.to_thread(file.write, replace(saved, user=who))
         signed_in = (
-            f"signed in to Procore as {who}; the sign-in is saved in {file.path} (readable by you alone)"
+            f"signed in to Procore as {who}; the sign-in is saved in {file.path}, which only this user "
+            "can read (sign in as the user the syncer runs as)"
         )
         try:
             companies = await api.companies()
         except ProcoreError as exc:
             return f"{signed_in}\ncould not list the companies this user can see ({exc})"
-    company = next((c for c in companies if c.id == p.company_id), None)
-    if company is None:
-        listed = ", ".join(f"{c.name} ({c.id})" for c in companies) or "none"
-        raise ConfigError(
-            f"{signed_in}, but this user cannot see company {p.company_id} (procore.company_id); "
-            f"the companies they can see: {listed}"
-        )
+        company = next((c for c in companies if c.id == p.company_id), None)
+        if company is None:
+            listed = ", ".join(f"{c.name} ({c.id})" for c in companies) or "none"
+            raise ConfigError(
+                f"{signed_in}, but this user cannot see company {p.company_id} (procore.company_id); "
+                f"the companies they can see: {listed}"
+            )
+        try:
+            await api.projects()
+        except ProcoreError as exc:
+            if exc.status not in (403, 404):
+                raise
+            raise ConfigError(
+                f"{signed_in}, but company {company.name} ({company.id}) does not let this user use the "
+                f"app ({exc}): a company admin can turn on Allow User Installs, or install the app"
+            ) from None
     return (
         f"{signed_in}\ncompany {company.name} ({company.id}) is visible; `syncer sync` now runs as this user"
     )
@@ -92,7 +103,11 @@ async def _receive_code(url: str, redirect_uri: str, state: str, say: Callable[[
     if address is None:
         say(f"Open this address in a browser, sign in to Procore and allow the app:\n\n  {url}\n")
         say("Then paste the code Procore shows here and press Enter:")
-        code = (await asyncio.wait_for(_read_line(), LOGIN_TIMEOUT)).strip()
+        try:
+            code = (await asyncio.wait_for(_read_line(), LOGIN_TIMEOUT)).strip()
+        except TimeoutError:
+            minutes = f"{LOGIN_TIMEOUT / 60:.0f} minutes"
+            raise ConfigError(f"no code was pasted in {minutes}: run syncer login again") from None
         if not code:
             raise ConfigError("no code was pasted: run syncer login again")
         if len(code) > CODE_CHARS or not code.isprintable() or " " in code:
@@ -144,7 +159,11 @@ async def _read_line() -> str:
     """A line from standard input, read on the event loop (not a thread that Ctrl-C could not stop)."""
     loop = asyncio.get_running_loop()
     line: asyncio.Future[str] = loop.create_future()
+    if sys.stdin is None or sys.stdin.closed:
+        raise ConfigError("standard input is closed: paste the code Procore shows into syncer login")
     fd = sys.stdin.fileno()
+    if not stat.S_ISFIFO(os.fstat(fd).st_mode) and not os.isatty(fd):  # a file: never waits
+        return sys.stdin.readline()
     received = bytearray()
 
     def readable() -> None:
@@ -178,7 +197,7 @@ async def logout(settings: Settings) -> str:
                 try:
                     await api.http.revoke(saved.refresh_token)
                     revoked = " and revoked in Procore"
-                except (ProcoreError, AuthError) as exc:
+                except SyncerError as exc:  # offline, an outage: it is forgotten here all the same
                     revoked = f" (Procore did not confirm revoking it: {exc})"
         with contextlib.suppress(FileNotFoundError):
             file.remove()

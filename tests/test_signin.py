@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 import re
 import signal
@@ -238,6 +239,13 @@ async def test_a_person_who_cannot_see_the_company_is_told_which_companies_they_
     assert f"cannot see company {sim.company.id}" in run.err and "Other Builders (99001)" in run.err
 
 
+async def test_login_says_when_the_company_refuses_user_installs(make_sim: Any, tmp_path: Path) -> None:
+    sim = await make_sim(photos=12, projects=2)
+    sim.sign_in.allow_user_installs = False
+    run = await login(sim, user_config(sim, tmp_path))
+    assert run.code == ExitCode.USAGE and "Allow User Installs" in run.err
+
+
 async def test_a_company_that_refuses_user_installs_says_so(make_sim: Any, tmp_path: Path) -> None:
     sim, config = await signed_in(make_sim, tmp_path)
     sim.sign_in.allow_user_installs = False
@@ -318,3 +326,52 @@ async def test_a_read_only_mirror_spends_no_refresh_token(make_sim: Any, tmp_pat
         assert "read-only" in run.err.lower() and len(run.err.strip().splitlines()) == 1
         assert sim.sign_in.stats.refreshes == spent and token in sim.sign_in.refresh_tokens
         assert (await syncer("sync", "--config", config)).code == ExitCode.OK
+
+
+async def test_logout_while_procore_is_down_still_forgets_the_sign_in(make_sim: Any, tmp_path: Path) -> None:
+    sim, config = await signed_in(make_sim, tmp_path)
+    await sim.stop()
+    run = await syncer("logout", "--config", config)
+    assert run.code == ExitCode.OK, run.err
+    assert "Procore did not confirm revoking it" in run.out and not login_file(tmp_path).exists()
+
+
+async def test_login_with_standard_input_from_an_empty_file_says_no_code(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    sim = await make_sim(photos=4, projects=1)
+    config = user_config(sim, tmp_path)
+    with Path(os.devnull).open("rb") as nothing:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "syncer", "login", "--config", config,
+            stdin=nothing, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == ExitCode.USAGE and "no code was pasted" in err.decode()
+
+
+async def test_sigterm_while_procore_answers_a_refresh_keeps_the_sign_in(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    sim, config = await signed_in(make_sim, tmp_path, ttl=ALWAYS_REFRESH)
+    sim.sign_in.refresh_delay = 2
+    proc = await spawn("sync", "--config", config)
+    before = sim.sign_in.stats.refreshes
+    await eventually(lambda: sim.sign_in.stats.refreshes > before, what="the refresh to arrive")
+    proc.send_signal(signal.SIGTERM)  # systemctl stop: the answer is awaited and saved first
+    await asyncio.wait_for(proc.wait(), 40)
+    assert saved_refresh_token(tmp_path) in sim.sign_in.refresh_tokens
+    sim.sign_in.refresh_delay = 0
+    assert (await syncer("sync", "--config", config)).code == ExitCode.OK
+
+
+async def test_a_save_killed_before_its_rename_is_finished_by_the_next_run(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    _sim, config = await signed_in(make_sim, tmp_path, ttl=ALWAYS_REFRESH)
+    saved = login_file(tmp_path)
+    newest = saved.read_text()
+    saved.with_name(f".{LOGIN_FILE}.0123456789ab.tmp").write_text(newest)  # fsynced, not renamed
+    saved.write_text(newest.replace(saved_refresh_token(tmp_path), "spent-by-the-killed-refresh"))
+    assert (await syncer("sync", "--config", config)).code == ExitCode.OK
+    assert not list(saved.parent.glob(f".{LOGIN_FILE}.*.tmp"))

@@ -391,7 +391,10 @@ class ProcoreHttp:
         """Ask Procore to revoke a token (`/oauth/revoke`, RFC 7009), once."""
         url = self._login_base / "oauth" / "revoke"
         form = {"token": token, "client_id": self._client_id, "client_secret": self._client_secret}
-        response = await self._send_once("POST", url, what="revoking the sign-in", auth=False, data=form)
+        try:
+            response = await self._send_once("POST", url, what="revoking the sign-in", auth=False, data=form)
+        except _Retry as exc:  # a 5xx, a 429 or no connection: said as it is, not retried
+            raise exc.error from None
         async with response:
             body = await _read_quietly(response)
             if response.status >= 300:

@@ -30,13 +30,15 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 from syncer.errors import local_fault
-from syncer.mirror.files import STATE_DIR, replace_file, state_folder, try_flock
+from syncer.mirror.files import STATE_DIR, fsync_dir, replace_file, state_folder, try_flock
 from syncer.procore.auth import RENEW_BEFORE, AuthError, PostToken
 
 log = logging.getLogger(__name__)
 OUT_OF_BAND = "urn:ietf:wg:oauth:2.0:oob"
 """The redirect URI of a tool with no web server: Procore shows the code for the person to paste."""
 LOGIN_FILE = "procore-login.json"
+STOP_GRACE = 30.0
+"""Seconds a stopping process waits for a refresh it has sent to be answered and saved."""
 
 
 LOGIN_AGAIN = "sign in again with `syncer login`"
@@ -114,9 +116,37 @@ class LoginFile:
         while (fd := try_flock(self.lock_path)) is None:  # noqa: ASYNC110 - another process holds it
             await asyncio.sleep(0.1)
         try:
+            await asyncio.to_thread(self._recover)
             yield
         finally:
             os.close(fd)
+
+    def _recover(self) -> None:
+        """Finish a save that a killed process left between writing its temporary file (fsynced)
+        and renaming it: the newest such file that reads whole is the sign-in it was saving (which
+        may be the only one Procore still accepts). Any others go."""
+        leftovers = sorted(
+            self.folder.glob(f".{LOGIN_FILE}.*.tmp"), key=lambda p: p.lstat().st_mtime_ns, reverse=True
+        )
+        for number, tmp in enumerate(leftovers):
+            if number == 0 and tmp.is_file() and not tmp.is_symlink() and _readable(tmp):
+                os.replace(tmp, self.path)
+                fsync_dir(self.folder)
+            else:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+
+
+def _readable(path: Path) -> bool:
+    try:
+        saved = json.loads(path.read_bytes())
+        return isinstance(saved, dict) and isinstance(saved.get("refresh_token"), str)
+    except (OSError, ValueError):
+        return False
+
+
+MAX_LIFETIME = 366 * 86400.0
+"""The longest access-token life taken as said (a larger `expires_in` is read as this)."""
 
 
 def parse_tokens(answer: dict[str, Any], now: float) -> tuple[str, str, float]:
@@ -126,7 +156,9 @@ def parse_tokens(answer: dict[str, Any], now: float) -> tuple[str, str, float]:
     if not isinstance(access, str) or not access or not isinstance(refresh, str) or not refresh:
         raise AuthError("Procore's token answer has no access and refresh token")
     expires_in = answer.get("expires_in")
-    lifetime = float(expires_in) if isinstance(expires_in, int | float) and expires_in > 0 else 3600.0
+    lifetime = 3600.0
+    if isinstance(expires_in, int | float) and not isinstance(expires_in, bool):
+        lifetime = min(float(expires_in), MAX_LIFETIME) if 0 < expires_in < float("inf") else 3600.0
     return access, refresh, now + lifetime
 
 
@@ -146,6 +178,8 @@ class UserGrant:
         self.clock = clock
         self._unsaved: SavedLogin | None = None
         """A refreshed sign-in the disk refused: the only working one, kept until a save works."""
+        self._spent: str | None = None
+        """The refresh token `_unsaved` replaced: a file still holding it may be overwritten."""
         self._used: set[str] = set()
         """Access tokens this process was given: asked again, it needs another (one expired or died)."""
 
@@ -172,6 +206,19 @@ class UserGrant:
             await asyncio.to_thread(self.file.write, replace(saved, refreshing_since=now))
         except OSError as exc:
             raise local_fault(exc, "the saved Procore sign-in") or exc from None
+        # Once sent, the old token is spent: a stop (Ctrl-C, SIGTERM, `systemctl stop`) waits for
+        # the answer to be saved rather than lose the only token that still works.
+        exchange = asyncio.ensure_future(self._exchange(saved, post, now, interrupted))
+        try:
+            return await asyncio.shield(exchange)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(exchange, STOP_GRACE)
+            raise
+
+    async def _exchange(
+        self, saved: SavedLogin, post: PostToken, now: float, interrupted: bool
+    ) -> dict[str, Any]:
         grant = {"grant_type": "refresh_token", "refresh_token": saved.refresh_token}
         refused = f"Procore refused the saved sign-in of {saved.user}"
         if interrupted:
@@ -180,6 +227,10 @@ class UserGrant:
             # Sent once: a retry after a lost answer would spend a token that is already dead.
             answer = await post(grant, refused=refused, retry=False)
         except AuthError as exc:
+            # Refused, not interrupted: the mark goes, so later runs do not blame an interruption.
+            # (It may be the client that was refused, a secret since rotated: the token is kept.)
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(self.file.write, replace(saved, refreshing_since=None))
             raise AuthError(f"{exc}; {LOGIN_AGAIN}") from None
         try:
             access, refresh, expires_at = parse_tokens(answer, now)
@@ -187,7 +238,7 @@ class UserGrant:
             raise AuthError(f"{exc}, and the old one is spent: {LOGIN_AGAIN}") from None
         self.on_secret(access)
         self.on_secret(refresh)
-        self._unsaved = SavedLogin(refresh, access, expires_at, saved.user)
+        self._unsaved, self._spent = SavedLogin(refresh, access, expires_at, saved.user), saved.refresh_token
         await self._save()
         log.debug("refreshed the Procore sign-in of %s", saved.user)
         return self._hand_out(access, expires_at - now)
@@ -195,8 +246,16 @@ class UserGrant:
     async def _save(self) -> None:
         """Save the sign-in only this process holds. If the disk refuses (full, read-only), this
         process goes on with it (a backup run is worth finishing) and tries again at its next
-        refresh; a process that ends first leaves the marker, and the next run asks for a login."""
+        refresh; a process that ends first leaves the mark, and the next run asks for a login. A
+        file that a `syncer login` or `logout` changed since is left as it is."""
         if self._unsaved is None:
+            return
+        try:
+            on_disk = self.file.read()
+        except AuthError:
+            on_disk = None
+        if on_disk is None or on_disk.refresh_token != self._spent:
+            self._unsaved = None  # signed out, or signed in anew: that is what counts now
             return
         try:
             await asyncio.to_thread(self.file.write, self._unsaved)
