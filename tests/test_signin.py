@@ -375,3 +375,26 @@ async def test_a_save_killed_before_its_rename_is_finished_by_the_next_run(
     saved.write_text(newest.replace(saved_refresh_token(tmp_path), "spent-by-the-killed-refresh"))
     assert (await syncer("sync", "--config", config)).code == ExitCode.OK
     assert not list(saved.parent.glob(f".{LOGIN_FILE}.*.tmp"))
+
+
+async def test_a_refresh_answered_by_a_server_error_is_sent_once_and_named(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    sim, config = await signed_in(make_sim, tmp_path, ttl=ALWAYS_REFRESH)
+    sim.config.error_rate = 1.0  # every answer a 5xx, the token endpoint's too
+    before = sim.stats.requests["token"]
+    run = await syncer("sync", "--config", config)
+    assert run.code == ExitCode.INCOMPLETE
+    assert sim.stats.requests["token"] == before + 1, "a refresh is never retried"
+    assert "got no usable answer" in run.err and "syncer login" in run.err
+    sim.config.error_rate = 0.0
+    assert (await syncer("sync", "--config", config)).code == ExitCode.OK  # the token was not spent
+
+
+async def test_a_folder_where_the_sign_in_goes_is_one_line(make_sim: Any, tmp_path: Path) -> None:
+    _sim, config = await signed_in(make_sim, tmp_path, ttl=ALWAYS_REFRESH)
+    login_file(tmp_path).unlink()
+    login_file(tmp_path).mkdir()
+    run = await syncer("sync", "--config", config)
+    assert run.code == ExitCode.AUTH and "is not a file" in run.err
+    assert len(run.err.strip().splitlines()) == 1

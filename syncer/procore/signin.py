@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
-from syncer.errors import local_fault
+from syncer.errors import LocalFault, SyncerError, local_fault
 from syncer.mirror.files import STATE_DIR, fsync_dir, replace_file, state_folder, try_flock
 from syncer.procore.auth import RENEW_BEFORE, AuthError, PostToken
 
@@ -77,9 +77,10 @@ class LoginFile:
             raise AuthError(
                 f"the saved Procore sign-in {self.path} cannot be read ({exc.strerror})"
             ) from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise AuthError(f"the saved Procore sign-in {self.path} is not a file: {LOGIN_AGAIN}")
         with os.fdopen(fd, "rb") as fh:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise AuthError(f"the saved Procore sign-in {self.path} is not a file: {LOGIN_AGAIN}")
             raw = fh.read()
         try:
             saved = json.loads(raw)
@@ -97,7 +98,12 @@ class LoginFile:
     def write(self, login: SavedLogin) -> None:
         """Replace the saved sign-in durably, readable by this user alone."""
         state_folder(self.folder)
-        replace_file(self.path, json.dumps(asdict(login)).encode(), mode=0o600)
+        try:
+            replace_file(self.path, json.dumps(asdict(login)).encode(), mode=0o600)
+        except IsADirectoryError:
+            raise LocalFault(
+                f"{self.path} is a folder, where the syncer keeps the sign-in: remove it"
+            ) from None
 
     def remove(self) -> bool:
         try:
@@ -226,7 +232,15 @@ class UserGrant:
         try:
             # Sent once: a retry after a lost answer would spend a token that is already dead.
             answer = await post(grant, refused=refused, retry=False)
-        except AuthError as exc:
+        except SyncerError as exc:
+            if not isinstance(exc, AuthError):  # no usable answer: Procore may have spent it or not
+                log.warning(
+                    "the refresh of the Procore sign-in got no usable answer (%s); if the next run "
+                    "is refused, %s",
+                    exc,
+                    LOGIN_AGAIN,
+                )
+                raise
             # Refused, not interrupted: the mark goes, so later runs do not blame an interruption.
             # (It may be the client that was refused, a secret since rotated: the token is kept.)
             with contextlib.suppress(OSError):
