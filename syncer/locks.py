@@ -8,9 +8,10 @@ process, so a killed run never leaves a stale lock behind.
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import ExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
 
 from syncer.errors import LockedError
@@ -67,6 +68,18 @@ class Locks:
                     )
                 )
             yield
+
+    @asynccontextmanager
+    async def waiting(self, name: str) -> AsyncIterator[None]:
+        """The lock `name`, waited for without blocking the event loop: for work that must not run
+        twice at once but may queue (gallery builds, refreshes of the saved Procore sign-in)."""
+        path = self.folder / f"{name}.lock"
+        while (fd := _try_lock(path)) is None:  # noqa: ASYNC110 - another process holds it: no event to await
+            await asyncio.sleep(0.1)
+        try:
+            yield
+        finally:
+            os.close(fd)
 
     @contextmanager
     def try_project(self, project_id: int) -> Iterator[bool]:

@@ -26,7 +26,6 @@ from syncer.coordination.solo import Solo
 from syncer.coordination.team import team
 from syncer.engine import Engine
 from syncer.errors import ConfigError, SyncerError, database_error
-from syncer.gallery import gallery_of, render_report
 from syncer.locks import Locks
 from syncer.log import REDACT
 from syncer.mirror.fetch import Fetcher
@@ -67,6 +66,8 @@ class Syncer:
         that cannot be written raises a SyncerError naming it: the photos are safe either way."""
         if not self.settings.gallery.enabled:
             return None
+        from syncer.gallery import gallery_of, render_report  # imported by the runs that build one
+
         report = await gallery_of(self.settings).build(self.store, project_ids)
         log.info("%s", render_report(report).splitlines()[0])
         return report.index

@@ -18,7 +18,6 @@ waits for the first (it then finds little left to do).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import logging
@@ -26,7 +25,7 @@ import os
 import threading
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from importlib.resources import files
@@ -41,7 +40,7 @@ from syncer.errors import LocalFault, local_fault
 from syncer.export import render_csv
 from syncer.gallery import pages
 from syncer.gallery.folder import Folder
-from syncer.mirror.files import STATE_DIR, state_folder, try_flock
+from syncer.locks import Locks
 from syncer.procore.models import photos_page
 from syncer.report import human_seconds, plural
 from syncer.store import ArchiveDigest, ArchivedPhoto, Store
@@ -90,10 +89,6 @@ class Built:
     """The SHA-256 of each file written for it (its data and page), to notice one damaged or lost."""
 
 
-SAVED_STATE = TypeAdapter(dict[int, Built])
-"""Reads the saved projects strictly: a state file is ours, but anyone can edit it."""
-
-
 @dataclass
 class GalleryState:
     """What the last build made, in `.gallery/state.json`: for each project the digest of the
@@ -111,22 +106,12 @@ class GalleryState:
 
     @classmethod
     def load(cls, raw: bytes | None, made_by: str, web_base: str) -> GalleryState:
-        fresh = cls(made_by, web_base)
+        """The saved state, read strictly (it is ours, but anyone can edit it), or a fresh one."""
         try:
-            saved = json.loads(raw or b"{}")
-            state = cls(
-                made_by=saved["made_by"],
-                web_base=saved["web_base"],
-                projects=SAVED_STATE.validate_python(saved["projects"]),
-                undecodable=[sha for sha in saved["undecodable"] if isinstance(sha, str)],
-                csv=saved["csv"] if isinstance(saved["csv"], str) else None,
-                csv_file=saved["csv_file"] if isinstance(saved["csv_file"], str) else None,
-            )
-        except (ValueError, KeyError, TypeError, AttributeError):  # a ValidationError is a ValueError
-            return fresh
-        if (state.made_by, state.web_base) != (made_by, web_base):
-            return fresh
-        return state
+            state = SAVED_STATE.validate_json(raw or b"")
+        except ValueError:  # pydantic's ValidationError is one
+            return cls(made_by, web_base)
+        return state if (state.made_by, state.web_base) == (made_by, web_base) else cls(made_by, web_base)
 
     def digest(self, project_id: int) -> str | None:
         built = self.projects.get(project_id)
@@ -134,6 +119,9 @@ class GalleryState:
 
     def encode(self) -> bytes:
         return json.dumps(asdict(self), ensure_ascii=False, sort_keys=True).encode()
+
+
+SAVED_STATE = TypeAdapter(GalleryState)
 
 
 def _sha(data: bytes | None) -> str | None:
@@ -156,7 +144,7 @@ class Gallery:
         pages of projects that left the mirror."""
         started = time.monotonic()
         report = GalleryReport(self.root)
-        async with self._lock():
+        async with Locks(self.root).waiting("gallery"):
             try:
                 with Build(self.root, self.web_base, self.threads) as build:
                     await build.run(store, project_ids, report)
@@ -164,18 +152,6 @@ class Gallery:
                 raise local_fault(exc, "the gallery") or LocalFault(f"the gallery: {exc}") from None
         report.seconds = time.monotonic() - started
         return report
-
-    @contextlib.asynccontextmanager
-    async def _lock(self) -> AsyncIterator[None]:
-        path = self.root / STATE_DIR / "locks" / "gallery.lock"
-        for folder in (path.parent.parent, path.parent):
-            state_folder(folder)
-        while (fd := try_flock(path)) is None:  # noqa: ASYNC110 - another process holds it: no event to await
-            await asyncio.sleep(0.2)
-        try:
-            yield
-        finally:
-            os.close(fd)
 
 
 class Build:
@@ -229,7 +205,11 @@ class Build:
         uncarded = [pid for pid in archive if pid not in state.projects and pid not in stale]
         uncarded = await self._in_pool(self._with_pages, uncarded)
 
-        photos = await store.archived([*stale, *uncarded]) if stale or uncarded else []
+        csv_of = await self._in_pool(self._csv_of, state, archive)
+        if csv_of is not None:  # the CSV is written again: one read of every row serves both
+            photos = await store.archived()
+        else:
+            photos = await store.archived([*stale, *uncarded]) if stale or uncarded else []
         by_project: dict[int, list[ArchivedPhoto]] = defaultdict(list)
         for photo in photos:
             by_project[photo.project_id].append(photo)
@@ -258,22 +238,33 @@ class Build:
         if project_ids is None:
             report.removed += await self._in_pool(self._remove_pages, set(archive))
         state.projects = {pid: entry for pid, entry in state.projects.items() if pid in archive}
-        report.written += await self._write_root(store, state, archive)
+        report.written += await self._write_root(state, photos if csv_of is not None else None, csv_of)
         # Last: a build stopped before this point leaves the old state, and the next one redoes the work.
         await self._in_pool(self._write_changed, self.gallery, [(STATE_FILE, state.encode())])
 
-    async def _write_root(self, store: Store, state: GalleryState, archive: dict[int, ArchiveDigest]) -> int:
-        """The root page, the script and style, and `index.csv` when what it shows changed (or the
-        file is not the one the last build wrote); how many files were written."""
+    def _csv_of(self, state: GalleryState, archive: dict[int, ArchiveDigest]) -> str | None:
+        """The digest of what `index.csv` shows when the file must be written again (what it shows
+        changed, or the file is not the one the last build wrote); None when it stands."""
+        digests = sorted((pid, a.digest) for pid, a in archive.items())
+        csv_of = hashlib.sha256(json.dumps([self.web_base, digests]).encode()).hexdigest()
+        if (
+            state.csv == csv_of
+            and state.csv_file is not None
+            and _sha(self.root.read(INDEX_CSV)) == state.csv_file
+        ):
+            return None
+        return csv_of
+
+    async def _write_root(
+        self, state: GalleryState, everything: list[ArchivedPhoto] | None, csv_of: str | None
+    ) -> int:
+        """The root page, the script and style, and `index.csv` from `everything` when it is given;
+        how many files were written."""
         assets = [(name, files("syncer.gallery").joinpath("assets", name).read_bytes()) for name in ASSETS]
         written = await self._in_pool(self._write_changed, self.gallery, assets)
         cards = [built.card for built in state.projects.values()]
         root_files = [(INDEX_PAGE, pages.index_page(cards, GALLERY_DIR, has_csv=True))]
-        digests = sorted((pid, a.digest) for pid, a in archive.items())
-        csv_of = hashlib.sha256(json.dumps([self.web_base, digests]).encode()).hexdigest()
-        on_disk = await self._in_pool(lambda: _sha(self.root.read(INDEX_CSV)))
-        if state.csv != csv_of or state.csv_file is None or on_disk != state.csv_file:
-            everything = await store.archived()
+        if everything is not None:
             csv = (await self._in_pool(render_csv, everything, self.web_base)).encode("utf-8")
             root_files.append((INDEX_CSV, csv))
             state.csv, state.csv_file = csv_of, _sha(csv)
@@ -287,9 +278,7 @@ class Build:
             if built is None or not built.files:
                 continue
             data, page = pages.data_file(pid), pages.project_page_name(pid)
-            if _sha(self.data.read(data)) == built.files.get(data) and _sha(
-                self.gallery.read(page)
-            ) == built.files.get(page):
+            if {data: _sha(self.data.read(data)), page: _sha(self.gallery.read(page))} == built.files:
                 intact.add(pid)
         return intact
 
@@ -311,7 +300,7 @@ class Build:
         built = Built(
             digest,
             pages.card(project_id, ordered, thumbs),
-            {data_file: _sha(data) or "", page_file: _sha(page) or ""},
+            {data_file: hashlib.sha256(data).hexdigest(), page_file: hashlib.sha256(page).hexdigest()},
         )
         return written, built
 
@@ -355,7 +344,7 @@ class Build:
             return sha, None
         if data is None:
             return sha, False
-        folder_name, name = pages.thumb_path(sha).split("/")[1:]
+        folder_name, name = pages.thumb_place(sha)
         self._thumb_folder(folder_name).replace(name, data, sync=False)
         return sha, True
 
@@ -377,7 +366,7 @@ class Build:
     def _remove_thumbnails(self, keys: Iterable[str]) -> int:
         removed = 0
         for key in keys:
-            folder_name, name = pages.thumb_path(key).split("/")[1:]
+            folder_name, name = pages.thumb_place(key)
             removed += self._thumb_folder(folder_name).remove(name)
         return removed
 

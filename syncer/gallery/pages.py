@@ -51,10 +51,15 @@ STARRED, PRIVATE = 1, 2
 DATA_VERSION = 1
 
 
+def thumb_place(sha256: str) -> tuple[str, str]:
+    """A thumbnail's folder in `thumbs/` and its name, both from the original's content: a photo
+    moved or renamed keeps its thumbnail, and two copies of one file share it."""
+    return sha256[:2], f"{sha256}.jpg"
+
+
 def thumb_path(sha256: str) -> str:
-    """A thumbnail's path under the gallery folder, named by the original's content: a photo moved
-    or renamed keeps its thumbnail, and two copies of one file share it."""
-    return f"thumbs/{sha256[:2]}/{sha256}.jpg"
+    """A thumbnail's path under the gallery folder (`gallery.js` builds the same)."""
+    return "thumbs/" + "/".join(thumb_place(sha256))
 
 
 def project_page_name(project_id: int) -> str:

@@ -30,7 +30,8 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 from syncer.errors import LocalFault, SyncerError, local_fault
-from syncer.mirror.files import STATE_DIR, fsync_dir, replace_file, state_folder, try_flock
+from syncer.locks import Locks
+from syncer.mirror.files import STATE_DIR, fsync_dir, replace_file, state_folder
 from syncer.procore.auth import RENEW_BEFORE, AuthError, PostToken
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ class LoginFile:
     def __init__(self, mirror_root: Path) -> None:
         self.folder = mirror_root / STATE_DIR
         self.path = self.folder / LOGIN_FILE
-        self.lock_path = self.folder / "locks" / "procore-login.lock"
+        self.locks = Locks(mirror_root)
 
     def read(self) -> SavedLogin | None:
         """The saved sign-in, or None if there is none; a damaged file is an AuthError."""
@@ -110,22 +111,15 @@ class LoginFile:
             self.path.unlink()
         except FileNotFoundError:
             return False
-        with contextlib.suppress(OSError):
-            os.fsync(os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY))
+        fsync_dir(self.folder)
         return True
 
     @contextlib.asynccontextmanager
     async def turn(self) -> AsyncIterator[None]:
         """This process's turn with the saved sign-in; other processes wait for theirs."""
-        for folder in (self.folder, self.lock_path.parent):
-            state_folder(folder)
-        while (fd := try_flock(self.lock_path)) is None:  # noqa: ASYNC110 - another process holds it
-            await asyncio.sleep(0.1)
-        try:
+        async with self.locks.waiting("procore-login"):
             await asyncio.to_thread(self._recover)
             yield
-        finally:
-            os.close(fd)
 
     def _recover(self) -> None:
         """Finish a save that a killed process left between writing its temporary file (fsynced)
