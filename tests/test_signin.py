@@ -297,11 +297,19 @@ async def test_the_simulator_refuses_a_code_brought_to_another_redirect_uri(make
             assert again.status == 400, "a code is spent by a failed exchange too"
 
 
+def as_at_a_terminal() -> None:
+    """Ctrl-C's signal as a terminal delivers it. A test run started in the background of a script
+    (`make test &`, some CI runners) inherits SIGINT ignored, and a child that inherits that rightly
+    never hears a Ctrl-C: the shell asked it not to."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 async def test_ctrl_c_at_the_code_prompt_ends_login_at_once(make_sim: Any, tmp_path: Path) -> None:
     sim = await make_sim(photos=4, projects=1)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "syncer", "login", "--config", user_config(sim, tmp_path),
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        preexec_fn=as_at_a_terminal,
     )  # fmt: skip
     await authorize_url(proc)
     proc.send_signal(signal.SIGINT)

@@ -301,7 +301,7 @@ async def finish(proc: asyncio.subprocess.Process) -> tuple[int, str]:
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout=40)
     except TimeoutError:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)
         out, err = await proc.communicate()
         raise AssertionError(out.decode() + err.decode()) from None
     assert proc.returncode is not None
