@@ -232,6 +232,10 @@ class FilterSettings(_Section):
 
 class SyncSettings(_Section):
     projects: Literal["all"] | list[Annotated[int, Field(gt=0)]] = "all"
+    project_status: Literal["all", "active"] = "all"
+    """Which projects `projects: all` means. Procore lists only active projects unless asked, and
+    closed-out ones (kept for warranty, disputes and retention) are what a backup must keep, so
+    the default asks for every status. A project named by id is synced whatever its status."""
     concurrency: int = Field(default=8, ge=1, le=64)
     per_page: int = Field(default=100, ge=1, le=10_000)
     listing_budget: int = Field(default=DEFAULT_BUDGET, ge=1, le=10_000)

@@ -116,15 +116,16 @@ class Syncer:
         configuration or permission problem (exit 2) rather than a failed run: nothing could be
         synced, and running again will not change that."""
         company = self.settings.procore.company_id
+        wanted = self.wanted(project_ids)
+        closed = wanted is not None or self.settings.sync.project_status == "all"
         try:
-            visible, errors = await self.api.projects(), []
+            visible, errors = await self.api.projects(closed=closed), []
         except IncompleteListing as exc:  # sync what was listed; the run still ends incomplete
             visible, errors = exc.projects, [str(exc)]
         except ProcoreError as exc:
             if exc.status not in (403, 404):
                 raise
             raise await self._company_refused(exc) from None
-        wanted = self.wanted(project_ids)
         if wanted is None:
             return visible, errors
         by_id = {p.id: p for p in visible}

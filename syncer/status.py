@@ -30,6 +30,7 @@ async def status_document(
             {
                 "id": p.id,
                 "name": p.name,
+                "active": p.active,
                 "known": p.known,
                 "mirrored": p.mirrored,
                 "pending": p.pending,
@@ -74,7 +75,7 @@ def render_status(document: dict[str, Any]) -> str:
         last = f"{(p['last_run_at'] or '')[:19]} {p['last_outcome'] or ''}".strip() or "never"
         rows.append(
             (
-                f"{p['name'][:40]} ({p['id']})",
+                f"{p['name'][:40]} ({p['id']}{'' if p['active'] else ', closed'})",
                 str(p["known"]),
                 str(p["mirrored"]),
                 str(p["pending"]),

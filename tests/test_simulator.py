@@ -136,3 +136,18 @@ async def test_the_object_store_sends_the_whole_body_when_if_range_names_another
             assert kept.status == 206, "the same version: the range is served"
         async with session.get(location, headers={"Range": "bytes=10-", "If-Range": '"other"'}) as whole:
             assert whole.status == 200 and await whole.read() == photo.content.all_bytes()
+
+
+@pytest.mark.parametrize(
+    ("by_status", "shown"),
+    [(None, {True}), ("Active", {True}), ("Inactive", {False}), ("All", {True, False}), ("all", {True})],
+)
+async def test_projects_are_listed_by_status_as_procore_lists_them(
+    sim: Simulator, by_status: str | None, shown: set[bool]
+) -> None:
+    sim.company.projects[min(sim.company.projects)].active = False
+    query = [("company_id", str(sim.company.id))] + ([("filters[by_status]", by_status)] if by_status else [])
+    async with client(sim) as api:
+        answer = await api.http.get_json(api.http.api_url("/rest/v1.0/projects", query), what="projects")
+    expected = {p.id for p in sim.company.projects.values() if p.active in shown}
+    assert {p["id"] for p in answer.data} == expected

@@ -96,12 +96,16 @@ class ProcoreApi:
                 return
             next_url = page.next_url if page.next_url and str(page.next_url) not in seen else None
 
-    async def projects(self) -> list[Project]:
-        """The company's projects, each once (a project listed twice is one project). A listing
-        that returns another number than its `Total` raises `IncompleteListing` with what it did
-        return: a backup must not report "0 projects, complete" on a short answer."""
+    async def projects(self, *, closed: bool = True) -> list[Project]:
+        """The company's projects, each once (a project listed twice is one project); `closed`:
+        inactive ones too (Procore lists only active projects unless `filters[by_status]` says
+        otherwise). A listing that returns another number than its `Total` raises
+        `IncompleteListing` with what it did return: a backup must not report "0 projects,
+        complete" on a short answer."""
+        status = "All" if closed else "Active"
         url = self.http.api_url(
-            "/rest/v1.0/projects", [("company_id", str(self.company_id)), ("per_page", "300")]
+            "/rest/v1.0/projects",
+            [("company_id", str(self.company_id)), ("filters[by_status]", status), ("per_page", "300")],
         )
         items: list[Any] = []
         total: int | None = None

@@ -701,8 +701,12 @@ class Simulator:
         return self._paginate_list(request, companies)
 
     async def _projects(self, request: web.Request) -> web.Response:
+        """Like Procore's: active projects only, unless `filters[by_status]` is `All` or `Inactive`
+        (any other value is ignored, as Procore ignores what it does not know)."""
         if request.query.get("company_id") != str(self.company.id):
             raise _BadRequest("company_id is required")
+        status = request.query.get("filters[by_status]")
+        shown = {"All": (True, False), "Inactive": (False,)}.get(status or "", (True,))
         return self._paginate_list(
             request,
             [
@@ -714,7 +718,7 @@ class Simulator:
                     "company": {"id": self.company.id, "name": self.company.name},
                 }
                 for p in self.company.projects.values()
-                if self._sees(request, p.id)
+                if self._sees(request, p.id) and p.active in shown
             ]
             * (2 if self.config.projects_twice else 1),
         )

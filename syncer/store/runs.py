@@ -19,6 +19,8 @@ from syncer.store.models import PhotoRow, ProjectRow, SyncRunRow
 class ProjectStatus:
     id: int
     name: str
+    active: bool
+    """False for a closed project (inactive in Procore): kept and synced like the others."""
     known: int
     mirrored: int
     pending: int
@@ -122,7 +124,9 @@ class RunLog:
         async with self.engine.connect() as conn:
             projects = (
                 await conn.execute(
-                    select(ProjectRow.id, ProjectRow.name, ProjectRow.checkpoint).order_by(ProjectRow.name)
+                    select(ProjectRow.id, ProjectRow.name, ProjectRow.active, ProjectRow.checkpoint).order_by(
+                        ProjectRow.name
+                    )
                 )
             ).all()
             by_project = {row[0]: row[1:] for row in await conn.execute(counts)}
@@ -166,6 +170,7 @@ class RunLog:
                 ProjectStatus(
                     id=proj.id,
                     name=proj.name,
+                    active=proj.active is not False,
                     known=known or 0,
                     mirrored=done or 0,
                     pending=pending or 0,
