@@ -49,9 +49,44 @@ def test_an_older_copy_of_a_stored_record_is_stale_and_ignored() -> None:
 
 
 def test_a_file_replaced_by_one_of_the_same_size_is_downloaded_again() -> None:
-    before = listed(key="k1", size=1000)
-    after = listed(key="k2", size=1000)  # new bytes behind a new storage key, same length
+    before = listed(key="k1", size=1000, updated=EARLIER)
+    after = listed(key="k2", size=1000, updated=LATER)  # new bytes, a new storage key, same length
+    assert decide(after, stored(before, updated=EARLIER), "a/7.jpg").change is Change.REPLACED
+
+
+def test_a_moved_url_with_the_same_size_and_updated_at_keeps_the_file() -> None:
+    before, after = listed(key="v4-prostore-7"), listed(key="v5-01HZX")
+    decision = decide(after, stored(before), "a/7.jpg")
+    assert not decision.download and decision.url_moved
+    assert decision.change is Change.METADATA, "the sidecar is rewritten with the new URL"
+
+
+def test_a_moved_url_and_a_new_layout_path_renames_the_file() -> None:
+    decision = decide(listed(key="v5-01HZX"), stored(listed(key="v4"), path="a/old.jpg"), "a/7.jpg")
+    assert decision.change is Change.MOVED and decision.url_moved
+
+
+def test_a_moved_url_with_a_moved_updated_at_is_downloaded() -> None:
+    before, after = listed(key="v4", updated=EARLIER), listed(key="v5", updated=LATER)
+    assert decide(after, stored(before, updated=EARLIER), "a/7.jpg").change is Change.REPLACED
+
+
+def test_a_moved_url_with_another_size_is_downloaded() -> None:
+    before, after = listed(key="v4", size=1000), listed(key="v5", size=1001)
     assert decide(after, stored(before), "a/7.jpg").change is Change.REPLACED
+
+
+def test_a_moved_url_while_a_replacement_waits_is_downloaded() -> None:
+    """The mirror still holds the file before a replacement it failed to fetch: a later listing
+    with the same `updated_at` is the replacement, not the old file at a new address."""
+    old, replacement = listed(key="k1"), listed(key="k2")
+    waiting = replace(stored(old), file_key=replacement.file_key)
+    assert decide(listed(key="k3"), waiting, "a/7.jpg").change is Change.REPLACED
+
+
+def test_the_same_record_at_its_recorded_url_is_not_a_moved_url() -> None:
+    photo = listed()
+    assert not decide(photo, stored(photo), "a/7.jpg").url_moved
 
 
 def test_a_rename_that_keeps_the_file_is_not_a_download() -> None:

@@ -28,8 +28,8 @@ class Adopted:
     sha256: str
 
 
-def _sidecar_facts(data: bytes) -> tuple[int, str, int, str] | None:
-    """(photo id, file identity, size, SHA-256) as a sidecar states them, if it states them all."""
+def _sidecar_facts(data: bytes) -> tuple[Photo, int, str] | None:
+    """(the record, size, SHA-256) as a sidecar states them, if it states them all."""
     try:
         document: Any = json.loads(data)
         photo = Photo.from_api(document["procore"])
@@ -38,17 +38,21 @@ def _sidecar_facts(data: bytes) -> tuple[int, str, int, str] | None:
         return None
     if not isinstance(size, int) or not isinstance(sha256, str):
         return None
-    return photo.id, photo.file_key, size, sha256
+    return photo, size, sha256
 
 
 def _same_file(fd: int, sidecar: bytes, photo: Photo) -> Adopted | None:
-    """The file open at `fd`, if its sidecar names `photo` and its bytes hash as the sidecar says."""
+    """The file open at `fd`, if its sidecar names `photo` and its file (by key, or at a moved URL
+    by size and `updated_at`) and its bytes hash as the sidecar says."""
     facts = _sidecar_facts(sidecar)
     if facts is None:
         return None
-    photo_id, file_key, size, sha256 = facts
+    recorded, size, sha256 = facts
     sizes_agree = size == os.fstat(fd).st_size and photo.size in (None, size)
-    if (photo_id, file_key) != (photo.id, photo.file_key) or not sizes_agree:
+    same_file = recorded.file_key == photo.file_key or photo.is_file_of(
+        size=size, updated_at=recorded.updated_at
+    )
+    if recorded.id != photo.id or not same_file or not sizes_agree:
         return None
     return Adopted(size, sha256) if sha256_of(fd) == sha256 else None
 

@@ -254,6 +254,17 @@ class Photo:
         Procore changes that segment but not the bytes, and must not cost a download."""
         return _file_key(self.url, self.filename, self.size)
 
+    def is_file_of(self, *, size: int | None, updated_at: datetime | None) -> bool:
+        """Whether this record names a file known by its `size` and the `updated_at` it was listed
+        with, whatever its URL: Procore has moved file URLs (S3 to its storage host, `v4` to `v5`)
+        without touching the photos, while new bytes move `updated_at`."""
+        return (
+            self.size is not None
+            and self.size == size
+            and self.updated_at is not None
+            and self.updated_at == updated_at
+        )
+
     @property
     def when(self) -> datetime | None:
         """The time a person would file the photo under: taken, else uploaded."""

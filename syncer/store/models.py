@@ -114,7 +114,9 @@ class PhotoRow(Base):
     raw_json: Mapped[str] = mapped_column(Text)
     """The record as Procore sent it, signed-URL query strings removed."""
     file_key: Mapped[str] = mapped_column(String(2000))
-    """Identity of the upstream file (URL path and size); a change means new bytes."""
+    """Identity of the upstream file as last listed (URL path and size). A change means new bytes
+    unless the size and `updated_at` stayed (`plan.decide`): then the URL moved, and the mirror's
+    copy is recorded under the new key."""
     rel_path: Mapped[str] = mapped_column(String(4000))
     """Where the photo belongs in the mirror under the current layout and metadata."""
     first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -120,12 +120,16 @@ class Store(RunLog):
         values), in one transaction."""
         if not rows:
             return
+        async with self._write, self.engine.begin() as conn:
+            await conn.execute(self._upsert_statement(model, update, fixed), list(rows))
+
+    def _upsert_statement(
+        self, model: type[Base], update: Sequence[str], fixed: dict[str, Any] | None = None
+    ) -> Any:
         ins = self._insert(model)
-        stmt = ins.on_conflict_do_update(
+        return ins.on_conflict_do_update(
             index_elements=["id"], set_={**{c: ins.excluded[c] for c in update}, **(fixed or {})}
         )
-        async with self._write, self.engine.begin() as conn:
-            await conn.execute(stmt, list(rows))
 
     async def save_projects(self, company_id: int, projects: Sequence[Project]) -> None:
         rows = [{"id": p.id, "company_id": company_id, "name": p.name, "active": p.active} for p in projects]
@@ -163,12 +167,22 @@ class Store(RunLog):
                     out[row.id] = StoredPhoto(*row)
         return out
 
-    async def save_photos(self, rows: Sequence[dict[str, Any]]) -> None:
-        """Insert or update a page of photo rows in one transaction; local file columns untouched.
-        A listed photo exists, so a deletion mark from earlier is cleared."""
-        if rows:
-            listed = [c for c in rows[0] if c not in INSERT_ONLY]
-            await self._upsert(PhotoRow, rows, listed, fixed={"deleted_at": None})
+    async def save_photos(self, rows: Sequence[dict[str, Any]], *, same_file: Sequence[int] = ()) -> None:
+        """Insert or update a page of photo rows in one transaction. A listed photo exists, so a
+        deletion mark from earlier is cleared. The local file columns are untouched, but for the
+        `same_file` photos: their file moved to another URL, and the mirror's copy is recorded
+        under the new identity in the same transaction, so no moment exists in which it is due."""
+        if not rows:
+            return
+        listed = [c for c in rows[0] if c not in INSERT_ONLY]
+        async with self._write, self.engine.begin() as conn:
+            await conn.execute(self._upsert_statement(PhotoRow, listed, {"deleted_at": None}), list(rows))
+            if same_file:
+                await conn.execute(
+                    update(PhotoRow)
+                    .where(PhotoRow.id.in_(same_file))
+                    .values(local_file_key=PhotoRow.file_key)
+                )
 
     async def due_downloads(self, project_id: int, now: datetime) -> list[DueDownload]:
         """Photos whose verified local file is missing or stale and whose retry time has come."""
