@@ -356,6 +356,8 @@ def _cause(result: ProjectResult) -> str:
         return f"listing failed: {result.listing_error}"
     if result.unproven:
         return f"listing not proven complete: {result.unproven[0]}"
+    if result.unreadable:
+        return f"a record Procore listed cannot be read: {result.unreadable[0]}"
     if result.deletions_blocked:
         return f"deletions stopped: {result.deletions_blocked}"
     if result.failures:

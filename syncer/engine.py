@@ -225,7 +225,7 @@ class ProjectSync:
             ]
             self.result.retried = len(due)
             self.result.would_bytes += sum(d.size or 0 for d in due)
-            if self.full and not self.result.unproven:
+            if self.full and self.result.proven:
                 await self._deletions().reconcile(self.query(), self.result, force=self.force)
 
     async def sync(self) -> None:
@@ -341,6 +341,7 @@ class ProjectSync:
             result.listing_error = str(exc)
             return
         result.listed, result.unproven, result.listing_notes = len(report.seen), report.unproven, report.ties
+        result.unreadable = list(report.unreadable.values())
         result.window_end = report.end or result.window_end
 
     async def _save_page(self, decisions: list[Decision], *, handing: bool) -> None:
@@ -374,7 +375,7 @@ class ProjectSync:
         result = self.result
         await recorder.flush()
         result.waiting = await self.store.failing_count(self.project.id) - len(result.failures)
-        if result.listing_error is None and not result.unproven:
+        if result.proven:
             if self.full:
                 await self._deletions().reconcile(self.query(), result, force=self.force)
             await self.store.set_checkpoint(self.project.id, result.window_end, full=self.full)
@@ -387,6 +388,7 @@ class ProjectSync:
         if result.listing_error:
             errors.insert(0, f"listing: {result.listing_error}")
         errors[:0] = [f"listing not proven: {u}" for u in result.unproven[:20]]
+        errors[:0] = [f"unreadable record: {u}" for u in result.unreadable[:20]]
         await self.store.finish_run(
             run_id,
             finished_at=self.engine.now(),

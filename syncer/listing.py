@@ -34,20 +34,26 @@ Photos edited while the window is listed move past its end. So when the first pa
 window was not proven at once (something moved, or the window was long), the stretch from its end
 to now is listed too, as a catch-up round, up to `CATCH_UP_ROUNDS` times; the checkpoint then
 moves to the end of the last round.
+
+A record whose id cannot be read fails itself, not its page: it counts in a pass under a stand-in
+id made from its content (the same in every pass, so the proof still adds up), every readable
+photo of its page is handed on, and the report names it, which leaves the window not proven.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from syncer.procore.api import Page, ProcoreApi
-from syncer.procore.models import Photo
+from syncer.procore.models import BadRecord, Photo
 from syncer.procore.query import ImageQuery, Range
 
 log = logging.getLogger(__name__)
@@ -182,10 +188,32 @@ class ListingReport:
     listed."""
     ties: list[str] = field(default_factory=list)
     """How each piece that no time could split was proven, with what it cost."""
+    unreadable: dict[int, str] = field(default_factory=dict)
+    """Records without a readable id, by stand-in id (`stand_in`): what each was and why."""
 
     @property
     def proven(self) -> bool:
-        return not self.unproven
+        return not self.unproven and not self.unreadable
+
+
+def stand_in(item: Any) -> int:
+    """A negative id for a record without a readable one, made from its content: the same record
+    gets the same stand-in in every pass, so it is counted once, as `Total` counts it."""
+    try:
+        text = json.dumps(item, sort_keys=True, default=repr)
+    except (TypeError, ValueError):  # keys of mixed types cannot be sorted
+        text = repr(item)
+    return -1 - int.from_bytes(hashlib.sha256(text.encode(errors="replace")).digest()[:7], "big")
+
+
+def describe_unreadable(item: Any, error: BadRecord) -> str:
+    """One line naming an unreadable record by what it has besides an id."""
+    hints = []
+    if isinstance(item, dict):
+        for key in ("filename", "created_at", "updated_at"):
+            if isinstance(value := item.get(key), str) and value:
+                hints.append(f"{key} {value[:80]!r}")
+    return f"{error}{' (' + ', '.join(hints) + ')' if hints else ''}"
 
 
 class OutOfBudget(Exception):
@@ -411,7 +439,13 @@ class Lister:
 
         async def take(page: Page) -> list[int]:
             nonlocal previous
-            photos = [Photo.from_api(item) for item in page.items]
+            photos, unreadable = [], []
+            for item in page.items:
+                try:
+                    photos.append(Photo.from_api(item))
+                except BadRecord as exc:
+                    unreadable.append(stand_in(item))
+                    self.report.unreadable.setdefault(unreadable[-1], describe_unreadable(item, exc))
             result.starts.append(photos[0].created_at if photos else None)
             for photo in photos:
                 if photo.created_at is None or (previous is not None and photo.created_at < previous):
@@ -426,7 +460,7 @@ class Lister:
             if photos:
                 await self.on_page(photos)
             self._spend(page.total)  # after the page is handed on: what was listed is kept
-            return ids
+            return ids + unreadable
 
         return await paged_pass(
             result,

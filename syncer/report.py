@@ -284,6 +284,8 @@ def _project_lines(r: ProjectResult) -> list[str]:
         r.listing_error and f"listing failed: {r.listing_error}",
         *(f"listing: {note}" for note in r.listing_notes),
         *(f"listing not proven complete: {problem}" for problem in r.unproven),
+        *(f"a record Procore listed cannot be read, so it is not mirrored: {u}" for u in r.unreadable[:20]),
+        len(r.unreadable) > 20 and f"... and {len(r.unreadable) - 20:,} more unreadable records",
         not r.dry_run
         and not r.helped
         and not r.checkpoint_advanced
@@ -358,6 +360,7 @@ def summary_document(summary: RunSummary) -> dict[str, Any]:
                 "checkpoint_advanced": r.checkpoint_advanced,
                 "listing_error": r.listing_error,
                 "unproven": r.unproven,
+                "unreadable": r.unreadable,
                 "stopped": r.stopped,
                 "deletions_blocked": r.deletions_blocked,
                 "failures": [

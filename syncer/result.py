@@ -43,6 +43,9 @@ class ProjectResult:
     unproven: list[str] = field(default_factory=list)
     listing_notes: list[str] = field(default_factory=list)
     """What proving the listing cost where it took more than splitting (photos tied in time)."""
+    unreadable: list[str] = field(default_factory=list)
+    """Records Procore listed without a readable id, each named: not mirrored, and the window stays
+    unproven until they can be read."""
     checkpoint_advanced: bool = False
     deleted_upstream: int = 0
     """Photos a full run found gone from Procore and marked deleted."""
@@ -77,11 +80,15 @@ class ProjectResult:
         return self
 
     @property
+    def proven(self) -> bool:
+        """The window was listed completely and every record in it read: the checkpoint may move."""
+        return self.listing_error is None and not self.unproven and not self.unreadable
+
+    @property
     def ok(self) -> bool:
         return (
             not self.failures
-            and self.listing_error is None
-            and not self.unproven
+            and self.proven
             and not self.deletions_blocked
             and not self.stopped
             and not self.waiting

@@ -60,15 +60,34 @@ async def test_odd_values_in_records_leave_their_photos_mirrored(make_sim: Any, 
 @pytest.mark.parametrize(
     "ident", [2**63, "\u00b2", 10**30, -1], ids=["2^63", "superscript", "10^30", "negative"]
 )
-async def test_an_unusable_id_leaves_its_project_unproven_and_the_others_sync(
-    make_sim: Any, tmp_path: Path, ident: Any
-) -> None:
+async def test_an_unusable_id_fails_its_record_alone(make_sim: Any, tmp_path: Path, ident: Any) -> None:
     sim = await make_sim(photos=20, projects=2)
-    sim.config.odd_fields[photos_of(sim, 0)[3]] = {"id": ident}
+    bad = photos_of(sim, 0)[3]
+    sim.config.odd_fields[bad] = {"id": ident}
     run = await sync_process(sim, tmp_path)
     assert run.code == ExitCode.INCOMPLETE
     assert "missing or invalid id" in run.out + run.err
-    assert_mirrored(sim, tmp_path, photos_of(sim, 1))
+    assert_mirrored(sim, tmp_path, [i for i in sorted(sim.company.photos) if i != bad])
+
+
+async def test_an_unreadable_record_is_named_and_its_window_stays_unproven(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    sim = await make_sim(photos=40, projects=1)
+    bad = photos_of(sim, 0)[17]
+    sim.config.odd_fields[bad] = {"id": None}
+    config = write_config(sim, tmp_path, sync={"per_page": 5})  # the record is on page 4 of 8
+    first = await syncer("sync", "--config", str(config))
+    assert first.code == ExitCode.INCOMPLETE, first.out + first.err
+    named = [line for line in first.out.splitlines() if "cannot be read" in line]
+    assert len(named) == 1 and repr(sim.company.photos[bad].filename) in named[0], first.out
+    assert_mirrored(sim, tmp_path, [i for i in photos_of(sim, 0) if i != bad])
+    assert sim.stats.requests["images"] <= 12, "counted once in the proof: no endless split"
+    document = json.loads((await syncer("status", "--config", str(config), "--json")).out)
+    assert document["projects"][0]["checkpoint"] is None, "the window is not proven"
+    downloads = sum(sim.stats.downloads.values())
+    assert (await syncer("sync", "--config", str(config))).code == ExitCode.INCOMPLETE
+    assert sum(sim.stats.downloads.values()) == downloads, "what was mirrored stays mirrored"
 
 
 async def test_a_listing_nested_too_deep_leaves_its_project_unproven_and_the_others_sync(
