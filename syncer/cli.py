@@ -30,6 +30,8 @@ EPILOG = """exit codes:
      projects to this account, or a needed extra is not installed; nothing was synced
   3  Procore refused the credentials
   4  another syncer is working on the same mirror
+  5  the mirror root is not the mirror the database knows (a disk or share not
+     mounted?); nothing was written (syncer sync --new-mirror starts over there)
   130 interrupted (Ctrl-C or SIGTERM); what was installed is recorded
 """
 
@@ -88,6 +90,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
             settings,
             project_ids=args.project or None,
             full=args.full,
+            new_mirror=args.new_mirror,
             dry_run=args.dry_run,
             force=args.force,
             progress=progress,
@@ -300,7 +303,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ID",
         help="sync only this project (repeatable); default: sync.projects from the config",
     )
-    sync.add_argument("--full", action="store_true", help="list everything, ignoring the checkpoint")
+    sync.add_argument(
+        "--full",
+        action="store_true",
+        help="list everything, ignoring the checkpoint, and fetch any recorded file missing from the mirror",
+    )
+    sync.add_argument(
+        "--new-mirror",
+        action="store_true",
+        help="make mirror.root the mirror from now on (a new disk): a full run that fetches every recorded "
+        "photo it does not find there. Without it, a mirror root that is not the recorded mirror is refused",
+    )
     sync.add_argument(
         "--dry-run", action="store_true", help="list and report what would change; write nothing"
     )

@@ -33,7 +33,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy.exc import SQLAlchemyError
 
 from syncer.config import Every, Settings, load_settings
-from syncer.errors import ConfigError, SyncerError
+from syncer.errors import ConfigError, MirrorMissing, SyncerError
 from syncer.mirror.layout import Layout
 from syncer.notify import Notifier
 from syncer.observe import Health, Metrics, web_app
@@ -257,6 +257,8 @@ class Daemon:
         """Sync the project if no other process lists it now; else download a share of it where
         the coordinator gives one (several workers), or skip this tick."""
         coordinator, engine = self.syncer.coordinator, self.syncer.engine
+        if not await self._mirror_there():
+            return
         try:
             async with coordinator.take(project.id) as mine:
                 if mine:
@@ -274,6 +276,25 @@ class Daemon:
         log.info(
             "%s sync of %s: listed by another worker; %s", kind, project.name, _one_line(helped, outcome)
         )
+
+    async def _mirror_there(self) -> bool:
+        """Whether the mirror root still holds the mirror: checked before each run takes a lock or
+        writes anything there. While it does not, runs are skipped and /healthz says why; the first
+        run after the disk is back goes on by itself."""
+        fs = self.syncer.fs
+        try:
+            await fs.run(fs.check_identity)
+        except MirrorMissing as exc:
+            if self.health.mirror_missing is None:
+                log.error("%s; runs are skipped until it is back", exc)
+                self.notifier.send({"event": "mirror_missing", "error": str(exc)})
+            self.health.mirror_missing = str(exc)
+            return False
+        if self.health.mirror_missing is not None:
+            self.health.mirror_missing = None
+            log.info("the mirror is back at %s", fs.root)
+            self.notifier.send({"event": "recovered", "what": "mirror"})
+        return True
 
     async def _sync(self, project: Project, kind: str) -> None:
         try:

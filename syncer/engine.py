@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -281,6 +282,8 @@ class ProjectSync:
                 self.seen.add(photo.id)
                 fresh.append(photo)
         stored = await self.store.stored_photos([p.id for p in fresh])
+        if self.full:
+            stored = await self._gone_from_disk(stored)
         render = self.engine.layout.render
         name, pid = self.project.name, self.project.id
         held = {p.id for p in fresh if await self._held_elsewhere(stored.get(p.id))}
@@ -290,6 +293,19 @@ class ProjectSync:
             for p in fresh
             if p.id not in held
         ]
+
+    async def _gone_from_disk(self, stored: dict[int, StoredPhoto]) -> dict[int, StoredPhoto]:
+        """`stored`, with the files a full run does not find in the mirror (one `stat` each, no
+        read) recorded as absent, so they are fetched: exit 0 after `--full` means every file is
+        there."""
+        recorded = [s.local_path for s in stored.values() if s.local_path is not None]
+        if not recorded:
+            return stored
+        found = await self.engine.fs.run(self.engine.fs.existing, recorded)
+        return {
+            pid: replace(s, local_path=None) if s.local_path is not None and s.local_path not in found else s
+            for pid, s in stored.items()
+        }
 
     async def _held_elsewhere(self, stored: StoredPhoto | None) -> bool:
         """Whether another project still holds this photo: the same id listed in two projects stays

@@ -25,6 +25,9 @@ class ExitCode(IntEnum):
     """Procore refused the credentials."""
     LOCKED = 4
     """Another run holds the lock on this database and mirror."""
+    NO_MIRROR = 5
+    """The mirror root is not the mirror the database knows (a disk or share not mounted, another
+    disk in its place); nothing was written."""
     INTERRUPTED = 130
     """Stopped by Ctrl-C or a signal; what was committed stays committed."""
 
@@ -74,6 +77,13 @@ def local_fault(exc: OSError, what: str = "the mirror") -> LocalFault | None:
         f"{what}: {os.strerror(exc.errno or 0)}{where}; the run stopped and no photo was marked "
         "failed: fix it, then run again"
     )
+
+
+class MirrorMissing(FatalError):
+    """The mirror root does not hold the mirror the database records: writing there would report
+    an empty folder as a complete backup, or fill the disk under a mount point."""
+
+    exit_code = ExitCode.NO_MIRROR
 
 
 class ConfigError(SyncerError):

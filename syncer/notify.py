@@ -1,6 +1,6 @@
 """Telling the operator: a command and/or a webhook, run in the background with a time limit.
 
-Events are JSON: `{"event": "run_failed" | "auth_failed" | "recovered", "project": ..., ...}`. A
+Events are JSON: `{"event": "run_failed" | "auth_failed" | "mirror_missing" | "recovered", ...}`. A
 hook that is slow, fails or hangs is logged and abandoned; it never blocks or stops syncing.
 """
 

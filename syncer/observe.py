@@ -31,6 +31,8 @@ class Health:
     names: dict[int, str] = field(default_factory=dict)
     """Each project's name, so a person reading /healthz or a dashboard need not look ids up."""
     auth_failing: bool = False
+    mirror_missing: str | None = None
+    """Why the mirror root is not the mirror (a share that went away), while it is not."""
 
     def record(self, project_id: int, ok: bool) -> None:
         self.failing[project_id] = 0 if ok else self.failing.get(project_id, 0) + 1
@@ -39,6 +41,8 @@ class Health:
         found = [] if self.scheduler_running else ["the scheduler is not running"]
         if self.auth_failing:
             found.append("Procore refuses the credentials")
+        if self.mirror_missing:
+            found.append(self.mirror_missing)
         found += [
             f"{self.describe(pid)}: {n} failed runs in a row"
             for pid, n in self.failing.items()

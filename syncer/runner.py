@@ -30,6 +30,7 @@ from syncer.locks import Locks
 from syncer.log import REDACT
 from syncer.mirror.fetch import Fetcher
 from syncer.mirror.files import MirrorFS
+from syncer.mirror.identity import ensure_mirror
 from syncer.mirror.layout import Layout
 from syncer.mirror.sidecar import Sidecars
 from syncer.procore.api import IncompleteListing, ProcoreApi
@@ -187,8 +188,10 @@ async def procore_client(settings: Settings, *, connections: int) -> AsyncIterat
 
 @asynccontextmanager
 async def open_syncer(
-    settings: Settings, *, progress: Progress, connections: int | None = None
+    settings: Settings, *, progress: Progress, connections: int | None = None, new_mirror: bool = False
 ) -> AsyncIterator[Syncer]:
+    """The parts of a syncer process. Nothing is written under the mirror root before it proved to
+    be the mirror the database knows (`ensure_mirror`); `new_mirror` makes it so."""
     concurrency = settings.sync.concurrency
     store = await Store.open(settings.database_url)
     fs = MirrorFS(
@@ -197,6 +200,7 @@ async def open_syncer(
         sidecars=Sidecars(settings.mirror.xmp, settings.procore.web_base),
     )
     try:
+        fs.identity = await ensure_mirror(store, fs.root, new=new_mirror)
         fs.prepare()
         async with (
             procore_client(settings, connections=connections or concurrency * 2 + 4) as api,
@@ -246,9 +250,12 @@ async def run_sync(
     dry_run: bool = False,
     force: bool = False,
     retry_failed: bool = False,
+    new_mirror: bool = False,
     progress: Progress | None = None,
 ) -> RunSummary:
-    """One sync run over the selected projects; `retry_failed` first makes failed photos due now."""
+    """One sync run over the selected projects; `retry_failed` first makes failed photos due now.
+    `new_mirror`: the mirror root becomes the mirror (a new disk), and the run is a full one, so
+    every recorded file is looked for and what is missing fetched."""
     started = time.monotonic()
     summary = RunSummary()
     progress = progress or LogProgress()
@@ -261,6 +268,7 @@ async def run_sync(
             dry_run=dry_run,
             force=force,
             retry_failed=retry_failed,
+            new_mirror=new_mirror,
             progress=progress,
         )
     summary.seconds = time.monotonic() - started
@@ -285,9 +293,11 @@ async def _run(
     dry_run: bool,
     force: bool,
     retry_failed: bool,
+    new_mirror: bool,
     progress: Progress,
 ) -> None:
-    async with open_syncer(settings, progress=progress) as syncer:
+    full = full or new_mirror
+    async with open_syncer(settings, progress=progress, new_mirror=new_mirror and not dry_run) as syncer:
         engine, coordinator = syncer.engine, syncer.coordinator
         deadline = engine.deadline()
         projects, summary.errors = await syncer.projects(project_ids)

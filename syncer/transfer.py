@@ -175,8 +175,10 @@ class Transfer:
             else:
                 await self._relocate(job)
         except (OSError, UnsafePath) as exc:
-            if isinstance(exc, OSError) and (fault := local_fault(exc, f"the mirror {self.fs.root}")):
-                raise fault from None  # the disk's fault, not the photo's: stop, blame no one
+            if isinstance(exc, OSError):
+                if fault := local_fault(exc, f"the mirror {self.fs.root}"):
+                    raise fault from None  # the disk's fault, not the photo's: stop, blame no one
+                await self.fs.run(self.fs.check_identity)  # a share gone mid-run: stop, blame no one
             await self.fail(job, f"{type(exc).__name__}: {exc}")
 
     async def fail(self, job: Job, error: str) -> None:

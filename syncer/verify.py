@@ -22,11 +22,12 @@ from pathlib import Path
 from sqlalchemy import make_url
 
 from syncer.config import Settings
-from syncer.errors import LockedError
+from syncer.errors import LockedError, MirrorMissing
 from syncer.gallery import GALLERY_DIR
 from syncer.gallery import OWN_ROOT_FILES as GALLERY_ROOT_FILES
 from syncer.locks import Locks
 from syncer.mirror.files import STATE_DIR, TRASH_DIR, MirrorFS, UnsafePath, sha256_of
+from syncer.mirror.identity import ensure_mirror
 from syncer.mirror.sidecar import Sidecars
 from syncer.procore.models import Photo
 from syncer.report import human_bytes, human_seconds
@@ -285,6 +286,12 @@ async def verify(
         settings.mirror.root, threads=4, sidecars=Sidecars(settings.mirror.xmp, settings.procore.web_base)
     )
     try:
+        if not await asyncio.to_thread(settings.mirror.root.is_dir):
+            raise MirrorMissing(
+                f"mirror.root {settings.mirror.root} does not exist or is not a folder: nothing to verify "
+                "(is a disk or network share not mounted?)"
+            )
+        await ensure_mirror(store, settings.mirror.root, create=False)
         if move_strays:
             await _alone(store)
         projects = project_ids if project_ids is not None else [p.id for p in await store.status()]

@@ -4,14 +4,25 @@ cannot be read. A real `syncer` process, the simulator as Procore behaves, the m
 
 from __future__ import annotations
 
+import asyncio
 import json
+import shutil
+import sqlite3
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from syncer.config import load_settings
 from syncer.errors import ExitCode
+from syncer.mirror.files import MARKER
 from syncer.simulator import Simulator
 from tests.conftest import assert_byte_exact, mirror_photos, write_config
-from tests.test_cli import syncer
+from tests.test_cli import Run, assert_no_traceback, syncer
+from tests.test_daemon import _healthz_is as healthz_is
+from tests.test_daemon import daemon, daemon_config, eventually, stop
 
 # -- closed projects ---------------------------------------------------------------------------------
 
@@ -64,3 +75,153 @@ async def test_status_says_which_projects_are_closed(sim: Simulator, tmp_path: P
     table = (await syncer("status", "--config", str(config))).out
     assert f"({closed}, closed)" in table
     assert sum(", closed)" in line for line in table.splitlines()) == 1
+
+
+# -- the mirror knows it is itself ---------------------------------------------------------------------
+
+
+class Share:
+    """A network share at the mirror's path: a folder elsewhere, bind-mounted there, that can fail
+    to mount (`unmount`) and come back (`mount`) with everything on it."""
+
+    def __init__(self, folder: Path) -> None:
+        self.point, self.disk = folder / "mirror", folder / "nas"
+        self.point.mkdir(exist_ok=True)
+        self.disk.mkdir(exist_ok=True)
+
+    def mount(self) -> None:
+        done = subprocess.run(
+            ["mount", "--bind", str(self.disk), str(self.point)], check=False, capture_output=True, text=True
+        )
+        if done.returncode != 0:
+            pytest.skip(f"a share needs a bind mount, refused here: {done.stderr.strip()}")
+
+    def unmount(self) -> None:
+        """Gone from the path at once, even while a process holds a file open on it (as a share
+        that drops is)."""
+        subprocess.run(["umount", "-l", str(self.point)], check=True)
+
+
+@pytest.fixture
+def share(tmp_path: Path) -> Iterator[Share]:
+    mounted = Share(tmp_path)
+    mounted.mount()
+    try:
+        yield mounted
+    finally:
+        subprocess.run(["umount", "-l", str(mounted.point)], check=False, capture_output=True)
+
+
+def assert_refused(run: Run, path: Path) -> None:
+    assert run.code == ExitCode.NO_MIRROR, run.out + run.err
+    assert_no_traceback(run)
+    (line,) = run.err.strip().splitlines()
+    assert str(path) in line and "not mounted" in line, line
+
+
+async def test_a_share_that_did_not_mount_is_refused_and_nothing_is_written(
+    sim: Simulator, share: Share
+) -> None:
+    config = write_config(sim, share.point.parent)
+    assert (await syncer("sync", "--config", str(config))).code == ExitCode.OK
+    share.unmount()
+    for args in ([], ["--full"]):
+        run = await syncer("sync", "--config", str(config), *args)
+        assert_refused(run, share.point)
+        assert list(share.point.iterdir()) == [], "nothing written under the mount point"
+    share.mount()
+    downloads = sum(sim.stats.downloads.values())
+    assert (await syncer("sync", "--config", str(config))).code == ExitCode.OK
+    assert sum(sim.stats.downloads.values()) == downloads, "the share came back whole"
+
+
+async def test_the_daemon_is_unhealthy_while_its_share_is_gone_and_goes_on_when_it_is_back(
+    sim: Simulator, share: Share
+) -> None:
+    config = daemon_config(sim, share.point.parent)
+    async with daemon(config, share.point.parent) as running:
+        await eventually(running.runs, what="the first runs")
+        share.unmount()
+        await eventually(lambda: healthz_is(running, 503), what="/healthz to turn unhealthy")
+        (problem,) = json.loads((await running.get("/healthz"))[1])["problems"]
+        assert str(share.point) in problem and "mounted" in problem, problem
+        added = sim.add_photo(min(sim.company.projects))
+        await asyncio.sleep(2)  # runs come due every second meanwhile
+        assert list(share.point.iterdir()) == [], "nothing written under the mount point"
+        share.mount()
+        await eventually(lambda: healthz_is(running, 200), what="/healthz to turn healthy again")
+        await eventually(lambda: added.id in mirror_photos(share.point), what="the new photo in the mirror")
+        assert (await stop(running))[0] == 0
+
+
+async def test_a_daemon_started_on_a_share_that_did_not_mount_exits_5(sim: Simulator, share: Share) -> None:
+    config = daemon_config(sim, share.point.parent)
+    assert (await syncer("sync", "--config", str(config))).code == ExitCode.OK
+    share.unmount()
+    run = await syncer("run", "--config", str(config))
+    assert_refused(run, share.point)
+    assert list(share.point.iterdir()) == []
+
+
+async def test_new_mirror_starts_over_on_a_new_empty_disk(sim: Simulator, share: Share) -> None:
+    config = write_config(sim, share.point.parent)
+    assert (await syncer("sync", "--config", str(config))).code == ExitCode.OK
+    share.unmount()  # the new disk: empty
+    run = await syncer("sync", "--config", str(config), "--new-mirror")
+    assert run.code == ExitCode.OK, run.out + run.err
+    assert_byte_exact(sim, load_settings(config))
+    assert (await syncer("sync", "--config", str(config))).code == ExitCode.OK
+
+
+async def test_another_mirror_mounted_in_its_place_is_refused(make_sim: Any, tmp_path: Path) -> None:
+    sim = await make_sim(photos=12, projects=1)
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    for folder in (ours, theirs):
+        folder.mkdir()
+        assert (await syncer("sync", "--config", str(write_config(sim, folder)))).code == ExitCode.OK
+    shutil.rmtree(ours / "mirror")
+    (theirs / "mirror").rename(ours / "mirror")
+    run = await syncer("sync", "--config", str(ours / "config.yaml"))
+    assert run.code == ExitCode.NO_MIRROR, run.out + run.err
+    assert "holds another mirror" in run.err and "--new-mirror" in run.err
+
+
+async def test_a_mirror_made_before_mirror_ids_gets_one(sim: Simulator, tmp_path: Path) -> None:
+    config = write_config(sim, tmp_path)
+    assert (await syncer("sync", "--config", str(config))).code == ExitCode.OK
+    (tmp_path / "mirror" / MARKER).unlink()
+    with sqlite3.connect(tmp_path / "state" / "syncer.db") as db:
+        db.execute("DELETE FROM mirrors")
+    run = await syncer("sync", "--config", str(config))
+    assert run.code == ExitCode.OK, run.out + run.err
+    assert (tmp_path / "mirror" / MARKER).is_file()
+
+
+async def test_full_fetches_every_recorded_file_missing_from_the_mirror(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    config = write_config(sim, tmp_path)
+    assert (await syncer("sync", "--config", str(config))).code == ExitCode.OK
+    photos = sorted(p for p in (tmp_path / "mirror").rglob("*.jpg") if ".syncer" not in p.parts)
+    for photo in photos[::7]:
+        photo.unlink()
+    downloads = sum(sim.stats.downloads.values())
+    run = await syncer("sync", "--config", str(config), "--full")
+    assert run.code == ExitCode.OK, run.out + run.err
+    assert sum(sim.stats.downloads.values()) - downloads == len(photos[::7])
+    assert_byte_exact(sim, load_settings(config))
+
+
+async def test_verify_of_a_mirror_that_does_not_exist_is_an_error(sim: Simulator, tmp_path: Path) -> None:
+    config = write_config(sim, tmp_path)
+    run = await syncer("verify", "--config", str(config))
+    assert run.code == ExitCode.NO_MIRROR, run.out + run.err
+    assert "does not exist" in run.err and "0 files" not in run.out
+
+
+async def test_a_gallery_is_never_built_into_a_share_that_did_not_mount(sim: Simulator, share: Share) -> None:
+    config = write_config(sim, share.point.parent)
+    assert (await syncer("sync", "--config", str(config))).code == ExitCode.OK
+    share.unmount()
+    assert_refused(await syncer("gallery", "--config", str(config)), share.point)
+    assert list(share.point.iterdir()) == []

@@ -41,6 +41,7 @@ from syncer.export import render_csv
 from syncer.gallery import pages
 from syncer.gallery.folder import Folder
 from syncer.locks import Locks
+from syncer.mirror.identity import ensure_mirror
 from syncer.procore.models import photos_page
 from syncer.report import human_seconds, plural
 from syncer.store import ArchiveDigest, ArchivedPhoto, Store
@@ -403,6 +404,7 @@ async def build_gallery(settings: Settings, project_ids: Sequence[int] | None = 
     """`syncer gallery`: bring the gallery up to date from the database alone (no credentials)."""
     store = await Store.open(settings.database_url)
     try:
+        await ensure_mirror(store, settings.mirror.root, create=False)  # never into an empty mount point
         return await gallery_of(settings).build(store, project_ids)
     finally:
         await store.close()

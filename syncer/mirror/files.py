@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from syncer.errors import LocalFault
+from syncer.errors import LocalFault, MirrorMissing
 from syncer.mirror.sidecar import Sidecars
 
 T = TypeVar("T")
@@ -113,6 +113,36 @@ def state_folder(path: Path) -> None:
             f"{path} is a link or not a folder; the syncer keeps its state only in a real folder "
             "inside the mirror: remove it and run again"
         )
+
+
+MARKER = f"{STATE_DIR}/mirror-id"
+"""The file that holds the mirror's id (`syncer.mirror.identity`)."""
+ID_CHARS = 64
+
+
+def read_marker(root: Path) -> str | None:
+    """The id at `root`, or None where there is none (no root, no state folder, no file). A link,
+    a FIFO or a folder at its name, or a file that is no id, is refused rather than taken."""
+    path = root / MARKER
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    except NotADirectoryError:  # `.syncer` or the root is a file
+        return None
+    except OSError as exc:
+        raise MirrorMissing(
+            f"{path} cannot be read ({exc.strerror}): it should hold the mirror's id"
+        ) from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise MirrorMissing(f"{path} is not a file: it should hold the mirror's id; remove it")
+        text = os.read(fd, ID_CHARS + 2).decode("ascii", "replace").strip()
+    finally:
+        os.close(fd)
+    if not text or len(text) > ID_CHARS or not text.isalnum():
+        raise MirrorMissing(f"{path} does not hold a mirror id: remove it, then run syncer sync --new-mirror")
+    return text
 
 
 READ_CHUNK = 1 << 20
@@ -216,6 +246,9 @@ class MirrorFS:
         self._batches = 0
         self._names = itertools.count()
         self._prefix = secrets.token_hex(8)
+        self.identity: str | None = None
+        """The mirror's id, once `identity.ensure_mirror` found or made it: checked again before
+        each project run, so a share that goes away under a long-running daemon is noticed."""
 
     def prepare(self, *, stale_after: float = 3600.0) -> None:
         """Create the state folder and drop temp files an interrupted run left behind.
@@ -241,10 +274,20 @@ class MirrorFS:
     def check_state(self) -> None:
         """Check the state folders again and forget which folders were found inside the root:
         once per project run, so a daemon that runs for months sees a link planted meanwhile."""
+        self.check_identity()
         self._verified.clear()
         self._writing_ready = False
         for folder in (self.root / STATE_DIR, self.tmp_dir):
             state_folder(folder)
+
+    def check_identity(self) -> None:
+        """Refuse (`MirrorMissing`) if the root no longer holds the mirror's id: nothing is written
+        to a mount point whose disk went away."""
+        if self.identity is not None and read_marker(self.root) != self.identity:
+            raise MirrorMissing(
+                f"mirror.root {self.root} no longer holds this mirror ({MARKER} is gone or changed): "
+                "is the disk or network share still mounted? Nothing more was written there"
+            )
 
     def close(self) -> None:
         self.executor.shutdown(wait=True)
@@ -284,9 +327,12 @@ class MirrorFS:
 
     def _folder_for(self, rel: str) -> Path:
         """The path of `rel`, its folder created if missing (and checked again once it exists,
-        since a folder made now could be a link planted meanwhile)."""
+        since a folder made now could be a link planted meanwhile). No folder is made once the
+        mirror's id is gone from the root: a share that dropped mid-run leaves its mount point
+        empty, and a folder made there would be the start of a second, wrong mirror."""
         target = self.path(rel)
         if target.parent not in self._verified:
+            self.check_identity()
             target.parent.mkdir(parents=True, exist_ok=True)
             target = self.path(rel)
         return target

@@ -209,6 +209,18 @@ class ProjectLeaseRow(Base):
     acquired_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+class MirrorRow(Base):
+    """The mirror this database describes: the id in its `.syncer/mirror-id`. One row; a new one
+    replaces it only when a person says the mirror starts over (`syncer sync --new-mirror`)."""
+
+    __tablename__ = "mirrors"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    root: Mapped[str] = mapped_column(String(4000))
+    """Where it was when recorded (for messages: several workers may mount it elsewhere)."""
+    recorded_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 class SyncRunRow(Base):
     __tablename__ = "sync_runs"
 

@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import String, bindparam, cast, func, select, update
+from sqlalchemy import String, bindparam, cast, delete, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import SQLAlchemyError
@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from syncer.errors import ConfigError, LocalFault, database_error
 from syncer.procore.models import Album, Project
 from syncer.store.db import create_engine, upgrade
-from syncer.store.models import AlbumRow, Base, PhotoRow, ProjectRow
+from syncer.store.models import AlbumRow, Base, MirrorRow, PhotoRow, ProjectRow
 from syncer.store.rows import (
     INSERT_ONLY,
     STORED_COLUMNS,
@@ -329,6 +329,34 @@ class Store(RunLog):
                 )
 
     # -- verification and retries -------------------------------------------------------------
+
+    async def mirror(self) -> tuple[str, str] | None:
+        """The recorded mirror's id and the root it was recorded at, if any."""
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(MirrorRow.id, MirrorRow.root).limit(1))).first()
+        return (row.id, row.root) if row else None
+
+    async def record_mirror(self, mirror_id: str, root: str, at: datetime) -> None:
+        """Make `mirror_id` the mirror this database describes, forgetting any other."""
+        async with self._write, self.engine.begin() as conn:
+            await conn.execute(delete(MirrorRow))
+            await conn.execute(insert(MirrorRow).values(id=mirror_id, root=root, recorded_at=at))
+
+    async def mirrored_sample(self, limit: int) -> tuple[int, list[str]]:
+        """How many photos the database says the mirror holds, and the paths of up to `limit` of
+        them, the most recently downloaded first."""
+        query = (
+            select(PhotoRow.local_path)
+            .where(PhotoRow.local_path.is_not(None))
+            .order_by(PhotoRow.downloaded_at.desc())
+            .limit(limit)
+        )
+        async with self.engine.connect() as conn:
+            count = await conn.scalar(
+                select(func.count()).select_from(PhotoRow).where(PhotoRow.local_path.is_not(None))
+            )
+            paths = [path for (path,) in await conn.execute(query) if path is not None]
+        return int(count or 0), paths
 
     async def mirrored_files(self, project_ids: Sequence[int] | None = None) -> list[MirroredFile]:
         """Every file the database says is in the mirror, with what it should hash to."""
