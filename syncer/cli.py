@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import syncer
 from syncer.errors import ConfigError, ExitCode, SyncerError, database_error
-from syncer.log import REDACT, setup_logging
+from syncer.log import REDACT, setup_logging, terminal_text
 
 if TYPE_CHECKING:
     from syncer.result import RunSummary
@@ -34,6 +34,12 @@ EPILOG = """exit codes:
      mounted?); nothing was written (syncer sync --new-mirror starts over there)
   130 interrupted (Ctrl-C or SIGTERM); what was installed is recorded
 """
+
+
+def say(text: str, *, error: bool = False) -> None:
+    """Print for a person: on stdout, or an error's one line on stderr. What came from Procore
+    (names, error pages) is shown escaped, never obeyed by the terminal."""
+    print(terminal_text(text, lines=not error), file=sys.stderr if error else sys.stdout, flush=True)
 
 
 def run_stoppable(main: Coroutine[Any, Any, T]) -> T:
@@ -96,7 +102,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
             progress=progress,
         )
     )
-    print(REDACT(render(summary)))
+    say(REDACT(render(summary)))
     return int(summary.exit_code)
 
 
@@ -106,7 +112,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     settings = load_settings(_config_path(args), need_credentials=False)  # reads the database only
     document = asyncio.run(status_document(settings, failures_limit=None))  # every failed photo
-    print(json.dumps(document, indent=2) if args.json else render_status(document))
+    say(json.dumps(document, indent=2) if args.json else render_status(document))
     return 0
 
 
@@ -133,7 +139,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             config_path=_config_path(args),
         )
     )
-    print(render_verify(report))
+    say(render_verify(report))
     return int(ExitCode.OK if report.matches else ExitCode.INCOMPLETE)
 
 
@@ -147,7 +153,7 @@ def cmd_retry_failed(args: argparse.Namespace) -> int:
     summary = run_stoppable(
         run_sync(settings, project_ids=args.project or None, retry_failed=True, progress=progress)
     )
-    print(REDACT(render(summary)))
+    say(REDACT(render(summary)))
     return int(summary.exit_code)
 
 
@@ -158,21 +164,21 @@ def cmd_export(args: argparse.Namespace) -> int:
     settings = load_settings(_config_path(args), need_credentials=False)  # reads the database only
     count = asyncio.run(export_csv(settings, args.csv, project_ids=args.project or None))
     if args.csv != "-":
-        print(f"{count:,} photo{'' if count == 1 else 's'} listed in {args.csv}")
+        say(f"{count:,} photo{'' if count == 1 else 's'} listed in {args.csv}")
     return 0
 
 
 def cmd_login(args: argparse.Namespace) -> int:
     from syncer.login import login
 
-    print(REDACT(run_stoppable(login(_load(args), say=lambda text: print(text, flush=True)))))
+    say(REDACT(run_stoppable(login(_load(args), say=say))))
     return 0
 
 
 def cmd_logout(args: argparse.Namespace) -> int:
     from syncer.login import logout
 
-    print(REDACT(run_stoppable(logout(_load(args)))))
+    say(REDACT(run_stoppable(logout(_load(args)))))
     return 0
 
 
@@ -181,7 +187,7 @@ def cmd_gallery(args: argparse.Namespace) -> int:
     from syncer.gallery import build_gallery, render_report
 
     settings = load_settings(_config_path(args), need_credentials=False)  # reads the database only
-    print(render_report(run_stoppable(build_gallery(settings, args.project or None))))
+    say(render_report(run_stoppable(build_gallery(settings, args.project or None))))
     return 0
 
 
@@ -195,7 +201,7 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
         await store.close()
 
     asyncio.run(upgrade())
-    print("database schema is up to date")
+    say("database schema is up to date")
     return 0
 
 
@@ -485,10 +491,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except SyncerError as exc:
-        print(f"syncer: {REDACT(str(exc))}", file=sys.stderr)
+        say(f"syncer: {REDACT(str(exc))}", error=True)
         return int(exc.exit_code)
     except KeyboardInterrupt:
-        print("syncer: interrupted; what was committed stays committed", file=sys.stderr)
+        say("syncer: interrupted; what was committed stays committed", error=True)
         return int(ExitCode.INTERRUPTED)
     except BrokenPipeError:  # `syncer ... | head`: the reader has what it wanted; nothing more to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -498,13 +504,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if isinstance(exc, SQLAlchemyError):  # the database went away or refused: not a bug
             error = database_error(exc)
-            print(f"syncer: {REDACT(str(error))}", file=sys.stderr)
+            say(f"syncer: {REDACT(str(error))}", error=True)
             return int(error.exit_code)
         if args.verbose:
             log.exception("unexpected error")
-        print(
+        say(
             f"syncer: unexpected error: {type(exc).__name__}: {REDACT(str(exc))} "
             "(run again with -v for details, and please report it)",
-            file=sys.stderr,
+            error=True,
         )
         return int(ExitCode.INCOMPLETE)

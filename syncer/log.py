@@ -1,4 +1,5 @@
-"""Logging setup, and the redactor every line passes through.
+r"""Logging setup, the redactor every line passes through, and the escaping that keeps what a
+person reads text.
 
 Secrets (the client secret, each access token as it is issued) are registered here and replaced
 by `***` in every log line and every error the CLI prints; query strings of URLs of any scheme
@@ -6,6 +7,15 @@ by `***` in every log line and every error the CLI prints; query strings of URLs
 back, known or not. Every error of the syncer passes through it once, where it is made (so
 what the database, `status` and notifications keep is scrubbed too). One process-wide redactor,
 because a secret can surface anywhere.
+
+Names and error pages from Procore reach the terminal and the logs, and a terminal obeys control
+codes: a project named `Proj\x1b]0;TITLE\x07\x1b[2J` would set the window title and clear the
+screen, a carriage return writes over the line, a bidirectional override makes `exe.txt` read as
+`txt.exe`. So every line printed or logged is shown as text: `terminal_text` escapes those
+characters as Python's repr does (`\x1b`, `\r`, `\u202e`), so a person still sees what Procore
+holds, and `terminal_json` escapes them as JSON, whose readers get the exact value back. Only
+what a person or a log reads is escaped; the mirror, the database, sidecars and the gallery keep
+the names as their own rules say.
 """
 
 from __future__ import annotations
@@ -15,7 +25,9 @@ import logging
 import re
 import sys
 import threading
+from collections.abc import Iterable
 from datetime import UTC, datetime
+from typing import Any
 
 _URL_QUERY = re.compile(r"([a-z][a-z0-9+.-]*://[^\s?#\"'<>]*)\?[^\s\"'<>]*", re.IGNORECASE)
 _LONG_WORD = r"[A-Za-z0-9._~+/=-]{16,}"
@@ -56,10 +68,50 @@ class Redactor:
 
 REDACT = Redactor()
 
+_NOT_TEXT = (
+    r"\x00-\x09\x0b-\x1f\x7f-\x9f"  # C0 codes but the newline, DEL, C1 codes (CSI, NEL among them)
+    r"\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"  # bidirectional marks, embeddings, overrides, isolates
+    r"\u2028\u2029"  # line and paragraph separators: line breaks to some viewers
+    r"\ud800-\udfff"  # undecodable bytes of a file name on disk: raw bytes (0x9b is CSI) or an error
+)
+"""What a terminal obeys or reorders instead of showing. A tab is among them: it moves the cursor
+to a column the terminal picks, and no line of ours holds one."""
+_IN_A_LINE = re.compile(f"[{_NOT_TEXT}\n]")
+_BETWEEN_LINES = re.compile(f"[{_NOT_TEXT}]")
 
-class _RedactingFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return REDACT(super().format(record))
+
+def terminal_text(text: str, *, lines: bool = False) -> str:
+    r"""`text` as a terminal should show it: every character it would obey or reorder written as
+    Python's repr writes it. One line, unless `lines`: then the newlines between lines stay (a
+    name that holds one still splits its line; a renderer escapes each line first to keep it
+    whole). Printable text of any script, backslashes included, is left as it is, so escaping
+    twice changes nothing and each layer can escape what it shows; the price is that a name
+    holding the four characters `\x1b` reads the same as one holding ESC (`--json` output tells
+    them apart)."""
+    return (_BETWEEN_LINES if lines else _IN_A_LINE).sub(lambda m: repr(m.group())[1:-1], text)
+
+
+def terminal_lines(lines: Iterable[str]) -> str:
+    """Lines a renderer built, as a person reads them: each one line, whatever a name in it holds."""
+    return "\n".join(map(terminal_text, lines))
+
+
+def terminal_json(text: str) -> str:
+    r"""JSON text (from `json.dumps(..., ensure_ascii=False)`, which escapes only C0 codes) with
+    the other characters `terminal_text` escapes written as `\uXXXX`: still the same value for
+    whatever reads it, and harmless on a terminal or in a journal."""
+    return _BETWEEN_LINES.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+class _TextFormatter(logging.Formatter):
+    """Each record is one line of text, redacted before it is escaped (the redactor's patterns
+    read the raw text); only a traceback (`-v`) spans lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return terminal_text(REDACT(super().formatMessage(record)))
+
+    def formatException(self, ei: Any) -> str:
+        return terminal_text(REDACT(super().formatException(ei)), lines=True)
 
 
 class _JsonFormatter(logging.Formatter):
@@ -72,7 +124,7 @@ class _JsonFormatter(logging.Formatter):
         }
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return REDACT(json.dumps(entry, ensure_ascii=False))
+        return terminal_json(REDACT(json.dumps(entry, ensure_ascii=False)))
 
 
 def setup_logging(*, verbose: int = 0, fmt: str = "text") -> None:
@@ -81,7 +133,7 @@ def setup_logging(*, verbose: int = 0, fmt: str = "text") -> None:
     handler.setFormatter(
         _JsonFormatter()
         if fmt == "json"
-        else _RedactingFormatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
+        else _TextFormatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]

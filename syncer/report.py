@@ -11,6 +11,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
+from syncer.log import terminal_json, terminal_lines
 from syncer.plan import Change
 from syncer.result import ProjectResult, RunSummary
 
@@ -313,7 +314,7 @@ def render_summary(summary: RunSummary) -> str:
         would += [f"update the metadata of {plural(metadata, 'photo')}"] * bool(metadata)
         would += [f"mark {plural(gone, 'photo')} gone from Procore deleted"] * bool(gone)
         lines.append(f"dry run, nothing written: {projects}; a sync would {', '.join(would)}, {took}")
-        return "\n".join(lines)
+        return terminal_lines(lines)
     downloaded = sum(r.downloaded for r in summary.results)
     size = sum(r.bytes for r in summary.results)
     failed = sum(len(r.failures) for r in summary.results)
@@ -324,7 +325,7 @@ def render_summary(summary: RunSummary) -> str:
     lines.append(f"{verdict}: {projects}, {fetched}{failures} {took}")
     if summary.gallery is not None:
         lines.append(f"gallery: open {summary.gallery.absolute().as_uri()}")
-    return "\n".join(lines)
+    return terminal_lines(lines)
 
 
 def summary_document(summary: RunSummary) -> dict[str, Any]:
@@ -373,4 +374,4 @@ def summary_document(summary: RunSummary) -> dict[str, Any]:
 
 
 def render_summary_json(summary: RunSummary) -> str:
-    return json.dumps(summary_document(summary), ensure_ascii=False)
+    return terminal_json(json.dumps(summary_document(summary), ensure_ascii=False))

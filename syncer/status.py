@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from syncer.config import Settings
+from syncer.log import terminal_lines, terminal_text
 from syncer.report import human_bytes
 from syncer.store import Store
 from syncer.store.shared import WorkerInfo, team_status
@@ -75,7 +76,8 @@ def render_status(document: dict[str, Any]) -> str:
         last = f"{(p['last_run_at'] or '')[:19]} {p['last_outcome'] or ''}".strip() or "never"
         rows.append(
             (
-                f"{p['name'][:40]} ({p['id']}{'' if p['active'] else ', closed'})",
+                # escaped before the columns are measured
+                f"{terminal_text(p['name'][:40])} ({p['id']}{'' if p['active'] else ', closed'})",
                 str(p["known"]),
                 str(p["mirrored"]),
                 str(p["pending"]),
@@ -93,7 +95,7 @@ def render_status(document: dict[str, Any]) -> str:
     lines += _worker_lines(document)
     for p in document["projects"]:
         lines += _failure_lines(p)
-    return "\n".join(lines)
+    return terminal_lines(lines)
 
 
 FAILURES_SHOWN = 20

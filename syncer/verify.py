@@ -26,6 +26,7 @@ from syncer.errors import LockedError, MirrorMissing
 from syncer.gallery import GALLERY_DIR
 from syncer.gallery import OWN_ROOT_FILES as GALLERY_ROOT_FILES
 from syncer.locks import Locks
+from syncer.log import terminal_lines
 from syncer.mirror.files import STATE_DIR, TRASH_DIR, MirrorFS, UnsafePath, sha256_of
 from syncer.mirror.identity import ensure_mirror
 from syncer.mirror.sidecar import Sidecars
@@ -384,11 +385,11 @@ def render_verify(report: VerifyReport) -> str:
         + ("" if report.scanned_for_unexpected else " (not scanned with --project)")
     )
     if report.found_nothing:
-        return "\n".join(lines)
+        return terminal_lines(lines)
     lines += _done_lines(report) + _to_do_lines(report)
     if report.matches:
         lines.append("the mirror matches the database now")
-    return "\n".join(lines)
+    return terminal_lines(lines)
 
 
 def _done_lines(report: VerifyReport) -> list[str]:

@@ -10,6 +10,7 @@ import asyncio
 import bisect
 import hashlib
 import hmac
+import html
 import json
 import math
 import random
@@ -79,6 +80,8 @@ class SimConfig:
     holds them can never be proven complete."""
     broken_files: set[int] = field(default_factory=set)
     """Photo ids whose file URL on the API origin always answers 500."""
+    broken_file_text: str = "internal error"
+    """What the error page of a broken file says: an upstream page can say anything."""
     redirect_hops: int = 1
     """Redirects from a photo's file URL to the object store: the extra ones go through
     `/storage/hop/...` on the API origin first (relative `Location`s, 301, 307, 308 in turn)."""
@@ -907,7 +910,9 @@ class Simulator:
             return web.Response(status=403, text=echo)
         if photo_id in self.config.broken_files:
             return web.Response(
-                status=500, text="<html><body>internal error</body></html>", content_type="text/html"
+                status=500,
+                text=f"<html><body>{html.escape(self.config.broken_file_text)}</body></html>",
+                content_type="text/html",
             )
         return None
 
