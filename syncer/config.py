@@ -237,7 +237,11 @@ class SyncSettings(_Section):
     closed-out ones (kept for warranty, disputes and retention) are what a backup must keep, so
     the default asks for every status. A project named by id is synced whatever its status."""
     concurrency: int = Field(default=8, ge=1, le=64)
-    per_page: int = Field(default=100, ge=1, le=10_000)
+    per_page: int = Field(default=1000, ge=1, le=10_000)
+    """Photos asked for per listing page. Procore documents no maximum for images and advises at
+    most 2,000 in general; the pages are as long as its `Per-Page` answer says (or as the widest
+    page seen, where it does not say), so a server that gives 100 costs ten times the requests
+    and still lists everything."""
     listing_budget: int = Field(default=DEFAULT_BUDGET, ge=1, le=10_000)
     """The most requests listing one project's window may take, as a multiple of the pages one
     clean pass over it takes (at least 1000): a server whose `Total` never matches what it lists

@@ -129,23 +129,23 @@ async def paged_pass(
     into: P,
     get_page: Callable[[int], Awaitable[Page]],
     *,
-    asked: int,
     take: Callable[[Page], Awaitable[list[int]]],
     one_page_only: bool = False,
 ) -> P:
     """Read pages 1, 2, ... until the last, adding each page's ids (what `take` makes of the page)
     and its `Total` to `into`. The one paged proof, used by the listing and by reconcile.
     `one_page_only`: a listing that needs a second page is cut short instead."""
-    page_no, first_total = 1, None
+    page_no, first_total, widest = 1, None, 1
     while True:
         page = await get_page(page_no)
         if page_no == 1:
             first_total = page.total
+        widest = max(widest, len(page.items))
         into.pages += 1
         into.totals.add(page.total)
         into.last_total = page.total
         into.distinct.update(await take(page))
-        if page.is_last(page_no, asked=asked, first_total=first_total):
+        if page.is_last(page_no, widest=widest, first_total=first_total):
             return into
         if one_page_only:
             into.cut_short = True
@@ -433,7 +433,7 @@ class Lister:
         )
 
     async def _pass(self, piece: Piece) -> PiecePass:
-        query, asked = self._piece_query(piece), self.per_page
+        query = self._piece_query(piece)
         result = PiecePass()
         previous: datetime | None = None
 
@@ -464,8 +464,7 @@ class Lister:
 
         return await paged_pass(
             result,
-            lambda n: self.api.images_page(query, page=n, per_page=asked),
-            asked=asked,
+            lambda n: self.api.images_page(query, page=n, per_page=self.per_page),
             take=take,
             one_page_only=not self._settled(piece),
         )

@@ -88,7 +88,6 @@ async def _prove(api: ProcoreApi, query: ImageQuery) -> set[int] | None:
         done = await paged_pass(
             Pass(),
             lambda n: api.ids_page(query, page=n, per_page=IDS_PER_PAGE),
-            asked=IDS_PER_PAGE,
             take=take,
         )
         if done.proven:

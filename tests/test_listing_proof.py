@@ -313,25 +313,25 @@ async def ids_of(page: Page) -> list[int]:
 
 
 async def test_a_pass_reads_every_page_up_to_total() -> None:
-    result = await paged_pass(Pass(), pages_of([5, 5, 5]), asked=2, take=ids_of)
+    result = await paged_pass(Pass(), pages_of([5, 5, 5]), take=ids_of)
     assert (result.pages, result.distinct, result.proven) == (3, {1, 2, 3, 4, 5}, True)
 
 
-async def test_a_pass_steps_by_the_page_size_it_asked_for_when_the_server_does_not_say() -> None:
-    result = await paged_pass(Pass(), pages_of([5, 5, 5], per_page=None), asked=2, take=ids_of)
+async def test_a_pass_steps_by_the_pages_it_gets_when_the_server_does_not_say_their_size() -> None:
+    result = await paged_pass(Pass(), pages_of([5, 5, 5], per_page=None), take=ids_of)
     assert (result.pages, result.proven) == (3, True)
 
 
 async def test_a_listing_that_keeps_growing_is_read_one_page_past_its_first_total() -> None:
-    result = await paged_pass(Pass(), pages_of([4, 6, 8, 10, 12, 14]), asked=2, take=ids_of)
+    result = await paged_pass(Pass(), pages_of([4, 6, 8, 10, 12, 14]), take=ids_of)
     assert result.pages == 3 and not result.proven
     assert result.last_total == 8
 
 
 async def test_a_pass_cut_short_after_its_first_page_proves_nothing() -> None:
-    result = await paged_pass(Pass(), pages_of([5, 5, 5]), asked=2, take=ids_of, one_page_only=True)
+    result = await paged_pass(Pass(), pages_of([5, 5, 5]), take=ids_of, one_page_only=True)
     assert (result.pages, result.cut_short, result.proven) == (1, True, False)
-    whole = await paged_pass(Pass(), pages_of([2]), asked=2, take=ids_of, one_page_only=True)
+    whole = await paged_pass(Pass(), pages_of([2]), take=ids_of, one_page_only=True)
     assert (whole.pages, whole.cut_short, whole.proven) == (1, False, True), "one page is one answer"
 
 

@@ -225,3 +225,33 @@ async def test_a_gallery_is_never_built_into_a_share_that_did_not_mount(sim: Sim
     share.unmount()
     assert_refused(await syncer("gallery", "--config", str(config)), share.point)
     assert list(share.point.iterdir()) == []
+
+
+# -- page size -----------------------------------------------------------------------------------------
+
+
+async def listing_requests(make_sim: Any, tmp_path: Path, **server: Any) -> int:
+    """Requests a first full sync of 1,200 photos spends on listing them, asking 1,000 a page."""
+    sim = await make_sim(photos=1200, projects=1, photo_size=500, **server)
+    config = write_config(sim, tmp_path, sync={"per_page": 1000})
+    run = await syncer("sync", "--config", str(config))
+    assert run.code == ExitCode.OK, run.out + run.err
+    assert_byte_exact(sim, load_settings(config))
+    return sim.stats.requests["images"]
+
+
+async def test_a_server_that_gives_1000_a_page_costs_a_tenth_of_the_requests(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    thousand = await listing_requests(make_sim, tmp_path / "a", max_per_page=1000)
+    hundred = await listing_requests(make_sim, tmp_path / "b", max_per_page=100)
+    # 2 and 12 pages, and up to 2 more for the window's last seconds, listed once they settle
+    assert thousand <= 4 and 12 <= hundred <= 14, (thousand, hundred)
+
+
+async def test_a_server_that_caps_pages_without_saying_so_is_listed_completely(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    assert await listing_requests(make_sim, tmp_path, max_per_page=100, per_page_header=False) <= 14

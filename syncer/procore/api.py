@@ -48,15 +48,19 @@ class Page:
     per_page: int | None
     next_url: URL | None
 
-    def is_last(self, number: int, *, asked: int, first_total: int | None) -> bool:
+    def is_last(self, number: int, *, widest: int, first_total: int | None) -> bool:
         """Whether page `number` ends a pass: it is empty, it reaches `Total`, it has no `next`
         where there is no `Total`, or the pass has read one page past what the first page's
-        `Total` implied (a listing that keeps growing is not chased forever)."""
+        `Total` implied (a listing that keeps growing is not chased forever).
+
+        A page holds `Per-Page` items as the server answers it, which may be fewer than were asked
+        for; a server that caps pages without saying so is measured by its widest page so far
+        (`widest`), never by what was asked, or a pass would end after its first page."""
         if not self.items:
             return True
         if self.total is None:
             return self.next_url is None
-        step = self.per_page or asked
+        step = self.per_page or widest
         return number * step >= min(
             self.total, (first_total if first_total is not None else self.total) + step
         )

@@ -49,7 +49,10 @@ class SimConfig:
     url_ttl: float = 600.0
     """Lifetime of signed file URLs, on the API origin and at the object store."""
     max_per_page: int = 100
-    """Procore's documented maximum page size for images."""
+    """The most items a page holds, whatever `per_page` asks: Procore documents no maximum for
+    images, so tests try both a server that caps at 100 and one that gives 1,000."""
+    per_page_header: bool = True
+    """False: pages are capped at `max_per_page` without a `Per-Page` header saying so."""
     hourly_limit: int = 100_000
     hourly_window: float = 3600.0
     """Seconds of the "hourly" window: shorter in tests, so that window can run out first."""
@@ -670,6 +673,8 @@ class Simulator:
         headers = {"Total": str(total + self.config.total_offset), "Per-Page": str(per_page)}
         if self.config.endless_links:
             del headers["Total"]
+        if not self.config.per_page_header:
+            del headers["Per-Page"]
         return web.json_response(chunk, headers={**headers, "Link": ", ".join(links)})
 
     def _paginate_list(self, request: web.Request, items: list[Any]) -> web.Response:
