@@ -29,6 +29,7 @@ from PIL import Image
 from bench.harness import Figure, measure, scratch
 from syncer.gallery.pages import thumb_path
 from syncer.gallery.thumbs import SIZE, thumbnail
+from syncer.mirror.files import MARKER
 from syncer.store import Store
 
 
@@ -107,6 +108,9 @@ def archive(folder: Path, count: int, projects: int = 3) -> Path:
     database = folder / "state" / "syncer.db"
     store = asyncio.run(Store.open(f"sqlite+aiosqlite:///{database}"))
     asyncio.run(store.close())
+    # The archive's files are not there (thumbnails are): its id says it is the mirror all the same.
+    (folder / "mirror" / ".syncer").mkdir(parents=True)
+    (folder / "mirror" / MARKER).write_text("benchmirror\n")
     start = datetime(2020, 1, 1, tzinfo=UTC)
     thumb = io.BytesIO()
     Image.new("RGB", (SIZE, SIZE * 3 // 4), (120, 130, 140)).save(thumb, "JPEG")
@@ -126,6 +130,10 @@ def archive(folder: Path, count: int, projects: int = 3) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(thumb.getvalue())
     with sqlite3.connect(database) as conn:
+        conn.execute(
+            "INSERT INTO mirrors (id, root, recorded_at) VALUES ('benchmirror', ?, ?)",
+            (str(folder / "mirror"), "2020-01-01 00:00:00.000000"),
+        )
         conn.executemany(
             "INSERT INTO projects (id, company_id, name, active) VALUES (?, 1, ?, 1)",
             [(1000 + p, f"Project {1000 + p}") for p in range(projects)],

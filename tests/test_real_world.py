@@ -186,6 +186,18 @@ async def test_another_mirror_mounted_in_its_place_is_refused(make_sim: Any, tmp
     assert "holds another mirror" in run.err and "--new-mirror" in run.err
 
 
+async def test_two_runs_starting_a_new_mirror_at_once_agree_on_its_id(sim: Simulator, tmp_path: Path) -> None:
+    config = write_config(sim, tmp_path)
+    first, second = sorted(sim.company.projects)
+    runs = await asyncio.gather(
+        *(syncer("sync", "--config", str(config), "--project", str(pid)) for pid in (first, second) * 2)
+    )
+    assert {run.code for run in runs} <= {ExitCode.OK, ExitCode.LOCKED}, [r.err for r in runs]
+    assert sum(run.code == ExitCode.OK for run in runs) >= 2
+    assert (await syncer("sync", "--config", str(config))).code == ExitCode.OK
+    assert_byte_exact(sim, load_settings(config))
+
+
 async def test_a_mirror_made_before_mirror_ids_gets_one(sim: Simulator, tmp_path: Path) -> None:
     config = write_config(sim, tmp_path)
     assert (await syncer("sync", "--config", str(config))).code == ExitCode.OK

@@ -115,6 +115,16 @@ def state_folder(path: Path) -> None:
         )
 
 
+def unusable_root(root: Path, exc: OSError) -> LocalFault:
+    """One line for a mirror root the syncer cannot make its state folder in."""
+    not_folder = root.exists() and not root.is_dir()
+    reason = "is not a folder" if not_folder else f"cannot be used: {exc.strerror}"
+    return LocalFault(
+        f"mirror.root {root} {reason}: point mirror.root at a folder the user running syncer can "
+        "write, or let it write there"
+    )
+
+
 MARKER = f"{STATE_DIR}/mirror-id"
 """The file that holds the mirror's id (`syncer.mirror.identity`)."""
 ID_CHARS = 64
@@ -258,12 +268,7 @@ class MirrorFS:
         try:
             self.check_state()
         except OSError as exc:
-            not_folder = self.root.exists() and not self.root.is_dir()
-            reason = "is not a folder" if not_folder else f"cannot be used: {exc.strerror}"
-            raise LocalFault(
-                f"mirror.root {self.root} {reason}: point mirror.root at a folder the user running "
-                "syncer can write, or let it write there"
-            ) from None
+            raise unusable_root(self.root, exc) from None
         now = time.time()
         for leftover in self.tmp_dir.iterdir():
             limit = 7 * 86400 if ".part" in leftover.name else stale_after

@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from syncer.errors import MirrorMissing
-from syncer.mirror.files import MARKER, STATE_DIR, fsync_dir, read_marker, state_folder
+from syncer.mirror.files import MARKER, STATE_DIR, fsync_dir, read_marker, state_folder, unusable_root
 from syncer.store import Store
 
 SAMPLE = 20
@@ -36,11 +36,13 @@ SAMPLE = 20
 
 
 def write_marker(root: Path) -> str:
-    """A new id, written durably at `root` (temp file, fsync, rename, fsync of the folder)."""
-    mirror_id = secrets.token_hex(16)
+    """The mirror's id: a new one written durably at `root` (temp file, fsync, link into place,
+    fsync of the folder), or the one another process put there first. Linked, not renamed: two
+    runs starting on a new mirror at once must end up with one id, not each with its own."""
     folder = root / STATE_DIR
     state_folder(folder)
-    temp = folder / f"mirror-id.{secrets.token_hex(4)}.tmp"
+    mirror_id = secrets.token_hex(16)
+    temp = folder / f"mirror-id.{mirror_id}.tmp"
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
     try:
         os.write(fd, f"{mirror_id}\n".encode())
@@ -48,11 +50,15 @@ def write_marker(root: Path) -> str:
     finally:
         os.close(fd)
     try:
-        temp.rename(root / MARKER)
-    except OSError:
+        os.link(temp, root / MARKER)
+    except FileExistsError:
+        theirs = read_marker(root)
+        if theirs is None:  # gone again at once: not a mirror to write to
+            raise MirrorMissing(f"{root / MARKER} came and went while this run started: run again") from None
+        mirror_id = theirs
+    finally:
         with contextlib.suppress(OSError):
             temp.unlink()
-        raise
     fsync_dir(folder)
     return mirror_id
 
@@ -71,8 +77,8 @@ async def ensure_mirror(store: Store, root: Path, *, new: bool = False, create: 
     (None where there is none and `create` is off). A run keeps it in `MirrorFS.identity`, so each
     project run checks it again. `new`: a person said this folder is the mirror from now on.
     `create`: off for a command that only reads (verify), which gives a mirror no id."""
+    recorded = await store.mirror()  # first: another run starting now records only after its marker
     marker = await asyncio.to_thread(read_marker, root)
-    recorded = await store.mirror()
     if marker is not None and (new or recorded is None or recorded[0] == marker):
         if recorded is None or recorded[0] != marker:
             await store.record_mirror(marker, str(root), datetime.now(UTC))
@@ -97,6 +103,9 @@ async def ensure_mirror(store: Store, root: Path, *, new: bool = False, create: 
             )
     if not create:
         return None
-    mirror_id = await asyncio.to_thread(write_marker, root)
+    try:
+        mirror_id = await asyncio.to_thread(write_marker, root)
+    except OSError as exc:
+        raise unusable_root(root, exc) from None
     await store.record_mirror(mirror_id, str(root), datetime.now(UTC))
     return mirror_id
