@@ -170,8 +170,12 @@ async def project_store(url: str, project_id: int, name: str) -> AsyncIterator[S
 def listed_row(
     photo_id: int, project_id: int, *, size: int = 10, description: str = "", key: str = "k1"
 ) -> dict[str, Any]:
-    """The database row of a listed photo the mirror does not have yet."""
-    url = f"https://api.procore.com/storage/files/{photo_id}/{key}/p.jpg"
+    """The database row of a listed photo the mirror does not have yet; its file URL (Procore's v5
+    shape, on the storage host) names the file by `key`."""
+    url = (
+        f"https://storage.procore.com/api/v5/files/us-east-1/pro-core.com/companies/1/{photo_id}-{key}"
+        f"?companyId=1&projectId={project_id}&sig=x"
+    )
     photo = Photo.from_api({"id": photo_id, "url": url, "size": size, "description": description})
     return photo_row(
         photo, project_id=project_id, rel_path=f"project-{project_id}/{photo_id}.jpg", now=datetime.now(UTC)

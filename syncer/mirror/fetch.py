@@ -273,7 +273,7 @@ class Fetcher:
         so the disk is asked before every download."""
 
     async def _hop(self, url: URL, what: str, headers: dict[str, str]) -> aiohttp.ClientResponse:
-        if self.http.is_procore_url(url):
+        if self.http.may_carry_token(url):
             try:
                 return await self.http.open(url, what=what, headers=headers, decompress=False)
             except TransientError as exc:
