@@ -404,7 +404,7 @@ async def test_a_429_on_the_procore_hop_passes_its_retry_after_on(sim: Simulator
     assert (caught.value.retry, caught.value.refresh, caught.value.wait) == (True, False, 7.0)
 
 
-@pytest.mark.parametrize("status", [429, 500, 503])
+@pytest.mark.parametrize("status", [408, 429, 500, 503])
 async def test_a_busy_object_store_passes_its_retry_after_on(
     sim: Simulator, tmp_path: Path, status: int
 ) -> None:

@@ -386,6 +386,13 @@ async def test_a_server_error_is_tried_again_and_named_when_it_persists(sim: Sim
     )
 
 
+async def test_a_request_timeout_is_tried_again_like_a_server_error(sim: Simulator) -> None:
+    """Procore answers 408 when fetching a large dataset takes too long."""
+    timed_out = web.Response(status=408, text="Request Timeout")
+    result, requests = await answer_of(sim, timed_out, web.json_response([1]))
+    assert (result.data, requests) == ([1], 2)
+
+
 async def test_a_single_attempt_is_one_request(sim: Simulator) -> None:
     error, requests = await answer_of(sim, web.Response(status=500, text="down"), once=True)
     assert (str(error), requests) == ("listing: HTTP 500: down", 1)

@@ -1,10 +1,10 @@
 """The one HTTP path to Procore: auth headers, pacing, retries and error reports.
 
 Every API call goes through `ProcoreHttp`, so the token rule (the API's host and its Procore domain
-only), the rate-limit budget and the retry policy live in one place. Retries are bounded: 5xx and
-transport errors back off exponentially with full jitter; 429 and 503 wait as the server says; a
-401 renews the token once. An answer that is not what Procore documents becomes a `ProcoreError`
-carrying the status and a short excerpt, never a crash.
+only), the rate-limit budget and the retry policy live in one place. Retries are bounded: 5xx, 408
+and transport errors back off exponentially with full jitter; 429 and 503 wait as the server says;
+a 401 renews the token once. An answer that is not what Procore documents becomes a
+`ProcoreError` carrying the status and a short excerpt, never a crash.
 """
 
 from __future__ import annotations
@@ -53,6 +53,12 @@ TALLY: ContextVar[Tally | None] = ContextVar("syncer_request_tally", default=Non
 TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError)
 PROCORE_DOMAINS = ("procore.com", "procoregov.com")
 """Procore's registrable domains: its commercial environments, and the US government zone (FedRAMP)."""
+
+
+def worth_retrying(status: int) -> bool:
+    """Whether another attempt may get a better answer: any 5xx, and 408 Request Timeout (what
+    Procore answers when fetching a large dataset takes too long)."""
+    return status >= 500 or status == 408
 
 
 def _host(url: URL) -> str:
@@ -285,7 +291,7 @@ class ProcoreHttp:
 
         It carries only what a browser would add to the token: a storage host is not the API (no
         `Accept: application/json`, no company header). Used for the first hop of a photo
-        download, whose caller owns the retries (one retry layer per photo): 5xx, 429, 503 and
+        download, whose caller owns the retries (one retry layer per photo): 5xx, 408, 429, 503 and
         transport errors raise `TransientError` after one attempt (a 429 or 503 also pauses the
         shared budget as told). A 3xx or 4xx is the caller's to interpret; a 401 here usually means
         the URL's signature expired, not the token.
@@ -385,7 +391,7 @@ class ProcoreHttp:
                 wait=wait,
                 pace=True,
             )
-        if status >= 500:
+        if worth_retrying(status):
             body = await _read_quietly(response)
             raise _Retry(ProcoreError(describe_status(what, status, body), status=status))
         return response
