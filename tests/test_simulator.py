@@ -1,17 +1,20 @@
 """The simulator answers as Procore does: the list filters as documented, judged against its own
-data, and file URLs of Procore's shapes on a storage host of its own."""
+data; file URLs of Procore's shapes on a storage host of its own; what its token endpoint takes."""
 
 from __future__ import annotations
 
+import base64
 import re
 from collections.abc import Callable
 from datetime import UTC, date, datetime
 from typing import Any, Literal
 
+import aiohttp
 import pytest
 from yarl import URL
 
 from syncer.procore.api import ProcoreApi
+from syncer.procore.http import ProcoreError
 from syncer.procore.models import Photo
 from syncer.procore.query import ImageFilters, ImageQuery, Range
 from syncer.simulator import SimPhoto, Simulator
@@ -228,3 +231,52 @@ async def test_file_urls_are_the_same_from_every_simulator_with_one_seed(make_si
             _, url = await fresh_record(api, sim, next(iter(sim.company.photos)))
         urls.append(url.path)
     assert urls[0] == urls[1]
+
+
+# -- what Procore's token endpoint and filters accept ------------------------------------------
+
+
+@pytest.mark.parametrize(("secret", "status"), [("sim-client-secret", 200), ("wrong", 401)])
+async def test_the_token_endpoint_takes_client_credentials_by_http_basic(
+    sim: Simulator, secret: str, status: int
+) -> None:
+    basic = base64.b64encode(f"{sim.config.client_id}:{secret}".encode()).decode()
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{sim.login_base}/oauth/token",
+            data={"grant_type": "client_credentials"},  # no client_id or client_secret in the form
+            headers={"Authorization": f"Basic {basic}"},
+        ) as answer,
+    ):
+        assert answer.status == status
+        token = await answer.json()
+    if status == 200:
+        assert (token["token_type"], token["expires_in"]) == ("bearer", 5400)
+        assert token["access_token"] in sim.tokens
+
+
+@pytest.mark.parametrize(("flag", "shown"), [("True", True), ("False", False), ("TRUE", True)])
+async def test_a_boolean_filter_takes_true_and_false_in_any_case(
+    make_sim: Any, flag: str, shown: bool
+) -> None:
+    sim = await make_sim(photos=100, projects=1, max_per_page=1000)
+    project = next(iter(sim.company.projects))
+    url = URL(f"{sim.api_base}/rest/v1.0/images").with_query(
+        {"project_id": project, "per_page": 1000, "filters[starred]": flag}
+    )
+    async with client(sim) as api:
+        listed = (await api.http.get_json(url, what="listing")).data
+    assert {item["id"] for item in listed} == {
+        p.id for p in sim.company.photos.values() if p.starred == shown
+    }
+
+
+async def test_a_boolean_filter_that_is_neither_true_nor_false_is_refused(sim: Simulator) -> None:
+    project = next(iter(sim.company.projects))
+    url = URL(f"{sim.api_base}/rest/v1.0/images").with_query(
+        {"project_id": project, "filters[private]": "yes"}
+    )
+    async with client(sim) as api:
+        with pytest.raises(ProcoreError, match="HTTP 400: filters\\[private\\] must be true or false"):
+            await api.http.get_json(url, what="listing")

@@ -29,7 +29,7 @@ from yarl import URL
 
 from syncer.simulator.data import Company, SimPhoto, generate_company
 from syncer.simulator.limits import RateLimits
-from syncer.simulator.signin import SignIn
+from syncer.simulator.signin import SignIn, client_credentials
 
 SORTS = {"created_at", "taken_at", "deleted_at", "exposure_date", "most_recent"}
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -247,6 +247,16 @@ def _ints(query: MultiMapping[str], key: str) -> list[int] | None:
         return [int(v) for v in values]
     except ValueError:
         raise _BadRequest(f"filters[{key}] must be integers") from None
+
+
+def _flag(query: MultiMapping[str], key: str) -> bool | None:
+    """A boolean filter: `true` or `false` in any case (a Python client sends `True`), else 400."""
+    value = query.get(f"filters[{key}]")
+    if value is None:
+        return None
+    if value.lower() not in ("true", "false"):
+        raise _BadRequest(f"filters[{key}] must be true or false")
+    return value.lower() == "true"
 
 
 class Simulator:
@@ -689,9 +699,10 @@ class Simulator:
                 },
                 status=400,
             )
+        client_id, client_secret = client_credentials(request.headers, form)
         if not (
-            hmac.compare_digest(str(form.get("client_id", "")), self.config.client_id)
-            and hmac.compare_digest(str(form.get("client_secret", "")), self.config.client_secret)
+            hmac.compare_digest(client_id, self.config.client_id)
+            and hmac.compare_digest(client_secret, self.config.client_secret)
         ):
             return web.json_response(
                 {
@@ -838,11 +849,11 @@ class Simulator:
             return False
         if (ids := _ints(q, "location_id")) is not None:
             loc = photo.location or {}
-            sub = q.get("filters[include_sublocations]") == "true" and loc.get("parent_id") in ids
+            sub = _flag(q, "include_sublocations") and loc.get("parent_id") in ids
             if loc.get("id") not in ids and not sub:
                 return False
         for flag in ("private", "starred"):
-            if (v := q.get(f"filters[{flag}]")) is not None and getattr(photo, flag) != (v == "true"):
+            if (wanted := _flag(q, flag)) is not None and getattr(photo, flag) != wanted:
                 return False
         if (v := q.get("filters[projection]")) is not None and photo.projection != v:
             return False

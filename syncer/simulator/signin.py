@@ -7,15 +7,19 @@ apps its admins did not install (`allow_user_installs`).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 import html
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
 from aiohttp import web
+from multidict import MultiMapping
 
 OUT_OF_BAND = "urn:ietf:wg:oauth:2.0:oob"
 CODE_TTL = 600.0
@@ -151,7 +155,7 @@ class SignIn:
 
     async def revoke(self, request: web.Request) -> web.Response:
         form = await request.post()
-        if not hmac.compare_digest(str(form.get("client_secret", "")), self.client_secret):
+        if not hmac.compare_digest(client_credentials(request.headers, form)[1], self.client_secret):
             return web.json_response({"error": "invalid_client"}, status=401)
         token = str(form.get("token", ""))
         if (
@@ -190,6 +194,21 @@ class SignIn:
     def companies(self, user: int | None, company: tuple[int, str]) -> list[dict[str, Any]]:
         owned = [company] if user is None else self.users[user].companies
         return [{"id": cid, "name": name, "is_active": True} for cid, name in owned]
+
+
+def client_credentials(headers: Mapping[str, str], form: MultiMapping[Any]) -> tuple[str, str]:
+    """The client id and secret a token or revoke request carries: by HTTP Basic (propycore sends
+    them so), else in the form body (pyprocore); Procore takes both. Unreadable Basic is no
+    credentials at all."""
+    scheme, _, encoded = headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "basic":
+        return str(form.get("client_id", "")), str(form.get("client_secret", ""))
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return "", ""
+    client_id, _, secret = decoded.partition(":")
+    return client_id, secret
 
 
 def _invalid_grant(description: str) -> web.Response:
