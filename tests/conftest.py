@@ -26,6 +26,14 @@ from tests.postgres import new_database, postgres_server
 __all__ = ["postgres_server"]  # a fixture, shared with every test module
 
 SMALL = {"photos": 60, "projects": 2, "photo_size": 6_000}
+DOCUMENTED_LIMITS: dict[str, Any] = {
+    "hourly_limit": 3_600,
+    "hourly_window": 3600.0,
+    "spike_limit": 25,
+    "spike_window": 10.0,
+}
+"""Procore's documented default rate limits, 3,600 an hour and 25 in 10 s, for the tests about the
+budget; the others keep the simulator's generous defaults, which no test has to wait for."""
 
 
 @pytest.fixture
