@@ -38,7 +38,8 @@ class Sim:
             return at
 
     def api_requests(self) -> int:
-        """Answers the API origin gave (everything but the object store and the bench's own reads)."""
+        """Answers Procore gave, API and storage host (everything but the object store and the bench's
+        own reads)."""
         counts = self.stats()["requests"]
         return sum(n for route, n in counts.items() if route not in ("object", "sim_stats"))
 

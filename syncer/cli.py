@@ -239,10 +239,12 @@ def _add_simulate(sub: Any, common: argparse.ArgumentParser) -> None:
     sim.add_argument(
         "--free-file-requests",
         action="store_true",
-        help="file URLs on the API origin do not count against the rate limit",
+        help="requests to the storage host (file URLs) do not count against the rate limit",
     )
     sim.add_argument("--photo-size", type=int, default=None, help="bytes per photo (default: varied)")
-    sim.add_argument("--latency", type=float, default=0.0, help="seconds before each API answer")
+    sim.add_argument(
+        "--latency", type=float, default=0.0, help="seconds before each API and storage-host answer"
+    )
     sim.add_argument(
         "--store-latency", type=float, default=0.0, help="seconds before each object-store answer"
     )

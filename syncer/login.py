@@ -64,7 +64,8 @@ async def login(settings: Settings, *, say: Callable[[str], None] = print) -> st
             REDACT.add(access)
             REDACT.add(refresh)
             # Saved before anything else: from here on, this is the only copy of a working sign-in.
-            await asyncio.to_thread(file.write, SavedLogin(refresh, access, expires_at, "the signed-in user"))
+            first = SavedLogin(refresh, access, expires_at, "the signed-in user", redirect_uri=p.redirect_uri)
+            await asyncio.to_thread(file.write, first)
         who = await api.me()
         async with file.turn():
             if (saved := file.read()) is not None:

@@ -149,7 +149,9 @@ class Syncer:
 def grant_of(settings: Settings) -> Grant:
     """How this process obtains access tokens: `procore.auth` decides, once."""
     if settings.procore.auth == "authorization_code":
-        return UserGrant(LoginFile(settings.mirror.root), on_secret=REDACT.add)
+        return UserGrant(
+            LoginFile(settings.mirror.root), redirect_uri=settings.procore.redirect_uri, on_secret=REDACT.add
+        )
     return ServiceAccount()
 
 

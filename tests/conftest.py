@@ -26,6 +26,14 @@ from tests.postgres import new_database, postgres_server
 __all__ = ["postgres_server"]  # a fixture, shared with every test module
 
 SMALL = {"photos": 60, "projects": 2, "photo_size": 6_000}
+DOCUMENTED_LIMITS: dict[str, Any] = {
+    "hourly_limit": 3_600,
+    "hourly_window": 3600.0,
+    "spike_limit": 25,
+    "spike_window": 10.0,
+}
+"""Procore's documented default rate limits, 3,600 an hour and 25 in 10 s, for the tests about the
+budget; the others keep the simulator's generous defaults, which no test has to wait for."""
 
 
 @pytest.fixture
@@ -170,8 +178,12 @@ async def project_store(url: str, project_id: int, name: str) -> AsyncIterator[S
 def listed_row(
     photo_id: int, project_id: int, *, size: int = 10, description: str = "", key: str = "k1"
 ) -> dict[str, Any]:
-    """The database row of a listed photo the mirror does not have yet."""
-    url = f"https://api.procore.com/storage/files/{photo_id}/{key}/p.jpg"
+    """The database row of a listed photo the mirror does not have yet; its file URL (Procore's v5
+    shape, on the storage host) names the file by `key`."""
+    url = (
+        f"https://storage.procore.com/api/v5/files/us-east-1/pro-core.com/companies/1/{photo_id}-{key}"
+        f"?companyId=1&projectId={project_id}&sig=x"
+    )
     photo = Photo.from_api({"id": photo_id, "url": url, "size": size, "description": description})
     return photo_row(
         photo, project_id=project_id, rel_path=f"project-{project_id}/{photo_id}.jpg", now=datetime.now(UTC)

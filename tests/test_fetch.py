@@ -21,7 +21,7 @@ from syncer.mirror.files import MirrorFS
 from syncer.procore.models import Photo
 from syncer.procore.query import ImageQuery
 from syncer.simulator import Simulator
-from tests.test_procore_client import client, scripted
+from tests.test_procore_client import OTHER_HOST, client, scripted
 
 LARGE = 5 * DURABLE_EVERY + 12_345
 """Several write batches: the body streams to its part file, and a cut half-way leaves durable progress."""
@@ -371,6 +371,17 @@ async def test_a_redirect_without_a_location_is_tried_again(sim: Simulator, tmp_
     assert caught.value.retry is True
 
 
+async def test_a_file_request_carries_the_token_and_what_a_browser_asks_no_json(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    """The storage host is not the API: it gets the token, not the API's headers."""
+    async with procore_answering(sim, tmp_path, web.Response(body=BODY)) as (fetcher, base, seen):
+        await fetch_one(fetcher, f"{base}/api/v5/files/1")
+    ((_, headers),) = seen
+    assert headers["Authorization"].startswith("Bearer ")
+    assert "json" not in headers.get("Accept", "") and "Procore-Company-Id" not in headers
+
+
 async def test_a_range_the_file_no_longer_has_starts_the_download_over(
     sim: Simulator, tmp_path: Path
 ) -> None:
@@ -393,20 +404,20 @@ async def test_a_429_on_the_procore_hop_passes_its_retry_after_on(sim: Simulator
     assert (caught.value.retry, caught.value.refresh, caught.value.wait) == (True, False, 7.0)
 
 
-@pytest.mark.parametrize("status", [429, 500, 503])
+@pytest.mark.parametrize("status", [408, 429, 500, 503])
 async def test_a_busy_object_store_passes_its_retry_after_on(
     sim: Simulator, tmp_path: Path, status: int
 ) -> None:
     busy = web.Response(status=status, headers={"Retry-After": "3"})
     async with (
-        scripted(busy) as (store, _),
+        scripted(busy, host=OTHER_HOST) as (store, _),
         procore_answering(sim, tmp_path, redirect(f"{store}/bucket/1")) as (
             fetcher,
             base,
             _,
         ),
     ):
-        with pytest.raises(FetchError, match=rf"^photo 1: HTTP {status} from 127\.0\.0\.1$") as caught:
+        with pytest.raises(FetchError, match=rf"^photo 1: HTTP {status} from {OTHER_HOST}$") as caught:
             await fetch_one(fetcher, f"{base}/storage/1")
     assert (caught.value.retry, caught.value.refresh, caught.value.wait) == (True, False, 3.0)
 
@@ -415,7 +426,7 @@ async def test_a_refusal_is_final_and_names_the_url_without_its_signature(
     sim: Simulator, tmp_path: Path
 ) -> None:
     refusal = web.Response(status=400, text="<Error><Message>Bad digest</Message></Error>")
-    async with scripted(refusal) as (store, _):
+    async with scripted(refusal, host=OTHER_HOST) as (store, _):
         signed = f"{store}/bucket/1?X-Amz-Signature=secret-signature"
         async with procore_answering(sim, tmp_path, redirect(signed)) as (fetcher, base, _):
             with pytest.raises(FetchError) as caught:
@@ -466,7 +477,7 @@ async def test_a_resumed_answer_that_does_not_continue_the_part_is_tried_again(
 
 
 async def test_an_object_store_that_cannot_be_reached_is_tried_again(sim: Simulator, tmp_path: Path) -> None:
-    async with scripted(web.Response(status=204)) as (store, _):
+    async with scripted(web.Response(status=204), host=OTHER_HOST) as (store, _):
         pass  # its port is closed now
     async with procore_answering(sim, tmp_path, redirect(f"{store}/bucket/1")) as (fetcher, base, _):
         with pytest.raises(FetchError, match=r"^photo 1: ClientConnectorError: ") as caught:
@@ -479,7 +490,7 @@ async def test_an_object_store_that_redirects_without_end_is_followed_five_times
 ) -> None:
     """Each hop is followed here, never by the HTTP client, so the token rule and the limit hold."""
     async with (
-        scripted(redirect("/bucket/again")) as (store, seen),
+        scripted(redirect("/bucket/again"), host=OTHER_HOST) as (store, seen),
         procore_answering(sim, tmp_path, redirect(f"{store}/bucket/1")) as (fetcher, base, _),
     ):
         with pytest.raises(FetchError, match=r"^photo 1: more than 5 redirects$") as caught:
@@ -562,7 +573,7 @@ async def test_a_retry_after_given_as_a_date_is_read_against_the_clock(
 ) -> None:
     later = formatdate(time.time() + 30, usegmt=True)
     async with (
-        scripted(web.Response(status=503, headers={"Retry-After": later})) as (store, _),
+        scripted(web.Response(status=503, headers={"Retry-After": later}), host=OTHER_HOST) as (store, _),
         procore_answering(sim, tmp_path, redirect(f"{store}/bucket/1")) as (fetcher, base, _),
     ):
         with pytest.raises(FetchError) as caught:

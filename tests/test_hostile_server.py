@@ -19,7 +19,7 @@ from aiohttp import web
 from syncer.mirror.fetch import Fetched, Fetcher, FetchError
 from syncer.mirror.files import MirrorFS
 from syncer.simulator import Simulator
-from tests.test_procore_client import client, serving
+from tests.test_procore_client import OTHER_HOST, client, serving
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MiB = 1 << 20
@@ -43,7 +43,7 @@ async def hostile(
         store.headers.append(dict(request.headers))
         return await handler(request, store)
 
-    async with serving(handle) as base:
+    async with serving(handle, host=OTHER_HOST) as base:
         yield base, store
 
 
@@ -171,7 +171,7 @@ async def test_a_huge_error_page_is_read_only_for_its_excerpt(
         return await endless(request, store, status=status, chunk=b"<p>denied</p>" * 5000)
 
     async with hostile(error_page) as (base, store), fetcher(sim, tmp_path) as f:
-        with pytest.raises(FetchError, match=f"HTTP {status} from .*127.0.0.1.*denied"):
+        with pytest.raises(FetchError, match=f"HTTP {status} from .*{OTHER_HOST}.*denied"):
             await fetch(f, f"{base}/file", 120)
     assert store.sent < 8 * MiB, f"the server got to send {store.sent} bytes"
 
@@ -222,7 +222,7 @@ async def test_a_chunked_body_whose_chunk_ends_arrive_late_is_read_to_its_end(
     port = server.sockets[0].getsockname()[1]
     try:
         async with fetcher(sim, tmp_path) as f:
-            fetched = await fetch(f, f"http://127.0.0.1:{port}/file", None)
+            fetched = await fetch(f, f"http://{OTHER_HOST}:{port}/file", None)
     finally:
         server.close()
     assert fetched.data is not None and b"".join(fetched.data) == b"helloworld"
@@ -242,7 +242,7 @@ async def test_a_body_sent_a_byte_at_a_time_is_kept_in_few_pieces(sim: Simulator
     port = server.sockets[0].getsockname()[1]
     try:
         async with fetcher(sim, tmp_path) as f:
-            fetched = await fetch(f, f"http://127.0.0.1:{port}/file", 2000)
+            fetched = await fetch(f, f"http://{OTHER_HOST}:{port}/file", 2000)
     finally:
         server.close()
     assert fetched.data is not None and b"".join(fetched.data) == b"x" * 2000

@@ -38,8 +38,8 @@ async def test_pacer_holds_callers_until_the_reset_when_the_budget_is_spent() ->
 
 async def test_a_pacer_with_a_share_spends_only_its_part_of_the_budget() -> None:
     pacer, slept = fake_clock_pacer(share=0.25)  # one of four workers seeing the company's budget
-    pacer.observe({"X-Rate-Limit-Limit": "50", "X-Rate-Limit-Remaining": "40", "X-Rate-Limit-Reset": "1010"})
-    for _ in range(40 // 4 - 3):  # a quarter, less one request for each other worker's older view
+    pacer.observe({"X-Rate-Limit-Limit": "25", "X-Rate-Limit-Remaining": "20", "X-Rate-Limit-Reset": "1010"})
+    for _ in range(20 // 4 - 3):  # a quarter, less one request for each other worker's older view
         async with pacer.slot():
             pass
     assert slept == []
@@ -49,20 +49,16 @@ async def test_a_pacer_with_a_share_spends_only_its_part_of_the_budget() -> None
 
 
 async def test_a_pacer_with_a_share_sends_at_most_its_share_of_each_windows_limit() -> None:
-    pacer, slept = fake_clock_pacer(share=0.5)  # one of two workers; a window allows 10 requests
-    window = {"X-Rate-Limit-Limit": "10", "X-Rate-Limit-Reset": "1010"}
-    pacer.observe({**window, "X-Rate-Limit-Remaining": "10"})
-    for _ in range(4):
-        async with pacer.slot():
-            pass
-    # Its own four requests are counted; the other worker's are still on their way.
-    pacer.observe({**window, "X-Rate-Limit-Remaining": "6"})
-    async with pacer.slot():
-        pass
+    pacer, slept = fake_clock_pacer(share=0.5)  # one of two workers; a window allows 25 requests
+    window = {"X-Rate-Limit-Limit": "25", "X-Rate-Limit-Reset": "1010"}
+    pacer.observe({**window, "X-Rate-Limit-Remaining": "25"})
+    await take(pacer, 10)
+    # Its own ten requests are counted; the other worker's are still on their way.
+    pacer.observe({**window, "X-Rate-Limit-Remaining": "15"})
+    await take(pacer, 3)
     assert slept == []
-    async with pacer.slot():
-        pass
-    assert slept == [10.0], "its sixth request waits for the next window, though the last answer said 6"
+    await take(pacer)
+    assert slept == [10.0], "its 14th request waits for the next window, though the last answer said 15"
 
 
 async def test_pacer_reads_reset_against_the_servers_clock() -> None:
@@ -187,9 +183,9 @@ def test_the_clock_offset_is_zero_until_a_date_is_seen_and_ignores_an_unreadable
 
 async def test_a_shared_budget_counts_a_new_windows_requests_afresh() -> None:
     pacer, slept = fake_clock_pacer(share=0.5)
-    pacer.observe({"X-Rate-Limit-Limit": "10", "X-Rate-Limit-Reset": "1010", "X-Rate-Limit-Remaining": "10"})
-    await take(pacer, 4)
-    pacer.observe({"X-Rate-Limit-Limit": "10", "X-Rate-Limit-Reset": "1020", "X-Rate-Limit-Remaining": "10"})
+    pacer.observe({"X-Rate-Limit-Limit": "25", "X-Rate-Limit-Reset": "1010", "X-Rate-Limit-Remaining": "25"})
+    await take(pacer, 12)  # its share of the window, less its reserve
+    pacer.observe({"X-Rate-Limit-Limit": "25", "X-Rate-Limit-Reset": "1020", "X-Rate-Limit-Remaining": "25"})
     await take(pacer, 3)
     assert slept == [], "the new window's share is its own"
 
@@ -248,8 +244,8 @@ async def test_the_bound_of_one_window_is_not_applied_to_a_window_of_another_lim
     pacer, now, slept = clocked_pacer()
     pacer.observe({**WINDOW, "X-Rate-Limit-Remaining": "24"}, sent=1000.0)
     now[0] = 1010.3
-    hourly = {"X-Rate-Limit-Limit": "600", "X-Rate-Limit-Reset": "4600"}
-    pacer.observe({**hourly, "X-Rate-Limit-Remaining": "599"}, sent=1010.2)
+    hourly = {"X-Rate-Limit-Limit": "3600", "X-Rate-Limit-Reset": "4600"}
+    pacer.observe({**hourly, "X-Rate-Limit-Remaining": "3599"}, sent=1010.2)
     pacer.observe({**hourly, "X-Rate-Limit-Remaining": "0"})
     await take(pacer)
     assert slept == [pytest.approx(4600 - 1010.3)]
@@ -294,8 +290,8 @@ async def test_the_time_callers_were_held_adds_up() -> None:
 
 async def test_a_bound_learned_from_the_hourly_window_is_not_applied_to_the_spike_window() -> None:
     pacer, now, slept = clocked_pacer()
-    hourly = {"X-Rate-Limit-Limit": "600", "X-Rate-Limit-Reset": "4600"}
-    pacer.observe({**hourly, "X-Rate-Limit-Remaining": "599"}, sent=1000.0)
+    hourly = {"X-Rate-Limit-Limit": "3600", "X-Rate-Limit-Reset": "4600"}
+    pacer.observe({**hourly, "X-Rate-Limit-Remaining": "3599"}, sent=1000.0)
     now[0] = 1005.0
     pacer.observe({"X-Rate-Limit-Limit": "25", "X-Rate-Limit-Remaining": "0", "X-Rate-Limit-Reset": "1010"})
     await take(pacer)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import random
 import re
@@ -77,8 +78,6 @@ async def signed_in(make_sim: Any, tmp_path: Path, *, ttl: float = 5400.0) -> tu
 
 
 def saved_refresh_token(folder: Path) -> str:
-    import json
-
     return str(json.loads(login_file(folder).read_text())["refresh_token"])
 
 
@@ -273,28 +272,75 @@ async def test_the_daemon_reports_a_refused_sign_in_once_and_resumes_after_a_log
     assert login_file(tmp_path).exists()
 
 
-async def test_the_simulator_refuses_a_code_brought_to_another_redirect_uri(make_sim: Any) -> None:
-    sim = await make_sim(photos=4, projects=1)
+async def out_of_band_code(client: aiohttp.ClientSession, sim: Simulator) -> str:
+    """A code Pat approved for the out-of-band redirect URI."""
     sim.sign_in.auto_approve = PAT
     settings = sim.procore_settings()
     url = authorize_url_for(settings["login_base"], settings["client_id"], OUT_OF_BAND, "s")
+    async with client.get(url) as page:
+        found = re.search(r'id="code">([^<]+)<', await page.text())
+    assert found
+    return found[1]
+
+
+def token_form(sim: Simulator, **grant: str) -> dict[str, str]:
+    settings = sim.procore_settings()
+    return {**grant, "client_id": settings["client_id"], "client_secret": settings["client_secret"]}
+
+
+async def test_the_simulator_refuses_a_code_brought_to_another_redirect_uri(make_sim: Any) -> None:
+    sim = await make_sim(photos=4, projects=1)
     async with aiohttp.ClientSession() as client:
-        async with client.get(url) as page:
-            found = re.search(r'id="code">([^<]+)<', await page.text())
-        assert found
-        form = {
-            "grant_type": "authorization_code",
-            "code": found[1],
-            "redirect_uri": "http://127.0.0.1:9/elsewhere",
-            "client_id": settings["client_id"],
-            "client_secret": settings["client_secret"],
-        }
-        async with client.post(f"{settings['login_base']}/oauth/token", data=form) as answer:
+        form = token_form(
+            sim,
+            grant_type="authorization_code",
+            code=await out_of_band_code(client, sim),
+            redirect_uri="http://127.0.0.1:9/elsewhere",
+        )
+        async with client.post(f"{sim.login_base}/oauth/token", data=form) as answer:
             assert answer.status == 400 and (await answer.json())["error"] == "invalid_grant"
         async with client.post(
-            f"{settings['login_base']}/oauth/token", data={**form, "redirect_uri": OUT_OF_BAND}
+            f"{sim.login_base}/oauth/token", data={**form, "redirect_uri": OUT_OF_BAND}
         ) as again:
             assert again.status == 400, "a code is spent by a failed exchange too"
+
+
+async def test_the_simulator_refuses_a_refresh_that_names_another_redirect_uri(make_sim: Any) -> None:
+    sim = await make_sim(photos=4, projects=1)
+    async with aiohttp.ClientSession() as client:
+        code = await out_of_band_code(client, sim)
+        exchange = token_form(sim, grant_type="authorization_code", code=code, redirect_uri=OUT_OF_BAND)
+        async with client.post(f"{sim.login_base}/oauth/token", data=exchange) as answer:
+            refresh_token = (await answer.json())["refresh_token"]
+        refresh = token_form(sim, grant_type="refresh_token", refresh_token=refresh_token)
+        async with client.post(f"{sim.login_base}/oauth/token", data=refresh) as unnamed:
+            assert unnamed.status == 400 and (await unnamed.json())["error"] == "invalid_grant"
+        assert refresh_token not in sim.sign_in.refresh_tokens, "spent by the refused refresh too"
+    assert sim.sign_in.stats.refused_refreshes == 1
+
+
+async def test_a_refresh_names_the_redirect_uri_the_sign_in_was_made_with(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    sim, _ = await signed_in(make_sim, tmp_path, ttl=ALWAYS_REFRESH)  # out of band
+    changed = user_config(sim, tmp_path, redirect_uri=f"http://127.0.0.1:{free_port()}/callback")
+    before = sim.sign_in.stats.refreshes
+    run = await syncer("sync", "--config", changed)
+    assert run.code == ExitCode.OK, run.err
+    assert (sim.sign_in.stats.refreshes - before, sim.sign_in.stats.refused_refreshes) == (1, 0)
+
+
+async def test_a_sign_in_saved_without_its_redirect_uri_is_refreshed_with_the_configured_one(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    sim, config = await signed_in(make_sim, tmp_path, ttl=ALWAYS_REFRESH)
+    saved = json.loads(login_file(tmp_path).read_text())
+    del saved["redirect_uri"]  # as a sign-in saved before the syncer kept it
+    login_file(tmp_path).write_text(json.dumps(saved))
+    before = sim.sign_in.stats.refreshes
+    run = await syncer("sync", "--config", config)
+    assert run.code == ExitCode.OK, run.err
+    assert (sim.sign_in.stats.refreshes - before, sim.sign_in.stats.refused_refreshes) == (1, 0)
 
 
 def as_at_a_terminal() -> None:

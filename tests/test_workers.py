@@ -144,7 +144,7 @@ async def test_a_recorded_result_ends_the_claim(store: Store) -> None:
 
 async def test_a_claim_hands_over_the_listed_signed_url(store: Store) -> None:
     now = datetime.now(UTC)
-    signed = "https://api.procore.com/storage/files/5/k/5.jpg?sig=abc&expires=99"
+    signed = "https://storage.procore.com/api/v5/files/us-east-1/pro-core.com/companies/1/01J5?sig=abc"
     photo = Photo.from_api({"id": 5, "url": signed, "size": 10, "filename": "5.jpg"})
     await store.save_photos(
         [photo_row(photo, project_id=PROJECT, rel_path="Tower/5.jpg", now=now, fetch_url=signed)]

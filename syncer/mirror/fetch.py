@@ -39,6 +39,7 @@ from syncer.procore.http import (
     excerpt,
     read_head,
     untrusted,
+    worth_retrying,
 )
 from syncer.procore.pacing import retry_after_seconds
 
@@ -273,7 +274,7 @@ class Fetcher:
         so the disk is asked before every download."""
 
     async def _hop(self, url: URL, what: str, headers: dict[str, str]) -> aiohttp.ClientResponse:
-        if self.http.is_procore_url(url):
+        if self.http.may_carry_token(url):
             try:
                 return await self.http.open(url, what=what, headers=headers, decompress=False)
             except TransientError as exc:
@@ -337,7 +338,7 @@ class Fetcher:
                         retry=True,
                         refresh=True,
                     )
-                if status == 429 or status >= 500:
+                if status == 429 or worth_retrying(status):
                     wait = retry_after_seconds(response.headers, now=time.time())
                     raise FetchError(f"{what}: HTTP {status} from {current.host}", retry=True, wait=wait)
                 if status == 416:  # our Range no longer fits the file: start again

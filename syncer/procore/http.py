@@ -1,10 +1,10 @@
 """The one HTTP path to Procore: auth headers, pacing, retries and error reports.
 
-Every API call goes through `ProcoreHttp`, so the token rule (Procore hosts only), the rate-limit
-budget and the retry policy live in one place. Retries are bounded: 5xx and transport errors back
-off exponentially with full jitter; 429 and 503 wait as the server says; a 401 renews the token
-once. An answer that is not what Procore documents becomes a `ProcoreError` carrying the status
-and a short excerpt, never a crash.
+Every API call goes through `ProcoreHttp`, so the token rule (the API's host and its Procore domain
+only), the rate-limit budget and the retry policy live in one place. Retries are bounded: 5xx, 408
+and transport errors back off exponentially with full jitter; 429 and 503 wait as the server says;
+a 401 renews the token once. An answer that is not what Procore documents becomes a
+`ProcoreError` carrying the status and a short excerpt, never a crash.
 """
 
 from __future__ import annotations
@@ -51,6 +51,24 @@ class Tally:
 
 TALLY: ContextVar[Tally | None] = ContextVar("syncer_request_tally", default=None)
 TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError)
+PROCORE_DOMAINS = ("procore.com", "procoregov.com")
+"""Procore's registrable domains: its commercial environments, and the US government zone (FedRAMP)."""
+
+
+def worth_retrying(status: int) -> bool:
+    """Whether another attempt may get a better answer: any 5xx, and 408 Request Timeout (what
+    Procore answers when fetching a large dataset takes too long)."""
+    return status >= 500 or status == 408
+
+
+def _host(url: URL) -> str:
+    return (url.host or "").lower().rstrip(".")
+
+
+def procore_domain(url: URL) -> str | None:
+    """The Procore domain `url`'s host lies under (`procore.com`, `procoregov.com`), if any."""
+    host = _host(url)
+    return next((d for d in PROCORE_DOMAINS if host == d or host.endswith(f".{d}")), None)
 
 
 class UntrustedServer(FatalError):
@@ -208,6 +226,7 @@ class ProcoreHttp:
     ) -> None:
         self.session = session
         self.api_base = URL(api_base)
+        self._token_domain = procore_domain(self.api_base)
         self._login_base = URL(login_base)
         self._company_id = company_id
         self._client_id = client_id
@@ -218,12 +237,20 @@ class ProcoreHttp:
         grant = grant or ServiceAccount()
         self.tokens = TokenSource(lambda: grant.fetch(self.post_token))
 
-    def is_procore_url(self, url: URL) -> bool:
-        """Whether the bearer token may go to `url`: the API origin, or HTTPS on *.procore.com."""
-        if url.origin() == self.api_base.origin():
+    def may_carry_token(self, url: URL) -> bool:
+        """Whether the bearer token may go to `url` (Procore's file hosts need it; nothing else may
+        see it): the API's own host with the API's scheme, on any port, or an HTTPS host under
+        the Procore domain of `api_base`. That domain is `procore.com`, or `procoregov.com` for a
+        company in the US government zone, never both: the zone's storage host is its own, and a
+        token of one zone has no business in the other. An `api_base` under neither (a proxy, a
+        simulator) trusts its own host alone. Never plain HTTP from an HTTPS API."""
+        if url.scheme == self.api_base.scheme and _host(url) == _host(self.api_base):
             return True
-        host = (url.host or "").lower().rstrip(".")
-        return url.scheme == "https" and (host == "procore.com" or host.endswith(".procore.com"))
+        return (
+            self._token_domain is not None
+            and url.scheme == "https"
+            and procore_domain(url) == self._token_domain
+        )
 
     def api_url(self, path: str, params: list[tuple[str, str]]) -> URL:
         return URL(f"{self.api_base}{path}?{encode_query(params)}", encoded=True)
@@ -260,16 +287,24 @@ class ProcoreHttp:
     async def open(
         self, url: URL, *, what: str, headers: Mapping[str, str] | None = None, decompress: bool = True
     ) -> aiohttp.ClientResponse:
-        """Send one GET to a Procore host with the token; the caller reads and releases the answer.
+        """Send one GET to a Procore file host with the token; the caller reads and releases the answer.
 
-        Used for the first hop of a photo download, whose caller owns the retries (one retry layer
-        per photo): 5xx, 429, 503 and transport errors raise `TransientError` after one attempt
-        (a 429 or 503 also pauses the shared budget as told). A 3xx or 4xx is the caller's to
-        interpret; a 401 here usually means the URL's signature expired, not the token.
+        It carries only what a browser would add to the token: a storage host is not the API (no
+        `Accept: application/json`, no company header). Used for the first hop of a photo
+        download, whose caller owns the retries (one retry layer per photo): 5xx, 408, 429, 503 and
+        transport errors raise `TransientError` after one attempt (a 429 or 503 also pauses the
+        shared budget as told). A 3xx or 4xx is the caller's to interpret; a 401 here usually means
+        the URL's signature expired, not the token.
         """
         return await self._retrying(
             lambda: self._send_once(
-                "GET", url, what=what, renew_on_401=False, extra_headers=headers, decompress=decompress
+                "GET",
+                url,
+                what=what,
+                api=False,
+                renew_on_401=False,
+                extra_headers=headers,
+                decompress=decompress,
             ),
             what=what,
             attempts=1,
@@ -312,19 +347,19 @@ class ProcoreHttp:
         *,
         what: str,
         auth: bool = True,
+        api: bool = True,
         data: Mapping[str, str] | None = None,
         renew_on_401: bool = True,
         extra_headers: Mapping[str, str] | None = None,
         decompress: bool = True,
     ) -> aiohttp.ClientResponse:
+        """One request; `api` adds the headers of an API call (JSON, the company)."""
         token = await self.tokens.token() if auth else None
-        headers = {
-            "Accept": "application/json",
-            "Procore-Company-Id": str(self._company_id),
-            **(extra_headers or {}),
-        }
+        headers = dict(extra_headers or {})
+        if api:
+            headers = {"Accept": "application/json", "Procore-Company-Id": str(self._company_id), **headers}
         if token:
-            if not self.is_procore_url(url):
+            if not self.may_carry_token(url):
                 raise ProcoreError(f"{what}: refusing to send the token to {url.origin()}")
             headers["Authorization"] = f"Bearer {token}"
         try:
@@ -356,7 +391,7 @@ class ProcoreHttp:
                 wait=wait,
                 pace=True,
             )
-        if status >= 500:
+        if worth_retrying(status):
             body = await _read_quietly(response)
             raise _Retry(ProcoreError(describe_status(what, status, body), status=status))
         return response

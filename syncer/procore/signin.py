@@ -55,6 +55,9 @@ class SavedLogin:
     """Who signed in, for messages ("Pat Jones (pat@example.com)")."""
     refreshing_since: float | None = None
     """Set, durably, just before a refresh is sent; cleared with the answer saved."""
+    redirect_uri: str | None = None
+    """The redirect URI the sign-in was made with, which each refresh names again, as Procore's
+    own example does. None in a sign-in saved before it was kept: the configured one is sent."""
 
     def __repr__(self) -> str:  # never print a token, even in a debugger
         return f"SavedLogin(user={self.user!r}, expires_at={self.expires_at:.0f})"
@@ -91,6 +94,7 @@ class LoginFile:
                 expires_at=float(saved["expires_at"]),
                 user=str(saved["user"]),
                 refreshing_since=float(saved["refreshing_since"]) if saved.get("refreshing_since") else None,
+                redirect_uri=saved["redirect_uri"] if isinstance(saved.get("redirect_uri"), str) else None,
             )
         except (ValueError, KeyError, TypeError):
             raise AuthError(f"the saved Procore sign-in {self.path} is damaged: {LOGIN_AGAIN}") from None
@@ -169,10 +173,13 @@ class UserGrant:
         self,
         file: LoginFile,
         *,
+        redirect_uri: str,
         on_secret: Callable[[str], None] = lambda _: None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.file = file
+        self.redirect_uri = redirect_uri
+        """`procore.redirect_uri`, for a saved sign-in that does not say its own."""
         self.on_secret = on_secret
         """Called with each token read or received, so the log redactor learns it."""
         self.clock = clock
@@ -219,7 +226,12 @@ class UserGrant:
     async def _exchange(
         self, saved: SavedLogin, post: PostToken, now: float, interrupted: bool
     ) -> dict[str, Any]:
-        grant = {"grant_type": "refresh_token", "refresh_token": saved.refresh_token}
+        redirect_uri = saved.redirect_uri or self.redirect_uri
+        grant = {
+            "grant_type": "refresh_token",
+            "refresh_token": saved.refresh_token,
+            "redirect_uri": redirect_uri,
+        }
         refused = f"Procore refused the saved sign-in of {saved.user}"
         if interrupted:
             refused += " (a refresh was interrupted before its answer was saved, which spends the token)"
@@ -246,7 +258,8 @@ class UserGrant:
             raise AuthError(f"{exc}, and the old one is spent: {LOGIN_AGAIN}") from None
         self.on_secret(access)
         self.on_secret(refresh)
-        self._unsaved, self._spent = SavedLogin(refresh, access, expires_at, saved.user), saved.refresh_token
+        self._unsaved = SavedLogin(refresh, access, expires_at, saved.user, redirect_uri=redirect_uri)
+        self._spent = saved.refresh_token
         await self._save()
         log.debug("refreshed the Procore sign-in of %s", saved.user)
         return self._hand_out(access, expires_at - now)

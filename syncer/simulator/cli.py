@@ -41,7 +41,7 @@ async def serve(args: argparse.Namespace) -> int:
     )
     await sim.start(api_port=args.port, store_port=args.store_port)
     config = {"procore": sim.procore_settings()}
-    print(f"Procore simulator: API {sim.api_base}, object store {sim.store_base}")
+    print(f"Procore simulator: API {sim.api_base}, storage {sim.storage_base}, object store {sim.store_base}")
     print(f"{len(sim.company.projects)} projects, {len(sim.company.photos)} photos (seed {args.seed}).")
     print("A config section that points at it:\n")
     print(yaml.safe_dump(config, sort_keys=False))

@@ -1,4 +1,5 @@
-"""The simulator's two origins: the Procore API (with OAuth and file URLs) and an object store.
+"""The simulator's origins: the Procore API (with OAuth), Procore's storage host (the file URLs),
+and an object store.
 
 Tests reach into a running `Simulator` to change its data (`edit_photo`, `delete_photo`, ...), to
 register `listing_hooks` that run between page requests, and to read `stats`.
@@ -22,17 +23,40 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
-from urllib.parse import quote
 
 from aiohttp import web
 from multidict import MultiMapping
+from yarl import URL
 
 from syncer.simulator.data import Company, SimPhoto, generate_company
 from syncer.simulator.limits import RateLimits
-from syncer.simulator.signin import SignIn
+from syncer.simulator.signin import SignIn, client_credentials
 
 SORTS = {"created_at", "taken_at", "deleted_at", "exposure_date", "most_recent"}
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+FILE_PATHS = {
+    "v5": "/api/v5/files/us-east-1/pro-core.com/companies/{company}/{name}",
+    "v4": "/v4/d/us-east-1/pro-core.com/prostore/{name}",
+}
+"""The shapes of Procore's file URLs seen in public traffic (v4 is the older); neither holds the
+photo's file name, and the name in it is opaque (a ULID in v5)."""
+CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+@dataclass(frozen=True)
+class Hosts:
+    """The host names in the URLs the simulator hands out. It listens on loopback whatever they
+    say: names other than these defaults must resolve to 127.0.0.1 for the client (a test gives
+    its `syncer` process its own hosts file).
+
+    By default the storage host is the API's host on a port of its own, and the object store is
+    another host (`localhost`), as S3 is not Procore: the token may go to the one, never the other."""
+
+    api: str = "127.0.0.1"
+    login: str = "127.0.0.1"
+    """The OAuth host; served by the API's port."""
+    storage: str = "127.0.0.1"
+    store: str = "localhost"
 
 
 @dataclass
@@ -47,7 +71,7 @@ class SimConfig:
     client_secret: str = "sim-client-secret"  # noqa: S105 - the simulator's own test credential
     token_ttl: float = 5400.0
     url_ttl: float = 600.0
-    """Lifetime of signed file URLs, on the API origin and at the object store."""
+    """Lifetime of signed file URLs, on the storage host and at the object store."""
     max_per_page: int = 100
     """The most items a page holds, whatever `per_page` asks: Procore documents no maximum for
     images, so tests try both a server that caps at 100 and one that gives 1,000."""
@@ -59,9 +83,10 @@ class SimConfig:
     spike_limit: int = 2_000
     spike_window: float = 10.0
     count_file_requests: bool = True
-    """Whether the API-origin hop of a photo download counts against the rate limit."""
+    """Whether the storage host's requests (the first hop of a photo download) count against the
+    rate limit (unknown for Procore)."""
     error_rate: float = 0.0
-    """Share of answers (API and object store) replaced by a 500, 502 or 503."""
+    """Share of answers (API, storage host and object store) replaced by a 500, 502 or 503."""
     store_error_rate: float = 0.0
     """Share of object-store answers (only) replaced by a 503 SlowDown."""
     cut_rate: float = 0.0
@@ -82,12 +107,12 @@ class SimConfig:
     """Photo ids counted in every listing's `Total` but never served on a page: a listing that
     holds them can never be proven complete."""
     broken_files: set[int] = field(default_factory=set)
-    """Photo ids whose file URL on the API origin always answers 500."""
+    """Photo ids whose file URL on the storage host always answers 500."""
     broken_file_text: str = "internal error"
     """What the error page of a broken file says: an upstream page can say anything."""
     redirect_hops: int = 1
-    """Redirects from a photo's file URL to the object store: the extra ones go through
-    `/storage/hop/...` on the API origin first (relative `Location`s, 301, 307, 308 in turn)."""
+    """Redirects from a photo's file URL to the object store: the extra ones go through `/hop/...`
+    on the storage host first (relative `Location`s, 301, 307, 308 in turn)."""
     chunked_bodies: bool = False
     """Object-store bodies come without a `Content-Length` (chunked), as some servers send them."""
     token_faults: bool = True
@@ -100,13 +125,17 @@ class SimConfig:
     range_end: Literal["inclusive", "exclusive"] = "inclusive"
     """Whether a `created_at` or `updated_at` range holds its end (unknown for Procore)."""
     tls: ssl.SSLContext | None = None
-    """Serve both origins over HTTPS with this server context (a test CA's certificate)."""
+    """Serve every origin over HTTPS with this server context (a test CA's certificate for the
+    names in `hosts`)."""
     store_tls: ssl.SSLContext | None = None
     """The object store's own server context, when it is not `tls`."""
+    hosts: Hosts = field(default_factory=Hosts)
+    file_urls: Literal["v5", "v4"] = "v5"
+    """The shape of the file URLs handed out until `move_file_urls` moves them."""
     downgrade_hop: bool = False
-    """A photo's file URL redirects first to plain `http://` on another port, which notes any
-    `Authorization` header it receives and sends the client on to the object store: over TLS, a
-    client that kept the token on that hop would send it in clear text."""
+    """A photo's file URL redirects first to plain `http://` on the storage host's name and another
+    port, which notes any `Authorization` header it receives and sends the client on to the object
+    store: over TLS, a client that kept the token on that hop would send it in clear text."""
     padded_files: set[int] = field(default_factory=set)
     """Photo ids whose object-store body carries 100 bytes more than the listing's `size`, sent
     without a `Content-Length` (chunked), so only the listed size can tell."""
@@ -117,7 +146,7 @@ class SimConfig:
     """Project ids whose image listing answers these bytes as its JSON body (say, arrays nested
     200,000 deep)."""
     echoing_files: set[int] = field(default_factory=set)
-    """Photo ids whose file URL on the API origin answers 403 with a body that echoes secrets: the
+    """Photo ids whose file URL on the storage host answers 403 with a body that echoes secrets: the
     request's `Authorization` header, the client secret, and signed URLs of odd schemes and case."""
     relative_links: bool = False
     endless_links: bool = False
@@ -163,7 +192,8 @@ class Stats:
     downloads: Counter[int] = field(default_factory=Counter)
     """Complete object-store bodies sent, by photo id."""
     file_requests: Counter[int] = field(default_factory=Counter)
-    """Requests for each photo's file URL on the API origin (the hop before the object store)."""
+    """Requests for each photo's file URL on the storage host (the hop before the object store)
+    that carried a valid token and signature."""
     bytes_sent: int = 0
     resumed: int = 0
     """Object-store answers that resumed a body part-way (206 with a start above zero)."""
@@ -174,7 +204,7 @@ class Stats:
     """Every Authorization header the plain-HTTP hop (`downgrade_hop`) received; must stay empty."""
     tokens_issued: int = 0
     unauthorized: int = 0
-    """Answers 401 for a missing, unknown or expired token."""
+    """Answers 401 for a missing, unknown or expired token, by the API or the storage host."""
     token_life_left: float = math.inf
     """The least time a token had left to live when a request carried it."""
 
@@ -183,6 +213,12 @@ class Stats:
         self.arrivals.append(max(now, self.arrivals[-1]) if self.arrivals else now)
         if len(self.arrivals) > MAX_ARRIVALS:
             del self.arrivals[: MAX_ARRIVALS // 2]
+
+
+def _accepts_jpeg(accept: str) -> bool:
+    """Whether an `Accept` header takes a JPEG (a browser's does; `application/json` alone does not)."""
+    ranges = {item.split(";")[0].strip().lower() for item in accept.split(",")}
+    return bool(ranges & {"*/*", "image/*", "image/jpeg", ""})
 
 
 def _ts(value: datetime | None) -> str | None:
@@ -217,6 +253,16 @@ def _ints(query: MultiMapping[str], key: str) -> list[int] | None:
         return [int(v) for v in values]
     except ValueError:
         raise _BadRequest(f"filters[{key}] must be integers") from None
+
+
+def _flag(query: MultiMapping[str], key: str) -> bool | None:
+    """A boolean filter: `true` or `false` in any case (a Python client sends `True`), else 400."""
+    value = query.get(f"filters[{key}]")
+    if value is None:
+        return None
+    if value.lower() not in ("true", "false"):
+        raise _BadRequest(f"filters[{key}] must be true or false")
+    return value.lower() == "true"
 
 
 class Simulator:
@@ -256,27 +302,40 @@ class Simulator:
         self._runners: list[web.AppRunner] = []
         self._orders: dict[tuple[Any, ...], tuple[list[SimPhoto], list[tuple[int, int]]]] = {}
         self.api_base = ""
+        self.login_base = ""
+        self.storage_base = ""
         self.store_base = ""
         self.plain_base = ""
+        self._url_shape = c.file_urls
+        self._url_moves = 0
+        self._file_paths: dict[tuple[int, int], str] = {}
+        """(photo id, version) -> the path of its file URL on the storage host."""
+        self._files: dict[str, tuple[int, int]] = {}
+        """The other way round: what each path handed out (since the last move) serves."""
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    async def start(self, host: str = "127.0.0.1", api_port: int = 0, store_port: int = 0) -> None:
-        tls = self.config.tls
+    async def start(
+        self, host: str = "127.0.0.1", api_port: int = 0, store_port: int = 0, storage_port: int = 0
+    ) -> None:
+        """Listen on `host` (the same for every origin); the URLs name `config.hosts`."""
+        tls, names = self.config.tls, self.config.hosts
         origins = [
-            (self._api_app(), api_port, "api_base", tls),
-            (self._store_app(), store_port, "store_base", self.config.store_tls or tls),
+            (self._api_app(), api_port, "api_base", names.api, tls),
+            (self._storage_app(), storage_port, "storage_base", names.storage, tls),
+            (self._store_app(), store_port, "store_base", names.store, self.config.store_tls or tls),
         ]
         if self.config.downgrade_hop:
-            origins.append((self._plain_app(), 0, "plain_base", None))
-        for app, port, attr, context in origins:
+            origins.append((self._plain_app(), 0, "plain_base", names.storage, None))
+        for app, port, attr, name, context in origins:
             runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
             await runner.setup()
             site = web.TCPSite(runner, host, port, ssl_context=context)
             await site.start()
             self._runners.append(runner)
             bound = runner.addresses[0][1]
-            setattr(self, attr, f"{'https' if context else 'http'}://{host}:{bound}")
+            setattr(self, attr, f"{'https' if context else 'http'}://{name}:{bound}")
+        self.login_base = str(URL(self.api_base).with_host(names.login))
 
     async def stop(self) -> None:
         for runner in self._runners:
@@ -294,7 +353,7 @@ class Simulator:
         """The `procore:` config section that points a syncer at this simulator."""
         return {
             "api_base": self.api_base,
-            "login_base": self.api_base,
+            "login_base": self.login_base,
             "company_id": self.company.id,
             "client_id": self.config.client_id,
             "client_secret": self.config.client_secret,
@@ -396,6 +455,15 @@ class Simulator:
             photo.updated_at = self.now()
         self.changed()
 
+    def move_file_urls(self, shape: Literal["v5", "v4"] = "v5") -> None:
+        """Move every photo's file URL to a new opaque name, in `shape`, as Procore has moved them
+        (from S3 to its storage host, from v4 to v5): the bytes, sizes and `updated_at` stay as
+        they are. The URLs handed out before answer 404 from now on."""
+        self._url_shape = shape
+        self._url_moves += 1
+        self._file_paths.clear()
+        self._files.clear()
+
     def expected_files(self) -> dict[int, bytes]:
         """Every live photo's bytes, by id: what a complete mirror holds."""
         return {p.id: p.content.all_bytes() for p in self.company.photos.values() if not p.deleted}
@@ -405,24 +473,44 @@ class Simulator:
     def _sign(self, path: str, expires: int) -> str:
         return hmac.new(self._key, f"{path}|{expires}".encode(), hashlib.sha256).hexdigest()[:32]
 
-    def _signed_ok(self, path: str, query: MultiMapping[str], sig_key: str, exp_key: str) -> str | None:
+    def _signed_ok(self, path: str, signature: str, expiry: str, *, base: int = 10) -> str | None:
         """None when the signature holds, else the reason it does not."""
         try:
-            expires = int(query.get(exp_key, ""))
+            expires = int(expiry, base)
         except ValueError:
             return "missing expiry"
-        if not hmac.compare_digest(self._sign(path, expires), query.get(sig_key, "")):
+        if not hmac.compare_digest(self._sign(path, expires), signature):
             return "signature does not match"
         if time.time() > expires:
             return "request has expired"
         return None
 
+    def _file_path(self, photo: SimPhoto) -> str:
+        """The path of the photo's current file on the storage host: an opaque name, the same for
+        every simulator with this seed until the file is replaced or the URLs move."""
+        version = (photo.id, photo.version)
+        if (path := self._file_paths.get(version)) is None:
+            seed = f"{self.config.seed}|{self._url_moves}|{photo.id}|{photo.version}".encode()
+            digits = int.from_bytes(hashlib.sha256(seed).digest()[:17])
+            if self._url_shape == "v5":  # a ULID: 26 Crockford base32 digits
+                name = "".join(CROCKFORD[(digits >> (5 * i)) & 31] for i in range(26))
+            else:  # <upload time>_production_<id>.jpeg
+                name = f"{1_500_000_000 + digits % 10**8}_production_{(digits >> 64) % 10**12}.jpeg"
+            path = FILE_PATHS[self._url_shape].format(company=self.company.id, name=name)
+            self._file_paths[version] = path
+            self._files[path] = version
+        return path
+
     def _photo_url(self, photo: SimPhoto) -> str:
-        name = photo.filename.replace("/", "_").strip(".") or "file"  # one routable path segment
-        path = f"/storage/files/{photo.id}/{photo.file_key}/{name}"
+        path = self._file_path(photo)
         expires = int(time.time() + self.config.url_ttl)
-        # Signed over the decoded path, which is what the server sees after routing.
-        return f"{self.api_base}{quote(path)}?sig={self._sign(path, expires)}&expires={expires}"
+        # No expiry parameter, as Procore's URLs have none: the signature holds it (in hex, after
+        # the MAC), unreadable to a client.
+        sig = f"{self._sign(path, expires)}{expires:x}"
+        project = (
+            f"companyId={self.company.id}&projectId={photo.project_id}&" if self._url_shape == "v5" else ""
+        )
+        return f"{self.storage_base}{path}?{project}sig={sig}"
 
     def _fault(self, rate: float) -> bool:
         return rate > 0 and self._rng.random() < rate
@@ -476,8 +564,6 @@ class Simulator:
         app.router.add_get("/rest/v1.0/image_categories", self._albums, name="albums")
         app.router.add_get("/rest/v1.0/images", self._images, name="images")
         app.router.add_get("/rest/v1.0/images/{id}", self._image, name="image")
-        app.router.add_get("/storage/files/{id}/{key}/{name}", self._file_redirect, name="file")
-        app.router.add_get("/storage/hop/{left}/{key}", self._hop, name="hop")
         app.router.add_get("/_sim/stats", self._stats, name="sim_stats")
         return app
 
@@ -518,9 +604,7 @@ class Simulator:
         )
 
     @web.middleware
-    async def _api_middleware(  # noqa: PLR0911 - one early answer per check, in Procore's order
-        self, request: web.Request, handler: Handler
-    ) -> web.StreamResponse:
+    async def _api_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         self.stats.requests[request.match_info.route.name or "unknown"] += 1
         self.stats.arrived(time.time())
         if self.config.latency:
@@ -530,7 +614,22 @@ class Simulator:
         if request.path == "/oauth/token":
             failed = self._injected_error({}) if self.config.token_faults else None
             return failed or await handler(request)
-        counted = request.path.startswith("/rest/") or self.config.count_file_requests
+        limit_headers, refused = self._admit(request, counted=True)
+        if refused is not None:
+            return refused
+        if (refused := self._company_refusal(request, limit_headers)) is not None:
+            return refused
+        try:
+            response = await handler(request)
+        except _BadRequest as exc:
+            return web.json_response({"errors": str(exc)}, status=400, headers=limit_headers)
+        response.headers.update(limit_headers)
+        return self._maybe_broken(response)
+
+    def _admit(self, request: web.Request, *, counted: bool) -> tuple[dict[str, str], web.Response | None]:
+        """What every API and storage request meets first, in Procore's order: the rate limit (if
+        `counted`), an injected fault, the bearer token. The rate-limit headers, and the refusal if
+        there is one; an admitted request's user is noted in it."""
         limit_headers: dict[str, str] = {}
         if counted:
             allowed, limit_headers = self.limits.take()
@@ -540,24 +639,19 @@ class Simulator:
                 if self._rng.random() < 0.5:  # Procore only sometimes says how long to wait
                     reset = int(limit_headers["X-Rate-Limit-Reset"])
                     headers["Retry-After"] = str(max(1, math.ceil(reset - time.time())))
-                return web.Response(status=429, text="Rate limit exceeded", headers=headers)
+                return limit_headers, web.Response(status=429, text="Rate limit exceeded", headers=headers)
         if (failed := self._injected_error(limit_headers)) is not None:
-            return failed
+            return limit_headers, failed
         auth = request.headers.get("Authorization", "")
         token = auth.removeprefix("Bearer ")
         if not auth.startswith("Bearer ") or self.tokens.get(token, 0) < time.time():
             self.stats.unauthorized += 1
-            return web.json_response({"errors": "Unauthorized"}, status=401, headers=limit_headers)
+            return limit_headers, web.json_response(
+                {"errors": "Unauthorized"}, status=401, headers=limit_headers
+            )
         self.stats.token_life_left = min(self.stats.token_life_left, self.tokens[token] - time.time())
         request[USER] = self.sign_in.access_tokens.get(token)
-        if (refused := self._company_refusal(request, limit_headers)) is not None:
-            return refused
-        try:
-            response = await handler(request)
-        except _BadRequest as exc:
-            return web.json_response({"errors": str(exc)}, status=400, headers=limit_headers)
-        response.headers.update(limit_headers)
-        return self._maybe_broken(response)
+        return limit_headers, None
 
     def _company_refusal(self, request: web.Request, headers: dict[str, str]) -> web.Response | None:
         """Procore's answer to an API call without the company header, for a company the caller
@@ -611,9 +705,10 @@ class Simulator:
                 },
                 status=400,
             )
+        client_id, client_secret = client_credentials(request.headers, form)
         if not (
-            hmac.compare_digest(str(form.get("client_id", "")), self.config.client_id)
-            and hmac.compare_digest(str(form.get("client_secret", "")), self.config.client_secret)
+            hmac.compare_digest(client_id, self.config.client_id)
+            and hmac.compare_digest(client_secret, self.config.client_secret)
         ):
             return web.json_response(
                 {
@@ -766,11 +861,11 @@ class Simulator:
             return False
         if (ids := _ints(q, "location_id")) is not None:
             loc = photo.location or {}
-            sub = q.get("filters[include_sublocations]") == "true" and loc.get("parent_id") in ids
+            sub = _flag(q, "include_sublocations") and loc.get("parent_id") in ids
             if loc.get("id") not in ids and not sub:
                 return False
         for flag in ("private", "starred"):
-            if (v := q.get(f"filters[{flag}]")) is not None and getattr(photo, flag) != (v == "true"):
+            if (wanted := _flag(q, flag)) is not None and getattr(photo, flag) != wanted:
                 return False
         if (v := q.get("filters[projection]")) is not None and photo.projection != v:
             return False
@@ -885,23 +980,54 @@ class Simulator:
             return web.json_response({"errors": "Not Found"}, status=404)
         return web.json_response(self._serialize(photo))
 
-    async def _file_redirect(self, request: web.Request) -> web.Response:
-        if (reason := self._signed_ok(request.path, request.query, "sig", "expires")) is not None:
+    # -- the storage host --------------------------------------------------------------------
+
+    def _storage_app(self) -> web.Application:
+        app = web.Application(middlewares=[self._storage_middleware])
+        for shape, path in FILE_PATHS.items():
+            app.router.add_get(
+                path.format(company="{company}", name="{name}"), self._file, name=f"file_{shape}"
+            )
+        app.router.add_get("/hop/{left}/{key}", self._hop, name="hop")
+        return app
+
+    @web.middleware
+    async def _storage_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Procore's storage host: the bearer token is needed (since June 2023), and it serves
+        files, not JSON: a request that will take nothing but JSON is refused."""
+        self.stats.requests[request.match_info.route.name or "unknown"] += 1
+        if self.config.latency:
+            await asyncio.sleep(self.config.latency)
+        limit_headers, refused = self._admit(request, counted=self.config.count_file_requests)
+        if refused is not None:
+            return refused
+        if not _accepts_jpeg(request.headers.get("Accept", "*/*")):
+            return web.Response(status=406, text="Not Acceptable", headers=limit_headers)
+        response = await handler(request)
+        response.headers.update(limit_headers)
+        return response
+
+    async def _file(self, request: web.Request) -> web.Response:  # noqa: PLR0911 - one answer per case
+        sig = request.query.get("sig", "")
+        if (reason := self._signed_ok(request.path, sig[:32], sig[32:], base=16)) is not None:
             status = 401 if "expired" in reason else 403  # Procore answers either, by case
             return web.json_response({"errors": f"Forbidden: {reason}"}, status=status)
-        photo_id = int(request.match_info["id"])
+        if (version := self._files.get(request.path)) is None:  # a URL from before a move
+            return web.json_response({"errors": "Not Found"}, status=404)
+        photo_id, number = version
         self.stats.file_requests[photo_id] += 1
         if (fault := self._file_fault(request, photo_id)) is not None:
             return fault
         photo = self.company.photos.get(photo_id)
         if photo is None or photo.deleted:
             return web.json_response({"errors": "Not Found"}, status=404)
-        key = request.match_info["key"]
+        key = f"{photo_id:x}v{number}"
         if self.config.downgrade_hop:
             return web.Response(status=302, headers={"Location": f"{self.plain_base}/storage/plain/{key}"})
         if self.config.redirect_hops > 1:
+            up = "../" * (request.path.count("/") - 1)  # relative to this path, back to the root
             return web.Response(
-                status=302, headers={"Location": f"../../../hop/{self.config.redirect_hops - 1}/{key}"}
+                status=302, headers={"Location": f"{up}hop/{self.config.redirect_hops - 1}/{key}"}
             )
         return self._to_store(key)
 
@@ -922,12 +1048,12 @@ class Simulator:
         return None
 
     async def _hop(self, request: web.Request) -> web.Response:
-        """One more redirect on the API origin on the way to the object store."""
+        """One more redirect on the storage host on the way to the object store."""
         left, key = int(request.match_info["left"]), request.match_info["key"]
         if left <= 1:
             return self._to_store(key)
         status = (301, 307, 308)[left % 3]
-        return web.Response(status=status, headers={"Location": f"/storage/hop/{left - 1}/{key}"})
+        return web.Response(status=status, headers={"Location": f"/hop/{left - 1}/{key}"})
 
     def _to_store(self, key: str) -> web.Response:
         """The redirect to the object store: a presigned URL that must not get the token."""
@@ -1026,8 +1152,11 @@ class Simulator:
                 "Only one auth mechanism allowed; only the X-Amz-Algorithm query parameter "
                 "or the Authorization header should be specified",
             )
+        query = request.query
         if (
-            reason := self._signed_ok(request.path, request.query, "X-Amz-Signature", "X-Amz-Date")
+            reason := self._signed_ok(
+                request.path, query.get("X-Amz-Signature", ""), query.get("X-Amz-Date", "")
+            )
         ) is not None:
             return self._s3_error(403, "AccessDenied", reason)
         if self.config.store_latency:

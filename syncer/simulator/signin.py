@@ -7,15 +7,19 @@ apps its admins did not install (`allow_user_installs`).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 import html
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
 from aiohttp import web
+from multidict import MultiMapping
 
 OUT_OF_BAND = "urn:ietf:wg:oauth:2.0:oob"
 CODE_TTL = 600.0
@@ -69,7 +73,8 @@ class SignIn:
         self.stats = SignInStats()
         self._codes: dict[str, tuple[str, int, float]] = {}
         """code -> (redirect URI, user id, expiry)"""
-        self.refresh_tokens: dict[str, int] = {}
+        self.refresh_tokens: dict[str, tuple[int, str]] = {}
+        """refresh token -> (user id, the redirect URI its sign-in was made with)"""
         self.access_tokens: dict[str, int] = {}
         self._live = live
         """The server's access tokens and their expiry: a revoked one leaves it."""
@@ -123,18 +128,22 @@ class SignIn:
             entry = self._codes.pop(form.get("code", ""), None)
             if entry is None or entry[2] < now or form.get("redirect_uri") != entry[0]:
                 return _invalid_grant("The provided authorization grant is invalid, expired or revoked.")
-            return entry[1], self._issue(entry[1], now)
-        user = self.refresh_tokens.pop(form.get("refresh_token", ""), None)  # spent as it arrives
-        if user is None:
+            return entry[1], self._issue(entry[1], entry[0], now)
+        held = self.refresh_tokens.pop(form.get("refresh_token", ""), None)  # spent as it arrives
+        if held is None:
             self.stats.refused_refreshes += 1
             return _invalid_grant("The refresh token is invalid, expired or revoked.")
+        user, redirect_uri = held
+        if form.get("redirect_uri") != redirect_uri:  # Procore's example sends it; checked here
+            self.stats.refused_refreshes += 1
+            return _invalid_grant("The redirect uri included is not valid.")
         self.stats.refreshes += 1
-        return user, self._issue(user, now)
+        return user, self._issue(user, redirect_uri, now)
 
-    def _issue(self, user: int, now: float) -> dict[str, Any]:
+    def _issue(self, user: int, redirect_uri: str, now: float) -> dict[str, Any]:
         access, refresh = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
         self.access_tokens[access] = user
-        self.refresh_tokens[refresh] = user
+        self.refresh_tokens[refresh] = (user, redirect_uri)
         self.stats.issued += [access, refresh]
         return {
             "access_token": access,
@@ -146,7 +155,7 @@ class SignIn:
 
     async def revoke(self, request: web.Request) -> web.Response:
         form = await request.post()
-        if not hmac.compare_digest(str(form.get("client_secret", "")), self.client_secret):
+        if not hmac.compare_digest(client_credentials(request.headers, form)[1], self.client_secret):
             return web.json_response({"error": "invalid_client"}, status=401)
         token = str(form.get("token", ""))
         if (
@@ -159,10 +168,12 @@ class SignIn:
 
     def revoke_user(self, user: int) -> None:
         """Every token of `user` stops working, as when an admin removes them."""
-        for tokens in (self.refresh_tokens, self.access_tokens):
-            for token in [t for t, u in tokens.items() if u == user]:
-                del tokens[token]
-                self._live.pop(token, None)
+        refresh = [t for t, (u, _) in self.refresh_tokens.items() if u == user]
+        access = [t for t, u in self.access_tokens.items() if u == user]
+        for token in refresh + access:
+            self.refresh_tokens.pop(token, None)
+            self.access_tokens.pop(token, None)
+            self._live.pop(token, None)
 
     # -- what a user sees -------------------------------------------------------------------------
 
@@ -183,6 +194,21 @@ class SignIn:
     def companies(self, user: int | None, company: tuple[int, str]) -> list[dict[str, Any]]:
         owned = [company] if user is None else self.users[user].companies
         return [{"id": cid, "name": name, "is_active": True} for cid, name in owned]
+
+
+def client_credentials(headers: Mapping[str, str], form: MultiMapping[Any]) -> tuple[str, str]:
+    """The client id and secret a token or revoke request carries: by HTTP Basic (propycore sends
+    them so), else in the form body (pyprocore); Procore takes both. Unreadable Basic is no
+    credentials at all."""
+    scheme, _, encoded = headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "basic":
+        return str(form.get("client_id", "")), str(form.get("client_secret", ""))
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return "", ""
+    client_id, _, secret = decoded.partition(":")
+    return client_id, secret
 
 
 def _invalid_grant(description: str) -> web.Response:
