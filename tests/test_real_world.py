@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from yarl import URL
 
 from syncer.config import load_settings
 from syncer.errors import ExitCode
 from syncer.mirror.files import MARKER
 from syncer.simulator import Simulator
-from tests.conftest import assert_byte_exact, mirror_photos, write_config
+from tests.conftest import assert_byte_exact, lose_database, mirror_photos, sidecars, write_config
 from tests.test_cli import Run, assert_no_traceback, syncer
 from tests.test_daemon import _healthz_is as healthz_is
 from tests.test_daemon import daemon, daemon_config, eventually, stop
@@ -75,6 +76,57 @@ async def test_status_says_which_projects_are_closed(sim: Simulator, tmp_path: P
     table = (await syncer("status", "--config", str(config))).out
     assert f"({closed}, closed)" in table
     assert sum(", closed)" in line for line in table.splitlines()) == 1
+
+
+# -- a URL is not an identity --------------------------------------------------------------------------
+
+
+def file_paths(root: Path) -> set[str]:
+    """The file URL paths the mirror's sidecars hold."""
+    return {URL(record["url"]).path for record in sidecars(root)}
+
+
+async def test_a_moved_file_url_costs_no_download(sim: Simulator, tmp_path: Path) -> None:
+    config = write_config(sim, tmp_path)
+    assert (await syncer("sync", "--config", str(config))).code == ExitCode.OK
+    before, downloads = file_paths(tmp_path / "mirror"), sum(sim.stats.downloads.values())
+    sim.move_file_urls("v4")
+    run = await syncer("sync", "--config", str(config), "--full")
+    assert run.code == ExitCode.OK, run.out + run.err
+    assert sum(sim.stats.downloads.values()) == downloads, "nothing downloaded again"
+    assert_byte_exact(sim, load_settings(config))
+    after = file_paths(tmp_path / "mirror")
+    assert len(after) == len(sim.company.photos) and not after & before, "the sidecars hold the new URLs"
+    edited = min(sim.company.photos)
+    sim.edit_photo(edited, description="edited after the move")
+    assert (await syncer("sync", "--config", str(config))).code == ExitCode.OK
+    assert sum(sim.stats.downloads.values()) == downloads, "the new URL was recorded: an edit is an edit"
+
+
+async def test_a_file_replaced_with_its_url_moved_is_fetched(sim: Simulator, tmp_path: Path) -> None:
+    config = write_config(sim, tmp_path)
+    assert (await syncer("sync", "--config", str(config))).code == ExitCode.OK
+    downloads = sum(sim.stats.downloads.values())
+    sim.move_file_urls("v4")
+    replaced = sim.replace_photo(
+        min(sim.company.photos), size=sim.company.photos[min(sim.company.photos)].content.size
+    )
+    run = await syncer("sync", "--config", str(config), "--full")
+    assert run.code == ExitCode.OK, run.out + run.err
+    assert sum(sim.stats.downloads.values()) - downloads == 1
+    assert mirror_photos(tmp_path / "mirror")[replaced.id] == replaced.content.all_bytes()
+
+
+async def test_a_lost_database_after_a_url_move_downloads_nothing(sim: Simulator, tmp_path: Path) -> None:
+    config = write_config(sim, tmp_path)
+    assert (await syncer("sync", "--config", str(config))).code == ExitCode.OK
+    downloads = sum(sim.stats.downloads.values())
+    sim.move_file_urls("v4")
+    lose_database(tmp_path)
+    run = await syncer("sync", "--config", str(config))
+    assert run.code == ExitCode.OK, run.out + run.err
+    assert sum(sim.stats.downloads.values()) == downloads, "every file adopted from the mirror"
+    assert_byte_exact(sim, load_settings(config))
 
 
 # -- the mirror knows it is itself ---------------------------------------------------------------------
