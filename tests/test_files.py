@@ -249,16 +249,15 @@ async def test_a_remove_of_a_missing_file_is_not_an_error(fs: MirrorFS) -> None:
 def test_leftover_temp_files_go_after_an_hour_and_parts_after_a_week(tmp_path: Path) -> None:
     fs = MirrorFS(tmp_path / "mirror")
     fs.prepare()
-    now = time.time()
-    week = 7 * 86400
-    ages = {"old.tmp": 3600.5, "new.tmp": 3599.5, "old.part": week + 5, "week.part": week - 5}
-    for name, age in ages.items():
-        path = fs.tmp_path(name)
-        path.write_bytes(b"x")
-        os.utime(path, (now - age, now - age))
-    fs.prepare()
+    for name in ("a.tmp", "a.part"):
+        fs.tmp_path(name).write_bytes(b"x")
+    written, week = fs.tmp_path("a.part").stat().st_ctime, 7 * 86400
+    left = []
+    for age in (3599.5, 3600.5, week - 5, week + 5):
+        fs.prepare(now=written + age)
+        left.append(sorted(p.name for p in fs.tmp_dir.iterdir()))
     fs.close()
-    assert sorted(p.name for p in fs.tmp_dir.iterdir()) == ["new.tmp", "week.part"]
+    assert left == [["a.part", "a.tmp"], ["a.part"], ["a.part"], []]
 
 
 def test_a_mirror_root_that_cannot_be_made_is_one_clear_error(tmp_path: Path) -> None:
@@ -351,7 +350,21 @@ def test_a_leftover_that_cannot_be_read_does_not_stop_the_clean_up(tmp_path: Pat
     (fs.tmp_dir / "a-dangling.tmp").symlink_to(tmp_path / "nowhere")
     stale = fs.tmp_path("b-stale.tmp")
     stale.write_bytes(b"x")
-    os.utime(stale, (time.time() - 7200, time.time() - 7200))
-    fs.prepare()
+    time.sleep(0.05)
+    fs.prepare(stale_after=0.01)
     fs.close()
     assert not stale.exists()
+
+
+def test_a_file_about_to_be_installed_is_not_cleaned_up_for_its_photos_old_date(tmp_path: Path) -> None:
+    """A download gets its photo's date as mtime before it is renamed into place; another process
+    starting meanwhile must not take it for a leftover."""
+    fs = MirrorFS(tmp_path / "mirror")
+    fs.prepare()
+    part = fs.tmp_path("562950208720780.part")
+    part.write_bytes(b"x")
+    months_ago = time.time() - 90 * 86400
+    os.utime(part, (months_ago, months_ago))
+    fs.prepare()
+    fs.close()
+    assert part.exists()

@@ -244,7 +244,9 @@ async def test_two_runs_starting_a_new_mirror_at_once_agree_on_its_id(sim: Simul
     runs = await asyncio.gather(
         *(syncer("sync", "--config", str(config), "--project", str(pid)) for pid in (first, second) * 2)
     )
-    assert {run.code for run in runs} <= {ExitCode.OK, ExitCode.LOCKED}, [r.err for r in runs]
+    assert {run.code for run in runs} <= {ExitCode.OK, ExitCode.LOCKED}, "\n\n".join(
+        r.out + r.err for r in runs
+    )
     assert sum(run.code == ExitCode.OK for run in runs) >= 2
     assert (await syncer("sync", "--config", str(config))).code == ExitCode.OK
     assert_byte_exact(sim, load_settings(config))

@@ -260,7 +260,7 @@ class MirrorFS:
         """The mirror's id, once `identity.ensure_mirror` found or made it: checked again before
         each project run, so a share that goes away under a long-running daemon is noticed."""
 
-    def prepare(self, *, stale_after: float = 3600.0) -> None:
+    def prepare(self, *, stale_after: float = 3600.0, now: float | None = None) -> None:
         """Create the state folder and drop temp files an interrupted run left behind.
 
         Another process may be syncing another project into this mirror right now, so only files
@@ -269,11 +269,13 @@ class MirrorFS:
             self.check_state()
         except OSError as exc:
             raise unusable_root(self.root, exc) from None
-        now = time.time()
+        now = time.time() if now is None else now
         for leftover in self.tmp_dir.iterdir():
             limit = 7 * 86400 if ".part" in leftover.name else stale_after
             with contextlib.suppress(OSError):
-                if now - leftover.lstat().st_mtime > limit:
+                # ctime, not mtime: a file about to be installed already has its photo's date as
+                # its mtime (months ago), while another process may be renaming it into place now
+                if now - leftover.lstat().st_ctime > limit:
                     leftover.unlink()
 
     def check_state(self) -> None:
