@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import String, bindparam, cast, delete, func, insert, select, update
+from sqlalchemy import String, bindparam, cast, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import SQLAlchemyError
@@ -337,10 +337,15 @@ class Store(RunLog):
         return (row.id, row.root) if row else None
 
     async def record_mirror(self, mirror_id: str, root: str, at: datetime) -> None:
-        """Make `mirror_id` the mirror this database describes, forgetting any other."""
+        """Make `mirror_id` the mirror this database describes, forgetting any other. Several
+        workers starting on a new mirror at once record the same id: the first one stands."""
         async with self._write, self.engine.begin() as conn:
-            await conn.execute(delete(MirrorRow))
-            await conn.execute(insert(MirrorRow).values(id=mirror_id, root=root, recorded_at=at))
+            await conn.execute(delete(MirrorRow).where(MirrorRow.id != mirror_id))
+            await conn.execute(
+                self._insert(MirrorRow)
+                .values(id=mirror_id, root=root, recorded_at=at)
+                .on_conflict_do_nothing(index_elements=["id"])
+            )
 
     async def mirrored_sample(self, limit: int) -> tuple[int, list[str]]:
         """How many photos the database says the mirror holds, and the paths of up to `limit` of
