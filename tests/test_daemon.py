@@ -155,6 +155,42 @@ async def test_sigterm_mid_download_exits_0_within_10_seconds(make_sim: Any, tmp
     assert_byte_exact(sim, load_settings(config))
 
 
+async def test_a_stop_at_any_moment_exits_0_within_10_seconds(make_sim: Any, tmp_path: Path) -> None:
+    """SIGTERM to fourteen daemons at fourteen moments of a first sync, and to four between runs: each
+    exits 0 within 10 s. The sync lists four projects at once in pages of 2,000 photos, so a stop
+    often lands inside a page's write; such a stop once left SQLite's write lock held, and the
+    daemon waited 10 s on each write it still had to make, or hung."""
+    busy = await make_sim(photos=8_000, projects=4, photo_size=2_000, max_per_page=2_000)
+    for moment in range(14):
+        folder = tmp_path / f"busy-{moment}"
+        folder.mkdir()
+        config = daemon_config(busy, folder, sync={"per_page": 2_000}, schedule={"max_parallel_projects": 4})
+        photos = 1 + 2 * moment  # the 1st to the 27th: the last pages' writes, the first downloads
+        requested = _asked_for(busy, photos)
+        async with daemon(config, folder) as running:
+            await eventually(requested, what=f"{photos} photos asked for")
+            code, took = await stop(running)
+        assert code == 0 and took < 10, (moment, code, took, running.log_text())
+    quiet = await make_sim()
+    config = daemon_config(quiet, tmp_path)
+    for moment in range(4):
+        async with daemon(config, tmp_path) as running:
+            await eventually(lambda: _all_ran(running, len(quiet.company.projects)), what="a run each")
+            await asyncio.sleep(moment / 4)  # somewhere between two ticks, or in one
+            code, took = await stop(running)
+        assert code == 0 and took < 10, (moment, code, took, running.log_text())
+
+
+def _asked_for(sim: Simulator, photos: int) -> Callable[[], bool]:
+    """Whether the simulator has been asked for `photos` more files than it had been until now."""
+    before = sum(sim.stats.file_requests.values())
+    return lambda: sum(sim.stats.file_requests.values()) >= before + photos
+
+
+async def _all_ran(running: Running, projects: int) -> bool:
+    return len(await running.runs()) == projects
+
+
 @pytest.mark.skipif(
     shutil.which("promtool") is None, reason="promtool (Debian's prometheus) is not installed"
 )

@@ -3,7 +3,11 @@ and a whole sync works the same on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
+import time
 from collections.abc import AsyncIterator
+from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -56,6 +60,35 @@ async def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:
             assert (await conn.execute(text("PRAGMA journal_mode"))).scalar_one() == "wal"
     finally:
         await store.close()
+
+
+async def test_a_write_cancelled_mid_statement_frees_sqlite_as_it_ends(tmp_path: Path) -> None:
+    """A stop cancels a task wherever it waits, often on a statement inside a write. Once the
+    cancelled write has ended, SQLite's write lock is free: the next writer need not wait out the
+    busy timeout (10 s) while the cancelled statement's cursor awaits garbage collection."""
+    path = tmp_path / "s.db"
+    async with project_store(f"sqlite:///{path}", PROJECT, "Depot") as store:
+        write = asyncio.create_task(store.save_photos([listed(i) for i in range(1, 20_001)]))
+        deadline = time.monotonic() + 30
+        while not _write_locked(path):
+            assert time.monotonic() < deadline and not write.done(), "the write never took the lock"
+            await asyncio.sleep(0.001)
+        await asyncio.sleep(0.05)  # into the insert of the rows
+        write.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await write
+        assert not _write_locked(path)
+
+
+def _write_locked(path: Path) -> bool:
+    """Whether another connection holds the database's write lock now."""
+    with closing(sqlite3.connect(path, timeout=0, isolation_level=None)) as probe:
+        try:
+            probe.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError:
+            return True
+        probe.execute("ROLLBACK")
+        return False
 
 
 async def test_a_full_sync_edit_and_reconcile_work_on_both_back_ends(

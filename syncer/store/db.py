@@ -7,6 +7,7 @@ SQLITE_BUSY at once in WAL mode, whatever the timeout).
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,10 +41,30 @@ def alembic_config() -> Config:
     return cfg
 
 
+class ReleasingConnection(sqlite3.Connection):
+    """A SQLite connection whose close ends its transaction first, as SQLite's own close would.
+
+    A stop (SIGTERM, Ctrl-C, `sync.max_duration`) cancels a task wherever it waits, often on a
+    statement in a transaction. SQLAlchemy then invalidates the connection and closes it, but the
+    cursor that ran the statement is left open, alive until garbage collection. Python's `close()`
+    then leaves SQLite holding the connection, with its transaction and the write lock, as long
+    as that cursor lives. Every other statement waited `busy_timeout` and failed: a stopping daemon
+    spent 10 s on each write it still had to make (its runs' last results, their end) and could
+    hang after 'syncer daemon stopped'. Rolling back first releases the lock at once; `close()`
+    runs on the connection's own thread, after the statement it interrupted."""
+
+    def close(self) -> None:
+        try:
+            if self.in_transaction:
+                self.rollback()
+        finally:
+            super().close()
+
+
 def create_engine(url: str) -> AsyncEngine:
     if url.startswith("sqlite"):
         Path(url.split("///", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url)
+        engine = create_async_engine(url, connect_args={"factory": ReleasingConnection})
 
         @event.listens_for(engine.sync_engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
