@@ -322,17 +322,20 @@ class ProjectSync:
         return True
 
     async def _open_window(self) -> bool:
-        """Ask Procore for the project's albums (recorded, unless dry run) and end the window at
-        that moment on Procore's clock: every photo added or edited before the run started is in
-        it. False when Procore could not be asked; that is the listing error."""
+        """End the window now on Procore's clock: every photo added or edited before the run
+        started is in it. A full run, or one in a process that has not heard Procore's clock yet,
+        first asks for the project's albums (recorded, unless dry run); an incremental run spends
+        no request on them, since each photo's record names its album, so a quiet project costs
+        one images page. False when Procore could not be asked; that is the listing error."""
         result, engine = self.result, self.engine
-        try:
-            albums = await engine.api.albums(self.project.id)
-        except (ProcoreError, BadRecord) as exc:
-            result.listing_error = str(exc)
-            return False
-        if not result.dry_run:
-            await self.store.save_albums(self.project.id, albums)
+        if self.full or not engine.api.http.pacer.knows_clock:
+            try:
+                albums = await engine.api.albums(self.project.id)
+            except (ProcoreError, BadRecord) as exc:
+                result.listing_error = str(exc)
+                return False
+            if not result.dry_run:
+                await self.store.save_albums(self.project.id, albums)
         result.window_start, result.window_end = engine.window(self.checkpoint, engine.procore_now())
         return True
 

@@ -21,18 +21,19 @@ async def test_full_sync_mirrors_every_photo_byte_exact(sim: Simulator, settings
     assert sum(r.downloaded for r in summary.results) == len(sim.company.photos)
 
 
-async def test_second_run_downloads_nothing_and_costs_a_few_requests(
+async def test_second_run_downloads_nothing_and_costs_one_request_per_project(
     sim: Simulator, settings_for: Any, database_url: str
 ) -> None:
     settings = settings_for(sim, database={"url": database_url})
     await sync(settings)
-    downloads_before = sum(sim.stats.downloads.values())
+    downloads_before, albums_before = sum(sim.stats.downloads.values()), sim.stats.requests["albums"]
     summary = await sync(settings)
     assert summary.exit_code == ExitCode.OK
     assert sum(sim.stats.downloads.values()) == downloads_before
     for result in summary.results:
         assert result.downloaded == 0
-        assert result.requests <= 3, f"{result.requests} requests for an unchanged project"
+        assert result.requests == 1, f"{result.requests} requests for an unchanged project"
+    assert sim.stats.requests["albums"] == albums_before, "each record names its album"
 
 
 async def test_incremental_run_fetches_photos_added_since(

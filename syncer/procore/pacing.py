@@ -192,6 +192,11 @@ class Pacer:
         return now + (self._offset or 0.0)
 
     @property
+    def knows_clock(self) -> bool:
+        """Whether an answer's `Date` has told Procore's clock yet."""
+        return self._offset is not None
+
+    @property
     def clock_offset(self) -> float:
         """Procore's clock minus ours in seconds, as far as the `Date` headers seen tell (never
         more than the truth: each sample errs low); 0 before any answer."""
