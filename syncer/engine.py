@@ -380,7 +380,7 @@ class ProjectSync:
                 for d in decisions
                 if d.change is not Change.STALE
             ],
-            same_file=[d.photo.id for d in decisions if d.url_moved],
+            moved_urls=[d.photo.id for d in decisions if d.url_moved],
         )
 
     def _deletions(self) -> Deletions:

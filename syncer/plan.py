@@ -64,7 +64,7 @@ class Decision:
         )
 
 
-def url_moved(photo: Photo, stored: StoredPhoto) -> bool:
+def _at_new_url(photo: Photo, stored: StoredPhoto) -> bool:
     """Whether `photo` names the file the mirror holds at a new URL: the mirror held the file
     Procore last listed, and the size and `updated_at` are what they were then."""
     return (
@@ -84,7 +84,7 @@ def decide(photo: Photo, stored: StoredPhoto | None, rel_path: str) -> Decision:
         and photo.updated_at < stored.updated_at
     ):
         return Decision(photo, rel_path, Change.STALE, stored)
-    same_file = stored.local_file_key == photo.file_key or url_moved(photo, stored)
+    same_file = stored.local_file_key == photo.file_key or _at_new_url(photo, stored)
     if not same_file or (stored.local_path is None and stored.trashed_path is None):
         change = Change.NEW if stored.local_file_key is None else Change.REPLACED
     elif stored.local_path is None:

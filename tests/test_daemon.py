@@ -292,7 +292,7 @@ async def test_a_failing_and_slow_notify_hook_never_stops_syncing(make_sim: Any,
         await eventually(lambda: running.runs("incomplete"), what="a failed run")
         await eventually(lambda: events(sink), what="the run_failed notification")
         await eventually(
-            lambda: _healthz_is(running, 503), what="/healthz to turn unhealthy after 2 failed runs"
+            lambda: healthz_is(running, 503), what="/healthz to turn unhealthy after 2 failed runs"
         )
         (project,) = sim.company.projects.values()
         (problem,) = json.loads((await running.get("/healthz"))[1])["problems"]
@@ -307,7 +307,7 @@ async def test_a_failing_and_slow_notify_hook_never_stops_syncing(make_sim: Any,
     assert_byte_exact(sim, load_settings(config))
 
 
-async def _healthz_is(running: Running, status: int) -> bool:
+async def healthz_is(running: Running, status: int) -> bool:
     return (await running.get("/healthz"))[0] == status
 
 

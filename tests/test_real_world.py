@@ -22,8 +22,8 @@ from syncer.mirror.files import MARKER
 from syncer.simulator import Simulator
 from tests.conftest import assert_byte_exact, lose_database, mirror_photos, sidecars, write_config
 from tests.test_cli import Run, assert_no_traceback, syncer
-from tests.test_daemon import _healthz_is as healthz_is
-from tests.test_daemon import daemon, daemon_config, eventually, stop
+from tests.test_daemon import daemon, daemon_config, eventually, healthz_is, stop
+from tests.test_guarantees import fetched
 
 # -- closed projects ---------------------------------------------------------------------------------
 
@@ -89,43 +89,43 @@ def file_paths(root: Path) -> set[str]:
 async def test_a_moved_file_url_costs_no_download(sim: Simulator, tmp_path: Path) -> None:
     config = write_config(sim, tmp_path)
     assert (await syncer("sync", "--config", str(config))).code == ExitCode.OK
-    before, downloads = file_paths(tmp_path / "mirror"), sum(sim.stats.downloads.values())
+    before, downloads = file_paths(tmp_path / "mirror"), fetched(sim)
     sim.move_file_urls("v4")
     run = await syncer("sync", "--config", str(config), "--full")
     assert run.code == ExitCode.OK, run.out + run.err
-    assert sum(sim.stats.downloads.values()) == downloads, "nothing downloaded again"
+    assert fetched(sim) == downloads, "nothing downloaded again"
     assert_byte_exact(sim, load_settings(config))
     after = file_paths(tmp_path / "mirror")
     assert len(after) == len(sim.company.photos) and not after & before, "the sidecars hold the new URLs"
     edited = min(sim.company.photos)
     sim.edit_photo(edited, description="edited after the move")
     assert (await syncer("sync", "--config", str(config))).code == ExitCode.OK
-    assert sum(sim.stats.downloads.values()) == downloads, "the new URL was recorded: an edit is an edit"
+    assert fetched(sim) == downloads, "the new URL was recorded: an edit is an edit"
 
 
 async def test_a_file_replaced_with_its_url_moved_is_fetched(sim: Simulator, tmp_path: Path) -> None:
     config = write_config(sim, tmp_path)
     assert (await syncer("sync", "--config", str(config))).code == ExitCode.OK
-    downloads = sum(sim.stats.downloads.values())
+    downloads = fetched(sim)
     sim.move_file_urls("v4")
     replaced = sim.replace_photo(
         min(sim.company.photos), size=sim.company.photos[min(sim.company.photos)].content.size
     )
     run = await syncer("sync", "--config", str(config), "--full")
     assert run.code == ExitCode.OK, run.out + run.err
-    assert sum(sim.stats.downloads.values()) - downloads == 1
+    assert fetched(sim) - downloads == 1
     assert mirror_photos(tmp_path / "mirror")[replaced.id] == replaced.content.all_bytes()
 
 
 async def test_a_lost_database_after_a_url_move_downloads_nothing(sim: Simulator, tmp_path: Path) -> None:
     config = write_config(sim, tmp_path)
     assert (await syncer("sync", "--config", str(config))).code == ExitCode.OK
-    downloads = sum(sim.stats.downloads.values())
+    downloads = fetched(sim)
     sim.move_file_urls("v4")
     lose_database(tmp_path)
     run = await syncer("sync", "--config", str(config))
     assert run.code == ExitCode.OK, run.out + run.err
-    assert sum(sim.stats.downloads.values()) == downloads, "every file adopted from the mirror"
+    assert fetched(sim) == downloads, "every file adopted from the mirror"
     assert_byte_exact(sim, load_settings(config))
 
 
@@ -182,9 +182,9 @@ async def test_a_share_that_did_not_mount_is_refused_and_nothing_is_written(
         assert_refused(run, share.point)
         assert list(share.point.iterdir()) == [], "nothing written under the mount point"
     share.mount()
-    downloads = sum(sim.stats.downloads.values())
+    downloads = fetched(sim)
     assert (await syncer("sync", "--config", str(config))).code == ExitCode.OK
-    assert sum(sim.stats.downloads.values()) == downloads, "the share came back whole"
+    assert fetched(sim) == downloads, "the share came back whole"
 
 
 async def test_the_daemon_is_unhealthy_while_its_share_is_gone_and_goes_on_when_it_is_back(
@@ -271,10 +271,10 @@ async def test_full_fetches_every_recorded_file_missing_from_the_mirror(
     photos = sorted(p for p in (tmp_path / "mirror").rglob("*.jpg") if ".syncer" not in p.parts)
     for photo in photos[::7]:
         photo.unlink()
-    downloads = sum(sim.stats.downloads.values())
+    downloads = fetched(sim)
     run = await syncer("sync", "--config", str(config), "--full")
     assert run.code == ExitCode.OK, run.out + run.err
-    assert sum(sim.stats.downloads.values()) - downloads == len(photos[::7])
+    assert fetched(sim) - downloads == len(photos[::7])
     assert_byte_exact(sim, load_settings(config))
 
 

@@ -162,6 +162,18 @@ async def test_a_replaced_file_is_due_again(store: Store) -> None:
     assert await due(store) == [1]
 
 
+async def test_a_moved_url_keeps_the_file_and_leaves_its_sidecar_due(store: Store) -> None:
+    await store.save_photos([listed(1)])
+    first, written = (await store.stored_photos([1]))[1], datetime.now(UTC)
+    await store.record(
+        downloaded=[Downloaded(1, first.rel_path, first.file_key, 10, "0" * 64, written, written)]
+    )
+    await store.save_photos([listed(1, key="v5")], moved_urls=[1])
+    stored = (await store.stored_photos([1]))[1]
+    assert stored.local_file_key == stored.file_key and await due(store) == []
+    assert stored.sidecar_of is None, "the sidecar still names the old URL"
+
+
 async def test_a_failed_photo_waits_for_its_retry_time_unless_retried_now(store: Store) -> None:
     await store.save_photos([listed(1)])
     now = datetime.now(UTC)

@@ -167,21 +167,23 @@ class Store(RunLog):
                     out[row.id] = StoredPhoto(*row)
         return out
 
-    async def save_photos(self, rows: Sequence[dict[str, Any]], *, same_file: Sequence[int] = ()) -> None:
+    async def save_photos(self, rows: Sequence[dict[str, Any]], *, moved_urls: Sequence[int] = ()) -> None:
         """Insert or update a page of photo rows in one transaction. A listed photo exists, so a
         deletion mark from earlier is cleared. The local file columns are untouched, but for the
-        `same_file` photos: their file moved to another URL, and the mirror's copy is recorded
-        under the new identity in the same transaction, so no moment exists in which it is due."""
+        `moved_urls` photos: their file moved to another URL, and the mirror's copy is recorded
+        under the new key in the same transaction, so no moment exists in which it is due. Their
+        sidecar still shows the old URL until it is rewritten, so it is recorded as not current
+        (a run stopped before the rewrite leaves it to the next)."""
         if not rows:
             return
         listed = [c for c in rows[0] if c not in INSERT_ONLY]
         async with self._write, self.engine.begin() as conn:
             await conn.execute(self._upsert_statement(PhotoRow, listed, {"deleted_at": None}), list(rows))
-            if same_file:
+            if moved_urls:
                 await conn.execute(
                     update(PhotoRow)
-                    .where(PhotoRow.id.in_(same_file))
-                    .values(local_file_key=PhotoRow.file_key)
+                    .where(PhotoRow.id.in_(moved_urls))
+                    .values(local_file_key=PhotoRow.file_key, sidecar_of=None)
                 )
 
     async def due_downloads(self, project_id: int, now: datetime) -> list[DueDownload]:
