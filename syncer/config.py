@@ -277,13 +277,22 @@ Schedule = Annotated[str | Every, BeforeValidator(_check_cron)]
 
 
 class ScheduleSettings(_Section):
+    """How often the daemon brings each project up to date (see `syncer/schedule.py`): the
+    schedules say how often, not at what clock times, so turns spread over the period."""
+
     incremental: Schedule = "*/15 * * * *"
+    """Each project that changed in the last day comes round once per this period."""
     full: Schedule | None = "0 3 * * 0"
-    """The reconcile that finds deleted photos (a `--full` run); null turns it off."""
+    """The reconcile that finds deleted photos (a `--full` run): each project once per this
+    period, spread across it; null turns it off."""
     timezone: str = "UTC"
     max_parallel_projects: int = Field(default=2, ge=1, le=32)
-    misfire_grace: Duration = 300.0
-    """A run that could not start on time still starts if it is at most this late."""
+    quiet_slowdown: int = Field(default=8, ge=1, le=64)
+    """A project without a change for 30 days comes round once per this many periods (1: every
+    project every period)."""
+    misfire_grace: Duration | None = None
+    """No longer used (a turn that could not start on time runs as soon as it can); accepted so
+    that older configurations still load, with a warning."""
 
     @field_validator("timezone")
     @classmethod

@@ -1,35 +1,36 @@
 """`syncer run`: the service that keeps the mirror minutes behind Procore, for months unattended.
 
-APScheduler 3 runs one job per project and kind (incremental, full reconcile) with
-`max_instances=1` and `coalesce`, so a slow run is never doubled and missed ticks collapse into one.
-Projects run concurrently up to `schedule.max_parallel_projects`, sharing one HTTP session and so
-one rate-limit pacer. Each run takes the project's file lock, so a cron `syncer sync` and the
-daemon never work on the same project at once. With PostgreSQL, several daemons (on one host or
-many) share the work: a run takes the project's lease in the database, and a run that finds the
-lease taken downloads a share of the project's photos instead.
+One queue (`schedule.Queue`) holds every project, and one loop here starts the next turn whenever
+a slot is free (`schedule.max_parallel_projects`) and a project is due, the most stale first. All
+turns share one HTTP session and so one rate-limit pacer; from what turns cost and the budget the
+pacer observed, the daemon knows the round it can keep, and says when that is slower than the
+schedule ("behind schedule": a warning, `/healthz`, a metric). A turn takes the project's file
+lock, so a cron `syncer sync` and the daemon never work on the same project at once. With
+PostgreSQL, several daemons (on one host or many) share the work: a turn takes the project's
+lease in the database, and a turn that finds the lease taken downloads a share of the project's
+photos instead.
 
 SIGTERM/SIGINT stop taking work and cancel running syncs: workers stop at their next await, what is
 done is committed, partial files stay under `.syncer/tmp/` for the next run to resume. SIGHUP
 reloads the configuration (what cannot change without a restart is said in the log).
 
 The operator hears about incidents, not ticks: the first failed run of a project, an
-authentication failure (once, until it works again), and each recovery.
+authentication failure (once, until it works again), falling behind schedule, and each recovery.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import math
 import signal
-from datetime import datetime
+from collections.abc import Coroutine
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from aiohttp import web
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from apscheduler.triggers.cron import CronTrigger
-from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy.exc import SQLAlchemyError
 
 from syncer.config import Every, Settings, load_settings
@@ -37,23 +38,22 @@ from syncer.errors import ConfigError, MirrorMissing, SyncerError
 from syncer.mirror.layout import Layout
 from syncer.notify import Notifier
 from syncer.observe import Health, Metrics, web_app
+from syncer.plan import Change
 from syncer.procore.auth import AuthError
 from syncer.procore.models import Project
-from syncer.report import LogProgress, human_bytes, human_seconds
+from syncer.report import LogProgress, human_bytes, human_seconds, plural
 from syncer.result import ProjectResult
 from syncer.runner import Syncer, open_syncer
+from syncer.schedule import BEHIND, CAUGHT_UP, Outlook, Queue, Turn, period_of
 from syncer.status import status_document
 
 log = logging.getLogger(__name__)
 STOP_GRACE = 8.0
 """Seconds running syncs get to commit after a stop signal; the process exits within 10."""
 PROJECTS_REFRESH = 3600.0
-
-
-def trigger_for(schedule: str | Every, timezone: str) -> CronTrigger | IntervalTrigger:
-    if isinstance(schedule, Every):
-        return IntervalTrigger(seconds=schedule.every, timezone=timezone)
-    return CronTrigger.from_crontab(schedule, timezone=timezone)
+MIRROR_RECHECK = 10.0
+"""Seconds between looks for a mirror that went away (a stat each)."""
+UNCHANGED = frozenset({Change.UNCHANGED, Change.STALE})
 
 
 class Daemon:
@@ -61,13 +61,23 @@ class Daemon:
         self.config_path = config_path
         self.settings: Settings = load_settings(config_path)
         self.stopping = asyncio.Event()
+        self.wake = asyncio.Event()
+        """Set when a turn ends, the projects or the configuration change: look at the queue again."""
         self.running: set[asyncio.Task[Any]] = set()
         self.health = Health(unhealthy_after=self.settings.http.unhealthy_after)
         self.projects: dict[int, Project] = {}
-        self.projects_loaded_at = float("-inf")
-        self.project_busy: dict[int, asyncio.Lock] = {}
+        self.refresh_projects = asyncio.Event()
         self.incident: set[int] = set()
-        self.slots = asyncio.Semaphore(self.settings.schedule.max_parallel_projects)
+        self.queue = Queue(**self._queue_settings(), started=0.0)
+
+    def _queue_settings(self) -> dict[str, Any]:
+        schedule = self.settings.schedule
+        return {
+            "period": period_of(schedule.incremental, schedule.timezone),
+            "full_period": period_of(schedule.full, schedule.timezone) if schedule.full is not None else None,
+            "quiet_slowdown": schedule.quiet_slowdown,
+            "parallel": schedule.max_parallel_projects,
+        }
 
     async def run(self) -> int:
         async with open_syncer(self.settings, progress=LogProgress(every=60.0)) as syncer:
@@ -77,7 +87,7 @@ class Daemon:
     async def _serve(self, syncer: Syncer) -> int:
         self.syncer = syncer
         self.notifier = Notifier(self.settings.notify, syncer.api.http.session)
-        self.metrics = Metrics(lambda: syncer.api.http.pacer, self.health)
+        self.metrics = Metrics(lambda: syncer.api.http.pacer, self.health, self._round)
         for status in await syncer.store.status():
             self.health.checkpoints[status.id] = status.checkpoint
             self.health.names[status.id] = status.name
@@ -86,33 +96,26 @@ class Daemon:
             loop.add_signal_handler(sig, self._stop, sig)
         loop.add_signal_handler(signal.SIGHUP, self._reload)
         web_runner = await self._start_http()
+        self.queue.started = loop.time()
+        self._warn_retired()
         schedule = self.settings.schedule
-        self.scheduler = AsyncIOScheduler(
-            timezone=schedule.timezone,
-            job_defaults={
-                "max_instances": 1,
-                "coalesce": True,
-                "misfire_grace_time": int(schedule.misfire_grace),
-            },
-        )
-        self.scheduler.start()
-        self.health.scheduler_running = True
-        self.scheduler.add_job(
-            self._refresh_projects,
-            trigger_for(schedule.incremental, schedule.timezone),
-            id="projects",
-            next_run_time=self._now(),
-        )
         log.info(
             "syncer daemon started: incremental %s, full %s",
             _describe(schedule.incremental),
             _describe(schedule.full) if schedule.full else "off",
         )
+        self.refresh_projects.set()
+        background = [
+            asyncio.create_task(self._keep_projects(), name="projects"),
+            asyncio.create_task(self._dispatch(), name="dispatch"),
+        ]
         try:
             await self.stopping.wait()
         finally:
             self.health.scheduler_running = False
-            self.scheduler.shutdown(wait=False)
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
             await self._cancel_running()
             await self.notifier.close()
             if web_runner is not None:
@@ -121,9 +124,6 @@ class Daemon:
                 loop.remove_signal_handler(sig)
         log.info("syncer daemon stopped")
         return 0
-
-    def _now(self) -> datetime:
-        return datetime.now(ZoneInfo(self.settings.schedule.timezone))
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -143,12 +143,20 @@ class Daemon:
         if listen is None:
             return None
         host, _, port = listen.rpartition(":")
-        app = web_app(self.metrics, self.health, lambda: status_document(self.settings, self.syncer.store))
+        app = web_app(self.metrics, self.health, self._status)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, host.strip("[]"), int(port)).start()
         log.info("serving /healthz, /metrics and /status on http://%s", listen)
         return runner
+
+    def _warn_retired(self) -> None:
+        if self.settings.schedule.misfire_grace is not None:
+            log.warning(
+                "schedule.misfire_grace no longer has an effect (a turn that could not start on time "
+                "runs as soon as it can); remove it from %s",
+                self.config_path,
+            )
 
     def _reload(self) -> None:
         try:
@@ -174,17 +182,25 @@ class Daemon:
         engine.settings, engine.mirror = self.settings.sync, self.settings.mirror
         engine.layout = Layout(self.settings.mirror.layout)
         self.notifier.settings = self.settings.notify
-        self.slots = asyncio.Semaphore(self.settings.schedule.max_parallel_projects)
-        self.projects_loaded_at = float("-inf")  # the project selection may have changed
-        self._schedule_projects(reschedule=True)
+        self.queue.configure(**self._queue_settings())
+        self._warn_retired()
+        self.refresh_projects.set()  # the project selection may have changed
+        self.wake.set()
         log.info("configuration reloaded from %s", self.config_path)
 
-    # -- jobs ----------------------------------------------------------------------------------
+    # -- the round -----------------------------------------------------------------------------
+
+    async def _keep_projects(self) -> None:
+        """Learn the projects at start, then every hour (and on a reload); a failed attempt is
+        tried again a period later."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(PROJECTS_REFRESH if self.projects else self.queue.period):
+                    await self.refresh_projects.wait()
+            self.refresh_projects.clear()
+            await self._refresh_projects()
 
     async def _refresh_projects(self) -> None:
-        loop = asyncio.get_running_loop()
-        if self.projects and loop.time() - self.projects_loaded_at < PROJECTS_REFRESH:
-            return
         try:
             projects, errors = await self.syncer.projects()
         except AuthError as exc:
@@ -196,86 +212,149 @@ class Daemon:
         self._auth_ok()
         for error in errors:
             log.warning("%s", error)
-        await self.syncer.store.save_projects(self.settings.procore.company_id, projects)
+        store = self.syncer.store
+        await store.save_projects(self.settings.procore.company_id, projects)
         self.projects = {p.id: p for p in projects}
         self.health.names.update((p.id, p.name) for p in projects)
-        self.projects_loaded_at = loop.time()
-        self._schedule_projects()
+        marks = await store.all_marks()
+        procore_now = self.syncer.engine.procore_now()
 
-    def _schedule_projects(self, *, reschedule: bool = False) -> None:
-        schedule = self.settings.schedule
-        wanted = {("incremental", pid) for pid in self.projects}
-        if schedule.full is not None:
-            wanted |= {("full", pid) for pid in self.projects}
-        for job in self.scheduler.get_jobs():
-            if job.id != "projects" and tuple(job.args) not in wanted:
-                job.remove()
-        for kind, pid in sorted(wanted):
-            spec = schedule.incremental if kind == "incremental" else schedule.full
-            assert spec is not None
-            trigger = trigger_for(spec, schedule.timezone)
-            job_id = f"{kind}:{pid}"
-            if self.scheduler.get_job(job_id) is None:
-                first = self._now() if kind == "incremental" else None
-                self.scheduler.add_job(
-                    self._project_job,
-                    trigger,
-                    args=(kind, pid),
-                    id=job_id,
-                    **({"next_run_time": first} if first else {}),
-                )
-            elif reschedule:
-                self.scheduler.reschedule_job(job_id, trigger=trigger)
-        if reschedule:
-            self.scheduler.reschedule_job(
-                "projects", trigger=trigger_for(schedule.incremental, schedule.timezone)
-            )
+        def ago(moment: datetime | None) -> float | None:
+            return None if moment is None else max(0.0, (procore_now - moment).total_seconds())
 
-    async def _project_job(self, kind: str, project_id: int) -> None:
-        project = self.projects.get(project_id)
-        if project is None or self.stopping.is_set():
-            return
-        busy = self.project_busy.setdefault(project_id, asyncio.Lock())
-        if busy.locked() and kind == "incremental":
-            log.info("project %s is still syncing; skipping this incremental run", project_id)
-            return
-        task = asyncio.current_task()
-        assert task is not None
+        # the operator's figures are about the projects synced now, not those left behind
+        self.health.checkpoints = {pid: marks[pid][0] if pid in marks else None for pid in self.projects}
+        synced = {pid: ago(m[0]) for pid, m in marks.items()}
+        fulls = {pid: ago(m[1]) for pid, m in marks.items()}
+        self.queue.update(
+            self.projects,
+            now=asyncio.get_running_loop().time(),
+            synced_ago={pid: s for pid, s in synced.items() if s is not None},
+            full_ago={pid: f for pid, f in fulls.items() if f is not None},
+            last_change={pid: m[2] for pid, m in marks.items()},
+        )
+        self.wake.set()
+
+    async def _dispatch(self) -> None:
+        """Start the next due turn whenever a slot is free; sleep until one falls due or a turn
+        ends. Runs for the daemon's life."""
+        loop = asyncio.get_running_loop()
+        self.health.scheduler_running = True
+        while True:
+            self.wake.clear()
+            now, wall = loop.time(), datetime.now(UTC)
+            turn = self.queue.next(now, wall)
+            if turn is not None and not await self._mirror_there():
+                await asyncio.sleep(MIRROR_RECHECK)
+                continue
+            if turn is not None:
+                self.queue.started_turn(turn, now)
+                self._start(self._turn(turn))
+                continue
+            wait = self.queue.wake_at(now, wall) - now
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(None if math.isinf(wait) else wait):
+                    await self.wake.wait()
+
+    def _start(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
         self.running.add(task)
+        task.add_done_callback(self.running.discard)
+
+    async def _turn(self, turn: Turn) -> None:
+        project = self.projects[turn.project_id]
+        result: ProjectResult | None = None
         try:
-            async with busy, self.slots:
-                await self._take_turn(project, kind)
+            result = await self._take_turn(project, turn.kind)
         except asyncio.CancelledError:
             if not self.stopping.is_set():
                 raise
             # a stop is not an error: the engine recorded every installed file and closed the run
-            log.info("%s sync of %s stopped by the shutdown; the next run continues", kind, project.name)
+            log.info("%s sync of %s stopped by the shutdown; the next run continues", turn.kind, project.name)
         finally:
-            self.running.discard(task)
+            changed = result is not None and any(
+                n for change, n in result.changes.items() if change not in UNCHANGED
+            )
+            self.queue.finished_turn(
+                turn,
+                requests=result.requests if result else 0,
+                seconds=result.seconds if result else 0.0,
+                changed_at=datetime.now(UTC) if changed else None,
+            )
+            self._judge_round()
+            self.wake.set()
 
-    async def _take_turn(self, project: Project, kind: str) -> None:
+    def _round(self) -> Outlook:
+        return self.queue.outlook(self.syncer.api.http.pacer.sustained_rate(), datetime.now(UTC))
+
+    def _judge_round(self) -> None:
+        """Say once when the budget cannot keep the schedule, and once when it can again."""
+        outlook = self._round()
+        if self.health.behind is None and outlook.ratio > BEHIND:
+            self.health.behind = behind_message(outlook)
+            log.warning("%s", self.health.behind)
+            self.notifier.send({"event": "behind_schedule", "summary": self.health.behind})
+        elif self.health.behind is not None:
+            if outlook.ratio <= CAUGHT_UP:
+                self.health.behind = None
+                log.info(
+                    "back on schedule: every project comes round within %s", human_seconds(outlook.period)
+                )
+                self.notifier.send({"event": "recovered", "what": "schedule"})
+            else:
+                self.health.behind = behind_message(outlook)  # the figures move; the log line is said once
+
+    async def _status(self) -> dict[str, Any]:
+        """The status page: the database's view, and where each project stands in the round."""
+        document = await status_document(self.settings, self.syncer.store)
+        loop = asyncio.get_running_loop()
+        now, wall = loop.time(), datetime.now(UTC)
+        next_turns = self.queue.next_turns(now, wall)
+        for entry in document["projects"]:
+            pid = entry["id"]
+            checkpoint = self.health.checkpoints.get(pid)
+            entry["staleness_seconds"] = (
+                round((wall - checkpoint).total_seconds(), 1) if checkpoint is not None else None
+            )
+            queued = self.queue.entries.get(pid)
+            entry["next_turn"] = (
+                None
+                if queued is None
+                else "running"
+                if queued.busy
+                else _iso(wall + timedelta(seconds=max(0.0, next_turns[pid] - now)))
+            )
+        outlook = self._round()
+        document["schedule"] = {
+            "period_seconds": outlook.period,
+            "achievable_cycle_seconds": round(outlook.cycle, 1),
+            "budget_requests_per_second": outlook.rate,
+            "requests_per_period": round(outlook.requests, 1),
+            "behind": self.health.behind,
+        }
+        return document
+
+    async def _take_turn(self, project: Project, kind: str) -> ProjectResult | None:
         """Sync the project if no other process lists it now; else download a share of it where
-        the coordinator gives one (several workers), or skip this tick."""
+        the coordinator gives one (several workers), or skip this turn."""
         coordinator, engine = self.syncer.coordinator, self.syncer.engine
-        if not await self._mirror_there():
-            return
         try:
             async with coordinator.take(project.id) as mine:
                 if mine:
-                    await self._sync(project, kind)
-                    return
+                    return await self._sync(project, kind)
             helped = await coordinator.help(engine, project, deadline=engine.deadline())
         except (SyncerError, SQLAlchemyError, OSError) as exc:
             log.error("project %s: %s", project.id, exc)
-            return
+            return None
         if helped is None:
             log.info("project %s is being synced by another process; skipping this %s run", project.id, kind)
-            return
+            return None
         outcome = _outcome(helped)
         self.metrics.record(helped, "help", outcome)
         log.info(
             "%s sync of %s: listed by another worker; %s", kind, project.name, _one_line(helped, outcome)
         )
+        return helped
 
     async def _mirror_there(self) -> bool:
         """Whether the mirror root still holds the mirror: checked before each run takes a lock or
@@ -296,19 +375,19 @@ class Daemon:
             self.notifier.send({"event": "recovered", "what": "mirror"})
         return True
 
-    async def _sync(self, project: Project, kind: str) -> None:
+    async def _sync(self, project: Project, kind: str) -> ProjectResult | None:
         try:
             result = await self.syncer.engine.sync_project(
                 project, full=kind == "full", deadline=self.syncer.engine.deadline()
             )
         except AuthError as exc:
             self._auth_failed(exc)
-            return
+            return None
         except SyncerError as exc:  # the database or mirror refused: a failed run, reported
             log.error("%s sync of project %s failed: %s", kind, project.id, exc)
             self.health.record(project.id, ok=False)
             self._notify_failed(project, kind, str(exc))
-            return
+            return None
         self._auth_ok()
         outcome = _outcome(result)
         self.metrics.record(result, kind, outcome)
@@ -332,6 +411,7 @@ class Daemon:
                 self.notifier.send({"event": "recovered", "project": _project(project), "kind": kind})
         elif not result.stopped:
             self._notify_failed(project, kind, _one_line(result, outcome), result)
+        return result
 
     # -- incidents -----------------------------------------------------------------------------
 
@@ -391,6 +471,29 @@ def _cause(result: ProjectResult) -> str:
 
 def _project(project: Project) -> dict[str, Any]:
     return {"id": project.id, "name": project.name}
+
+
+def behind_message(outlook: Outlook) -> str:
+    """The verdict with both figures and what sets the pace."""
+    if outlook.budget_bound:
+        assert outlook.rate is not None
+        why = (
+            f"one period's turns cost about {outlook.requests:,.0f} requests and the rate budget gives "
+            f"{outlook.rate * outlook.period:,.0f} ({outlook.rate:.2f} a second)"
+        )
+    else:
+        why = (
+            f"one period's turns take about {human_seconds(outlook.seconds)} and "
+            f"{plural(outlook.parallel, 'turn')} run at once"
+        )
+    return (
+        f"behind schedule: each project comes round about every {human_seconds(outlook.cycle)}, not every "
+        f"{human_seconds(outlook.period)} as the schedule asks: {why} (see README, Operations)"
+    )
+
+
+def _iso(moment: datetime) -> str:
+    return moment.replace(microsecond=0).isoformat()
 
 
 def _describe(schedule: str | Every) -> str:

@@ -19,6 +19,7 @@ from prometheus_client.registry import Collector
 
 from syncer.procore.pacing import Pacer
 from syncer.result import ProjectResult
+from syncer.schedule import Outlook
 
 
 @dataclass
@@ -33,6 +34,8 @@ class Health:
     auth_failing: bool = False
     mirror_missing: str | None = None
     """Why the mirror root is not the mirror (a share that went away), while it is not."""
+    behind: str | None = None
+    """While the budget cannot keep the schedule: the achievable cycle against the asked one."""
 
     def record(self, project_id: int, ok: bool) -> None:
         self.failing[project_id] = 0 if ok else self.failing.get(project_id, 0) + 1
@@ -43,6 +46,8 @@ class Health:
             found.append("Procore refuses the credentials")
         if self.mirror_missing:
             found.append(self.mirror_missing)
+        if self.behind:
+            found.append(self.behind)
         found += [
             f"{self.describe(pid)}: {n} failed runs in a row"
             for pid, n in self.failing.items()
@@ -56,9 +61,10 @@ class Health:
 
 
 class _LiveValues(Collector):
-    def __init__(self, pacer: Callable[[], Pacer], health: Health) -> None:
+    def __init__(self, pacer: Callable[[], Pacer], health: Health, round_: Callable[[], Outlook]) -> None:
         self._pacer = pacer
         self._health = health
+        self._round = round_
 
     def collect(self) -> Iterator[Any]:
         pacer = self._pacer()
@@ -80,10 +86,26 @@ class _LiveValues(Collector):
             labels=["project"],
         )
         now = time.time()
+        ages = [now - c.timestamp() for c in self._health.checkpoints.values() if c is not None]
         for pid, checkpoint in self._health.checkpoints.items():
             if checkpoint is not None:
                 age.add_metric([str(pid)], now - checkpoint.timestamp())
         yield age
+        stalest = GaugeMetricFamily(
+            "syncer_stalest_project_seconds", "How far behind now the stalest project's checkpoint is"
+        )
+        if ages:
+            stalest.add_metric([], max(ages))
+        yield stalest
+        outlook = self._round()
+        cycle = GaugeMetricFamily(
+            "syncer_round_seconds",
+            "Seconds between turns of a changing project: as the schedule asks, and as achievable",
+            labels=["as"],
+        )
+        cycle.add_metric(["asked"], outlook.period)
+        cycle.add_metric(["achievable"], outlook.cycle)
+        yield cycle
         failing = GaugeMetricFamily(
             "syncer_consecutive_failed_runs", "Failed runs in a row", labels=["project"]
         )
@@ -100,7 +122,7 @@ class _LiveValues(Collector):
 
 
 class Metrics:
-    def __init__(self, pacer: Callable[[], Pacer], health: Health) -> None:
+    def __init__(self, pacer: Callable[[], Pacer], health: Health, round_: Callable[[], Outlook]) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.runs = Counter("syncer_runs", "Runs finished", ["project", "kind", "outcome"], registry=r)
@@ -115,7 +137,7 @@ class Metrics:
             registry=r,
             buckets=(1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 12 * 3600),
         )
-        r.register(_LiveValues(pacer, health))
+        r.register(_LiveValues(pacer, health, round_))
 
     def record(self, result: ProjectResult, kind: str, outcome: str) -> None:
         pid = str(result.project.id)

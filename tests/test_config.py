@@ -276,3 +276,13 @@ def test_sizes_take_units_of_1024() -> None:
     settings = parse_settings(with_(mirror={"max_file_size": "1.5 gb"}), Path("/x"))
     assert settings.mirror.max_file_size == 1536 * 1024 * 1024
     assert parse_settings(with_(mirror={"max_file_size": 4096}), Path("/x")).mirror.max_file_size == 4096
+
+
+def test_a_configuration_from_before_the_round_still_loads() -> None:
+    # schedule.misfire_grace belonged to the timers per project; the daemon warns that it is unused
+    settings = parse_settings(with_(schedule={"misfire_grace": "5m"}), Path("/etc/syncer"))
+    assert settings.schedule.misfire_grace == 300
+
+
+def test_quiet_slowdown_out_of_range_is_named() -> None:
+    assert error_for(with_(schedule={"quiet_slowdown": 0})).startswith("schedule.quiet_slowdown: ")

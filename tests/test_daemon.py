@@ -11,11 +11,13 @@ import subprocess
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+import yaml
 
 from syncer.config import load_settings
 from syncer.errors import ExitCode
@@ -361,3 +363,91 @@ async def test_max_duration_stops_a_run_cleanly_and_the_next_continues(make_sim:
     run = await syncer("sync", "--config", str(config))
     assert run.code == ExitCode.OK, run.out + run.err
     assert_byte_exact(sim, load_settings(config))
+
+
+# -- the round and the budget ------------------------------------------------------------------
+
+
+async def problems(running: Running) -> list[str]:
+    try:
+        _, body = await running.get("/healthz")
+    except aiohttp.ClientError:
+        return []
+    found: list[str] = json.loads(body)["problems"]
+    return found
+
+
+async def metric(running: Running, name: str) -> float | None:
+    _, text = await running.get("/metrics")
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def reschedule(config: Path, every: str) -> None:
+    document = yaml.safe_load(config.read_text())
+    document["schedule"]["incremental"] = {"every": every}
+    config.write_text(yaml.safe_dump(document))
+
+
+async def test_a_budget_too_small_for_the_schedule_is_said_once_with_both_figures_and_so_is_the_recovery(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    # 6 projects every second at one request each: 6 a second against a budget of 2 a second.
+    sim = await make_sim(projects=6, photos=6, spike_limit=4, spike_window=2.0, count_file_requests=False)
+    command, sink = hook(tmp_path, "exit 0")
+    config = daemon_config(sim, tmp_path, schedule={"quiet_slowdown": 1}, notify={"command": command})
+    async with daemon(config, tmp_path) as running:
+        await eventually(
+            lambda: _any_behind(running), within=90, what="/healthz to report the daemon behind schedule"
+        )
+        behind = next(p for p in await problems(running) if "behind schedule" in p)
+        assert "not every 1.0 s as the schedule asks" in behind
+        assert "the rate budget gives" in behind
+        assert (await running.get("/healthz"))[0] == 503
+        achievable = await metric(running, 'syncer_round_seconds{as="achievable"}')
+        assert achievable is not None
+        assert achievable > 1.1
+        assert await metric(running, "syncer_stalest_project_seconds") is not None
+
+        reschedule(config, "20s")  # the operator asks for what the budget allows
+        running.proc.send_signal(signal.SIGHUP)
+        await eventually(
+            lambda: healthz_is(running, 200), within=120, what="the daemon to be back on schedule"
+        )
+        assert sim.stats.rate_limited == 0
+        await stop(running)
+    text = running.log_text()
+    assert text.count("behind schedule: each project comes round") == 1
+    assert text.count("back on schedule") == 1
+    assert [e["event"] for e in events(sink)] == ["behind_schedule", "recovered"]
+
+
+async def _any_behind(running: Running) -> bool:
+    return any("behind schedule" in p for p in await problems(running))
+
+
+async def test_status_shows_each_projects_staleness_and_next_turn_and_none_is_starved(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    sim = await make_sim(projects=5, photos=5, spike_limit=4, spike_window=2.0, count_file_requests=False)
+    config = daemon_config(sim, tmp_path, schedule={"quiet_slowdown": 1})
+    async with daemon(config, tmp_path) as running:
+        await eventually(
+            lambda: _all_ran_times(running, 5, 3), within=120, what="every project to come round 3 times"
+        )
+        _, body = await running.get("/status")
+        document = json.loads(body)
+        for project in document["projects"]:
+            assert isinstance(project["staleness_seconds"], float)
+            turn = project["next_turn"]
+            assert turn == "running" or datetime.fromisoformat(turn).tzinfo is not None
+        assert document["schedule"]["period_seconds"] == 1.0
+        assert document["schedule"]["achievable_cycle_seconds"] >= 1.0
+        await stop(running)
+
+
+async def _all_ran_times(running: Running, projects: int, times: int) -> bool:
+    runs = await running.runs()
+    return len(runs) == projects and min(runs.values()) >= times

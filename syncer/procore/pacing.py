@@ -92,6 +92,10 @@ class Pacer:
         self._offset: float | None = None
         """Server clock minus ours, from `Date`: the highest sample seen, since `Date` is truncated
         to whole seconds and so only ever errs low."""
+        self._lengths: dict[float, tuple[float, float, float]] = {}
+        """For each window limit seen: (the longest time to its reset an answer gave, the last
+        `Reset` seen, the shortest gap between two successive `Reset`s): how long such a window
+        lasts, for `sustained_rate`."""
         self.limit: float | None = None
         self.reported_remaining: float | None = None
         self.throttled = 0
@@ -154,6 +158,8 @@ class Pacer:
             self._window_sent = self._in_flight  # this answer comes from a new window
         self._window_end = reset
         limit = self.limit
+        if limit is not None:
+            self._learn_length(limit, reset, reset - server_now)
         if limit is not None and sent is not None and remaining == limit - 1:
             # The window's first request: it opened between `sent` and now.
             low, high, count = self._spans.get(limit, (math.inf, -math.inf, 0))
@@ -167,6 +173,30 @@ class Pacer:
         # than this one, so a shared budget keeps that much in reserve.
         reserve = 1 / self.share - 1
         self._remaining = remaining * self.share - max(0, self._in_flight - 1) - reserve
+
+    def _learn_length(self, limit: float, reset: float, to_reset: float) -> None:
+        longest, last, gap = self._lengths.get(limit, (0.0, reset, math.inf))
+        longest = max(longest, to_reset)
+        if reset > last + SPREAD and reset - last <= 2 * longest:
+            # The next window of this limit, and by the look of it the one right after (windows
+            # lie at least a length apart; much further apart, some went unseen between them).
+            gap = min(gap, reset - last)
+        self._lengths[limit] = (longest, max(last, reset), gap)
+
+    def sustained_rate(self) -> float | None:
+        """Requests a second this process may send for as long as it likes: the tightest of the
+        windows seen (limit over length), times its share; None before any answer told a budget.
+
+        A window lasts at least the longest time to its reset an answer gave, and at most the gap
+        between the resets of two successive windows. Procore reports only the window closer to
+        running out, so an hourly window is seen only as it runs low: until two successive ones
+        were seen, its length is taken short, and the rate too generous."""
+        rates = [
+            limit / (gap if math.isfinite(gap) else longest)
+            for limit, (longest, _, gap) in self._lengths.items()
+            if longest > 0
+        ]
+        return min(rates) * self.share if rates else None
 
     def _span(self, limit: float) -> float:
         """The longest a window of `limit` can last, if its first requests agree: windows that

@@ -150,6 +150,20 @@ class Store(RunLog):
             row = (await conn.execute(query)).first()
         return (row.checkpoint, row.last_full_at) if row else (None, None)
 
+    async def all_marks(self) -> dict[int, tuple[datetime | None, datetime | None, datetime | None]]:
+        """Every project's checkpoint, end of its last full run and newest photo change: where
+        the daemon's round takes each project up."""
+        newest = (
+            select(PhotoRow.project_id, func.max(PhotoRow.updated_at).label("changed"))
+            .group_by(PhotoRow.project_id)
+            .subquery()
+        )
+        query = select(
+            ProjectRow.id, ProjectRow.checkpoint, ProjectRow.last_full_at, newest.c.changed
+        ).outerjoin(newest, newest.c.project_id == ProjectRow.id)
+        async with self.engine.connect() as conn:
+            return {row[0]: (row[1], row[2], row[3]) for row in await conn.execute(query)}
+
     async def set_checkpoint(self, project_id: int, value: datetime, *, full: bool) -> None:
         values: dict[str, Any] = {"checkpoint": value}
         if full:
