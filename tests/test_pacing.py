@@ -322,3 +322,54 @@ async def test_a_learned_bound_never_ends_a_window_more_than_a_second_before_its
     pacer.observe({"X-Rate-Limit-Limit": "25", "X-Rate-Limit-Remaining": "0", "X-Rate-Limit-Reset": "1031"})
     await take(pacer)
     assert slept == [pytest.approx(10.35)], "held to 1030 (Reset less the second of rounding), not 1029.65"
+
+
+def limits(limit: int, remaining: int, reset: float) -> dict[str, str]:
+    return {
+        "X-Rate-Limit-Limit": str(limit),
+        "X-Rate-Limit-Remaining": str(remaining),
+        "X-Rate-Limit-Reset": str(int(reset)),
+    }
+
+
+def test_the_sustained_rate_is_unknown_before_any_budget_is_seen() -> None:
+    pacer, _ = fake_clock_pacer()
+    assert pacer.sustained_rate() is None
+
+
+def test_the_sustained_rate_of_a_short_window_is_its_limit_over_its_length() -> None:
+    pacer, _ = fake_clock_pacer()
+    pacer.observe(limits(25, 24, 1010))  # the window's first request: 10 s to its reset
+    assert pacer.sustained_rate() == 2.5
+
+
+def test_an_hourly_window_seen_only_as_it_runs_low_is_known_once_two_successive_ones_were_seen() -> None:
+    now = [1000.0]
+    pacer = Pacer(clock=lambda: now[0], wall=lambda: now[0])
+    pacer.observe(limits(3600, 20, 1000 + 1200))  # 20 minutes left in the hour
+    assert pacer.sustained_rate() == 3.0  # taken short: 3,600 in at least 1,200 s
+    now[0] += 3600
+    pacer.observe(limits(3600, 20, 1000 + 1200 + 3600))  # the next hour, also running low
+    assert pacer.sustained_rate() == 1.0
+
+
+def test_the_tightest_window_sets_the_sustained_rate() -> None:
+    pacer, _ = fake_clock_pacer()
+    pacer.observe(limits(25, 24, 1010))
+    pacer.observe(limits(3600, 20, 1000 + 1200))
+    assert pacer.sustained_rate() == 2.5
+
+
+def test_windows_far_apart_do_not_pass_for_successive_ones() -> None:
+    now = [1000.0]
+    pacer = Pacer(clock=lambda: now[0], wall=lambda: now[0])
+    pacer.observe(limits(3600, 20, 1000 + 1200))
+    now[0] += 5 * 3600  # hours unseen between them
+    pacer.observe(limits(3600, 20, 1000 + 1200 + 5 * 3600))
+    assert pacer.sustained_rate() == 3.0
+
+
+def test_the_sustained_rate_is_this_workers_share() -> None:
+    pacer, _ = fake_clock_pacer(share=0.25)
+    pacer.observe(limits(25, 24, 1010))
+    assert pacer.sustained_rate() == 0.625

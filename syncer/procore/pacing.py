@@ -32,6 +32,9 @@ Sleep = Callable[[float], Awaitable[None]]
 SPREAD = 1.5
 """How far apart two bounds on a window's length may be (the second of rounding, plus time for
 the round trips) for the pacer to trust them."""
+SUCCESSIVE = 4.0
+"""Two resets of one limit at most this many times the longest time to reset seen apart are taken
+for successive windows (an hourly window first seen with 15 minutes left still counts)."""
 
 
 def _header_number(headers: Mapping[str, str], name: str) -> float | None:
@@ -177,9 +180,9 @@ class Pacer:
     def _learn_length(self, limit: float, reset: float, to_reset: float) -> None:
         longest, last, gap = self._lengths.get(limit, (0.0, reset, math.inf))
         longest = max(longest, to_reset)
-        if reset > last + SPREAD and reset - last <= 2 * longest:
-            # The next window of this limit, and by the look of it the one right after (windows
-            # lie at least a length apart; much further apart, some went unseen between them).
+        if reset > last + SPREAD and reset - last <= SUCCESSIVE * longest:
+            # The next window of this limit, and by the look of it the one right after: windows
+            # lie at least a length apart, and much further apart some went unseen between them.
             gap = min(gap, reset - last)
         self._lengths[limit] = (longest, max(last, reset), gap)
 
