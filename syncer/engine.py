@@ -32,7 +32,7 @@ from syncer.procore.api import ProcoreApi
 from syncer.procore.http import TALLY, ProcoreError, RetryPolicy, Tally
 from syncer.procore.models import BadRecord, Photo, Project
 from syncer.procore.query import ImageQuery
-from syncer.reconcile import Deletions
+from syncer.reconcile import Deletions, IdListing, upstream_ids
 from syncer.report import Progress
 from syncer.result import ProjectResult
 from syncer.store import Store, StoredPhoto, photo_row
@@ -168,7 +168,7 @@ class Engine:
         """Sync one project; `deadline` (event-loop time) stops it cleanly, keeping what is done."""
         started = self.now()
         await self.fs.run(self.fs.check_state)
-        checkpoint = None if full else await self.store.checkpoint(project.id)
+        checkpoint = await self.store.checkpoint(project.id)
         run = ProjectSync(self, project, checkpoint, started, dry_run=dry_run, full=full, force=force)
         if dry_run:
             await measured(run.result, run.plan_only(), None)
@@ -202,6 +202,12 @@ class ProjectSync:
         self.force = force
         self.seen: set[int] = set()
         """Ids listed so far in this run: a photo listed twice (shifted pages) is decided once."""
+        self.listed: set[int] = set()
+        """Ids the listings of this run reported, the stand-ins of unreadable records included."""
+        self.ids: IdListing | None = None
+        """A full run's id listing, once listed: where to list records, and the deletions."""
+        self.urls_moved = 0
+        """Photos listed in this run whose file URL moved (`Decision.url_moved`)."""
 
     def query(self) -> ImageQuery:
         return ImageQuery(project_id=self.project.id, filters=self.engine.settings.filters.to_filters())
@@ -215,8 +221,8 @@ class ProjectSync:
                 if d.download:
                     self.result.would_bytes += d.photo.size or 0
 
-        if await self._open_window():
-            await self._list(on_page)
+        if await self._open_window() and await self._list(on_page) and self.full:
+            await self._list_differences(on_page)
         self.engine.progress.listed(self.project.id)
         if self.result.listing_error is None:
             due = [
@@ -226,8 +232,8 @@ class ProjectSync:
             ]
             self.result.retried = len(due)
             self.result.would_bytes += sum(d.size or 0 for d in due)
-            if self.full and self.result.proven:
-                await self._deletions().reconcile(self.query(), self.result, force=self.force)
+            if self.ids is not None and self.result.proven:
+                await self._deletions().reconcile(self.ids, self.result, force=self.force)
 
     async def sync(self) -> None:
         result, engine = self.result, self.engine
@@ -258,8 +264,8 @@ class ProjectSync:
 
         outcome = "failed"
         try:
-            if opened:
-                await self._list(on_page)
+            if opened and await self._list(on_page) and self.full:
+                await self._list_differences(on_page)
             engine.progress.listed(self.project.id)  # this project's part of the total is known
             await source.drain()
             await pool.close()
@@ -288,11 +294,13 @@ class ProjectSync:
         name, pid = self.project.name, self.project.id
         held = {p.id for p in fresh if await self._held_elsewhere(stored.get(p.id))}
         self.result.elsewhere += len(held)
-        return [
+        decisions = [
             decide(p, stored.get(p.id), render(p, project_name=name, project_id=pid))
             for p in fresh
             if p.id not in held
         ]
+        self.urls_moved += sum(d.url_moved for d in decisions)
+        return decisions
 
     async def _gone_from_disk(self, stored: dict[int, StoredPhoto]) -> dict[int, StoredPhoto]:
         """`stored`, with the files a full run does not find in the mirror (one `stat` each, no
@@ -339,8 +347,13 @@ class ProjectSync:
         result.window_start, result.window_end = engine.window(self.checkpoint, engine.procore_now())
         return True
 
-    async def _list(self, on_page: Callable[[list[Photo]], Awaitable[None]]) -> None:
-        """List the window, handing each page to `on_page`; a failure becomes the listing error."""
+    async def _list(
+        self,
+        on_page: Callable[[list[Photo]], Awaitable[None]],
+        piece: tuple[datetime, datetime] | None = None,
+    ) -> bool:
+        """List the window (or a `piece` of `updated_at` for a full run), handing each page to
+        `on_page`; a failure becomes the listing error (and False)."""
         result, engine = self.result, self.engine
         lister = Lister(
             engine.api,
@@ -351,17 +364,56 @@ class ProjectSync:
             budget=engine.settings.listing_budget,
         )
         try:
-            report = await lister.run(
-                result.window_start,
-                result.window_end,
-                now=lambda: engine.window(None, engine.procore_now())[1],  # for catch-up rounds
-            )
+            if piece is None:
+                report = await lister.run(
+                    result.window_start,
+                    result.window_end,
+                    now=lambda: engine.window(None, engine.procore_now())[1],  # for catch-up rounds
+                )
+                result.window_end = report.end or result.window_end
+            else:
+                report = await lister.run(*piece)
+        except (ProcoreError, BadRecord) as exc:
+            result.listing_error = str(exc)
+            return False
+        self.listed |= report.seen
+        result.listed = len(self.listed)
+        result.unproven += report.unproven
+        result.listing_notes += report.ties
+        result.unreadable += list(report.unreadable.values())
+        return True
+
+    async def _list_differences(self, on_page: Callable[[list[Photo]], Awaitable[None]]) -> None:
+        """A full run, after the window: list every id upstream (proven in pieces), then records
+        only where the database or the mirror differ from them (`IdListing.to_list`): an id the
+        database does not know, a recorded file missing from the mirror (one `stat` each), or ids
+        that could not be proven. A project the database knows well costs its id pages.
+
+        Plus one piece of records in turn (a different one each day), as a sample: file URLs that
+        moved (`plan`) show only in records, and where the sample finds one, every piece is
+        listed, so the new URLs are recorded before an edit could pass for a new file."""
+        result, engine = self.result, self.engine
+        known = await self.store.recorded(self.project.id)
+        paths = {path: moment for moment, path in known.values() if path is not None}
+        found = await engine.fs.run(engine.fs.existing, list(paths))
+        missing = [moment for path, moment in paths.items() if moment is not None and path not in found]
+        try:
+            self.ids = await upstream_ids(engine.api, self.query(), [moment for moment, _ in known.values()])
         except (ProcoreError, BadRecord) as exc:
             result.listing_error = str(exc)
             return
-        result.listed, result.unproven, result.listing_notes = len(report.seen), report.unproven, report.ties
-        result.unreadable = list(report.unreadable.values())
-        result.window_end = report.end or result.window_end
+        pieces = [p for p in self.ids.pieces if p.start <= result.window_end]  # later: the next run's
+        wanted = self.ids.to_list({pid: moment for pid, (moment, _) in known.items()}, missing)
+        sample = pieces[engine.now().toordinal() % len(pieces)] if pieces else None
+        listed = []
+        for piece in [p for p in pieces if p in wanted or p is sample]:
+            if not await self._list(on_page, (piece.start, min(piece.end, result.window_end))):
+                return
+            listed.append(piece)
+        if self.urls_moved:
+            for piece in [p for p in pieces if p not in listed]:
+                if not await self._list(on_page, (piece.start, min(piece.end, result.window_end))):
+                    return
 
     async def _save_page(self, decisions: list[Decision], *, handing: bool) -> None:
         """Record a listed page in one transaction. `handing`: the signed URL of each photo to
@@ -395,8 +447,8 @@ class ProjectSync:
         await recorder.flush()
         result.waiting = await self.store.failing_count(self.project.id) - len(result.failures)
         if result.proven:
-            if self.full:
-                await self._deletions().reconcile(self.query(), result, force=self.force)
+            if self.ids is not None:
+                await self._deletions().reconcile(self.ids, result, force=self.force)
             await self.store.set_checkpoint(self.project.id, result.window_end, full=self.full)
             result.checkpoint_advanced = True
 

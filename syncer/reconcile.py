@@ -8,6 +8,10 @@ newest piece last: a photo edited while this runs moves into that last piece, wh
 after the move, so no photo can fall between two pieces. A piece that never proves itself makes
 the whole answer `None`, and nothing is deleted.
 
+The same pieces tell a full run where to list records at all (`IdListing.to_list`): only where
+an id is unknown to the database, a recorded file is missing from the mirror, or the ids could not
+be proven. A reconcile of a project the database knows well costs its id pages, not its records.
+
 Then the photos known but not upstream are confirmed one by one (only a 404 is a deletion), the
 `mirror.max_delete` cap is applied, and `mirror.on_delete` decides their files: keep, trash or
 delete.
@@ -18,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from itertools import pairwise
@@ -39,11 +43,50 @@ IDS_PER_PAGE = 1000
 PASSES = 3
 
 
+@dataclass(eq=False)  # pieces are told apart by identity, not by their (large) id sets
+class IdPiece:
+    start: datetime
+    end: datetime
+    ids: set[int] | None
+    """The ids updated in [start, end], or None when they could not be proven."""
+
+    def holds(self, moment: datetime) -> bool:
+        return self.start <= moment <= self.end
+
+
 @dataclass
 class IdListing:
-    ids: set[int] | None
-    """Every id upstream, or None when some piece could not be proven."""
-    problem: str | None = None
+    pieces: list[IdPiece]
+
+    @property
+    def ids(self) -> set[int] | None:
+        """Every id upstream, or None when some piece could not be proven."""
+        if any(piece.ids is None for piece in self.pieces):
+            return None
+        return set().union(*(piece.ids or set() for piece in self.pieces))
+
+    @property
+    def problem(self) -> str | None:
+        for piece in self.pieces:
+            if piece.ids is None:
+                return (
+                    f"the ids updated {piece.start:%Y-%m-%dT%H:%M:%S}..{piece.end:%Y-%m-%dT%H:%M:%S} "
+                    "did not match Total"
+                )
+        return None
+
+    def to_list(self, known: Mapping[int, datetime | None], missing: Sequence[datetime]) -> list[IdPiece]:
+        """The pieces whose records a reconcile lists: those whose ids could not be proven, those
+        holding an id the database does not know, and those holding the `updated_at` of a file
+        missing from the mirror (listed for its fresh URL). Elsewhere the database already holds
+        every id upstream; ids it holds that are not upstream are deletions, looked up one by one."""
+        return [
+            piece
+            for piece in self.pieces
+            if piece.ids is None
+            or any(i not in known for i in piece.ids)
+            or any(piece.holds(moment) for moment in missing)
+        ]
 
 
 def cut_points(times: Sequence[datetime | None], chunk: int) -> list[datetime]:
@@ -59,25 +102,19 @@ def cut_points(times: Sequence[datetime | None], chunk: int) -> list[datetime]:
 async def upstream_ids(
     api: ProcoreApi, query: ImageQuery, known_times: Sequence[datetime | None]
 ) -> IdListing:
-    result = IdListing(ids=set())
+    """The ids upstream, in pieces of about a page of the known photos each, every piece proven
+    against its `Total` (or marked unproven, and the others listed all the same)."""
     first = await api.ids_page(query, page=1, per_page=IDS_PER_PAGE)
     if first.total is not None and first.next_url is None and len(set(first.items)) == first.total:
-        result.ids = set(first.items)  # the whole project fits one page: a consistent snapshot
-        return result
+        # the whole project fits one page: a consistent snapshot
+        return IdListing([IdPiece(BEGINNING, FAR_FUTURE, set(first.items))])
     chunk = max(1, int((first.per_page or IDS_PER_PAGE) * 0.8))
     edges = [BEGINNING, *cut_points(known_times, chunk), FAR_FUTURE]
+    pieces = []
     for lo, hi in pairwise(edges):  # sharing their boundaries, as listing pieces do
         piece = replace(query, filters=replace(query.filters, updated_at=Range(lo, hi)))
-        ids = await _prove(api, piece)
-        if ids is None:
-            result.ids = None
-            result.problem = (
-                f"the ids updated {lo:%Y-%m-%dT%H:%M:%S}..{hi:%Y-%m-%dT%H:%M:%S} did not match Total"
-            )
-            return result
-        assert result.ids is not None
-        result.ids |= ids
-    return result
+        pieces.append(IdPiece(lo, hi, await _prove(api, piece)))
+    return IdListing(pieces)
 
 
 async def _prove(api: ProcoreApi, query: ImageQuery) -> set[int] | None:
@@ -106,19 +143,19 @@ class Deletions:
     concurrency: int
     now: Callable[[], datetime]
 
-    async def reconcile(self, query: ImageQuery, result: ProjectResult, *, force: bool) -> None:
+    async def reconcile(self, listing: IdListing, result: ProjectResult, *, force: bool) -> None:
         """Mark photos gone from Procore as deleted, then apply `mirror.on_delete` to their files;
         a dry run (`result.dry_run`) only counts them, in `result.would_delete`.
 
-        Runs only after a proven listing, on a proven id set, within the `max_delete` cap, and
-        each deletion is confirmed by a direct lookup."""
+        Runs only after a proven listing, on a proven id set (`listing`, listed before the
+        records), within the `max_delete` cap, and each deletion is confirmed by a direct lookup."""
         project = result.project
-        listing = await upstream_ids(self.api, query, await self.store.live_times(project.id))
-        if listing.ids is None:
+        upstream = listing.ids
+        if upstream is None:
             result.deletions_unchecked = listing.problem
             return
         known = await self.store.live_ids(project.id)
-        gone = sorted(known - listing.ids)
+        gone = sorted(known - upstream)
         cap = self.mirror.delete_cap(len(known))
         if len(gone) > cap and not force:
             result.deletions_blocked = (

@@ -9,12 +9,15 @@ from typing import Any
 
 from aiohttp import web
 
+from syncer.errors import ExitCode
 from syncer.listing import BEGINNING
+from syncer.plan import Change
 from syncer.procore.models import Project
 from syncer.procore.query import ImageQuery
 from syncer.reconcile import Deletions, IdListing, cut_points, upstream_ids
 from syncer.simulator import Simulator
 from syncer.simulator.server import ListingRequest
+from tests.conftest import db_rows, mirror_photos, sync
 from tests.test_procore_client import client, scripted
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
@@ -121,3 +124,52 @@ async def test_a_photo_whose_lookup_answers_a_malformed_record_is_not_gone(sim: 
         deletions = Deletions(api, None, None, None, concurrency=2, now=lambda: T0)  # type: ignore[arg-type]
         project = Project(id=project_of(sim), name="p", active=True)
         assert await deletions._confirm_gone(project, [1, 2]) == []
+
+
+# -- a reconcile lists records only where they differ ------------------------------------------------
+
+
+def record_requests(sim: Simulator) -> list[ListingRequest]:
+    seen: list[ListingRequest] = []
+    sim.listing_hooks.append(lambda request: seen.append(request) if request.view != "ids_only" else None)
+    return seen
+
+
+async def test_a_reconcile_of_a_well_known_project_lists_its_ids_and_one_sample_page_of_records(
+    make_sim: Any, settings_for: Any
+) -> None:
+    sim = await make_sim(photos=500, projects=1, max_per_page=100)
+    settings = settings_for(sim, sync={"per_page": 100})
+    await sync(settings)
+    records, ids = record_requests(sim), id_requests(sim)
+    summary = await sync(settings, full=True)
+    assert summary.exit_code == ExitCode.OK
+    assert len(ids) == 1 + 500 // 80 + 1, "a first page, then a page of ids per piece"
+    assert len(records) == 2, "the window since the checkpoint, and one piece as a sample"
+
+
+async def test_a_photo_the_database_never_saw_is_listed_and_mirrored_by_a_reconcile(
+    make_sim: Any, settings_for: Any
+) -> None:
+    sim = await make_sim(photos=300, projects=1, max_per_page=100)
+    settings = settings_for(sim, sync={"per_page": 100})
+    await sync(settings)
+    oldest = min(p.updated_at for p in sim.company.photos.values())
+    late = sim.add_photo(project_of(sim), updated_at=oldest, created_at=oldest)  # shown with an old time
+    assert (await sync(settings)).results[0].changes[Change.NEW] == 0, "an incremental run cannot see it"
+    summary = await sync(settings, full=True)
+    assert summary.results[0].changes[Change.NEW] == 1
+    assert mirror_photos(settings.mirror.root)[late.id] == late.content.all_bytes()
+
+
+async def test_a_url_move_found_in_the_sample_relists_every_piece(make_sim: Any, settings_for: Any) -> None:
+    sim = await make_sim(photos=500, projects=1, max_per_page=100)
+    settings = settings_for(sim, sync={"per_page": 100})
+    await sync(settings)
+    before = {key for (key,) in db_rows(settings, "SELECT file_key FROM photos")}
+    sim.move_file_urls("v4")
+    summary = await sync(settings, full=True)
+    assert summary.exit_code == ExitCode.OK
+    after = {key for (key,) in db_rows(settings, "SELECT file_key FROM photos")}
+    assert len(after) == 500 and not after & before, "every photo's new URL recorded"
+    assert summary.results[0].downloaded == 0

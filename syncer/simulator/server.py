@@ -424,19 +424,22 @@ class Simulator:
         return photo
 
     def add_photo(self, project_id: int, **fields: Any) -> SimPhoto:
-        """A new upload: a copy of a project's photo under a new id, created and updated now."""
+        """A new upload: a copy of a project's photo under a new id, created and updated now
+        (unless `fields` say otherwise)."""
         template = next(p for p in self.company.photos.values() if p.project_id == project_id)
         now = self.now()
         photo = replace(
             template,
-            id=max(self.company.photos) + 7,
-            created_at=now,
-            updated_at=now,
-            taken_at=now,
-            version=1,
-            deleted=False,
-            _content=None,
-            **fields,
+            **{
+                "id": max(self.company.photos) + 7,
+                "created_at": now,
+                "updated_at": now,
+                "taken_at": now,
+                "version": 1,
+                "deleted": False,
+                "_content": None,
+                **fields,
+            },
         )
         self.company.photos[photo.id] = photo
         self.changed()

@@ -289,15 +289,14 @@ class Store(RunLog):
 
     # -- deletions ---------------------------------------------------------------------------
 
-    async def live_times(self, project_id: int) -> list[datetime | None]:
-        """`updated_at` of every photo not marked deleted, ascending: where to cut an id listing."""
-        query = (
-            select(PhotoRow.updated_at)
-            .where(PhotoRow.project_id == project_id, PhotoRow.deleted_at.is_(None))
-            .order_by(PhotoRow.updated_at)
+    async def recorded(self, project_id: int) -> dict[int, tuple[datetime | None, str | None]]:
+        """`updated_at` and mirror path of every photo not marked deleted: what a full run
+        compares with the ids upstream and the files in the mirror."""
+        query = select(PhotoRow.id, PhotoRow.updated_at, PhotoRow.local_path).where(
+            PhotoRow.project_id == project_id, PhotoRow.deleted_at.is_(None)
         )
         async with self.engine.connect() as conn:
-            return list((await conn.execute(query)).scalars())
+            return {row.id: (row.updated_at, row.local_path) for row in await conn.execute(query)}
 
     async def live_ids(self, project_id: int) -> set[int]:
         query = select(PhotoRow.id).where(PhotoRow.project_id == project_id, PhotoRow.deleted_at.is_(None))
