@@ -43,6 +43,11 @@ class Sim:
         counts = self.stats()["requests"]
         return sum(n for route, n in counts.items() if route not in ("object", "sim_stats"))
 
+    def listing_requests(self) -> int:
+        """Answers of the API's listing and record routes (no token, no file, no object store)."""
+        counts = self.stats()["requests"]
+        return sum(counts.get(route, 0) for route in ("projects", "albums", "images", "image"))
+
 
 @contextmanager
 def simulator(**options: Any) -> Iterator[Sim]:

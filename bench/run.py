@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import gallery
+from bench import company, gallery
 from bench.harness import (
     Figure,
     Measured,
@@ -50,6 +50,7 @@ SCALES: dict[str, dict[str, Any]] = {
         "budget_windows": 3,
         "thumbnails": 100,
         "gallery": 100_000,
+        "company": {"projects": 1000, "reconcile_photos": 100_000, "speed": 20, "seconds": 600},
     },
     "quick": {
         "repeat": 3,
@@ -62,6 +63,7 @@ SCALES: dict[str, dict[str, Any]] = {
         "budget_windows": 3,
         "thumbnails": 24,
         "gallery": 20_000,
+        "company": {"projects": 300, "reconcile_photos": 20_000, "speed": 20, "seconds": 120},
     },
     "smoke": {
         "repeat": 1,
@@ -74,6 +76,7 @@ SCALES: dict[str, dict[str, Any]] = {
         "budget_windows": 2,
         "thumbnails": 4,
         "gallery": 500,
+        "company": {"projects": 30, "reconcile_photos": 2_000, "speed": 60, "seconds": 20},
     },
 }
 GENEROUS = {"spike_limit": 10**9, "hourly_limit": 10**9}
@@ -319,6 +322,7 @@ SCENARIOS: dict[str, Callable[[dict[str, Any], str | None], list[Figure]]] = {
     "budget": budget,
     "thumbnails": gallery.thumbnails,
     "gallery-rebuild": gallery.rebuild,
+    "company": company.company,
 }
 
 

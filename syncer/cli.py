@@ -237,6 +237,12 @@ def _add_simulate(sub: Any, common: argparse.ArgumentParser) -> None:
     sim.add_argument("--spike-window", type=float, default=10.0, help="seconds of the spike window")
     sim.add_argument("--hourly-limit", type=int, default=100_000, help="requests allowed per hour")
     sim.add_argument(
+        "--hourly-window",
+        type=float,
+        default=3600.0,
+        help="seconds of the hourly window (shorter: time scaled)",
+    )
+    sim.add_argument(
         "--free-file-requests",
         action="store_true",
         help="requests to the storage host (file URLs) do not count against the rate limit",
@@ -253,7 +259,7 @@ def _add_simulate(sub: Any, common: argparse.ArgumentParser) -> None:
         "--max-per-page",
         type=int,
         default=100,
-        help="largest page served (Procore's documented maximum: 100)",
+        help="largest page served (100, as some tools assume; Procore documents no maximum)",
     )
     sim.add_argument(
         "--tied",

@@ -20,10 +20,11 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from typing import Any, Protocol
 
 from syncer.config import MirrorSettings, SyncSettings
-from syncer.listing import Lister
+from syncer.listing import BEGINNING, Lister
 from syncer.mirror.fetch import Fetcher
 from syncer.mirror.files import MirrorFS
 from syncer.mirror.layout import Layout
@@ -32,7 +33,7 @@ from syncer.procore.api import ProcoreApi
 from syncer.procore.http import TALLY, ProcoreError, RetryPolicy, Tally
 from syncer.procore.models import BadRecord, Photo, Project
 from syncer.procore.query import ImageQuery
-from syncer.reconcile import Deletions, IdListing, upstream_ids
+from syncer.reconcile import Deletions, IdListing, IdPiece, cut_points, first_ids, id_pages, upstream_ids
 from syncer.report import Progress
 from syncer.result import ProjectResult
 from syncer.store import Store, StoredPhoto, photo_row
@@ -221,8 +222,8 @@ class ProjectSync:
                 if d.download:
                     self.result.would_bytes += d.photo.size or 0
 
-        if await self._open_window() and await self._list(on_page) and self.full:
-            await self._list_differences(on_page)
+        if await self._open_window():
+            await self._list_all(on_page)
         self.engine.progress.listed(self.project.id)
         if self.result.listing_error is None:
             due = [
@@ -264,8 +265,8 @@ class ProjectSync:
 
         outcome = "failed"
         try:
-            if opened and await self._list(on_page) and self.full:
-                await self._list_differences(on_page)
+            if opened:
+                await self._list_all(on_page)
             engine.progress.listed(self.project.id)  # this project's part of the total is known
             await source.drain()
             await pool.close()
@@ -383,37 +384,76 @@ class ProjectSync:
         result.unreadable += list(report.unreadable.values())
         return True
 
-    async def _list_differences(self, on_page: Callable[[list[Photo]], Awaitable[None]]) -> None:
-        """A full run, after the window: list every id upstream (proven in pieces), then records
-        only where the database or the mirror differ from them (`IdListing.to_list`): an id the
-        database does not know, a recorded file missing from the mirror (one `stat` each), or ids
-        that could not be proven. A project the database knows well costs its id pages.
+    async def _list_all(self, on_page: Callable[[list[Photo]], Awaitable[None]]) -> None:
+        """The run's listings: the window; for a full run (a reconcile), also every id upstream,
+        proven in pieces, then records only where the database or the mirror differ from them
+        (`IdListing.to_list`): an id the database does not know, a recorded file missing from the
+        mirror (one `stat` each), or ids that could not be proven. A project the database knows
+        well costs its id pages.
 
-        Plus one piece of records in turn (a different one each day), as a sample: file URLs that
-        moved (`plan`) show only in records, and where the sample finds one, every piece is
-        listed, so the new URLs are recorded before an edit could pass for a new file."""
+        Plus one page of records in turn (another each day), as a sample: file URLs that moved
+        (`plan`) show only in records, and where the sample finds one, every piece is listed, so
+        the new URLs are recorded before an edit could pass for a new file.
+
+        Where listing every record costs no more requests than that (a project of a page, or a
+        server that gives no more ids than records a page), every record is listed instead, and
+        its ids are the id set."""
         result, engine = self.result, self.engine
+        if not self.full:
+            await self._list(on_page)
+            return
         known = await self.store.recorded(self.project.id)
+        if len(known) <= engine.settings.per_page:
+            result.window_start = None
+            await self._list_every_record(on_page)
+            return
+        if await self._list(on_page):
+            await self._reconcile_pieces(on_page, known)
+
+    async def _reconcile_pieces(
+        self,
+        on_page: Callable[[list[Photo]], Awaitable[None]],
+        known: dict[int, tuple[datetime | None, str | None]],
+    ) -> None:
+        """After a reconcile's window: the ids, then the records where they differ (`_list_all`)."""
+        result, engine = self.result, self.engine
         paths = {path: moment for moment, path in known.values() if path is not None}
         found = await engine.fs.run(engine.fs.existing, list(paths))
         missing = [moment for path, moment in paths.items() if moment is not None and path not in found]
+        query, times = self.query(), [moment for moment, _ in known.values()]
         try:
-            self.ids = await upstream_ids(engine.api, self.query(), [moment for moment, _ in known.values()])
+            first = await first_ids(engine.api, query)
+            page = min(
+                engine.settings.per_page, first.per_page or len(first.items) or engine.settings.per_page
+            )
+            if -(-max(first.total or 0, len(known)) // page) <= id_pages(first, len(known)) + 1:
+                await self._list_every_record(on_page)  # records cost no more than ids here
+                return
+            self.ids = await upstream_ids(engine.api, query, times, first)
         except (ProcoreError, BadRecord) as exc:
             result.listing_error = str(exc)
             return
         pieces = [p for p in self.ids.pieces if p.start <= result.window_end]  # later: the next run's
-        wanted = self.ids.to_list({pid: moment for pid, (moment, _) in known.items()}, missing)
-        sample = pieces[engine.now().toordinal() % len(pieces)] if pieces else None
-        listed = []
-        for piece in [p for p in pieces if p in wanted or p is sample]:
-            if not await self._list(on_page, (piece.start, min(piece.end, result.window_end))):
+        wanted = [
+            p
+            for p in self.ids.to_list({pid: moment for pid, (moment, _) in known.items()}, missing)
+            if p in pieces
+        ]
+        samples = list(pairwise([BEGINNING, *cut_points(times, max(1, int(page * 0.8))), result.window_end]))
+        for lo, hi in [(p.start, p.end) for p in wanted] + [samples[engine.now().toordinal() % len(samples)]]:
+            if not await self._list(on_page, (lo, min(hi, result.window_end))):
                 return
-            listed.append(piece)
-        if self.urls_moved:
-            for piece in [p for p in pieces if p not in listed]:
+        if self.urls_moved:  # seen in the sample: every record, for its new URL
+            for piece in [p for p in pieces if p not in wanted]:
                 if not await self._list(on_page, (piece.start, min(piece.end, result.window_end))):
                     return
+
+    async def _list_every_record(self, on_page: Callable[[list[Photo]], Awaitable[None]]) -> None:
+        """List every record up to the window's end; proven, its ids are the id set (a photo edited
+        since is looked up before it could count as deleted)."""
+        everything = (BEGINNING, self.result.window_end)
+        if await self._list(on_page, everything) and self.result.proven:
+            self.ids = IdListing([IdPiece(*everything, {i for i in self.listed if i > 0})])
 
     async def _save_page(self, decisions: list[Decision], *, handing: bool) -> None:
         """Record a listed page in one transaction. `handing`: the signed URL of each photo to

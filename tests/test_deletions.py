@@ -187,7 +187,7 @@ async def test_nothing_is_deleted_when_the_id_listing_cannot_be_proven(
     make_sim: Any, settings_for: Any
 ) -> None:
     sim = await make_sim(photos=120, projects=1, max_per_page=20)
-    settings = settings_for(sim, mirror={"on_delete": "delete"})
+    settings = settings_for(sim, mirror={"on_delete": "delete"}, sync={"per_page": 10})  # ids go by 20
     await sync(settings)
     delete_some(sim, 2)
 

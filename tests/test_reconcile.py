@@ -138,14 +138,29 @@ def record_requests(sim: Simulator) -> list[ListingRequest]:
 async def test_a_reconcile_of_a_well_known_project_lists_its_ids_and_one_sample_page_of_records(
     make_sim: Any, settings_for: Any
 ) -> None:
-    sim = await make_sim(photos=500, projects=1, max_per_page=100)
-    settings = settings_for(sim, sync={"per_page": 100})
+    sim = await make_sim(photos=2500, projects=1, max_per_page=1000)  # ids: 1,000 a page
+    settings = settings_for(sim, sync={"per_page": 100})  # records: 100 a page
     await sync(settings)
     records, ids = record_requests(sim), id_requests(sim)
     summary = await sync(settings, full=True)
     assert summary.exit_code == ExitCode.OK
-    assert len(ids) == 1 + 500 // 80 + 1, "a first page, then a page of ids per piece"
-    assert len(records) == 2, "the window since the checkpoint, and one piece as a sample"
+    assert len(ids) == 1 + 2500 // 800 + 1, "a first page, then a page of ids per piece"
+    assert len(records) == 2, "the window since the checkpoint, and one page of records as a sample"
+
+
+async def test_a_reconcile_lists_every_record_where_that_costs_no_more_than_the_ids(
+    make_sim: Any, settings_for: Any
+) -> None:
+    sim = await make_sim(photos=500, projects=1, max_per_page=100)  # 100 ids or records a page
+    settings = settings_for(sim, mirror={"on_delete": "delete"}, sync={"per_page": 100})
+    await sync(settings)
+    ids = id_requests(sim)
+    gone = min(sim.company.photos)
+    sim.delete_photo(gone)
+    summary = await sync(settings, full=True)
+    assert summary.results[0].deleted_upstream == 1
+    assert len(ids) == 1, "one page of ids: they cost as much as records"
+    assert summary.results[0].listed == 499, "then every record"
 
 
 async def test_a_photo_the_database_never_saw_is_listed_and_mirrored_by_a_reconcile(

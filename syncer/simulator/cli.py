@@ -29,6 +29,7 @@ async def serve(args: argparse.Namespace) -> int:
             spike_limit=args.spike_limit,
             spike_window=args.spike_window,
             hourly_limit=args.hourly_limit,
+            hourly_window=args.hourly_window,
             count_file_requests=not args.free_file_requests,
             latency=args.latency,
             store_latency=args.store_latency,
