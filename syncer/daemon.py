@@ -337,24 +337,33 @@ class Daemon:
     async def _take_turn(self, project: Project, kind: str) -> ProjectResult | None:
         """Sync the project if no other process lists it now; else download a share of it where
         the coordinator gives one (several workers), or skip this turn."""
-        coordinator, engine = self.syncer.coordinator, self.syncer.engine
+        engine = self.syncer.engine
         try:
-            async with coordinator.take(project.id) as mine:
-                if mine:
-                    return await self._sync(project, kind)
-            helped = await coordinator.help(engine, project, deadline=engine.deadline())
-        except (SyncerError, SQLAlchemyError, OSError) as exc:
+            result = await self.syncer.coordinator.turn(
+                engine, project, full=kind == "full", deadline=engine.deadline()
+            )
+        except AuthError as exc:
+            self._auth_failed(exc)
+            return None
+        except SyncerError as exc:  # the database or mirror refused: a failed run, reported
+            log.error("%s sync of project %s failed: %s", kind, project.id, exc)
+            self.health.record(project.id, ok=False)
+            self._notify_failed(project, kind, str(exc))
+            return None
+        except (SQLAlchemyError, OSError) as exc:
             log.error("project %s: %s", project.id, exc)
             return None
-        if helped is None:
+        if result is None:
             log.info("project %s is being synced by another process; skipping this %s run", project.id, kind)
-            return None
-        outcome = _outcome(helped)
-        self.metrics.record(helped, "help", outcome)
-        log.info(
-            "%s sync of %s: listed by another worker; %s", kind, project.name, _one_line(helped, outcome)
-        )
-        return helped
+        elif result.helped:
+            outcome = _outcome(result)
+            self.metrics.record(result, "help", outcome)
+            log.info(
+                "%s sync of %s: listed by another worker; %s", kind, project.name, _one_line(result, outcome)
+            )
+        else:
+            await self._synced(project, kind, result)
+        return result
 
     async def _mirror_there(self) -> bool:
         """Whether the mirror root still holds the mirror: checked before each run takes a lock or
@@ -375,19 +384,8 @@ class Daemon:
             self.notifier.send({"event": "recovered", "what": "mirror"})
         return True
 
-    async def _sync(self, project: Project, kind: str) -> ProjectResult | None:
-        try:
-            result = await self.syncer.engine.sync_project(
-                project, full=kind == "full", deadline=self.syncer.engine.deadline()
-            )
-        except AuthError as exc:
-            self._auth_failed(exc)
-            return None
-        except SyncerError as exc:  # the database or mirror refused: a failed run, reported
-            log.error("%s sync of project %s failed: %s", kind, project.id, exc)
-            self.health.record(project.id, ok=False)
-            self._notify_failed(project, kind, str(exc))
-            return None
+    async def _synced(self, project: Project, kind: str, result: ProjectResult) -> None:
+        """A turn that synced the project: metrics, the log line, the gallery, incidents."""
         self._auth_ok()
         outcome = _outcome(result)
         self.metrics.record(result, kind, outcome)
@@ -411,7 +409,6 @@ class Daemon:
                 self.notifier.send({"event": "recovered", "project": _project(project), "kind": kind})
         elif not result.stopped:
             self._notify_failed(project, kind, _one_line(result, outcome), result)
-        return result
 
     # -- incidents -----------------------------------------------------------------------------
 

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
@@ -72,6 +73,24 @@ class Work(Protocol):
 
     def source(self, pool: Pool, *, seen: set[int], settings: SyncSettings) -> WorkSource:
         """The work source of a project run that lists the project; `seen` fills as it lists."""
+
+
+@asynccontextmanager
+async def transfers(source: WorkSource, pool: Pool) -> AsyncIterator[None]:
+    """The life of a run's transfers, in one place: the block feeds the pool (through `source`),
+    then the source drains into it and the pool closes. If anything fails or the run is
+    cancelled, the source stops feeding and the pool is cancelled; either way the source settles
+    (records what is done, hands back what is not), even during a cancellation."""
+    try:
+        yield
+        await source.drain()
+        await pool.close()
+    except BaseException:
+        await source.abort()
+        await pool.cancel()
+        raise
+    finally:
+        await asyncio.shield(source.settle())
 
 
 async def measured(result: ProjectResult, work: Coroutine[Any, Any, None], deadline: float | None) -> None:
@@ -265,22 +284,19 @@ class ProjectSync:
 
         outcome = "failed"
         try:
-            if opened:
-                await self._list_all(on_page)
-            engine.progress.listed(self.project.id)  # this project's part of the total is known
-            await source.drain()
-            await pool.close()
+            async with transfers(source, pool):
+                if opened:
+                    await self._list_all(on_page)
+                engine.progress.listed(self.project.id)  # this project's part of the total is known
             await self._finish(pool.recorder)
             outcome = "ok" if result.ok else "incomplete"
         except BaseException as exc:
             outcome = (
                 "interrupted" if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt) else "failed"
             )
-            await source.abort()
-            await pool.cancel()
             raise
         finally:
-            await asyncio.shield(self._close(run_id, source, outcome))
+            await asyncio.shield(self._close(run_id, outcome))
 
     async def _decisions(self, photos: list[Photo]) -> list[Decision]:
         fresh = []
@@ -398,41 +414,39 @@ class ProjectSync:
         Where listing every record costs no more requests than that (a project of a page, or a
         server that gives no more ids than records a page), every record is listed instead, and
         its ids are the id set."""
-        result, engine = self.result, self.engine
         if not self.full:
             await self._list(on_page)
             return
-        known = await self.store.recorded(self.project.id)
-        if len(known) <= engine.settings.per_page:
-            result.window_start = None
-            await self._list_every_record(on_page)
-            return
-        if await self._list(on_page):
-            await self._reconcile_pieces(on_page, known)
+        await self._reconcile_pieces(on_page, await self.store.recorded(self.project.id))
 
     async def _reconcile_pieces(
         self,
         on_page: Callable[[list[Photo]], Awaitable[None]],
         known: dict[int, tuple[datetime | None, str | None]],
     ) -> None:
-        """After a reconcile's window: the ids, then the records where they differ (`_list_all`)."""
+        """A reconcile's listings (`_list_all`): every record, or the window, the ids and the
+        records where they differ, whichever costs fewer requests."""
         result, engine = self.result, self.engine
-        paths = {path: moment for moment, path in known.values() if path is not None}
-        found = await engine.fs.run(engine.fs.existing, list(paths))
-        missing = [moment for path, moment in paths.items() if moment is not None and path not in found]
         query, times = self.query(), [moment for moment, _ in known.values()]
+        page = engine.settings.per_page
         try:
-            first = await first_ids(engine.api, query)
-            page = min(
-                engine.settings.per_page, first.per_page or len(first.items) or engine.settings.per_page
-            )
-            if -(-max(first.total or 0, len(known)) // page) <= id_pages(first, len(known)) + 1:
-                await self._list_every_record(on_page)  # records cost no more than ids here
-                return
-            self.ids = await upstream_ids(engine.api, query, times, first)
+            if len(known) > page:  # more than a page of records: would its ids cost fewer requests?
+                first = await first_ids(engine.api, query)
+                page = min(page, first.per_page or len(first.items) or page)  # no more records than ids
+                if -(-max(first.total or 0, len(known)) // page) > id_pages(first, len(known)) + 2:
+                    self.ids = await upstream_ids(engine.api, query, times, first)
         except (ProcoreError, BadRecord) as exc:
             result.listing_error = str(exc)
             return
+        if self.ids is None:  # every record costs no more than the window, ids and a sample
+            result.window_start = None
+            await self._list_every_record(on_page)
+            return
+        if not await self._list(on_page):
+            return
+        paths = {path: moment for moment, path in known.values() if path is not None}
+        found = await engine.fs.run(engine.fs.existing, list(paths))
+        missing = [moment for path, moment in paths.items() if moment is not None and path not in found]
         pieces = [p for p in self.ids.pieces if p.start <= result.window_end]  # later: the next run's
         wanted = [
             p
@@ -492,9 +506,8 @@ class ProjectSync:
             await self.store.set_checkpoint(self.project.id, result.window_end, full=self.full)
             result.checkpoint_advanced = True
 
-    async def _close(self, run_id: int, source: WorkSource, outcome: str) -> None:
+    async def _close(self, run_id: int, outcome: str) -> None:
         result = self.result
-        await source.settle()
         errors = [f"{pid} {path}: {err}" for pid, path, err in result.failures[:100]]
         if result.listing_error:
             errors.insert(0, f"listing: {result.listing_error}")

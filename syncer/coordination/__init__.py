@@ -5,14 +5,16 @@
 - `team.py` (PostgreSQL): any number of worker processes; one lists a project under a lease in
   the database, and every worker claims its photos from the database in batches.
 
-Both are a `Coordinator`; the engine, the transfers, the runner and the daemon only ever talk to
-that protocol, as httpx's client talks to whichever transport it was given.
+Both are a `Coordinator`, and the runner and the daemon each call one method of it (`sync` for a
+one-shot run, `turn` for a daemon's turn), as httpx's client calls its transport's one method.
+The engine sees only its `Work` part: the guard each transfer asks, and where a run's downloads
+come from.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import AbstractAsyncContextManager, AbstractContextManager
+from contextlib import AbstractContextManager
 from typing import Protocol
 
 from syncer.engine import Engine, Work
@@ -32,12 +34,11 @@ class Coordinator(Work, Protocol):
     ) -> list[ProjectResult]:
         """A one-shot run over the projects, in their order."""
 
-    def take(self, project_id: int) -> AbstractAsyncContextManager[bool]:
-        """The right to list the project now, if no one else has it (yields True); never waits."""
-
-    async def help(self, engine: Engine, project: Project, *, deadline: float | None) -> ProjectResult | None:
-        """While another process lists the project: download a share of it, or None if this mode
-        has no share to give."""
+    async def turn(
+        self, engine: Engine, project: Project, *, full: bool, deadline: float | None
+    ) -> ProjectResult | None:
+        """A daemon's turn of one project: sync it if no other process lists it now (never
+        waiting); else download a share of it where this mode has one (`helped` is set), or None."""
 
     def serving(self) -> AbstractContextManager[None]:
         """Held for a daemon's whole life: refuses a second daemon where only one may run."""

@@ -8,13 +8,8 @@ go from the listing straight into the pool.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import (
-    AbstractAsyncContextManager,
-    AbstractContextManager,
-    asynccontextmanager,
-    contextmanager,
-)
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractAsyncContextManager, AbstractContextManager, contextmanager
 
 from syncer.config import SyncSettings
 from syncer.engine import Engine
@@ -122,13 +117,13 @@ class Solo:
             for project in projects
         ]
 
-    @asynccontextmanager
-    async def take(self, project_id: int) -> AsyncIterator[bool]:
-        with self.locks.try_project(project_id) as mine:
-            yield mine
-
-    async def help(self, engine: Engine, project: Project, *, deadline: float | None) -> ProjectResult | None:
-        return None  # the process holding the lock does it all
+    async def turn(
+        self, engine: Engine, project: Project, *, full: bool, deadline: float | None
+    ) -> ProjectResult | None:
+        with self.locks.try_project(project.id) as mine:
+            if not mine:
+                return None  # the process holding the lock does it all
+            return await engine.sync_project(project, full=full, deadline=deadline)
 
     @contextmanager
     def serving(self) -> Iterator[None]:

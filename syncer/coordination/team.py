@@ -19,7 +19,7 @@ from datetime import datetime
 
 from syncer.config import SyncSettings
 from syncer.coordination.membership import Membership, membership
-from syncer.engine import Engine, measured
+from syncer.engine import Engine, measured, transfers
 from syncer.mirror.files import MirrorFS
 from syncer.procore.models import Project
 from syncer.result import ProjectResult
@@ -175,29 +175,24 @@ class Team:
     def serving(self) -> AbstractContextManager[None]:
         return contextlib.nullcontext()
 
-    @asynccontextmanager
-    async def take(self, project_id: int) -> AsyncIterator[bool]:
+    async def turn(
+        self, engine: Engine, project: Project, *, full: bool, deadline: float | None
+    ) -> ProjectResult | None:
         await self.member.rejoin()  # a daemon declared dead starts over under a new id
-        async with self.member.project(project_id) as mine:
-            yield mine
+        async with self.member.project(project.id) as mine:
+            if mine:
+                return await engine.sync_project(project, full=full, deadline=deadline)
+        return await self._help(engine, project, deadline=deadline)
 
-    async def help(self, engine: Engine, project: Project, *, deadline: float | None) -> ProjectResult:
+    async def _help(self, engine: Engine, project: Project, *, deadline: float | None) -> ProjectResult:
         """Download the project's due photos while another worker lists it, until none is left.
         Returns once that worker let go of the project."""
         result = ProjectResult(project=project, window_start=None, window_end=engine.now(), helped=True)
 
         async def help_() -> None:
             pool = engine.pool(project, result)
-            source = ClaimSource(self.member, pool, settings=engine.settings, seen=None)
-            try:
-                await source.drain()
-                await pool.close()
-            except BaseException:
-                await source.abort()
-                await pool.cancel()
-                raise
-            finally:
-                await asyncio.shield(source.settle())
+            async with transfers(ClaimSource(self.member, pool, settings=engine.settings, seen=None), pool):
+                pass  # nothing to list: the source claims what the lister recorded
 
         try:
             await measured(result, help_(), deadline)
@@ -247,7 +242,7 @@ class Team:
             for project in list(waiting):
                 engine.progress.listed(project.id)  # by another worker: this one learns of no more photos
                 log.info("project %s is listed by another worker; downloading a share of it", project.id)
-                helped = await self.help(engine, project, deadline=deadline)
+                helped = await self._help(engine, project, deadline=deadline)
                 results[project.id] = helped.absorb(results.get(project.id))
                 if helped.stopped or await moved(project):
                     waiting.remove(project)
