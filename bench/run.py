@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import gallery
+from bench import database, gallery
 from bench.harness import (
     Figure,
     Measured,
@@ -50,6 +50,7 @@ SCALES: dict[str, dict[str, Any]] = {
         "budget_windows": 3,
         "thumbnails": 100,
         "gallery": 100_000,
+        "database": (1_000_000, 1_000, 5_000),
     },
     "quick": {
         "repeat": 3,
@@ -62,6 +63,7 @@ SCALES: dict[str, dict[str, Any]] = {
         "budget_windows": 3,
         "thumbnails": 24,
         "gallery": 20_000,
+        "database": (100_000, 100, 2_000),
     },
     "smoke": {
         "repeat": 1,
@@ -74,6 +76,7 @@ SCALES: dict[str, dict[str, Any]] = {
         "budget_windows": 2,
         "thumbnails": 4,
         "gallery": 500,
+        "database": (2_000, 10, 200),
     },
 }
 GENEROUS = {"spike_limit": 10**9, "hourly_limit": 10**9}
@@ -319,6 +322,7 @@ SCENARIOS: dict[str, Callable[[dict[str, Any], str | None], list[Figure]]] = {
     "budget": budget,
     "thumbnails": gallery.thumbnails,
     "gallery-rebuild": gallery.rebuild,
+    "database": database.database,
 }
 
 
