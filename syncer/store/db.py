@@ -124,7 +124,7 @@ async def upgrade(engine: AsyncEngine) -> None:
             if current is not None:
                 log.warning(
                     "upgrading the database from schema %s to %s: a large one takes minutes (0006 "
-                    "rewrites every photo, about 2 minutes a million); stopped, it is left as it was",
+                    "rewrites every photo, about 3 minutes a million); stopped, it is left as it was",
                     current,
                     SCHEMA_HEAD,
                 )
