@@ -17,7 +17,7 @@ from syncer.store import Store
 from syncer.store.counts import SCAN
 from syncer.store.db import alembic_config
 from syncer.store.models import SyncRunRow
-from tests.conftest import async_url, write_config
+from tests.conftest import async_url, lose_database, write_config
 from tests.test_cli import syncer
 
 ONE_TRY = {"retry_attempts": 1}
@@ -73,6 +73,18 @@ async def test_kept_counts_equal_a_fresh_count_through_failures_deletions_moves_
     failed = [sum(c[3] for c in kept.values()) for kept in seen]
     assert failed == [3, 3, 3, 0, 0], "the failures were counted, then their retry"
     assert sum(c[0] for c in seen[-1].values()) == 40
+
+
+async def test_kept_counts_equal_a_fresh_count_when_a_lost_database_adopts_the_mirror(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    config = str(write_config(sim, tmp_path))
+    assert (await syncer("sync", "--config", config)).code == ExitCode.OK
+    lose_database(tmp_path)
+    run = await syncer("sync", "--config", config)
+    assert run.code == ExitCode.OK and "already in the mirror" in run.out, run.out + run.err
+    kept, counted = await kept_and_counted(load_settings(Path(config)).database.url)
+    assert kept == counted and sum(c[1] for c in kept.values()) == len(sim.company.photos)
 
 
 async def test_a_projects_last_change_is_the_newest_update_of_its_photos(
