@@ -3,6 +3,7 @@ rows), the run history pruned, and migration 0006 moving an existing database.""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -13,11 +14,11 @@ from syncer.config import load_settings
 from syncer.errors import ExitCode
 from syncer.procore.models import Project
 from syncer.simulator import Simulator
-from syncer.store import Store
+from syncer.store import Downloaded, Store
 from syncer.store.counts import SCAN
 from syncer.store.db import alembic_config
 from syncer.store.models import SyncRunRow
-from tests.conftest import async_url, lose_database, write_config
+from tests.conftest import async_url, listed_row, lose_database, project_store, write_config
 from tests.test_cli import syncer
 
 ONE_TRY = {"retry_attempts": 1}
@@ -203,3 +204,25 @@ async def test_upgrading_a_0005_database_keeps_every_record_and_starts_the_count
     kept, counted = await kept_and_counted(database_url)
     assert kept == counted and sum(c[3] for c in kept.values()) == 1
     assert (await syncer("verify", "--config", config)).code == ExitCode.OK
+
+
+async def test_a_listing_page_and_downloads_of_one_project_never_deadlock_on_postgresql(pg_url: str) -> None:
+    """On PostgreSQL a listing worker saves a page of a project's photos while another worker
+    records downloads of some of the same photos: both change the project's counts."""
+    async with project_store(pg_url, 7, "Depot") as lister, project_store(pg_url, 7, "Depot") as downloader:
+        rows = [listed_row(i, 7) for i in range(1, 301)]
+        await lister.save_photos(rows)
+        stored = await lister.stored_photos([row["id"] for row in rows])
+        for attempt in range(20):
+            at = datetime.now(UTC)
+            done = [
+                Downloaded(i, f"{i}.{attempt}.jpg", s.file_key, 10, "0" * 64, None, at)
+                for i, s in stored.items()
+            ]
+            results = await asyncio.gather(
+                lister.save_photos(rows), downloader.record(downloaded=done[::-1]), return_exceptions=True
+            )
+            assert [r for r in results if r is not None] == []
+            await lister.record_removed(list(stored))
+        kept, counted = await kept_and_counted(pg_url)
+        assert kept == counted
