@@ -5,7 +5,7 @@ pending and failed and how many bytes the mirror holds. Counting them took 12 s 
 photos; the triggers keep them instead. They fire on every write of a counted column, whatever
 the statement (a listing's upsert, a recorded download or failure, a deletion, a requeue, a
 migration, an operator's SQL), so no write path can forget them and they cannot drift from the
-rows, which a count kept by each store method could. `scan` counts the same from the rows, for
+rows, which a count kept by each store method could. `SCAN` counts the same from the rows, for
 the migration that starts the counts and for the test that holds them to it.
 
 A migration that rebuilds `photos` (SQLite's batch mode copies it to a new table) drops the
@@ -19,7 +19,7 @@ from sqlalchemy import Connection, text
 LIVE = "{r}deleted_at IS NULL"
 HELD = f"{LIVE} AND {{r}}local_file_key = {{r}}file_key"
 DUE = f"{LIVE} AND ({{r}}local_file_key IS NULL OR {{r}}local_file_key != {{r}}file_key)"
-"""The photo's file is in the mirror (`held`), or is not and is due (`models.DUE_SQL`)."""
+"""The photo's file is in the mirror (`HELD`), or is not and is due (`DUE`, `models.DUE_SQL`)."""
 
 COUNTED = {
     "known": f"CASE WHEN {LIVE} THEN 1 ELSE 0 END",

@@ -35,9 +35,10 @@ from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.types import TypeEngine
 
+from syncer.store.counts import DUE
 from syncer.store.packed import pack, unpack
 
-DUE_SQL = "deleted_at IS NULL AND (local_file_key IS NULL OR local_file_key != file_key)"
+DUE_SQL = DUE.format(r="")
 """Photos whose file the mirror lacks: what `PhotoRow.needs_download` selects."""
 CLAIMED_SQL = "claimed_by IS NOT NULL"
 """Photos a worker holds or held: few at any time, found at once when a worker stops."""
