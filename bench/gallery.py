@@ -26,11 +26,13 @@ from typing import Any
 import yaml
 from PIL import Image
 
+from bench.database import insert_rows
 from bench.harness import Figure, measure, scratch
 from syncer.gallery.pages import thumb_path
 from syncer.gallery.thumbs import SIZE, thumbnail
 from syncer.mirror.files import MARKER
 from syncer.store import Store
+from syncer.store.models import MirrorRow, PhotoRow
 
 
 def twelve_megapixel_jpegs(folder: Path, count: int) -> list[Path]:
@@ -118,33 +120,34 @@ def archive(folder: Path, count: int, projects: int = 3) -> Path:
     for i in range(count):
         pid = 1000 + i % projects
         sha = hashlib.sha256(f"photo {i}".encode()).hexdigest()
-        when = (start + timedelta(minutes=37 * i)).strftime("%Y-%m-%d %H:%M:%S.%f")
-        path = f"Project {pid}/Album {i % 30}/{when[:7]}/{10**6 + i}_IMG_{i:06d}.JPG"
+        when = start + timedelta(minutes=37 * i)
+        path = f"Project {pid}/Album {i % 30}/{when:%Y-%m}/{10**6 + i}_IMG_{i:06d}.JPG"
         description = f"Photo {i}: conduit, slab and framing at grid line {i % 90}"
         rows.append(
             (10**6 + i, pid, f"Album {i % 30}", f"IMG_{i:06d}.JPG", description, when, when, when,
              f"Building {i % 5} > Level {i % 12}", f"Person {i % 60}", "Electrical\nConcrete", "{}",
-             f"k{i}", path, when, when, path, 3_000_000 + i, sha, 0)
+             f"k{i}", path, when, path, 3_000_000 + i, sha, 0)
         )  # fmt: skip
         target = folder / "mirror" / ".gallery" / thumb_path(sha)
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(thumb.getvalue())
     with sqlite3.connect(database) as conn:
-        conn.execute(
-            "INSERT INTO mirrors (id, root, recorded_at) VALUES ('benchmirror', ?, ?)",
-            (str(folder / "mirror"), "2020-01-01 00:00:00.000000"),
+        insert_rows(
+            conn,
+            MirrorRow.__table__,
+            ("id", "root", "recorded_at"),
+            [("benchmirror", str(folder / "mirror"), start)],
         )
         conn.executemany(
             "INSERT INTO projects (id, company_id, name, active) VALUES (?, 1, ?, 1)",
             [(1000 + p, f"Project {1000 + p}") for p in range(projects)],
         )
-        conn.executemany(
-            "INSERT INTO photos (id, project_id, album_name, filename, description, taken_at, created_at, "
-            "updated_at, location_name, uploader_name, trades, raw_json, file_key, rel_path, first_seen_at, "
-            "last_seen_at, local_path, local_size, sha256, attempts) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            rows,
-        )
+        columns = (
+            "id", "project_id", "album_name", "filename", "description", "taken_at", "created_at",
+            "updated_at", "location_name", "uploader_name", "trades", "raw_json", "file_key", "rel_path",
+            "first_seen_at", "local_path", "local_size", "sha256", "attempts",
+        )  # fmt: skip
+        insert_rows(conn, PhotoRow.__table__, columns, rows)
     return config
 
 

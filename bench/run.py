@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import company, gallery
+from bench import company, database, gallery
 from bench.harness import (
     Figure,
     Measured,
@@ -51,6 +51,7 @@ SCALES: dict[str, dict[str, Any]] = {
         "thumbnails": 100,
         "gallery": 100_000,
         "company": {"projects": 1000, "reconcile_photos": 100_000, "speed": 20, "seconds": 600},
+        "database": (1_000_000, 1_000, 5_000),
     },
     "quick": {
         "repeat": 3,
@@ -64,6 +65,7 @@ SCALES: dict[str, dict[str, Any]] = {
         "thumbnails": 24,
         "gallery": 20_000,
         "company": {"projects": 300, "reconcile_photos": 20_000, "speed": 20, "seconds": 120},
+        "database": (100_000, 100, 2_000),
     },
     "smoke": {
         "repeat": 1,
@@ -77,6 +79,7 @@ SCALES: dict[str, dict[str, Any]] = {
         "thumbnails": 4,
         "gallery": 500,
         "company": {"projects": 30, "reconcile_photos": 2_000, "speed": 60, "seconds": 20},
+        "database": (2_000, 10, 200),
     },
 }
 GENEROUS = {"spike_limit": 10**9, "hourly_limit": 10**9}
@@ -323,6 +326,7 @@ SCENARIOS: dict[str, Callable[[dict[str, Any], str | None], list[Figure]]] = {
     "thumbnails": gallery.thumbnails,
     "gallery-rebuild": gallery.rebuild,
     "company": company.company,
+    "database": database.database,
 }
 
 

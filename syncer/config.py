@@ -142,12 +142,22 @@ class DatabaseSettings(_Section):
     url: str = "sqlite:///state/syncer.db"
     lease_ttl: Duration = Field(default=60.0, ge=3, le=3600)
     """With PostgreSQL: how long a worker's leases and claims outlive its last heartbeat."""
+    keep_runs: Duration = 90 * 86400.0
+    """How long the history of sync runs is kept (each project's last run is kept whatever its
+    age); older runs are deleted by the next sync, or hourly by the daemon."""
 
     @field_validator("url")
     @classmethod
     def _known_scheme(cls, value: str) -> str:
         if not value.startswith(("sqlite:///", "postgresql://", "postgres://")):
             raise ValueError("expected sqlite:///PATH or postgresql://USER@HOST/DB")
+        return value
+
+    @field_validator("keep_runs")
+    @classmethod
+    def _an_hour_at_least(cls, value: float) -> float:
+        if value < 3600:
+            raise ValueError("expected a duration of an hour or more, like 90d")
         return value
 
 

@@ -195,7 +195,7 @@ async def open_syncer(
     """The parts of a syncer process. Nothing is written under the mirror root before it proved to
     be the mirror the database knows (`ensure_mirror`); `new_mirror` makes it so."""
     concurrency = settings.sync.concurrency
-    store = await Store.open(settings.database_url)
+    store = await Store.open(settings.database_url, keep_runs=settings.database.keep_runs)
     fs = MirrorFS(
         settings.mirror.root,
         threads=concurrency + 2,

@@ -37,6 +37,7 @@ async def status_document(
                 "pending": p.pending,
                 "failed": p.failed,
                 "bytes": p.bytes,
+                "last_change_at": p.last_change_at.isoformat() if p.last_change_at else None,
                 "checkpoint": p.checkpoint.isoformat() if p.checkpoint else None,
                 "last_run_at": p.last_run_at.isoformat() if p.last_run_at else None,
                 "last_outcome": p.last_outcome,

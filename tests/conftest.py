@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+import zlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -21,6 +22,7 @@ from syncer.result import RunSummary
 from syncer.runner import run_sync
 from syncer.simulator import SimConfig, Simulator
 from syncer.store import Store, photo_row
+from syncer.store.packed import unpack
 from tests.postgres import new_database, postgres_server
 
 __all__ = ["postgres_server"]  # a fixture, shared with every test module
@@ -194,6 +196,14 @@ def db_rows(settings: Settings, sql: str) -> list[tuple[Any, ...]]:
     path = settings.database.url.removeprefix("sqlite:///")
     with sqlite3.connect(path) as conn:
         return conn.execute(sql).fetchall()
+
+
+def readable(value: bytes) -> str:
+    """A binary value of a photo row as text: its Procore record unpacked, or else hex."""
+    try:
+        return unpack(value)
+    except (zlib.error, KeyError, UnicodeDecodeError):
+        return value.hex()
 
 
 @pytest.fixture

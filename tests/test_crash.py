@@ -61,7 +61,7 @@ async def interrupted_sync(make_sim: Any, settings_for: Any) -> tuple[Simulator,
 
 def assert_recorded_hashes_match(settings: Settings) -> None:
     """The SHA-256 the database holds for each file is that of the bytes in the mirror."""
-    rows = db_rows(settings, "SELECT local_path, sha256 FROM photos WHERE local_path IS NOT NULL")
+    rows = db_rows(settings, "SELECT local_path, lower(hex(sha256)) FROM photos WHERE local_path IS NOT NULL")
     assert rows
     for path, recorded in rows:
         actual = hashlib.sha256((settings.mirror.root / path).read_bytes()).hexdigest()

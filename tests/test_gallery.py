@@ -84,7 +84,7 @@ async def synced_by_process(
 
 
 def mirrored_sha(settings: Settings, photo_id: int) -> str:
-    [(sha,)] = db_rows(settings, f"SELECT sha256 FROM photos WHERE id = {photo_id}")
+    [(sha,)] = db_rows(settings, f"SELECT lower(hex(sha256)) FROM photos WHERE id = {photo_id}")
     return str(sha)
 
 

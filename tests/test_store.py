@@ -236,3 +236,17 @@ async def test_upgrading_fills_the_trades_column_from_each_record(
     expected = {p.id: tuple(t["name"] for t in p.trades) for p in sim.company.photos.values()}
     assert any(expected.values())
     assert {a.id: a.trades for a in archived} == expected
+
+
+async def test_an_archive_digest_names_the_sha256_of_each_file_in_hex(store: Store) -> None:
+    await store.save_photos([listed(1), listed(2)])
+    sha = "ab" * 32
+    for photo_id in (1, 2):
+        stored = (await store.stored_photos([photo_id]))[photo_id]
+        at = datetime.now(UTC)
+        await store.record(
+            downloaded=[Downloaded(photo_id, f"{photo_id}.jpg", stored.file_key, 10, sha, None, at)]
+        )
+    (digest,) = (await store.archive_digests()).values()
+    assert (digest.photos, digest.hashes) == (2, {sha})
+    assert [a.sha256 for a in await store.archived()] == [sha, sha]

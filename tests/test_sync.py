@@ -10,7 +10,7 @@ from typing import Any
 from syncer.errors import ExitCode
 from syncer.plan import Change
 from syncer.simulator import Simulator
-from tests.conftest import assert_byte_exact, db_rows, mirror_photos, sync
+from tests.conftest import assert_byte_exact, db_rows, mirror_photos, readable, sync
 
 
 async def test_full_sync_mirrors_every_photo_byte_exact(sim: Simulator, settings_for: Any) -> None:
@@ -104,7 +104,7 @@ async def test_secrets_reach_no_log_line_database_row_or_sidecar(
     await sync(settings)
     secrets = [sim.config.client_secret, *sim.tokens]
     texts = [record.getMessage() for record in log_lines.records]
-    texts += [json.dumps(row) for row in db_rows(settings, "SELECT * FROM photos")]
+    texts += [json.dumps(row, default=readable) for row in db_rows(settings, "SELECT * FROM photos")]
     texts += [json.dumps(row, default=str) for row in db_rows(settings, "SELECT * FROM sync_runs")]
     texts += [p.read_text() for p in settings.mirror.root.rglob("*.json")]
     database = settings.database.url.removeprefix("sqlite:///")

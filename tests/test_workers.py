@@ -14,7 +14,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
 
 from syncer.config import load_settings
 from syncer.coordination.membership import LeaseLost, Membership
@@ -26,6 +26,7 @@ from syncer.report import LogProgress
 from syncer.runner import open_syncer
 from syncer.simulator import Simulator
 from syncer.store import Downloaded, Failed, Store, photo_row
+from syncer.store.models import PhotoRow
 from syncer.store.shared import SharedState
 from syncer.transfer import WRITING_ELSEWHERE
 from tests.conftest import (
@@ -206,8 +207,8 @@ async def test_no_signed_url_stays_in_the_database_when_a_run_ends(
         store = await Store.open(async_url(pg_url))
         try:
             async with store.engine.connect() as conn:
-                query = text("SELECT id FROM photos WHERE fetch_url IS NOT NULL OR raw_json LIKE '%sig=%'")
-                return list((await conn.execute(query)).scalars())
+                rows = await conn.execute(select(PhotoRow.id, PhotoRow.fetch_url, PhotoRow.raw_json))
+                return [i for i, url, record in rows if url is not None or "sig=" in record]
         finally:
             await store.close()
 

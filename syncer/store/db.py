@@ -7,6 +7,7 @@ SQLITE_BUSY at once in WAL mode, whatever the timeout).
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,8 +21,10 @@ import syncer
 if TYPE_CHECKING:
     from alembic.config import Config
 
+log = logging.getLogger(__name__)
+
 MIGRATION_LOCK = 0x5359_4E43  # "SYNC": the advisory lock key that serialises schema upgrades
-SCHEMA_HEAD = "0005"
+SCHEMA_HEAD = "0006"
 """The newest migration in `migrations/` (a test checks). Knowing it here spares every start the
 import of Alembic, which is needed only when there is something to migrate."""
 
@@ -117,5 +120,12 @@ async def upgrade(engine: AsyncEngine) -> None:
     async with engine.begin() as conn:
         if engine.dialect.name == "postgresql":
             await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
-        if await _current(conn) != SCHEMA_HEAD:
+        if (current := await _current(conn)) != SCHEMA_HEAD:
+            if current is not None:
+                log.warning(
+                    "upgrading the database from schema %s to %s: a large one takes minutes (0006 "
+                    "rewrites every photo, about 3 minutes a million); stopped, it is left as it was",
+                    current,
+                    SCHEMA_HEAD,
+                )
             await conn.run_sync(_upgrade)

@@ -65,7 +65,6 @@ def photo_row(
         "file_key": photo.file_key,
         "rel_path": rel_path,
         "first_seen_at": now,
-        "last_seen_at": now,
         "fetch_url": fetch_url,
         "attempts": 0,
     }

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import case, func, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from syncer.store.models import PhotoRow, ProjectRow, SyncRunRow
+from syncer.store.models import PhotoRow, ProjectCountsRow, ProjectRow, SyncRunRow
+
+PRUNE_EVERY = 3600.0
+"""Seconds between two prunes of the run history by one process (a daemon finishes many runs)."""
 
 
 @dataclass(frozen=True)
@@ -26,6 +30,8 @@ class ProjectStatus:
     pending: int
     failed: int
     bytes: int
+    last_change_at: datetime | None
+    """When Procore last changed one of its photos (their newest `updated_at`), as far as listed."""
     checkpoint: datetime | None
     last_run_at: datetime | None
     last_outcome: str | None
@@ -37,6 +43,10 @@ class RunLog:
 
     engine: AsyncEngine
     _write: asyncio.Lock
+    keep_runs: float | None
+    """`database.keep_runs`: seconds of run history kept (`prune_runs`); None keeps all."""
+    _pruned: float | None
+    """When (monotonic) this process last pruned the runs: at its first finished run, then hourly."""
 
     async def start_run(
         self,
@@ -98,56 +108,62 @@ class RunLog:
                     errors=json.dumps(errors) if errors else None,
                 )
             )
+        if self.keep_runs is not None and (
+            self._pruned is None or time.monotonic() - self._pruned > PRUNE_EVERY
+        ):
+            self._pruned = time.monotonic()
+            await self.prune_runs(finished_at)
 
     async def status(
         self, project_ids: Sequence[int] | None = None, *, failures_limit: int | None = 1000
     ) -> list[ProjectStatus]:
         """Each project's counts, checkpoint and last run, and its failed photos: at most
-        `failures_limit` of them in all (the daemon's /status page), or every one (None)."""
-        p = PhotoRow
-        live = p.deleted_at.is_(None)
-        mirrored = live & (p.local_file_key == p.file_key)
-        failing = p.needs_download() & (p.attempts > 0)
-        counts = select(
-            p.project_id,
-            func.sum(case((live, 1), else_=0)),
-            func.sum(case((mirrored, 1), else_=0)),
-            func.sum(case((p.needs_download(), 1), else_=0)),
-            func.sum(case((failing, 1), else_=0)),
-            func.sum(case((mirrored, p.local_size), else_=0)),
-        ).group_by(p.project_id)
+        `failures_limit` of them in all (the daemon's /status page), or every one (None).
+
+        Nothing here reads more than a few rows per project: the counts are kept as photos change
+        (`syncer.store.counts`), each last run is one index probe, and the failed photos have an
+        index of their own."""
+        p, c, runs = PhotoRow, ProjectCountsRow, SyncRunRow.__table__.alias("runs")
         last_run = (
-            select(SyncRunRow.project_id, func.max(SyncRunRow.id).label("run_id"))
-            .group_by(SyncRunRow.project_id)
-            .subquery()
+            select(func.max(runs.c.id))
+            .where(runs.c.project_id == ProjectRow.id)
+            .correlate(ProjectRow)
+            .scalar_subquery()
         )
+        projects = (
+            select(
+                ProjectRow.id,
+                ProjectRow.name,
+                ProjectRow.active,
+                ProjectRow.checkpoint,
+                c.known,
+                c.mirrored,
+                c.pending,
+                c.failed,
+                c.bytes,
+                c.last_change_at,
+                SyncRunRow.started_at,
+                SyncRunRow.finished_at,
+                SyncRunRow.outcome,
+            )
+            .outerjoin(c, c.project_id == ProjectRow.id)
+            .outerjoin(SyncRunRow, SyncRunRow.id == last_run)
+            .order_by(ProjectRow.name)
+        )
+        if project_ids is not None:
+            projects = projects.where(ProjectRow.id.in_(project_ids))
+        failing = (
+            select(p.project_id, p.id, p.rel_path, p.attempts, p.last_error, p.next_retry_at)
+            .where(p.failing())
+            .order_by(p.id)
+            .limit(failures_limit)
+        )
+        if project_ids is not None:
+            failing = failing.where(p.project_id.in_(project_ids))
         async with self.engine.connect() as conn:
-            projects = (
-                await conn.execute(
-                    select(ProjectRow.id, ProjectRow.name, ProjectRow.active, ProjectRow.checkpoint).order_by(
-                        ProjectRow.name
-                    )
-                )
-            ).all()
-            by_project = {row[0]: row[1:] for row in await conn.execute(counts)}
-            runs = {
-                row.project_id: row
-                for row in await conn.execute(
-                    select(
-                        SyncRunRow.project_id,
-                        SyncRunRow.finished_at,
-                        SyncRunRow.started_at,
-                        SyncRunRow.outcome,
-                    ).join(last_run, SyncRunRow.id == last_run.c.run_id)
-                )
-            }
+            rows = (await conn.execute(projects)).all()
             failures: dict[int, list[dict[str, Any]]] = {}
-            for row in await conn.execute(
-                select(p.project_id, p.id, p.rel_path, p.attempts, p.last_error, p.next_retry_at)
-                .where(failing)
-                .order_by(p.id)
-                .limit(failures_limit)
-            ):
+            for row in await conn.execute(failing):
                 failures.setdefault(row.project_id, []).append(
                     {
                         "id": row.id,
@@ -157,29 +173,38 @@ class RunLog:
                         "next_retry_at": row.next_retry_at.isoformat() if row.next_retry_at else None,
                     }
                 )
-        out = []
-        for proj in projects:
-            if project_ids is not None and proj.id not in project_ids:
-                continue
-            # int(): PostgreSQL sums come back as Decimal
-            known, done, pending, failed, size = (
-                int(v or 0) for v in by_project.get(proj.id, (0, 0, 0, 0, 0))
+        return [
+            ProjectStatus(
+                id=row.id,
+                name=row.name,
+                active=row.active is not False,
+                known=row.known or 0,
+                mirrored=row.mirrored or 0,
+                pending=row.pending or 0,
+                failed=row.failed or 0,
+                bytes=row.bytes or 0,
+                last_change_at=row.last_change_at,
+                checkpoint=row.checkpoint,
+                last_run_at=row.finished_at or row.started_at,
+                last_outcome=row.outcome,
+                failures=failures.get(row.id, []),
             )
-            run = runs.get(proj.id)
-            out.append(
-                ProjectStatus(
-                    id=proj.id,
-                    name=proj.name,
-                    active=proj.active is not False,
-                    known=known or 0,
-                    mirrored=done or 0,
-                    pending=pending or 0,
-                    failed=failed or 0,
-                    bytes=size or 0,
-                    checkpoint=proj.checkpoint,
-                    last_run_at=(run.finished_at or run.started_at) if run else None,
-                    last_outcome=run.outcome if run else None,
-                    failures=failures.get(proj.id, []),
-                )
-            )
-        return out
+            for row in rows
+        ]
+
+    async def prune_runs(self, now: datetime) -> int:
+        """Forget runs that started more than `keep_runs` seconds before `now`, but each project's
+        last one (which `status` shows); returns how many. Cheap when there is little to forget:
+        the runs' start times and each project's last run are indexed."""
+        if self.keep_runs is None:
+            return 0
+        later = SyncRunRow.__table__.alias("later")
+        newer = (
+            select(later.c.id)
+            .where(later.c.project_id == SyncRunRow.project_id, later.c.id > SyncRunRow.id)
+            .exists()
+        )
+        cutoff = now - timedelta(seconds=self.keep_runs)
+        stmt = delete(SyncRunRow).where(SyncRunRow.started_at < cutoff, newer)
+        async with self._write, self.engine.begin() as conn:
+            return (await conn.execute(stmt)).rowcount

@@ -19,12 +19,12 @@ from sqlalchemy import String, bindparam, cast, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from syncer.errors import ConfigError, LocalFault, database_error
 from syncer.procore.models import Album, Project
 from syncer.store.db import create_engine, upgrade
-from syncer.store.models import AlbumRow, Base, MirrorRow, PhotoRow, ProjectRow
+from syncer.store.models import AlbumRow, Base, MirrorRow, PhotoRow, ProjectCountsRow, ProjectRow, hex_text
 from syncer.store.rows import (
     INSERT_ONLY,
     STORED_COLUMNS,
@@ -66,14 +66,17 @@ def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
 
 
 class Store(RunLog):
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, keep_runs: float | None = None) -> None:
         self.engine = engine
+        self.keep_runs = keep_runs
+        self._pruned = None
         self._write = asyncio.Lock()
         self._insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
 
     @classmethod
-    async def open(cls, url: str) -> Store:
-        """Connect and bring the schema up to date (the app migrates itself on start)."""
+    async def open(cls, url: str, *, keep_runs: float | None = None) -> Store:
+        """Connect and bring the schema up to date (the app migrates itself on start). A store
+        that runs syncs is given `database.keep_runs`, and prunes the run history it outlives."""
         try:
             engine = create_engine(url)
         except OSError as exc:  # SQLite: the folder for the file cannot be made
@@ -97,7 +100,7 @@ class Store(RunLog):
         except BaseException:
             await engine.dispose()
             raise
-        return cls(engine)
+        return cls(engine, keep_runs=keep_runs)
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -106,6 +109,32 @@ class Store(RunLog):
     def url(self) -> str:
         """The database's URL with the password hidden, for error messages."""
         return self.engine.url.render_as_string(hide_password=True)
+
+    async def _hold_counts(
+        self, conn: AsyncConnection, *, projects: Iterable[int] = (), photos: Sequence[int] = ()
+    ) -> None:
+        """PostgreSQL: lock, in project order, the counts the transaction's writes will change
+        (of `projects`, and of the projects of `photos`), before it locks a photo row.
+
+        The triggers lock a project's counts row after the photo rows a statement changed, and
+        hold it to the commit. Two transactions writing the same project's photos (a listing
+        worker's page, another worker's downloads) would otherwise each hold what the other
+        waits for: photo rows one, the counts the other, which PostgreSQL breaks by failing one.
+        Taken first, the counts row makes them wait in turn. SQLite runs one writer at a time."""
+        if self.engine.dialect.name != "postgresql":
+            return
+        ids = set(projects)
+        for chunk in _chunks(photos, ID_BATCH):
+            query = select(PhotoRow.project_id).where(PhotoRow.id.in_(chunk)).distinct()
+            ids.update(await conn.scalars(query))
+        if ids:
+            c = ProjectCountsRow
+            await conn.execute(
+                select(c.project_id)
+                .where(c.project_id.in_(sorted(ids)))
+                .order_by(c.project_id)
+                .with_for_update()
+            )
 
     # -- projects and albums -----------------------------------------------------------------
 
@@ -151,16 +180,11 @@ class Store(RunLog):
         return (row.checkpoint, row.last_full_at) if row else (None, None)
 
     async def all_marks(self) -> dict[int, tuple[datetime | None, datetime | None, datetime | None]]:
-        """Every project's checkpoint, end of its last full run and newest photo change: where
-        the daemon's round takes each project up."""
-        newest = (
-            select(PhotoRow.project_id, func.max(PhotoRow.updated_at).label("changed"))
-            .group_by(PhotoRow.project_id)
-            .subquery()
-        )
+        """Every project's checkpoint, end of its last full run and newest photo change (the
+        maintained `last_change_at`): where the daemon's round takes each project up."""
         query = select(
-            ProjectRow.id, ProjectRow.checkpoint, ProjectRow.last_full_at, newest.c.changed
-        ).outerjoin(newest, newest.c.project_id == ProjectRow.id)
+            ProjectRow.id, ProjectRow.checkpoint, ProjectRow.last_full_at, ProjectCountsRow.last_change_at
+        ).outerjoin(ProjectCountsRow, ProjectCountsRow.project_id == ProjectRow.id)
         async with self.engine.connect() as conn:
             return {row[0]: (row[1], row[2], row[3]) for row in await conn.execute(query)}
 
@@ -192,6 +216,7 @@ class Store(RunLog):
             return
         listed = [c for c in rows[0] if c not in INSERT_ONLY]
         async with self._write, self.engine.begin() as conn:
+            await self._hold_counts(conn, projects={row["project_id"] for row in rows})
             await conn.execute(self._upsert_statement(PhotoRow, listed, {"deleted_at": None}), list(rows))
             if moved_urls:
                 await conn.execute(
@@ -222,6 +247,8 @@ class Store(RunLog):
         if not (downloaded or relocated or failed or vanished):
             return
         async with self._write, self.engine.begin() as conn:
+            counted: list[Downloaded | Failed | Vanished] = [*downloaded, *failed, *vanished]
+            await self._hold_counts(conn, photos=[r.id for r in counted])
             if downloaded:
                 await conn.execute(
                     update(PhotoRow)
@@ -307,6 +334,7 @@ class Store(RunLog):
         if not ids:
             return
         async with self._write, self.engine.begin() as conn:
+            await self._hold_counts(conn, photos=ids)
             for chunk in _chunks(ids, ID_BATCH):
                 await conn.execute(update(PhotoRow).where(PhotoRow.id.in_(chunk)).values(deleted_at=at))
 
@@ -336,6 +364,7 @@ class Store(RunLog):
         if not ids:
             return
         async with self._write, self.engine.begin() as conn:
+            await self._hold_counts(conn, photos=ids)
             for chunk in _chunks(ids, ID_BATCH):
                 await conn.execute(
                     update(PhotoRow)
@@ -454,8 +483,8 @@ class Store(RunLog):
         # Free text goes in as its length, a colon, then the text, so no value can pass for the end
         # of another whatever characters it holds (-1 is NULL); numbers and times cannot hold the
         # separator that ends each of them.
-        texts = [p.album_name, p.local_path, p.filename, p.uploader_name, p.location_name, p.description]
-        texts += [p.sha256, p.trades]
+        texts: list[Any] = [p.album_name, p.local_path, p.filename, p.uploader_name, p.location_name]
+        texts += [p.description, hex_text(p.sha256), p.trades]
         others: list[Any] = [p.id, p.taken_at, p.created_at, p.starred, p.private, p.local_size, p.deleted_at]
         others += [p.width, p.height, p.gps_lat, p.gps_long]
         fields: list[Any] = [
@@ -469,7 +498,7 @@ class Store(RunLog):
                 ProjectRow.name,
                 func.count(),
                 func.aggregate_strings(row_text, "\x1e"),
-                func.aggregate_strings(p.sha256, ","),
+                func.aggregate_strings(hex_text(p.sha256), ","),
             )
             .join(ProjectRow, ProjectRow.id == p.project_id)
             .where(p.local_path.is_not(None))
@@ -488,6 +517,7 @@ class Store(RunLog):
     async def requeue(self, ids: Sequence[int]) -> None:
         """Forget that these photos are mirrored, so the next sync downloads them at once."""
         async with self._write, self.engine.begin() as conn:
+            await self._hold_counts(conn, photos=ids)
             for chunk in _chunks(ids, ID_BATCH):
                 await conn.execute(
                     update(PhotoRow)
@@ -497,16 +527,13 @@ class Store(RunLog):
 
     async def failing_count(self, project_id: int) -> int:
         """Photos that failed to download and are not mirrored yet."""
-        query = select(func.count()).where(
-            PhotoRow.project_id == project_id, PhotoRow.needs_download(), PhotoRow.attempts > 0
-        )
+        query = select(ProjectCountsRow.failed).where(ProjectCountsRow.project_id == project_id)
         async with self.engine.connect() as conn:
             return int(await conn.scalar(query) or 0)
 
     async def retry_now(self, project_ids: Sequence[int] | None = None) -> int:
         """Make every failed photo due immediately; returns how many there were."""
-        failing = PhotoRow.needs_download() & (PhotoRow.attempts > 0)
-        stmt = update(PhotoRow).where(failing).values(next_retry_at=None)
+        stmt = update(PhotoRow).where(PhotoRow.failing()).values(next_retry_at=None)
         if project_ids is not None:
             stmt = stmt.where(PhotoRow.project_id.in_(project_ids))
         async with self._write, self.engine.begin() as conn:
