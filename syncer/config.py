@@ -31,13 +31,18 @@ from pydantic import (
 )
 
 from syncer.errors import ConfigError
-from syncer.listing import DEFAULT_BUDGET
 from syncer.log import REDACT
-from syncer.mirror.fetch import DEFAULT_DOWNLOAD_TIMEOUT, DEFAULT_MAX_FILE_SIZE
 from syncer.mirror.layout import DEFAULT_LAYOUT, Layout, LayoutError
 from syncer.procore.query import ImageFilters, parse_range
 from syncer.procore.signin import OUT_OF_BAND, check_redirect_uri
 
+DEFAULT_BUDGET = 20
+"""`sync.listing_budget`: the requests one listing may spend, as a multiple of the pages one clean
+pass over the window takes; at least `listing.MIN_BUDGET`."""
+DEFAULT_MAX_FILE_SIZE = 1 << 30
+DEFAULT_DOWNLOAD_TIMEOUT = 3600.0
+"""Defaults of settings that the listing and the downloads also use on their own; defined here so
+that reading the configuration (`syncer status`) does not load the HTTP client."""
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}

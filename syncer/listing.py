@@ -52,6 +52,7 @@ from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from typing import Any, TypeVar
 
+from syncer.config import DEFAULT_BUDGET
 from syncer.procore.api import Page, ProcoreApi
 from syncer.procore.models import BadRecord, Photo
 from syncer.procore.query import ImageQuery, Range
@@ -69,9 +70,6 @@ ID_CHECK_CHUNK = 50
 """Ids per `filters[id]` request when a union of passes is confirmed: about 2 KB of URL, well
 within what servers take in a request line and what the answer's `Link` header repeats."""
 CATCH_UP_ROUNDS = 3
-DEFAULT_BUDGET = 20
-"""`sync.listing_budget`: the requests one listing may spend, as a multiple of the pages one clean
-pass over the window takes; at least `MIN_BUDGET`."""
 MIN_BUDGET = 1000
 MAX_PASS_PAGES = 10_000
 """Pages of a pass without a `Total` (which `Page.is_last` cannot bound) before it ends unproven:

@@ -28,6 +28,7 @@ import aiofiles
 import aiohttp
 from yarl import URL
 
+from syncer.config import DEFAULT_DOWNLOAD_TIMEOUT, DEFAULT_MAX_FILE_SIZE
 from syncer.log import REDACT
 from syncer.mirror.files import MirrorFS, open_new
 from syncer.procore.http import (
@@ -44,8 +45,6 @@ from syncer.procore.http import (
 from syncer.procore.pacing import retry_after_seconds
 
 MAX_REDIRECTS = 5
-DEFAULT_MAX_FILE_SIZE = 1 << 30
-DEFAULT_DOWNLOAD_TIMEOUT = 3600.0
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 EXPIRED = frozenset({401, 403, 404, 410})
 WRITE_BATCH = 1 << 20
