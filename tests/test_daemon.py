@@ -7,6 +7,7 @@ import json
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import time
 from collections.abc import AsyncIterator, Callable
@@ -22,7 +23,7 @@ import yaml
 from syncer.config import load_settings
 from syncer.errors import ExitCode
 from syncer.simulator import Simulator
-from tests.conftest import assert_byte_exact, write_config
+from tests.conftest import assert_byte_exact, db_rows, write_config
 from tests.test_cli import spawn, syncer
 from tests.test_crash import BIG, assert_no_torn_files
 
@@ -451,3 +452,40 @@ async def test_status_shows_each_projects_staleness_and_next_turn_and_none_is_st
 async def _all_ran_times(running: Running, projects: int, times: int) -> bool:
     runs = await running.runs()
     return len(runs) == projects and min(runs.values()) >= times
+
+
+async def test_reconciles_are_spread_across_their_period_while_incremental_turns_go_on(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    sim = await make_sim(projects=3, photos=30)
+    schedule = {"incremental": {"every": "1s"}, "full": {"every": "8s"}, "quiet_slowdown": 1}
+    config = daemon_config(sim, tmp_path, schedule=schedule)
+    settings = load_settings(config)
+    async with daemon(config, tmp_path) as running:
+        await eventually(
+            lambda: len(_full_runs(settings)) >= 3, within=60, what="a reconcile of every project"
+        )
+        await stop(running)
+    fulls = _full_runs(settings)[:3]
+    assert len({project for project, _ in fulls}) == 3, "each project once in the first period"
+    starts = sorted(started for _, started in fulls)
+    assert starts[-1] - starts[0] >= 3.0, "spread across the period, not all at its start"
+    incremental = [
+        started
+        for (started,) in db_rows(settings, "SELECT started_at FROM sync_runs WHERE NOT full")
+        if starts[0] < _seconds(started) < starts[-1]
+    ]
+    assert incremental, "incremental turns went on between the reconciles"
+
+
+def _full_runs(settings: Any) -> list[tuple[int, float]]:
+    try:
+        rows = db_rows(settings, "SELECT project_id, started_at FROM sync_runs WHERE full ORDER BY id")
+    except sqlite3.OperationalError:  # the daemon has not made its database yet
+        return []
+    return [(project, _seconds(started)) for project, started in rows]
+
+
+def _seconds(stored: Any) -> float:
+    """A time as the database stores it (integer microseconds with SQLite), in seconds."""
+    return float(stored) / 1e6 if isinstance(stored, int) else datetime.fromisoformat(stored).timestamp()
