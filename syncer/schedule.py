@@ -204,10 +204,9 @@ class Queue:
     def interval(self, entry: Entry, wall: datetime) -> float:
         return self.period * slowdown(entry.last_change, wall, most=self.quiet_slowdown)
 
-    def _lateness(self, entry: Entry, kind: str, now: float, wall: datetime) -> float:
-        """How far past its due time the turn is, in its own intervals (negative: not yet due)."""
-        if kind == "full":
-            return now - entry.full_due
+    def _lateness(self, entry: Entry, now: float, wall: datetime) -> float:
+        """How far past its due time the project's incremental turn is, in its own intervals
+        (negative: not yet due)."""
         if entry.last_turn == -math.inf:
             return math.inf
         interval = self.interval(entry, wall)
@@ -218,16 +217,14 @@ class Queue:
         running = [e.busy for e in self.entries.values() if e.busy]
         if len(running) >= self.parallel:
             return None
-        fulls_allowed = self.full_period is not None and len(running) - running.count("incremental") < max(
-            1, self.parallel // 2
-        )
+        reconciling = len(running) - running.count("incremental")
+        fulls_allowed = self.full_period is not None and reconciling < max(1, self.parallel // 2)
         best: tuple[float, Turn] | None = None
         for entry in self.entries.values():
             if entry.busy:
                 continue
-            late = self._lateness(entry, "incremental", now, wall)
-            kind = "incremental"
-            if fulls_allowed and self._lateness(entry, "full", now, wall) >= 0:
+            late, kind = self._lateness(entry, now, wall), "incremental"
+            if fulls_allowed and now >= entry.full_due:
                 # A reconcile also brings the project up to date: it takes the project's place,
                 # as late as its incremental turn or, counted in periods, as late as it is.
                 late, kind = max(late, (now - entry.full_due) / self.period), "full"
