@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from bench.database import database
 from bench.harness import Figure, Sim, run_syncer, scratch, simulator
 
 SCHEDULE = 900.0
@@ -171,4 +172,4 @@ def company(scale: dict[str, Any], _aria2c: str | None) -> list[Figure]:
     for cap in (1000, 2000):
         figures += reconcile_cost(setting["reconcile_photos"], cap)
     figures += daemon_round(projects, setting["speed"], setting["seconds"])
-    return figures
+    return figures + database(scale, None)  # the status and the bytes a photo at the company's size

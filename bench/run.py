@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import company, database, gallery
+from bench import company, gallery
 from bench.harness import (
     Figure,
     Measured,
@@ -326,7 +326,6 @@ SCENARIOS: dict[str, Callable[[dict[str, Any], str | None], list[Figure]]] = {
     "thumbnails": gallery.thumbnails,
     "gallery-rebuild": gallery.rebuild,
     "company": company.company,
-    "database": database.database,
 }
 
 
