@@ -11,19 +11,38 @@ never holds a million tasks. Where the downloads come from (straight from the li
 from a database other workers share) is the work source's business, chosen once at setup. The
 checkpoint moves to the window's upper bound only when the listing was proven complete, here in
 `ProjectSync._finish`; failed files stay due in the database and do not hold it back.
+
+A project's first listing is a backfill, newest first (`ProjectSync._backfill`): it is listed in
+slices of `updated_at` from now back, each proven like any window and recorded as proven at once
+(`projects.backfill_until`), so the newest photos of every project come first and a stopped
+backfill resumes where it was. Each run of such a project is a turn: the changes since the
+checkpoint, then the next older slices within a bounded budget; `ProjectResult.backfill_left`
+says whether another turn is needed, and `Engine.take_turns` gives them newest first.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from syncer.config import MirrorSettings, SyncSettings
-from syncer.listing import Lister
+from syncer.listing import (
+    BEGINNING,
+    FAR_FUTURE,
+    FIRST_SLICE,
+    MIN_SLICE,
+    SLICE_GROWTH,
+    Lister,
+    ListingReport,
+    OnPage,
+    count_window,
+    next_width,
+    slice_target,
+)
 from syncer.mirror.fetch import Fetcher
 from syncer.mirror.files import MirrorFS
 from syncer.mirror.layout import Layout
@@ -37,6 +56,10 @@ from syncer.report import Progress
 from syncer.result import ProjectResult
 from syncer.store import Store, StoredPhoto, photo_row
 from syncer.transfer import Guard, Job, Pool, Recorder, Transfer
+
+TURN_REQUESTS = 50
+"""Listing requests after which a backfill turn takes no further slice: a server that serves
+many small slices (or empty ones) still gives the other projects their turn."""
 
 
 def utcnow() -> datetime:
@@ -119,6 +142,8 @@ class Engine:
         self.work = work
         self.now = now
         self.retry = retry or RetryPolicy()
+        self.backlog: dict[int, int] = {}
+        """Photos each project in backfill still has to list, as far as its counts tell."""
 
     def procore_now(self) -> datetime:
         """Now on Procore's clock, as its `Date` headers tell (ours, before any answer)."""
@@ -156,6 +181,54 @@ class Engine:
         )
         return Pool(transfer, concurrency=self.settings.concurrency)
 
+    def query(self, project_id: int) -> ImageQuery:
+        """The photos of a project this mirror keeps (`sync.filters`)."""
+        return ImageQuery(project_id=project_id, filters=self.settings.filters.to_filters())
+
+    async def count_backlog(self, projects: list[Project]) -> None:
+        """Count, one request each, the photos every project in its first backfill has still to
+        list, for the progress's total and ETA before the first turn; the turns start from these
+        counts instead of asking again. A project Procore cannot count now is counted in its turn."""
+        for project in projects:
+            checkpoint = await self.store.checkpoint(project.id)
+            frontier = await self.store.backfill_until(project.id)
+            if checkpoint is not None and frontier is None:
+                continue  # its backfill is done
+            try:
+                page = await count_window(
+                    self.api, self.query(project.id), None, frontier or self.procore_now()
+                )
+            except (ProcoreError, BadRecord):
+                continue
+            if page.total is not None:
+                self.backlog[project.id] = page.total
+                self.progress.remaining(project.id, page.total)
+
+    async def take_turns(
+        self, projects: list[Project], *, full: bool, force: bool, deadline: float | None
+    ) -> list[ProjectResult]:
+        """Sync each project, then give the projects whose first backfill is not done more turns,
+        newest first: always to the one whose photos not listed yet are the newest, so the newest
+        photos of every project come before older ones of any. Until every backfill is done, a
+        turn fails or `deadline` passes; one result per project, its turns added up."""
+        results: dict[int, ProjectResult] = {}
+
+        async def turn(project: Project) -> ProjectResult:
+            result = await self.sync_project(project, full=full, force=force, deadline=deadline)
+            results[project.id] = result.absorb(results.get(project.id))
+            return result
+
+        def more(result: ProjectResult) -> bool:
+            return result.backfill_left and result.proven and not result.stopped
+
+        waiting = [p for p in projects if more(await turn(p))]
+        loop = asyncio.get_running_loop()
+        while waiting and (deadline is None or loop.time() < deadline):
+            project = max(waiting, key=lambda p: results[p.id].proven_back_to or FAR_FUTURE)
+            if not more(await turn(project)):
+                waiting.remove(project)
+        return [results[p.id] for p in projects]
+
     async def sync_project(
         self,
         project: Project,
@@ -165,11 +238,15 @@ class Engine:
         force: bool = False,
         deadline: float | None = None,
     ) -> ProjectResult:
-        """Sync one project; `deadline` (event-loop time) stops it cleanly, keeping what is done."""
+        """Sync one project; `deadline` (event-loop time) stops it cleanly, keeping what is done.
+        A project whose first backfill is not done gets one turn (`ProjectResult.backfill_left`)."""
         started = self.now()
         await self.fs.run(self.fs.check_state)
         checkpoint = None if full else await self.store.checkpoint(project.id)
-        run = ProjectSync(self, project, checkpoint, started, dry_run=dry_run, full=full, force=force)
+        frontier = None if full else await self.store.backfill_until(project.id)
+        run = ProjectSync(
+            self, project, checkpoint, started, frontier=frontier, dry_run=dry_run, full=full, force=force
+        )
         if dry_run:
             await measured(run.result, run.plan_only(), None)
         else:
@@ -187,6 +264,7 @@ class ProjectSync:
         checkpoint: datetime | None,
         started: datetime,
         *,
+        frontier: datetime | None = None,
         dry_run: bool,
         full: bool,
         force: bool,
@@ -194,7 +272,13 @@ class ProjectSync:
         self.engine = engine
         self.store = engine.store
         self.project = project
+        self.backfill = not full and (checkpoint is None or frontier is not None)
+        """The project's first listing is not done: this run is a turn of its backfill."""
+        if dry_run and frontier is not None:
+            checkpoint = None  # what a sync would fetch: everything not listed yet, too
         self.checkpoint = checkpoint
+        self.frontier = frontier
+        """How far back the listing is proven (`projects.backfill_until`)."""
         self.started = started
         start, end = engine.window(checkpoint, engine.procore_now())  # until Procore answers
         self.result = ProjectResult(project, start, end, dry_run=dry_run)
@@ -202,9 +286,11 @@ class ProjectSync:
         self.force = force
         self.seen: set[int] = set()
         """Ids listed so far in this run: a photo listed twice (shifted pages) is decided once."""
+        self.spent = 0
+        """Listing requests this run sent (pages and counts): what bounds a backfill's turn."""
 
     def query(self) -> ImageQuery:
-        return ImageQuery(project_id=self.project.id, filters=self.engine.settings.filters.to_filters())
+        return self.engine.query(self.project.id)
 
     async def plan_only(self) -> None:
         """A dry run: list and decide, count what would change, write nothing."""
@@ -258,7 +344,9 @@ class ProjectSync:
 
         outcome = "failed"
         try:
-            if opened:
+            if opened and self.backfill:
+                await self._backfill(on_page)
+            elif opened:
                 await self._list(on_page)
             engine.progress.listed(self.project.id)  # this project's part of the total is known
             await source.drain()
@@ -339,8 +427,29 @@ class ProjectSync:
         result.window_start, result.window_end = engine.window(self.checkpoint, engine.procore_now())
         return True
 
-    async def _list(self, on_page: Callable[[list[Photo]], Awaitable[None]]) -> None:
-        """List the window, handing each page to `on_page`; a failure becomes the listing error."""
+    async def _list(self, on_page: OnPage) -> None:
+        """List the window, handing each page to `on_page`; a failure becomes the listing error.
+        Photos edited meanwhile are listed in catch-up rounds, and the window ends after them."""
+        result, engine = self.result, self.engine
+        report = await self._list_range(
+            on_page,
+            result.window_start,
+            result.window_end,
+            now=lambda: engine.window(None, engine.procore_now())[1],  # for catch-up rounds
+        )
+        if report is not None:
+            result.window_end = report.end or result.window_end
+
+    async def _list_range(
+        self,
+        on_page: OnPage,
+        start: datetime | None,
+        end: datetime,
+        *,
+        now: Callable[[], datetime] | None = None,
+    ) -> ListingReport | None:
+        """List `[start, end]` with proof into the result; None when Procore failed (the listing
+        error). The result's `listed` counts every photo this run listed, once."""
         result, engine = self.result, self.engine
         lister = Lister(
             engine.api,
@@ -351,17 +460,126 @@ class ProjectSync:
             budget=engine.settings.listing_budget,
         )
         try:
-            report = await lister.run(
-                result.window_start,
-                result.window_end,
-                now=lambda: engine.window(None, engine.procore_now())[1],  # for catch-up rounds
-            )
+            report = await lister.run(start, end, now=now)
         except (ProcoreError, BadRecord) as exc:
             result.listing_error = str(exc)
-            return
-        result.listed, result.unproven, result.listing_notes = len(report.seen), report.unproven, report.ties
-        result.unreadable = list(report.unreadable.values())
-        result.window_end = report.end or result.window_end
+            return None
+        finally:
+            self.spent += lister.report.requests
+            result.listed = len(self.seen)
+        result.unproven += report.unproven
+        result.listing_notes += report.ties
+        result.unreadable += report.unreadable.values()
+        return report
+
+    async def _backfill(self, on_page: OnPage) -> None:
+        """One turn of a first backfill: the changes since the checkpoint (a project's first turn:
+        its newest slice), then older slices, newest first, until the turn listed about a slice's
+        worth of photos or spent its requests. Each proven slice is recorded at once, so a run
+        stopped later keeps it; a slice that cannot be proven ends the turn, to be listed again."""
+        result, engine = self.result, self.engine
+        result.backfill_left = True
+        target = slice_target(engine.settings.per_page)
+        left = engine.backlog.get(self.project.id)
+        if self.checkpoint is None:  # the first turn: the newest slice ends the window now
+            if left is None and (left := await self._count(None, result.window_end)) is None:
+                return
+            if (newest := await self._newest_slice(on_page, left, target)) is None:
+                return
+            listed, (until, width) = 0, newest  # the newest slice counts towards the turn
+        else:
+            await self._list(on_page)
+            if not result.proven or (until := self.frontier) is None:
+                return
+            listed = len(self.seen)  # the changes since the checkpoint do not
+            width = await self._width(until, target)
+        while until is not None and len(self.seen) - listed < target and self.spent < TURN_REQUESTS:
+            if left is None and (left := await self._count(None, until)) is None:
+                break
+            start, count = await self._slice(until, left, width, target)
+            if result.listing_error:
+                break
+            if count != 0:  # an empty slice is proven by its count
+                before = len(self.seen)
+                report = await self._list_range(on_page, start, until)
+                if report is None or not report.proven:
+                    break
+                count = len(self.seen) - before
+            await self.store.set_backfill(self.project.id, start)
+            left, width = max(0, left - count), next_width(width, count, target)
+            until = start
+            self._count_left(left)
+        result.backfill_left = until is not None
+        if result.backfill_left:
+            result.proven_back_to, result.backfill_photos = until, left
+        else:
+            self._count_left(0)
+
+    async def _newest_slice(
+        self, on_page: OnPage, left: int, target: int
+    ) -> tuple[datetime | None, timedelta] | None:
+        """List a project's newest slice, which ends now (with catch-up rounds, as any window),
+        and record it as proven, checkpoint and all; the next slice's end and width, or None if
+        it could not be proven."""
+        result = self.result
+        end = result.window_end
+        start, _ = await self._slice(end, left, FIRST_SLICE, target)
+        if result.listing_error:
+            return None
+        result.window_start = start
+        await self._list(on_page)
+        if not result.proven:
+            return None
+        await self.store.set_backfill(self.project.id, start, checkpoint=result.window_end)
+        result.checkpoint_advanced = True
+        return start, next_width(end - start, len(self.seen), target) if start else FIRST_SLICE
+
+    def _count_left(self, left: int | None) -> None:
+        """Tell the engine and the progress how many photos are still to be listed."""
+        if left is not None:
+            self.engine.backlog[self.project.id] = left
+            self.engine.progress.remaining(self.project.id, left)
+
+    async def _count(self, start: datetime | None, end: datetime) -> int | None:
+        """`Total` of `[start, end]` (one request); None when Procore failed (the listing error)
+        or gave no `Total` (then the backfill's slices are sized blind: as if it held a slice)."""
+        self.spent += 1
+        try:
+            page = await count_window(self.engine.api, self.query(), start, end)
+        except (ProcoreError, BadRecord) as exc:
+            self.result.listing_error = str(exc)
+            return None
+        if page.total is None:  # sized blind, and listed: only a listing can prove it
+            return slice_target(self.engine.settings.per_page)
+        if start is None:
+            self._count_left(page.total)
+        return page.total if page.total or not page.items else 1  # 1: listed to find out
+
+    async def _slice(
+        self, until: datetime, left: int, width: timedelta, target: int
+    ) -> tuple[datetime | None, int]:
+        """The start of the next slice down from `until` (None: from the beginning, the last one)
+        and the photos it holds: `width` wide, narrowed while it holds over twice `target`
+        photos (a probe each). 0 photos means Procore proved it empty."""
+        while left > target:
+            start = until - width
+            if start <= BEGINNING:
+                break
+            count = await self._count(start, until)
+            if count is None:
+                return start, 0
+            if count <= 2 * target or width <= MIN_SLICE:
+                return start, count
+            width = max(MIN_SLICE, width * (target / count))
+        return None, -1  # the rest: its count is only the estimate `left`
+
+    async def _width(self, until: datetime, target: int) -> timedelta:
+        """The first slice's width in a later turn: as wide as the density of what the backfill
+        listed so far fills with `target` photos (the database counts them, no request)."""
+        assert self.checkpoint is not None
+        span = max(self.checkpoint - until, MIN_SLICE)
+        listed = await self.store.photos_since(self.project.id, until)
+        return next_width(span, listed, target) if listed else span * SLICE_GROWTH
 
     async def _save_page(self, decisions: list[Decision], *, handing: bool) -> None:
         """Record a listed page in one transaction. `handing`: the signed URL of each photo to

@@ -79,6 +79,39 @@ its `Link: next` chain can be endless."""
 
 OnPage = Callable[[list[Photo]], Awaitable[None]]
 
+SLICE_PHOTOS = 1000
+"""About how many photos one slice of a first backfill holds (a turn's worth of downloads)..."""
+SLICE_PAGES = 10
+"""...and at most this many pages of `sync.per_page`: a slice costs a bounded number of requests."""
+FIRST_SLICE = timedelta(days=28)
+"""How far back a project's first slice reaches, unless that holds too many photos."""
+MIN_SLICE = timedelta(hours=1)
+SLICE_GROWTH = 16
+"""The most a slice may widen over the one before it (older photos are often sparser)."""
+
+
+def slice_target(per_page: int) -> int:
+    """Photos one backfill slice should hold: about a turn's worth, a bounded number of pages."""
+    return max(1, min(SLICE_PHOTOS, SLICE_PAGES * per_page))
+
+
+def next_width(width: timedelta, photos: int, target: int) -> timedelta:
+    """The width of the next slice, from one of `width` that held `photos`: as wide as that
+    density fills with `target` photos, growing at most `SLICE_GROWTH` times."""
+    scaled = width * (target / photos) if photos else width * SLICE_GROWTH
+    return max(MIN_SLICE, min(scaled, width * SLICE_GROWTH))
+
+
+async def count_window(api: ProcoreApi, query: ImageQuery, start: datetime | None, end: datetime) -> Page:
+    """One page of one photo over the range `Lister.run(start, end)` lists, asked as it asks it
+    (`[start, end + 1s]`): its `Total` counts the range in one request, and an answer with a
+    `Total` of 0 and no photo proves the range empty, as the listing's own first page would."""
+    piece = Piece(_floor(start or BEGINNING), _floor(end) + SECOND)
+    counted = replace(
+        query, filters=replace(query.filters, updated_at=Range(piece.updated_from, piece.updated_to))
+    )
+    return await api.images_page(counted, page=1, per_page=1)
+
 
 @dataclass(frozen=True)
 class Piece:

@@ -63,11 +63,23 @@ class ProjectResult:
     seconds: float = 0.0
     helped: bool = False
     """Another worker listed the project; this one only downloaded its share."""
+    backfill_left: bool = False
+    """The project's first backfill is not done: older photos are still to be listed. Each run
+    (a turn) lists the new changes, then the next older slices within a bounded budget; run it
+    again until this is False."""
+    proven_back_to: datetime | None = None
+    """While backfill is left: how far back the listing is proven (photos updated before it are
+    not listed yet); None when not one slice is proven yet."""
+    backfill_photos: int | None = None
+    """While backfill is left: about how many photos are still to be listed (from `Total`)."""
 
     def absorb(self, earlier: ProjectResult | None) -> ProjectResult:
-        """This result with the transfers of an `earlier` one for the same project added in (a
-        worker that helped with a project, then took it over)."""
+        """This result with the counts of an `earlier` one for the same project added in (a worker
+        that helped with a project, then took it over; the turns of a backfill)."""
         if earlier is not None:
+            self.listed += earlier.listed
+            self.changes.update(earlier.changes)
+            self.elsewhere += earlier.elsewhere
             self.retried += earlier.retried
             self.downloaded += earlier.downloaded
             self.bytes += earlier.bytes
@@ -92,6 +104,7 @@ class ProjectResult:
             and not self.deletions_blocked
             and not self.stopped
             and not self.waiting
+            and not self.backfill_left
         )
 
 
