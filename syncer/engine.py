@@ -58,8 +58,8 @@ from syncer.store import Store, StoredPhoto, photo_row
 from syncer.transfer import Guard, Job, Pool, Recorder, Transfer
 
 TURN_REQUESTS = 50
-"""Listing requests after which a backfill turn takes no further slice: a server that serves
-many small slices (or empty ones) still gives the other projects their turn."""
+"""Listing requests after which a backfill turn looks no further back for photos: a long stretch
+of empty slices still gives the other projects their turn."""
 
 
 def utcnow() -> datetime:
@@ -473,10 +473,12 @@ class ProjectSync:
         return report
 
     async def _backfill(self, on_page: OnPage) -> None:
-        """One turn of a first backfill: the changes since the checkpoint (a project's first turn:
-        its newest slice), then older slices, newest first, until the turn listed about a slice's
-        worth of photos or spent its requests. Each proven slice is recorded at once, so a run
-        stopped later keeps it; a slice that cannot be proven ends the turn, to be listed again."""
+        """One turn of a first backfill: the changes since the checkpoint, then the next older
+        slice that holds photos (a project's first turn: its newest slice), so that each project's
+        newer photos come before the older ones of any when turns go to the newest (see
+        `Engine.take_turns`). Empty slices are proven by their count alone, and the turn goes on
+        past them within `TURN_REQUESTS`. Each proven slice is recorded at once, so a run stopped
+        later keeps it; a slice that cannot be proven ends the turn, to be listed again."""
         result, engine = self.result, self.engine
         result.backfill_left = True
         target = slice_target(engine.settings.per_page)
@@ -486,25 +488,24 @@ class ProjectSync:
                 return
             if (newest := await self._newest_slice(on_page, left, target)) is None:
                 return
-            listed, (until, width) = 0, newest  # the newest slice counts towards the turn
+            (until, width), took = newest, True  # the newest slice is the turn's
         else:
             await self._list(on_page)
             if not result.proven or (until := self.frontier) is None:
                 return
-            listed = len(self.seen)  # the changes since the checkpoint do not
-            width = await self._width(until, target)
-        while until is not None and len(self.seen) - listed < target and self.spent < TURN_REQUESTS:
+            width, took = await self._width(until, target), False
+        while until is not None and not took and self.spent < TURN_REQUESTS:
             if left is None and (left := await self._count(None, until)) is None:
                 break
             start, count = await self._slice(until, left, width, target)
             if result.listing_error:
                 break
-            if count != 0:  # an empty slice is proven by its count
+            if count != 0:  # an empty slice is proven by its count, and the turn goes on
                 before = len(self.seen)
                 report = await self._list_range(on_page, start, until)
                 if report is None or not report.proven:
                     break
-                count = len(self.seen) - before
+                count, took = len(self.seen) - before, True
             await self.store.set_backfill(self.project.id, start)
             left, width = max(0, left - count), next_width(width, count, target)
             until = start
