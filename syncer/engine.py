@@ -36,6 +36,7 @@ from syncer.listing import (
     FIRST_SLICE,
     MIN_SLICE,
     SLICE_GROWTH,
+    SLICE_REACH,
     Lister,
     ListingReport,
     OnPage,
@@ -478,7 +479,9 @@ class ProjectSync:
         newer photos come before the older ones of any when turns go to the newest (see
         `Engine.take_turns`). Empty slices are proven by their count alone, and the turn goes on
         past them within `TURN_REQUESTS`. Each proven slice is recorded at once, so a run stopped
-        later keeps it; a slice that cannot be proven ends the turn, to be listed again."""
+        later keeps it. A slice that cannot be proven ends the turn, to be listed again; the rest
+        below it is listed too, as one window, so that a server whose counts never add up still
+        has every photo it shows mirrored (as a first listing did before it came in slices)."""
         result, engine = self.result, self.engine
         result.backfill_left = True
         target = slice_target(engine.settings.per_page)
@@ -487,8 +490,11 @@ class ProjectSync:
             if left is None and (left := await self._count(None, result.window_end)) is None:
                 return
             if (newest := await self._newest_slice(on_page, left, target)) is None:
+                await self._rest(on_page, result.window_start)
                 return
             (until, width), took = newest, True  # the newest slice is the turn's
+            left = max(0, left - len(self.seen))
+            self._count_left(left)
         else:
             await self._list(on_page)
             if not result.proven or (until := self.frontier) is None:
@@ -504,6 +510,7 @@ class ProjectSync:
                 before = len(self.seen)
                 report = await self._list_range(on_page, start, until)
                 if report is None or not report.proven:
+                    await self._rest(on_page, start)
                     break
                 count, took = len(self.seen) - before, True
             await self.store.set_backfill(self.project.id, start)
@@ -515,6 +522,12 @@ class ProjectSync:
             result.proven_back_to, result.backfill_photos = until, left
         else:
             self._count_left(0)
+
+    async def _rest(self, on_page: OnPage, below: datetime | None) -> None:
+        """After a slice that Procore answered but that could not be proven: list everything
+        older than it in one listing, unproven or not (nothing of it is recorded as proven)."""
+        if below is not None and self.result.listing_error is None:
+            await self._list_range(on_page, None, below)
 
     async def _newest_slice(
         self, on_page: OnPage, left: int, target: int
@@ -560,15 +573,20 @@ class ProjectSync:
         self, until: datetime, left: int, width: timedelta, target: int
     ) -> tuple[datetime | None, int]:
         """The start of the next slice down from `until` (None: from the beginning, the last one)
-        and the photos it holds: `width` wide, narrowed while it holds over twice `target`
-        photos (a probe each). 0 photos means Procore proved it empty."""
-        while left > target:
+        and the photos it holds (a count each try; 0: Procore proved it empty). It is `width`
+        wide, but reaches back at most `SLICE_REACH` times as far as the backfill has come, so
+        turns given to the newest keep the whole company newest first whatever each project's
+        density; and it narrows while it holds over twice `target` photos. A slice that holds
+        all the photos left is the last one."""
+        reach = max(FIRST_SLICE, (self.result.window_end - until) * SLICE_REACH)
+        width = min(width, reach, until - BEGINNING)
+        while left > 0 and until - width > BEGINNING:
             start = until - width
-            if start <= BEGINNING:
-                break
             count = await self._count(start, until)
             if count is None:
                 return start, 0
+            if count >= left:
+                break
             if count <= 2 * target or width <= MIN_SLICE:
                 return start, count
             width = max(MIN_SLICE, width * (target / count))

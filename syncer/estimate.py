@@ -13,16 +13,17 @@ database nor the mirror is needed.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from syncer.config import Every, Settings
-from syncer.listing import count_window, slice_target
+from syncer.listing import count_window, slice_target, slices_to_reach
 from syncer.procore.api import ProcoreApi
 from syncer.procore.http import TALLY, ProcoreError, Tally
-from syncer.procore.models import BadRecord, Project
+from syncer.procore.models import BadRecord, Photo, Project
 from syncer.procore.query import ImageQuery
 
 DAY = timedelta(days=1)
@@ -85,11 +86,14 @@ def turns_a_day(schedule: str | Every, timezone: str) -> int:
     return max(1, count)
 
 
-def backfill_listing(photos: int, per_page: int) -> int:
-    """Listing requests of a project's first backfill: its count, and per slice a count to size
-    it and the turn's look for changes, plus the pages (at least one a slice)."""
+def backfill_listing(photos: int, per_page: int, age: timedelta | None = None) -> int:
+    """Listing requests of a project's first backfill whose oldest photo is `age` old: its count,
+    and per slice (by photos, or by how far back a slice may reach) a count to size it, the
+    turn's look for changes and a page, plus the pages beyond one a slice."""
     slices = max(1, math.ceil(photos / slice_target(per_page)))
-    return 1 + 2 * slices + max(slices, math.ceil(photos / per_page))
+    if photos and age is not None:
+        slices = max(slices, slices_to_reach(age))
+    return 1 + 3 * slices + max(0, math.ceil(photos / per_page) - slices)
 
 
 @dataclass
@@ -98,6 +102,8 @@ class Counted:
     photos: int
     changed: int
     """Photos shown as updated in the last 24 hours: the day's changes."""
+    age: timedelta | None = None
+    """How old its oldest photo is (by `created_at`, never later than `updated_at`)."""
 
 
 @dataclass
@@ -119,7 +125,7 @@ class Estimate:
 
     @property
     def backfill_listing(self) -> int:
-        return sum(backfill_listing(c.photos, self.budget.per_page) for c in self.projects)
+        return sum(backfill_listing(c.photos, self.budget.per_page, c.age) for c in self.projects)
 
     @property
     def day_listing(self) -> int:
@@ -192,6 +198,11 @@ def render_estimate(estimate: Estimate) -> str:
         f"{plural(day['listing_requests'], 'listing request')} and "
         f"{plural(day['file_requests'], 'file request')}",
         *both(day),
+        *(
+            ["  more than a day's budget even with file requests free: turns come less often than scheduled"]
+            if day["seconds_files_not_counted"] > DAY.total_seconds()
+            else []
+        ),
         f"counting took {plural(f['counting_requests'], 'request')}",
         *(f"not counted: {error}" for error in estimate.errors),
     ]
@@ -236,4 +247,9 @@ async def _count(api: ProcoreApi, project: Project, query: ImageQuery, into: Est
     if everything.total is None or day.total is None:
         into.errors.append(f"project {project.id}: Procore's answer gave no Total")
         return
-    into.projects.append(Counted(project, everything.total, day.total))
+    oldest = None
+    if everything.items:
+        with contextlib.suppress(BadRecord):
+            oldest = Photo.from_api(everything.items[0]).created_at
+    age = now - oldest if oldest is not None else None
+    into.projects.append(Counted(project, everything.total, day.total, age))

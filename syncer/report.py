@@ -263,11 +263,12 @@ def _reason(photo_id: int, error: str) -> str:
 
 def _backfill_note(r: ProjectResult) -> str:
     """What a first backfill still has to list, and that the next run goes on with it."""
-    back = f" back to {r.proven_back_to:%Y-%m-%d %H:%M:%S} UTC" if r.proven_back_to else ""
+    if r.proven_back_to is None:
+        return "first backfill not done: no slice proven yet; the next run goes on"
     older = f" ({plural(r.backfill_photos, 'photo')})" if r.backfill_photos is not None else ""
     return (
-        f"first backfill not done: listed newest first{back}; older photos{older} still to list, "
-        "the next run goes on"
+        f"first backfill not done: listed newest first back to {r.proven_back_to:%Y-%m-%d %H:%M:%S} UTC; "
+        f"older photos{older} still to list, the next run goes on"
     )
 
 

@@ -98,14 +98,19 @@ class ProjectResult:
 
     @property
     def ok(self) -> bool:
+        """The run did all it set out to: for a turn of a first backfill, its slice."""
         return (
             not self.failures
             and self.proven
             and not self.deletions_blocked
             and not self.stopped
             and not self.waiting
-            and not self.backfill_left
         )
+
+    @property
+    def complete(self) -> bool:
+        """The project is mirrored completely: the run was ok and no backfill is left."""
+        return self.ok and not self.backfill_left
 
 
 @dataclass
@@ -119,5 +124,5 @@ class RunSummary:
 
     @property
     def exit_code(self) -> ExitCode:
-        ok = not self.errors and all(r.ok for r in self.results)
+        ok = not self.errors and all(r.complete for r in self.results)
         return ExitCode.OK if ok else ExitCode.INCOMPLETE

@@ -30,8 +30,8 @@ PACED: dict[str, Any] = {
 }
 """Three projects over a year of photos, at 40 requests a second with file requests counted: a
 whole backfill takes about 20 seconds, so what comes first can be watched."""
-SLICES = {"per_page": 10}
-"""Slices of 100 photos (ten pages): each project's backfill takes several turns."""
+SLICES = {"per_page": 5}
+"""Slices of 50 photos (ten pages): each project's backfill takes several turns."""
 
 
 def recent(sim: Simulator, newest_ago: timedelta = timedelta(hours=2)) -> None:
@@ -99,7 +99,7 @@ async def test_a_first_backfill_mirrors_the_newest_photos_of_every_project_befor
             await asyncio.sleep(0.05)
     assert proc.returncode is None, "the run ended before the order could be seen"
     proc.send_signal(signal.SIGTERM)
-    out, err = await asyncio.wait_for(proc.communicate(), timeout=30)
+    _, err = await asyncio.wait_for(proc.communicate(), timeout=30)
     assert proc.returncode == ExitCode.INTERRUPTED, err.decode()
     oldest = set(by_age(sim)[-len(sim.company.photos) // 10 :])
     assert not oldest & mirrored(root).keys(), "the oldest tenth of the company waits for the newest"
@@ -145,6 +145,7 @@ async def test_a_backfill_brings_the_newest_tenth_of_the_photos_early(make_sim: 
     run = await syncer("sync", "--config", str(config))
     assert run.code == ExitCode.OK, run.out + run.err
     newest, whole = newest_share_took(sim, tmp_path / "mirror", 0.10)
+    print(f"newest tenth: {newest:.1f} s of {whole:.1f} s")
     assert newest <= 0.4 * whole, (newest, whole)
 
 
@@ -176,7 +177,8 @@ async def test_estimate_counts_the_simulated_company_and_prices_it_at_the_budget
     synced = await syncer("sync", "--config", str(config))
     assert synced.code == ExitCode.OK, synced.out + synced.err
     listed = sim.stats.requests["images"] - images_before
-    assert listed <= backfill["listing_requests"], (listed, backfill["listing_requests"])
+    print(f"listing requests: {listed}, estimated {backfill['listing_requests']}")
+    assert 0.75 * listed <= backfill["listing_requests"] <= 1.5 * listed, (listed, backfill)
 
 
 async def test_estimate_text_names_both_ways_of_counting_file_requests(make_sim: Any, tmp_path: Path) -> None:
