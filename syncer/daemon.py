@@ -297,10 +297,14 @@ class Daemon:
         return True
 
     async def _sync(self, project: Project, kind: str) -> None:
+        engine = self.syncer.engine
+        deadline = engine.deadline()
         try:
-            result = await self.syncer.engine.sync_project(
-                project, full=kind == "full", deadline=self.syncer.engine.deadline()
-            )
+            result = await engine.sync_project(project, full=kind == "full", deadline=deadline)
+            while result.backfill_left and result.ok and not self.stopping.is_set():
+                # A first backfill goes on turn by turn in this job, as it did in one run.
+                turn = await engine.sync_project(project, deadline=deadline)
+                result = turn.absorb(result)
         except AuthError as exc:
             self._auth_failed(exc)
             return

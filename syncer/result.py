@@ -80,6 +80,7 @@ class ProjectResult:
             self.listed += earlier.listed
             self.changes.update(earlier.changes)
             self.elsewhere += earlier.elsewhere
+            self.listing_notes[:0] = earlier.listing_notes
             self.retried += earlier.retried
             self.downloaded += earlier.downloaded
             self.bytes += earlier.bytes

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -148,8 +148,12 @@ async def test_an_unprovable_listing_keeps_the_checkpoint(make_sim: Any, setting
     settings = settings_for(sim, sync={"per_page": 10})
     summary = await sync(settings)
     assert summary.exit_code == ExitCode.INCOMPLETE
-    assert summary.results[0].unproven and not summary.results[0].checkpoint_advanced
-    assert db_rows(settings, "SELECT checkpoint FROM projects") == [(None,)], "nothing written"
+    assert summary.results[0].unproven and summary.results[0].backfill_left
+    ((until,),) = db_rows(settings, "SELECT backfill_until FROM projects")
+    hidden = sim.company.photos[min(sim.config.hidden)].updated_at
+    assert until is None or datetime.fromisoformat(until).replace(tzinfo=UTC) > hidden, (
+        "no slice that holds the unprovable photo is recorded as proven"
+    )
 
 
 schedules = st.lists(
