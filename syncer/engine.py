@@ -483,9 +483,9 @@ class ProjectSync:
         below it is listed too, as one window, so that a server whose counts never add up still
         has every photo it shows mirrored (as a first listing did before it came in slices)."""
         result, engine = self.result, self.engine
-        result.backfill_left = True
+        result.backfill_left, result.proven_back_to = True, self.frontier  # until a slice is proven
         target = slice_target(engine.settings.per_page)
-        left = engine.backlog.get(self.project.id)
+        left = result.backfill_photos = engine.backlog.get(self.project.id)
         if self.checkpoint is None:  # the first turn: the newest slice ends the window now
             if left is None and (left := await self._count(None, result.window_end)) is None:
                 return
@@ -514,13 +514,12 @@ class ProjectSync:
                     break
                 count, took = len(self.seen) - before, True
             await self.store.set_backfill(self.project.id, start)
+            result.proven_back_to = start
             left, width = max(0, left - count), next_width(width, count, target)
             until = start
             self._count_left(left)
-        result.backfill_left = until is not None
-        if result.backfill_left:
-            result.proven_back_to, result.backfill_photos = until, left
-        else:
+        if until is None:
+            result.backfill_left, result.backfill_photos = False, None
             self._count_left(0)
 
     async def _rest(self, on_page: OnPage, below: datetime | None) -> None:
@@ -545,13 +544,13 @@ class ProjectSync:
         if not result.proven:
             return None
         await self.store.set_backfill(self.project.id, start, checkpoint=result.window_end)
-        result.checkpoint_advanced = True
+        result.checkpoint_advanced, result.proven_back_to = True, start
         return start, next_width(end - start, len(self.seen), target) if start else FIRST_SLICE
 
     def _count_left(self, left: int | None) -> None:
-        """Tell the engine and the progress how many photos are still to be listed."""
+        """Tell the result, the engine and the progress how many photos are still to be listed."""
         if left is not None:
-            self.engine.backlog[self.project.id] = left
+            self.result.backfill_photos = self.engine.backlog[self.project.id] = left
             self.engine.progress.remaining(self.project.id, left)
 
     async def _count(self, start: datetime | None, end: datetime) -> int | None:

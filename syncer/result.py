@@ -87,7 +87,8 @@ class ProjectResult:
             self.adopted += earlier.adopted
             self.relocated += earlier.relocated
             self.vanished += earlier.vanished
-            self.failures[:0] = earlier.failures
+            again = {photo_id for photo_id, _, _ in self.failures}  # tried again: its latest error
+            self.failures[:0] = [f for f in earlier.failures if f[0] not in again]
             self.requests += earlier.requests
             self.seconds += earlier.seconds
         return self

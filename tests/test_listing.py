@@ -149,9 +149,9 @@ async def test_an_unprovable_listing_keeps_the_checkpoint(make_sim: Any, setting
     summary = await sync(settings)
     assert summary.exit_code == ExitCode.INCOMPLETE
     assert summary.results[0].unproven and summary.results[0].backfill_left
-    ((until,),) = db_rows(settings, "SELECT backfill_until FROM projects")
+    ((checkpoint, until),) = db_rows(settings, "SELECT checkpoint, backfill_until FROM projects")
     hidden = sim.company.photos[min(sim.config.hidden)].updated_at
-    assert until is None or datetime.fromisoformat(until).replace(tzinfo=UTC) > hidden, (
+    assert checkpoint is None or (until and datetime.fromisoformat(until).replace(tzinfo=UTC) > hidden), (
         "no slice that holds the unprovable photo is recorded as proven"
     )
 

@@ -191,7 +191,8 @@ async def test_a_stopped_sync_hands_back_the_claims_it_never_worked_on(
         deadline = asyncio.get_running_loop().time() + 2.5
         async with member.project(project.id) as mine:
             assert mine
-            result = await running.engine.sync_project(project, deadline=deadline)
+            # (full: the whole project in one listing, not the first slice of a backfill)
+            result = await running.engine.sync_project(project, full=True, deadline=deadline)
         assert result.stopped and 0 < result.downloaded < 40
         assert await member.shared.held_due(project.id) == 0, "no photo waits for this live worker"
 

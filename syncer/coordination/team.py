@@ -226,9 +226,10 @@ class Team:
             return last_full if full else checkpoint
 
         async def moved(project: Project) -> bool:
-            """Whether another worker listed the project since this run began (or since it was busy)."""
+            """Whether another worker listed the project since this run began (or since it was busy),
+            its first backfill included."""
             now = await mark(project)
-            if now is None:
+            if now is None or (not full and await store.backfill_until(project.id) is not None):
                 return False
             return now >= run_end or (project.id in busy_at and now != busy_at[project.id])
 
