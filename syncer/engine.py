@@ -23,6 +23,7 @@ says whether another turn is needed, and `Engine.take_turns` gives them newest f
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import replace
@@ -48,7 +49,7 @@ from syncer.mirror.fetch import Fetcher
 from syncer.mirror.files import MirrorFS
 from syncer.mirror.layout import Layout
 from syncer.plan import Change, Decision, decide
-from syncer.procore.api import ProcoreApi
+from syncer.procore.api import Page, ProcoreApi
 from syncer.procore.http import TALLY, ProcoreError, RetryPolicy, Tally
 from syncer.procore.models import BadRecord, Photo, Project
 from syncer.procore.query import ImageQuery
@@ -58,6 +59,8 @@ from syncer.result import ProjectResult
 from syncer.store import Store, StoredPhoto, photo_row
 from syncer.transfer import Guard, Job, Pool, Recorder, Transfer
 
+TURNS_AT_ONCE = 2
+"""Backfill turns of different projects that `Engine.take_turns` runs together."""
 TURN_REQUESTS = 50
 """Listing requests after which a backfill turn looks no further back for photos: a long stretch
 of empty slices still gives the other projects their turn."""
@@ -145,6 +148,9 @@ class Engine:
         self.retry = retry or RetryPolicy()
         self.backlog: dict[int, int] = {}
         """Photos each project in backfill still has to list, as far as its counts tell."""
+        self.newest: datetime | None = None
+        """The newest photo's `created_at` the counts have shown: where the company's photos end,
+        from which backfill slices measure how far back they reach."""
 
     def procore_now(self) -> datetime:
         """Now on Procore's clock, as its `Date` headers tell (ours, before any answer)."""
@@ -196,14 +202,21 @@ class Engine:
             if checkpoint is not None and frontier is None:
                 continue  # its backfill is done
             try:
-                page = await count_window(
-                    self.api, self.query(project.id), None, frontier or self.procore_now()
-                )
+                end = frontier or self.procore_now()
+                page = await count_window(self.api, self.query(project.id), None, end, newest=True)
             except (ProcoreError, BadRecord):
                 continue
+            self.saw_newest(page)
             if page.total is not None:
                 self.backlog[project.id] = page.total
                 self.progress.remaining(project.id, page.total)
+
+    def saw_newest(self, page: Page) -> None:
+        """Note the photo of a count asked newest first, if it is newer than any seen."""
+        with contextlib.suppress(BadRecord, IndexError):
+            created = Photo.from_api(page.items[0]).created_at
+            if created is not None and (self.newest is None or created > self.newest):
+                self.newest = created
 
     async def take_turns(
         self, projects: list[Project], *, full: bool, force: bool, deadline: float | None
@@ -211,24 +224,44 @@ class Engine:
         """Sync each project, then give the projects whose first backfill is not done more turns,
         newest first: always to the one whose photos not listed yet are the newest, so the newest
         photos of every project come before older ones of any. Until every backfill is done, a
-        turn fails or `deadline` passes; one result per project, its turns added up."""
+        turn fails or `deadline` passes; one result per project, its turns added up.
+
+        `TURNS_AT_ONCE` turns of different projects run together, so one turn's listing overlaps
+        another's downloads instead of waiting for them: a turn is small, and its set-up, listing
+        and last downloads would otherwise leave the rate budget idle."""
         results: dict[int, ProjectResult] = {}
-
-        async def turn(project: Project) -> ProjectResult:
-            result = await self.sync_project(project, full=full, force=force, deadline=deadline)
-            results[project.id] = result.absorb(results.get(project.id))
-            return result
-
-        def more(result: ProjectResult) -> bool:
-            return result.backfill_left and result.proven and not result.stopped
-
-        waiting = [p for p in projects if more(await turn(p))]
+        first = list(projects)  # every project's first turn, in order, whatever the deadline
+        waiting: list[Project] = []
+        busy: dict[asyncio.Task[ProjectResult], Project] = {}
         loop = asyncio.get_running_loop()
-        while waiting and (deadline is None or loop.time() < deadline):
+
+        def pick() -> Project | None:
+            if first:
+                return first.pop(0)
+            if not waiting or (deadline is not None and loop.time() >= deadline):
+                return None
             project = max(waiting, key=lambda p: results[p.id].proven_back_to or FAR_FUTURE)
-            if not more(await turn(project)):
-                waiting.remove(project)
-        return [results[p.id] for p in projects]
+            waiting.remove(project)
+            return project
+
+        try:
+            while True:
+                while len(busy) < TURNS_AT_ONCE and (project := pick()) is not None:
+                    turn = self.sync_project(project, full=full, force=force, deadline=deadline)
+                    busy[asyncio.create_task(turn)] = project
+                if not busy:
+                    return [results[p.id] for p in projects]
+                done, _ = await asyncio.wait(busy, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    project = busy.pop(task)
+                    result = task.result()
+                    results[project.id] = result.absorb(results.get(project.id))
+                    if result.backfill_left and result.proven and not result.stopped:
+                        waiting.append(project)
+        finally:
+            for task in busy:
+                task.cancel()
+            await asyncio.gather(*busy, return_exceptions=True)
 
     async def sync_project(
         self,
@@ -558,10 +591,11 @@ class ProjectSync:
         or gave no `Total` (then the backfill's slices are sized blind: as if it held a slice)."""
         self.spent += 1
         try:
-            page = await count_window(self.engine.api, self.query(), start, end)
+            page = await count_window(self.engine.api, self.query(), start, end, newest=start is None)
         except (ProcoreError, BadRecord) as exc:
             self.result.listing_error = str(exc)
             return None
+        self.engine.saw_newest(page)
         if page.total is None:  # sized blind, and listed: only a listing can prove it
             return slice_target(self.engine.settings.per_page)
         if start is None:
@@ -573,12 +607,20 @@ class ProjectSync:
     ) -> tuple[datetime | None, int]:
         """The start of the next slice down from `until` (None: from the beginning, the last one)
         and the photos it holds (a count each try; 0: Procore proved it empty). It is `width`
-        wide, but reaches back at most `SLICE_REACH` times as far as the backfill has come, so
-        turns given to the newest keep the whole company newest first whatever each project's
-        density; and it narrows while it holds over twice `target` photos. A slice that holds
-        all the photos left is the last one."""
-        reach = max(FIRST_SLICE, (self.result.window_end - until) * SLICE_REACH)
-        width = min(width, reach, until - BEGINNING)
+        wide, but reaches back at most `SLICE_REACH` times as far as the backfill has come from
+        the company's newest photo, so turns given to the newest keep the whole company newest
+        first whatever each project's density (such a slice holds less than `target` photos by
+        that density, and is listed without a count: its listing costs what the count would);
+        and it narrows while it holds over twice `target` photos. A slice that holds all the
+        photos left is the last one; -1 photos: not counted."""
+        newest = min(self.engine.newest or self.result.window_end, self.result.window_end)
+        if until > newest:  # no photo of the company is up there to keep in order
+            reach = until - newest + FIRST_SLICE
+        else:
+            reach = max(FIRST_SLICE, (newest - until) * SLICE_REACH)
+        if width > reach and left > 0 and until - reach > BEGINNING:
+            return until - reach, -1  # less than a slice's worth by the density so far: no count
+        width = min(width, until - BEGINNING)
         while left > 0 and until - width > BEGINNING:
             start = until - width
             count = await self._count(start, until)
