@@ -301,7 +301,7 @@ class Daemon:
         deadline = engine.deadline()
         try:
             result = await engine.sync_project(project, full=kind == "full", deadline=deadline)
-            while result.backfill_left and result.ok and not self.stopping.is_set():
+            while result.backfill_left and result.proven and not (result.stopped or self.stopping.is_set()):
                 # A first backfill goes on turn by turn in this job, as it did in one run.
                 turn = await engine.sync_project(project, deadline=deadline)
                 result = turn.absorb(result)

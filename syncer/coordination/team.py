@@ -231,7 +231,9 @@ class Team:
             now = await mark(project)
             if now is None or (not full and await store.backfill_until(project.id) is not None):
                 return False
-            return now >= run_end or (project.id in busy_at and now != busy_at[project.id])
+            # Past this run's end: a project whose backfill turns ended in the second this run began
+            # is listed again (a request), not taken for another worker's.
+            return now > run_end or (project.id in busy_at and now != busy_at[project.id])
 
         waiting = list(projects)
         backfilling: set[int] = set()
