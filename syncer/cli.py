@@ -106,6 +106,14 @@ def cmd_sync(args: argparse.Namespace) -> int:
     return int(summary.exit_code)
 
 
+def cmd_estimate(args: argparse.Namespace) -> int:
+    from syncer.estimate import estimate, render_estimate
+
+    result = run_stoppable(estimate(_load(args)))
+    say(REDACT(json.dumps(result.figures(), indent=2) if args.json else render_estimate(result)))
+    return int(ExitCode.INCOMPLETE if result.errors else ExitCode.OK)
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from syncer.config import load_settings
     from syncer.status import render_status, status_document
@@ -281,6 +289,35 @@ def _add_simulate(sub: Any, common: argparse.ArgumentParser) -> None:
     sim.set_defaults(func=cmd_simulate)
 
 
+def _add_estimate(sub: Any, with_config: argparse.ArgumentParser) -> None:
+    estimate = sub.add_parser(
+        "estimate",
+        parents=[with_config],
+        help="count the company's photos and what syncing them costs at the rate budget",
+        description="Count, with Procore's own totals (two requests a project), the configured company's "
+        "projects and photos, and print the requests and the time that a first backfill and a day of "
+        "incremental runs (schedule.incremental) need at the rate budget (procore.hourly_limit, "
+        "procore.spike_limit per procore.spike_window, times procore.workers_share), with file downloads "
+        "counted against it and not. Writes nothing.",
+        epilog="exit codes: 0 counted; 1 some projects could not be counted (named); 2 configuration; "
+        "3 credentials refused",
+    )
+    estimate.add_argument("--json", action="store_true", help="machine-readable output")
+    estimate.set_defaults(func=cmd_estimate)
+
+
+def _add_status(sub: Any, with_config: argparse.ArgumentParser) -> None:
+    status = sub.add_parser(
+        "status",
+        parents=[with_config],
+        help="show what the mirror holds, per project",
+        description="Show, from the database alone, each project's photos, checkpoint and last run, "
+        "and the photos that failed with their error and next try. Never calls Procore.",
+    )
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(func=cmd_status)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="syncer",
@@ -354,15 +391,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(func=cmd_run)
 
-    status = sub.add_parser(
-        "status",
-        parents=[with_config],
-        help="show what the mirror holds, per project",
-        description="Show, from the database alone, each project's photos, checkpoint and last run, "
-        "and the photos that failed with their error and next try. Never calls Procore.",
-    )
-    status.add_argument("--json", action="store_true", help="machine-readable output")
-    status.set_defaults(func=cmd_status)
+    _add_estimate(sub, with_config)
+
+    _add_status(sub, with_config)
 
     verify = sub.add_parser(
         "verify",

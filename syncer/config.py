@@ -131,6 +131,12 @@ class ProcoreSettings(_Section):
     """Attempts per request on 5xx, 429 and network errors before the request counts as failed."""
     workers_share: float = Field(default=1.0, gt=0, le=1)
     """The part of the company's rate-limit budget this worker may spend: 1/N with N workers."""
+    hourly_limit: int = Field(default=3600, gt=0)
+    spike_limit: int = Field(default=25, gt=0)
+    spike_window: Duration = Field(default=10.0, gt=0)
+    """What Procore allows the company, hourly and per spike window (its documented example:
+    3,600 an hour, 25 per 10 s). Only `syncer estimate` and the progress's ETA read them; the
+    requests are paced by Procore's own `X-Rate-Limit-*` headers."""
     ca_file: Path | None = None
     """A PEM file of certificate authorities to trust besides the system's: a company proxy's
     that inspects TLS, or a private CA. Relative to the config file."""

@@ -232,6 +232,7 @@ class Daemon:
             synced_ago={pid: s for pid, s in synced.items() if s is not None},
             full_ago={pid: f for pid, f in fulls.items() if f is not None},
             last_change={pid: m[2] for pid, m in marks.items()},
+            backfilling=[pid for pid, m in marks.items() if m[0] is None or m[3] is not None],
         )
         self.wake.set()
 
@@ -280,6 +281,7 @@ class Daemon:
                 requests=result.requests if result else 0,
                 seconds=result.seconds if result else 0.0,
                 changed_at=datetime.now(UTC) if changed else None,
+                backfill_left=result is not None and result.backfill_left and result.proven,
             )
             self._judge_round()
             self.wake.set()

@@ -11,13 +11,21 @@ never holds a million tasks. Where the downloads come from (straight from the li
 from a database other workers share) is the work source's business, chosen once at setup. The
 checkpoint moves to the window's upper bound only when the listing was proven complete, here in
 `ProjectSync._finish`; failed files stay due in the database and do not hold it back.
+
+A project's first listing is a backfill, newest first (`ProjectSync._backfill`): it is listed in
+slices of `updated_at` from now back, each proven like any window and recorded as proven at once
+(`projects.backfill_until`), so the newest photos of every project come first and a stopped
+backfill resumes where it was. Each run of such a project is a turn: the changes since the
+checkpoint, then the next older slices within a bounded budget; `ProjectResult.backfill_left`
+says whether another turn is needed, and `Engine.take_turns` gives them newest first.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -25,12 +33,25 @@ from itertools import pairwise
 from typing import Any, Protocol
 
 from syncer.config import MirrorSettings, SyncSettings
-from syncer.listing import BEGINNING, Lister
+from syncer.listing import (
+    BEGINNING,
+    FAR_FUTURE,
+    FIRST_SLICE,
+    MIN_SLICE,
+    SLICE_GROWTH,
+    SLICE_REACH,
+    Lister,
+    ListingReport,
+    OnPage,
+    count_window,
+    next_width,
+    slice_target,
+)
 from syncer.mirror.fetch import Fetcher
 from syncer.mirror.files import MirrorFS
 from syncer.mirror.layout import Layout
 from syncer.plan import Change, Decision, decide
-from syncer.procore.api import ProcoreApi
+from syncer.procore.api import Page, ProcoreApi
 from syncer.procore.http import TALLY, ProcoreError, RetryPolicy, Tally
 from syncer.procore.models import BadRecord, Photo, Project
 from syncer.procore.query import ImageQuery
@@ -39,6 +60,12 @@ from syncer.report import Progress
 from syncer.result import ProjectResult
 from syncer.store import Store, StoredPhoto, photo_row
 from syncer.transfer import Guard, Job, Pool, Recorder, Transfer
+
+TURNS_AT_ONCE = 2
+"""Backfill turns of different projects that `Engine.take_turns` runs together."""
+TURN_REQUESTS = 50
+"""Listing requests after which a backfill turn looks no further back for photos: a long stretch
+of empty slices still gives the other projects their turn."""
 
 
 def utcnow() -> datetime:
@@ -139,6 +166,11 @@ class Engine:
         self.work = work
         self.now = now
         self.retry = retry or RetryPolicy()
+        self.backlog: dict[int, int] = {}
+        """Photos each project in backfill still has to list, as far as its counts tell."""
+        self.newest: datetime | None = None
+        """The newest photo's `created_at` the counts have shown: where the company's photos end,
+        from which backfill slices measure how far back they reach."""
 
     def procore_now(self) -> datetime:
         """Now on Procore's clock, as its `Date` headers tell (ours, before any answer)."""
@@ -176,6 +208,81 @@ class Engine:
         )
         return Pool(transfer, concurrency=self.settings.concurrency)
 
+    def query(self, project_id: int) -> ImageQuery:
+        """The photos of a project this mirror keeps (`sync.filters`)."""
+        return ImageQuery(project_id=project_id, filters=self.settings.filters.to_filters())
+
+    async def count_backlog(self, projects: list[Project]) -> None:
+        """Count, one request each, the photos every project in its first backfill has still to
+        list, for the progress's total and ETA before the first turn; the turns start from these
+        counts instead of asking again. A project Procore cannot count now is counted in its turn."""
+        for project in projects:
+            checkpoint = await self.store.checkpoint(project.id)
+            frontier = await self.store.backfill_until(project.id)
+            if checkpoint is not None and frontier is None:
+                continue  # its backfill is done
+            try:
+                end = frontier or self.procore_now()
+                page = await count_window(self.api, self.query(project.id), None, end, newest=True)
+            except (ProcoreError, BadRecord):
+                continue
+            self.saw_newest(page)
+            if page.total is not None:
+                self.backlog[project.id] = page.total
+                self.progress.remaining(project.id, page.total)
+
+    def saw_newest(self, page: Page) -> None:
+        """Note the photo of a count asked newest first, if it is newer than any seen."""
+        with contextlib.suppress(BadRecord, IndexError):
+            created = Photo.from_api(page.items[0]).created_at
+            if created is not None and (self.newest is None or created > self.newest):
+                self.newest = created
+
+    async def take_turns(
+        self, projects: list[Project], *, full: bool, force: bool, deadline: float | None
+    ) -> list[ProjectResult]:
+        """Sync each project, then give the projects whose first backfill is not done more turns,
+        newest first: always to the one whose photos not listed yet are the newest, so the newest
+        photos of every project come before older ones of any. Until every backfill is done, a
+        turn fails or `deadline` passes; one result per project, its turns added up.
+
+        `TURNS_AT_ONCE` turns of different projects run together, so one turn's listing overlaps
+        another's downloads instead of waiting for them: a turn is small, and its set-up, listing
+        and last downloads would otherwise leave the rate budget idle."""
+        results: dict[int, ProjectResult] = {}
+        first = list(projects)  # every project's first turn, in order, whatever the deadline
+        waiting: list[Project] = []
+        busy: dict[asyncio.Task[ProjectResult], Project] = {}
+        loop = asyncio.get_running_loop()
+
+        def pick() -> Project | None:
+            if first:
+                return first.pop(0)
+            if not waiting or (deadline is not None and loop.time() >= deadline):
+                return None
+            project = max(waiting, key=lambda p: results[p.id].proven_back_to or FAR_FUTURE)
+            waiting.remove(project)
+            return project
+
+        try:
+            while True:
+                while len(busy) < TURNS_AT_ONCE and (project := pick()) is not None:
+                    turn = self.sync_project(project, full=full, force=force, deadline=deadline)
+                    busy[asyncio.create_task(turn)] = project
+                if not busy:
+                    return [results[p.id] for p in projects]
+                done, _ = await asyncio.wait(busy, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    project = busy.pop(task)
+                    result = task.result()
+                    results[project.id] = result.absorb(results.get(project.id))
+                    if result.backfill_left and result.proven and not result.stopped:
+                        waiting.append(project)
+        finally:
+            for task in busy:
+                task.cancel()
+            await asyncio.gather(*busy, return_exceptions=True)
+
     async def sync_project(
         self,
         project: Project,
@@ -185,11 +292,15 @@ class Engine:
         force: bool = False,
         deadline: float | None = None,
     ) -> ProjectResult:
-        """Sync one project; `deadline` (event-loop time) stops it cleanly, keeping what is done."""
+        """Sync one project; `deadline` (event-loop time) stops it cleanly, keeping what is done.
+        A project whose first backfill is not done gets one turn (`ProjectResult.backfill_left`)."""
         started = self.now()
         await self.fs.run(self.fs.check_state)
         checkpoint = await self.store.checkpoint(project.id)
-        run = ProjectSync(self, project, checkpoint, started, dry_run=dry_run, full=full, force=force)
+        frontier = None if full else await self.store.backfill_until(project.id)
+        run = ProjectSync(
+            self, project, checkpoint, started, frontier=frontier, dry_run=dry_run, full=full, force=force
+        )
         if dry_run:
             await measured(run.result, run.plan_only(), None)
         else:
@@ -207,6 +318,7 @@ class ProjectSync:
         checkpoint: datetime | None,
         started: datetime,
         *,
+        frontier: datetime | None = None,
         dry_run: bool,
         full: bool,
         force: bool,
@@ -214,7 +326,13 @@ class ProjectSync:
         self.engine = engine
         self.store = engine.store
         self.project = project
+        self.backfill = not full and (checkpoint is None or frontier is not None)
+        """The project's first listing is not done: this run is a turn of its backfill."""
+        if dry_run and frontier is not None:
+            checkpoint = None  # what a sync would fetch: everything not listed yet, too
         self.checkpoint = checkpoint
+        self.frontier = frontier
+        """How far back the listing is proven (`projects.backfill_until`)."""
         self.started = started
         start, end = engine.window(checkpoint, engine.procore_now())  # until Procore answers
         self.result = ProjectResult(project, start, end, dry_run=dry_run)
@@ -222,15 +340,15 @@ class ProjectSync:
         self.force = force
         self.seen: set[int] = set()
         """Ids listed so far in this run: a photo listed twice (shifted pages) is decided once."""
-        self.listed: set[int] = set()
-        """Ids the listings of this run reported, the stand-ins of unreadable records included."""
+        self.spent = 0
+        """Listing requests this run sent (pages and counts): what bounds a backfill's turn."""
         self.ids: IdListing | None = None
         """A full run's id listing, once listed: where to list records, and the deletions."""
         self.urls_moved = 0
         """Photos listed in this run whose file URL moved (`Decision.url_moved`)."""
 
     def query(self) -> ImageQuery:
-        return ImageQuery(project_id=self.project.id, filters=self.engine.settings.filters.to_filters())
+        return self.engine.query(self.project.id)
 
     async def plan_only(self) -> None:
         """A dry run: list and decide, count what would change, write nothing."""
@@ -285,7 +403,9 @@ class ProjectSync:
         outcome = "failed"
         try:
             async with transfers(source, pool):
-                if opened:
+                if opened and self.backfill:
+                    await self._backfill(on_page)
+                elif opened:
                     await self._list_all(on_page)
                 engine.progress.listed(self.project.id)  # this project's part of the total is known
             await self._finish(pool.recorder)
@@ -364,13 +484,32 @@ class ProjectSync:
         result.window_start, result.window_end = engine.window(self.checkpoint, engine.procore_now())
         return True
 
-    async def _list(
+    async def _list(self, on_page: OnPage) -> bool:
+        """List the window, handing each page to `on_page`; a failure becomes the listing error
+        (and False). Photos edited meanwhile are listed in catch-up rounds, and the window ends
+        after them."""
+        result, engine = self.result, self.engine
+        report = await self._list_range(
+            on_page,
+            result.window_start,
+            result.window_end,
+            now=lambda: engine.window(None, engine.procore_now())[1],  # for catch-up rounds
+        )
+        if report is None:
+            return False
+        result.window_end = report.end or result.window_end
+        return True
+
+    async def _list_range(
         self,
-        on_page: Callable[[list[Photo]], Awaitable[None]],
-        piece: tuple[datetime, datetime] | None = None,
-    ) -> bool:
-        """List the window (or a `piece` of `updated_at` for a full run), handing each page to
-        `on_page`; a failure becomes the listing error (and False)."""
+        on_page: OnPage,
+        start: datetime | None,
+        end: datetime,
+        *,
+        now: Callable[[], datetime] | None = None,
+    ) -> ListingReport | None:
+        """List `[start, end]` with proof into the result; None when Procore failed (the listing
+        error). The result's `listed` counts every photo this run listed, once."""
         result, engine = self.result, self.engine
         lister = Lister(
             engine.api,
@@ -381,26 +520,19 @@ class ProjectSync:
             budget=engine.settings.listing_budget,
         )
         try:
-            if piece is None:
-                report = await lister.run(
-                    result.window_start,
-                    result.window_end,
-                    now=lambda: engine.window(None, engine.procore_now())[1],  # for catch-up rounds
-                )
-                result.window_end = report.end or result.window_end
-            else:
-                report = await lister.run(*piece)
+            report = await lister.run(start, end, now=now)
         except (ProcoreError, BadRecord) as exc:
             result.listing_error = str(exc)
-            return False
-        self.listed |= report.seen
-        result.listed = len(self.listed)
+            return None
+        finally:
+            self.spent += lister.report.requests
+            result.listed = len(self.seen)
         result.unproven += report.unproven
         result.listing_notes += report.ties
-        result.unreadable += list(report.unreadable.values())
-        return True
+        result.unreadable += report.unreadable.values()
+        return report
 
-    async def _list_all(self, on_page: Callable[[list[Photo]], Awaitable[None]]) -> None:
+    async def _list_all(self, on_page: OnPage) -> None:
         """The run's listings: the window; for a full run (a reconcile), also every id upstream,
         proven in pieces, then records only where the database or the mirror differ from them
         (`IdListing.to_list`): an id the database does not know, a recorded file missing from the
@@ -421,7 +553,7 @@ class ProjectSync:
 
     async def _reconcile_pieces(
         self,
-        on_page: Callable[[list[Photo]], Awaitable[None]],
+        on_page: OnPage,
         known: dict[int, tuple[datetime | None, str | None]],
     ) -> None:
         """A reconcile's listings (`_list_all`): every record, or the window, the ids and the
@@ -455,19 +587,154 @@ class ProjectSync:
         ]
         samples = list(pairwise([BEGINNING, *cut_points(times, max(1, int(page * 0.8))), result.window_end]))
         for lo, hi in [(p.start, p.end) for p in wanted] + [samples[engine.now().toordinal() % len(samples)]]:
-            if not await self._list(on_page, (lo, min(hi, result.window_end))):
+            if await self._list_range(on_page, lo, min(hi, result.window_end)) is None:
                 return
         if self.urls_moved:  # seen in the sample: every record, for its new URL
             for piece in [p for p in pieces if p not in wanted]:
-                if not await self._list(on_page, (piece.start, min(piece.end, result.window_end))):
+                if await self._list_range(on_page, piece.start, min(piece.end, result.window_end)) is None:
                     return
 
-    async def _list_every_record(self, on_page: Callable[[list[Photo]], Awaitable[None]]) -> None:
+    async def _list_every_record(self, on_page: OnPage) -> None:
         """List every record up to the window's end; proven, its ids are the id set (a photo edited
         since is looked up before it could count as deleted)."""
         everything = (BEGINNING, self.result.window_end)
-        if await self._list(on_page, everything) and self.result.proven:
-            self.ids = IdListing([IdPiece(*everything, {i for i in self.listed if i > 0})])
+        if await self._list_range(on_page, *everything) is not None and self.result.proven:
+            self.ids = IdListing([IdPiece(*everything, set(self.seen))])
+
+    async def _backfill(self, on_page: OnPage) -> None:
+        """One turn of a first backfill: the changes since the checkpoint, then the next older
+        slice that holds photos (a project's first turn: its newest slice), so that each project's
+        newer photos come before the older ones of any when turns go to the newest (see
+        `Engine.take_turns`). Empty slices are proven by their count alone, and the turn goes on
+        past them within `TURN_REQUESTS`. Each proven slice is recorded at once, so a run stopped
+        later keeps it. A slice that cannot be proven ends the turn, to be listed again; the rest
+        below it is listed too, as one window, so that a server whose counts never add up still
+        has every photo it shows mirrored (as a first listing did before it came in slices)."""
+        result, engine = self.result, self.engine
+        result.backfill_left, result.proven_back_to = True, self.frontier  # until a slice is proven
+        target = slice_target(engine.settings.per_page)
+        left = result.backfill_photos = engine.backlog.get(self.project.id)
+        if self.checkpoint is None:  # the first turn: the newest slice ends the window now
+            if left is None and (left := await self._count(None, result.window_end)) is None:
+                return
+            if (newest := await self._newest_slice(on_page, left, target)) is None:
+                await self._rest(on_page, result.window_start)
+                return
+            (until, width), took = newest, True  # the newest slice is the turn's
+            left = max(0, left - len(self.seen))
+            self._count_left(left)
+        else:
+            await self._list(on_page)
+            if not result.proven or (until := self.frontier) is None:
+                return
+            width, took = await self._width(until, target), False
+        while until is not None and not took and self.spent < TURN_REQUESTS:
+            if left is None and (left := await self._count(None, until)) is None:
+                break
+            start, count = await self._slice(until, left, width, target)
+            if result.listing_error:
+                break
+            if count != 0:  # an empty slice is proven by its count, and the turn goes on
+                before = len(self.seen)
+                report = await self._list_range(on_page, start, until)
+                if report is None or not report.proven:
+                    await self._rest(on_page, start)
+                    break
+                count, took = len(self.seen) - before, True
+            await self.store.set_backfill(self.project.id, start)
+            result.proven_back_to = start
+            left, width = max(0, left - count), next_width(width, count, target)
+            until = start
+            self._count_left(left)
+        if until is None:
+            result.backfill_left, result.backfill_photos = False, None
+            self._count_left(0)
+
+    async def _rest(self, on_page: OnPage, below: datetime | None) -> None:
+        """After a slice that Procore answered but that could not be proven: list everything
+        older than it in one listing, unproven or not (nothing of it is recorded as proven)."""
+        if below is not None and self.result.listing_error is None:
+            await self._list_range(on_page, None, below)
+
+    async def _newest_slice(
+        self, on_page: OnPage, left: int, target: int
+    ) -> tuple[datetime | None, timedelta] | None:
+        """List a project's newest slice, which ends now (with catch-up rounds, as any window),
+        and record it as proven, checkpoint and all; the next slice's end and width, or None if
+        it could not be proven."""
+        result = self.result
+        end = result.window_end
+        start, _ = await self._slice(end, left, FIRST_SLICE, target)
+        if result.listing_error:
+            return None
+        result.window_start = start
+        await self._list(on_page)
+        if not result.proven:
+            return None
+        await self.store.set_backfill(self.project.id, start, checkpoint=result.window_end)
+        result.checkpoint_advanced, result.proven_back_to = True, start
+        return start, next_width(end - start, len(self.seen), target) if start else FIRST_SLICE
+
+    def _count_left(self, left: int | None) -> None:
+        """Tell the result, the engine and the progress how many photos are still to be listed."""
+        if left is not None:
+            self.result.backfill_photos = self.engine.backlog[self.project.id] = left
+            self.engine.progress.remaining(self.project.id, left)
+
+    async def _count(self, start: datetime | None, end: datetime) -> int | None:
+        """`Total` of `[start, end]` (one request); None when Procore failed (the listing error)
+        or gave no `Total` (then the backfill's slices are sized blind: as if it held a slice)."""
+        self.spent += 1
+        try:
+            page = await count_window(self.engine.api, self.query(), start, end, newest=start is None)
+        except (ProcoreError, BadRecord) as exc:
+            self.result.listing_error = str(exc)
+            return None
+        self.engine.saw_newest(page)
+        if page.total is None:  # sized blind, and listed: only a listing can prove it
+            return slice_target(self.engine.settings.per_page)
+        if start is None:
+            self._count_left(page.total)
+        return page.total if page.total or not page.items else 1  # 1: listed to find out
+
+    async def _slice(
+        self, until: datetime, left: int, width: timedelta, target: int
+    ) -> tuple[datetime | None, int]:
+        """The start of the next slice down from `until` (None: from the beginning, the last one)
+        and the photos it holds (a count each try; 0: Procore proved it empty). It is `width`
+        wide, but reaches back at most `SLICE_REACH` times as far as the backfill has come from
+        the company's newest photo, so turns given to the newest keep the whole company newest
+        first whatever each project's density (such a slice holds less than `target` photos by
+        that density, and is listed without a count: its listing costs what the count would);
+        and it narrows while it holds over twice `target` photos. A slice that holds all the
+        photos left is the last one; -1 photos: not counted."""
+        newest = min(self.engine.newest or self.result.window_end, self.result.window_end)
+        if until > newest:  # no photo of the company is up there to keep in order
+            reach = until - newest + FIRST_SLICE
+        else:
+            reach = max(FIRST_SLICE, (newest - until) * SLICE_REACH)
+        if width > reach and left > 0 and until - reach > BEGINNING:
+            return until - reach, -1  # less than a slice's worth by the density so far: no count
+        width = min(width, until - BEGINNING)
+        while left > 0 and until - width > BEGINNING:
+            start = until - width
+            count = await self._count(start, until)
+            if count is None:
+                return start, 0
+            if count >= left:
+                break
+            if count <= 2 * target or width <= MIN_SLICE:
+                return start, count
+            width = max(MIN_SLICE, width * (target / count))
+        return None, -1  # the rest: its count is only the estimate `left`
+
+    async def _width(self, until: datetime, target: int) -> timedelta:
+        """The first slice's width in a later turn: as wide as the density of what the backfill
+        listed so far fills with `target` photos (the database counts them, no request)."""
+        assert self.checkpoint is not None
+        span = max(self.checkpoint - until, MIN_SLICE)
+        listed = await self.store.photos_since(self.project.id, until)
+        return next_width(span, listed, target) if listed else span * SLICE_GROWTH
 
     async def _save_page(self, decisions: list[Decision], *, handing: bool) -> None:
         """Record a listed page in one transaction. `handing`: the signed URL of each photo to

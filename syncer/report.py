@@ -9,11 +9,14 @@ import time
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from syncer.log import terminal_json, terminal_lines
 from syncer.plan import Change
 from syncer.result import ProjectResult, RunSummary
+
+if TYPE_CHECKING:
+    from syncer.estimate import Budget
 
 log = logging.getLogger("syncer")
 
@@ -31,6 +34,8 @@ def human_seconds(s: float) -> str:
         return f"{s:.1f} s"
     minutes, seconds = divmod(int(s), 60)
     hours, minutes = divmod(minutes, 60)
+    if hours >= 48:
+        return f"{hours // 24}d{hours % 24:02d}h{minutes:02d}m"
     return f"{hours}h{minutes:02d}m{seconds:02d}s" if hours else f"{minutes}m{seconds:02d}s"
 
 
@@ -40,8 +45,11 @@ def plural(count: int, word: str, words: str | None = None) -> str:
 
 
 class Progress(Protocol):
-    def expect(self, project_ids: Iterable[int]) -> None: ...
+    def expect(self, project_ids: Iterable[int], *, budget: Budget | None = None) -> None: ...
     def listed(self, project_id: int) -> None: ...
+    def remaining(self, project_id: int, photos: int) -> None:
+        """A project's first backfill has `photos` still to list (its counted part of the total)."""
+
     def queued(self, photos: int, size: int) -> None: ...
     def received(self, size: int) -> None: ...
     def finished(self, photos: int = 1) -> None: ...
@@ -56,21 +64,26 @@ short enough to follow a change of pace."""
 
 class Tally:
     """What a run has queued and done so far, and how it reads: the one text behind the bar and
-    the periodic log line. The total is known only once every project's listing has ended;
-    until then the run says so instead of showing a bar that fills up and jumps back."""
+    the periodic log line. The total is known once every project's listing has ended or its
+    first backfill's photos still to list are counted; until then the run says so instead of
+    showing a bar that fills up and jumps back."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
         self.projects: set[int] = set()
         """The projects this run lists; the total is known once each listing has ended."""
         self.listings_done: set[int] = set()
+        self.unlisted: dict[int, int] = {}
+        """Photos each project in its first backfill has still to list, from Procore's count."""
+        self.budget: Budget | None = None
+        """The rate budget, for an ETA that counts the requests left, not only the bytes."""
         self.photos_total = self.photos_done = 0
         self.bytes_total = self.bytes_done = 0
         self._samples: deque[tuple[float, int]] = deque([(clock(), 0)])
 
     @property
     def total_known(self) -> bool:
-        return self.projects <= self.listings_done
+        return self.projects <= self.listings_done | set(self.unlisted)
 
     def sample(self) -> None:
         """Note the bytes done now (at most four times a second): what `rate` looks back on."""
@@ -99,12 +112,29 @@ class Tally:
                 f"{self.photos_total:,} photos so far · {human_bytes(self.bytes_done)} · {speed} · "
                 "total not known yet"
             )
-        left = self.bytes_total - self.bytes_done
-        eta = f" · ETA {human_seconds(left / rate)}" if rate is not None and rate > 0 and left > 0 else ""
+        unlisted = sum(self.unlisted.values())
+        photos = self.photos_total + unlisted
+        mean = self.bytes_total / self.photos_total if self.photos_total else 0.0
+        size = self.bytes_total + unlisted * mean  # photos not listed yet: of the mean size so far
+        left = size - self.bytes_done
+        eta = self.eta(left, rate, unlisted)
+        about = "~" if unlisted and mean else ""
         return (
-            f"{self.photos_done:,}/{plural(self.photos_total, 'photo')} · {human_bytes(self.bytes_done)}/"
-            f"{human_bytes(self.bytes_total)} · {speed}{eta}"
+            f"{self.photos_done:,}/{plural(photos, 'photo')} · {human_bytes(self.bytes_done)}/"
+            f"{about}{human_bytes(size)} · {speed}" + (f" · ETA {human_seconds(eta)}" if eta else "")
         )
+
+    def eta(self, left: float, rate: float | None, unlisted: int) -> float | None:
+        """Seconds until done: the bytes left at the rate of the last seconds, or, where longer,
+        the requests left at the rate budget (a page per `per_page` photos not listed yet, and a
+        request per photo to download: Procore does not say that file requests are free)."""
+        by_bytes = left / rate if rate is not None and rate > 0 and left > 0 else None
+        by_budget = None
+        if self.budget is not None:
+            requests = unlisted / self.budget.per_page + unlisted + self.photos_total - self.photos_done
+            by_budget = self.budget.seconds(requests) if requests > 0 else None
+        known = [t for t in (by_bytes, by_budget) if t is not None]
+        return max(known) if known else None
 
 
 class _Counting(ABC):
@@ -116,8 +146,13 @@ class _Counting(ABC):
     @abstractmethod
     def _changed(self) -> None: ...
 
-    def expect(self, project_ids: Iterable[int]) -> None:
+    def expect(self, project_ids: Iterable[int], *, budget: Budget | None = None) -> None:
         self.tally.projects.update(project_ids)
+        self.tally.budget = budget or self.tally.budget
+        self._changed()
+
+    def remaining(self, project_id: int, photos: int) -> None:
+        self.tally.unlisted[project_id] = photos
         self._changed()
 
     def listed(self, project_id: int) -> None:
@@ -226,6 +261,17 @@ def _reason(photo_id: int, error: str) -> str:
     return error.removeprefix(f"photo {photo_id}: ")
 
 
+def _backfill_note(r: ProjectResult) -> str:
+    """What a first backfill still has to list, and that the next run goes on with it."""
+    if r.proven_back_to is None:
+        return "first backfill not done: no slice proven yet; the next run goes on"
+    older = f" ({plural(r.backfill_photos, 'photo')})" if r.backfill_photos is not None else ""
+    return (
+        f"first backfill not done: listed newest first back to {r.proven_back_to:%Y-%m-%d %H:%M:%S} UTC; "
+        f"older photos{older} still to list, the next run goes on"
+    )
+
+
 def _project_lines(r: ProjectResult) -> list[str]:
     c = r.changes
     head = f"{r.project.name} ({r.project.id})"
@@ -279,6 +325,7 @@ def _project_lines(r: ProjectResult) -> list[str]:
         r.deletions_blocked and f"deletions stopped: {r.deletions_blocked}",
         r.deletions_unchecked and f"deletions not checked: {r.deletions_unchecked}",
         r.stopped,
+        r.backfill_left and _backfill_note(r),
         r.waiting
         and f"{_are(r.waiting, 'that failed before')} not mirrored yet and wait for the next try "
         "(`syncer status` lists them, `syncer retry-failed` tries them now)",
@@ -359,6 +406,9 @@ def summary_document(summary: RunSummary) -> dict[str, Any]:
                 "requests": r.requests,
                 "seconds": round(r.seconds, 3),
                 "checkpoint_advanced": r.checkpoint_advanced,
+                "backfill_left": r.backfill_left,
+                "backfill_proven_back_to": r.proven_back_to.isoformat() if r.proven_back_to else None,
+                "backfill_photos_left": r.backfill_photos,
                 "listing_error": r.listing_error,
                 "unproven": r.unproven,
                 "unreadable": r.unreadable,

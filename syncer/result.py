@@ -63,18 +63,32 @@ class ProjectResult:
     seconds: float = 0.0
     helped: bool = False
     """Another worker listed the project; this one only downloaded its share."""
+    backfill_left: bool = False
+    """The project's first backfill is not done: older photos are still to be listed. Each run
+    (a turn) lists the new changes, then the next older slices within a bounded budget; run it
+    again until this is False."""
+    proven_back_to: datetime | None = None
+    """While backfill is left: how far back the listing is proven (photos updated before it are
+    not listed yet); None when not one slice is proven yet."""
+    backfill_photos: int | None = None
+    """While backfill is left: about how many photos are still to be listed (from `Total`)."""
 
     def absorb(self, earlier: ProjectResult | None) -> ProjectResult:
-        """This result with the transfers of an `earlier` one for the same project added in (a
-        worker that helped with a project, then took it over)."""
+        """This result with the counts of an `earlier` one for the same project added in (a worker
+        that helped with a project, then took it over; the turns of a backfill)."""
         if earlier is not None:
+            self.listed += earlier.listed
+            self.changes.update(earlier.changes)
+            self.elsewhere += earlier.elsewhere
+            self.listing_notes[:0] = earlier.listing_notes
             self.retried += earlier.retried
             self.downloaded += earlier.downloaded
             self.bytes += earlier.bytes
             self.adopted += earlier.adopted
             self.relocated += earlier.relocated
             self.vanished += earlier.vanished
-            self.failures[:0] = earlier.failures
+            again = {photo_id for photo_id, _, _ in self.failures}  # tried again: its latest error
+            self.failures[:0] = [f for f in earlier.failures if f[0] not in again]
             self.requests += earlier.requests
             self.seconds += earlier.seconds
         return self
@@ -86,6 +100,7 @@ class ProjectResult:
 
     @property
     def ok(self) -> bool:
+        """The run did all it set out to: for a turn of a first backfill, its slice."""
         return (
             not self.failures
             and self.proven
@@ -93,6 +108,11 @@ class ProjectResult:
             and not self.stopped
             and not self.waiting
         )
+
+    @property
+    def complete(self) -> bool:
+        """The project is mirrored completely: the run was ok and no backfill is left."""
+        return self.ok and not self.backfill_left
 
 
 @dataclass
@@ -106,5 +126,5 @@ class RunSummary:
 
     @property
     def exit_code(self) -> ExitCode:
-        ok = not self.errors and all(r.ok for r in self.results)
+        ok = not self.errors and all(r.complete for r in self.results)
         return ExitCode.OK if ok else ExitCode.INCOMPLETE

@@ -7,6 +7,8 @@ for one run, and the daemon keeps them for its whole life.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import ssl
 import time
@@ -26,6 +28,7 @@ from syncer.coordination.solo import Solo
 from syncer.coordination.team import team
 from syncer.engine import Engine
 from syncer.errors import ConfigError, SyncerError, database_error
+from syncer.estimate import Budget
 from syncer.locks import Locks
 from syncer.log import REDACT
 from syncer.mirror.fetch import Fetcher
@@ -50,28 +53,11 @@ that names ids (`filters[id]`) is long."""
 
 
 @dataclass
-class Syncer:
-    """The long-lived parts of a syncer process."""
+class Selection:
+    """Which of the company's projects the configuration selects, as Procore shows them."""
 
     settings: Settings
     api: ProcoreApi
-    store: Store
-    fs: MirrorFS
-    engine: Engine
-    coordinator: Coordinator
-    """How this process shares the mirror: file locks (SQLite) or leases and claims (PostgreSQL)."""
-
-    async def refresh_gallery(self, project_ids: Sequence[int] | None) -> Path | None:
-        """With `gallery.enabled`, bring the gallery up to date for `project_ids` (None: every
-        project, removing the pages of projects that left); returns its index page. A gallery
-        that cannot be written raises a SyncerError naming it: the photos are safe either way."""
-        if not self.settings.gallery.enabled:
-            return None
-        from syncer.gallery import gallery_of, render_report  # imported by the runs that build one
-
-        report = await gallery_of(self.settings).build(self.store, project_ids)
-        log.info("%s", render_report(report).splitlines()[0])
-        return report.index
 
     @property
     def who(self) -> str:
@@ -144,6 +130,29 @@ class Syncer:
             *(f"project {pid} is not visible to {self.who}" for pid in missing),
         ]
         return [by_id[pid] for pid in dict.fromkeys(wanted) if pid in by_id], errors
+
+
+@dataclass
+class Syncer(Selection):
+    """The long-lived parts of a syncer process."""
+
+    store: Store
+    fs: MirrorFS
+    engine: Engine
+    coordinator: Coordinator
+    """How this process shares the mirror: file locks (SQLite) or leases and claims (PostgreSQL)."""
+
+    async def refresh_gallery(self, project_ids: Sequence[int] | None) -> Path | None:
+        """With `gallery.enabled`, bring the gallery up to date for `project_ids` (None: every
+        project, removing the pages of projects that left); returns its index page. A gallery
+        that cannot be written raises a SyncerError naming it: the photos are safe either way."""
+        if not self.settings.gallery.enabled:
+            return None
+        from syncer.gallery import gallery_of, render_report  # imported by the runs that build one
+
+        report = await gallery_of(self.settings).build(self.store, project_ids)
+        log.info("%s", render_report(report).splitlines()[0])
+        return report.index
 
 
 def grant_of(settings: Settings) -> Grant:
@@ -303,7 +312,7 @@ async def _run(
         engine, coordinator = syncer.engine, syncer.coordinator
         deadline = engine.deadline()
         projects, summary.errors = await syncer.projects(project_ids)
-        progress.expect(p.id for p in projects)
+        progress.expect((p.id for p in projects), budget=Budget.of(settings))
         ids = [p.id for p in projects]
         with coordinator.hold(ids):
             if retry_failed:
@@ -311,6 +320,10 @@ async def _run(
             if not dry_run:
                 await syncer.store.save_projects(settings.procore.company_id, projects)
             with progress:
+                if not (dry_run or full):
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout_at(deadline):
+                            await engine.count_backlog(projects)  # the ETA's counts, before any turn
                 if dry_run:
                     summary.results = [
                         await engine.sync_project(project, full=full, dry_run=True) for project in projects

@@ -1,6 +1,8 @@
 """Which project the daemon syncs next, and whether the rate budget lets it keep the schedule.
 
-One queue holds every project. A project is due one interval after its last turn began; the
+One queue holds every project. A project whose first backfill is under way (newest first, a
+slice a turn: `engine.py`) is due again as soon as its turn ends, taking turns with the others;
+any other project is due one interval after its last turn began; the
 interval is the schedule's period (`schedule.incremental`) for a project that changed in the last
 day, and longer the longer it has been quiet (`slowdown`, at most `schedule.quiet_slowdown`
 times). The next turn goes to the project furthest past its due time, measured in its own
@@ -99,6 +101,8 @@ class Entry:
     last_change: datetime | None
     busy: str | None = None
     """The kind of the turn running now."""
+    backfilling: bool = False
+    """Its first backfill is not done: it is due again as soon as its turn ends."""
     incremental: Cost = field(default_factory=Cost)
     full: Cost = field(default_factory=Cost)
 
@@ -176,6 +180,7 @@ class Queue:
         synced_ago: Mapping[int, float],
         full_ago: Mapping[int, float],
         last_change: Mapping[int, datetime | None],
+        backfilling: Iterable[int] = (),
     ) -> None:
         """The projects to sync now. A new one takes its place from how long ago it was last synced
         and reconciled (seconds, from the database; absent: never); projects no longer wanted
@@ -200,6 +205,8 @@ class Queue:
         for pid in wanted:
             if pid in last_change and last_change[pid] is not None:
                 self.entries[pid].last_change = last_change[pid]
+        for pid in set(backfilling) & set(self.entries):
+            self.entries[pid].backfilling = True
 
     def interval(self, entry: Entry, wall: datetime) -> float:
         return self.period * slowdown(entry.last_change, wall, most=self.quiet_slowdown)
@@ -209,6 +216,8 @@ class Queue:
         (negative: not yet due)."""
         if entry.last_turn == -math.inf:
             return math.inf
+        if entry.backfilling:  # due at once, in turn with the others: counted from its last turn
+            return (now - entry.last_turn) / self.period
         interval = self.interval(entry, wall)
         return (now - entry.last_turn - interval) / interval
 
@@ -238,8 +247,11 @@ class Queue:
         for entry in self.entries.values():
             if entry.busy:
                 continue
-            soonest = min(soonest, entry.last_turn + self.interval(entry, wall), entry.full_due)
+            soonest = min(soonest, self._due(entry, wall), entry.full_due)
         return max(now, soonest)
+
+    def _due(self, entry: Entry, wall: datetime) -> float:
+        return entry.last_turn if entry.backfilling else entry.last_turn + self.interval(entry, wall)
 
     def started_turn(self, turn: Turn, now: float) -> None:
         entry = self.entries[turn.project_id]
@@ -249,13 +261,20 @@ class Queue:
             entry.full_due = now + self.full_period
 
     def finished_turn(
-        self, turn: Turn, *, requests: int, seconds: float, changed_at: datetime | None
+        self,
+        turn: Turn,
+        *,
+        requests: int,
+        seconds: float,
+        changed_at: datetime | None,
+        backfill_left: bool = False,
     ) -> None:
-        """A turn ended; `changed_at` is when a change was found in it (None: none)."""
+        """A turn ended; `changed_at` is when a change was found in it (None: none);
+        `backfill_left`: the project's first backfill goes on in its next turn."""
         entry = self.entries.get(turn.project_id)
         if entry is None:  # left the queue while it ran
             return
-        entry.busy = None
+        entry.busy, entry.backfilling = None, backfill_left
         (entry.full if turn.kind == "full" else entry.incremental).add(requests, seconds)
         if changed_at is not None and (entry.last_change is None or changed_at > entry.last_change):
             entry.last_change = changed_at
@@ -283,8 +302,4 @@ class Queue:
 
     def next_turns(self, now: float, wall: datetime) -> dict[int, float]:
         """When each idle project falls due (event-loop seconds; a running one: None is left out)."""
-        return {
-            pid: min(e.last_turn + self.interval(e, wall), e.full_due)
-            for pid, e in self.entries.items()
-            if not e.busy
-        }
+        return {pid: min(self._due(e, wall), e.full_due) for pid, e in self.entries.items() if not e.busy}

@@ -8,7 +8,7 @@ import sqlite3
 import zlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -190,6 +190,12 @@ def listed_row(
     return photo_row(
         photo, project_id=project_id, rel_path=f"project-{project_id}/{photo_id}.jpg", now=datetime.now(UTC)
     )
+
+
+def stored_time(value: int | None) -> datetime | None:
+    """A time read straight from a SQLite database file, where the store keeps microseconds
+    since 1970."""
+    return None if value is None else datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=value)
 
 
 def db_rows(settings: Settings, sql: str) -> list[tuple[Any, ...]]:

@@ -145,7 +145,8 @@ async def test_sigterm_on_a_sync_records_every_installed_file_and_exits_130(
         row[0] for row in db_rows(settings, "SELECT local_path FROM photos WHERE local_path IS NOT NULL")
     }
     assert on_disk and on_disk <= recorded, f"installed but not recorded: {sorted(on_disk - recorded)[:5]}"
-    assert db_rows(settings, "SELECT outcome FROM sync_runs") == [("interrupted",)]
+    outcomes = [row[0] for row in db_rows(settings, "SELECT outcome FROM sync_runs ORDER BY id")]
+    assert outcomes[-1] == "interrupted" and set(outcomes[:-1]) <= {"ok"}, outcomes  # a turn each
     kept = {row[0] for row in db_rows(settings, "SELECT id FROM photos WHERE local_path IS NOT NULL")}
     asked = Counter(sim.stats.file_requests)  # counted as each request arrives: no race at the end
     rerun = await syncer("sync", "--config", str(config))

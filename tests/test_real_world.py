@@ -20,6 +20,7 @@ from syncer.config import load_settings
 from syncer.errors import ExitCode
 from syncer.mirror.files import MARKER
 from syncer.simulator import Simulator
+from syncer.simulator.server import ListingRequest
 from tests.conftest import assert_byte_exact, lose_database, mirror_photos, sidecars, write_config
 from tests.test_cli import Run, assert_no_traceback, syncer
 from tests.test_daemon import daemon, daemon_config, eventually, healthz_is, stop
@@ -297,13 +298,17 @@ async def test_a_gallery_is_never_built_into_a_share_that_did_not_mount(sim: Sim
 
 
 async def listing_requests(make_sim: Any, tmp_path: Path, **server: Any) -> int:
-    """Requests a first full sync of 1,200 photos spends on listing them, asking 1,000 a page."""
+    """Requests a full sync of 1,200 photos spends on listing them, asking 1,000 a page (a full
+    one, all in one window, where a first backfill lists newest first in slices; its pages of
+    ids, for deletions, are not counted)."""
     sim = await make_sim(photos=1200, projects=1, photo_size=500, **server)
+    pages: list[ListingRequest] = []
+    sim.listing_hooks.append(lambda r: pages.append(r) if r.view != "ids_only" else None)
     config = write_config(sim, tmp_path, sync={"per_page": 1000})
-    run = await syncer("sync", "--config", str(config))
+    run = await syncer("sync", "--full", "--config", str(config))
     assert run.code == ExitCode.OK, run.out + run.err
     assert_byte_exact(sim, load_settings(config))
-    return sim.stats.requests["images"]
+    return len(pages)
 
 
 async def test_a_server_that_gives_1000_a_page_costs_a_tenth_of_the_requests(

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from syncer.errors import ExitCode
+from syncer.estimate import Budget
 from syncer.report import LogProgress, Tally
 from tests.conftest import write_config
 from tests.test_cli import syncer
@@ -43,6 +44,16 @@ def test_progress_gives_an_eta_once_every_listing_has_ended() -> None:
     tally.listings_done = {1, 2}
     clock.now, tally.photos_done, tally.bytes_done = 10.0, 100, 100_000_000
     assert tally.describe() == "100/300 photos · 100.0 MB/300.0 MB · 10.0 MB/s · ETA 20.0 s"
+
+
+def test_progress_gives_an_eta_from_the_rate_budget_once_every_backfill_is_counted() -> None:
+    progress = LogProgress(clock=Clock())
+    progress.expect([1, 2], budget=Budget(3600, 25, 10.0, per_page=100))
+    progress.remaining(1, 1_000)
+    assert not progress.tally.total_known
+    progress.remaining(2, 500)
+    # 15 pages and 1,500 downloads at 25 per 10 s (the hour's 3,600 are not reached)
+    assert progress.tally.describe() == "0/1,500 photos · 0 B/0 B · rate not known yet · ETA 10m06s"
 
 
 def test_progress_rate_follows_the_last_ten_seconds_not_the_whole_run() -> None:

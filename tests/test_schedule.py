@@ -160,3 +160,23 @@ def test_slow_turns_stretch_the_cycle_when_the_parallel_turns_are_the_limit() ->
     outlook = q.outlook(rate=10.0, wall=NOW)  # 3,000 s of turns a period on 2 slots
     assert outlook.cycle == pytest.approx(1500.0)
     assert not outlook.budget_bound
+
+
+def test_projects_in_their_first_backfill_take_turns_as_soon_as_a_slot_is_free() -> None:
+    q = queue(3)
+    for pid in (1, 2):
+        q.entries[pid].backfilling = True
+    q.entries[1].last_turn, q.entries[2].last_turn = 10.0, 5.0
+    turn = q.next(20.0, NOW)  # project 3 is not due for another 880 s
+    assert turn == Turn(2, "incremental"), "the backfill whose last turn is the oldest"
+    q.started_turn(turn, 20.0)
+    q.finished_turn(turn, requests=3, seconds=1.0, changed_at=None, backfill_left=False)
+    assert q.next(21.0, NOW) == Turn(1, "incremental")
+    assert q.wake_at(21.0, NOW) == 21.0
+
+
+def test_a_due_project_goes_before_a_backfill_that_just_had_its_turn() -> None:
+    q = queue(2)
+    q.entries[1].backfilling, q.entries[1].last_turn = True, PERIOD + 50
+    q.entries[2].last_turn = -10.0  # due 10 s ago
+    assert q.next(PERIOD + 60, NOW) == Turn(2, "incremental")

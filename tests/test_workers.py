@@ -192,7 +192,8 @@ async def test_a_stopped_sync_hands_back_the_claims_it_never_worked_on(
         deadline = asyncio.get_running_loop().time() + 2.5
         async with member.project(project.id) as mine:
             assert mine
-            result = await running.engine.sync_project(project, deadline=deadline)
+            # (full: the whole project in one listing, not the first slice of a backfill)
+            result = await running.engine.sync_project(project, full=True, deadline=deadline)
         assert result.stopped and 0 < result.downloaded < 40
         assert await member.shared.held_due(project.id) == 0, "no photo waits for this live worker"
 
@@ -294,8 +295,8 @@ async def claimant(store: Store, photo_id: int) -> int | None:
         return pid
 
 
-async def start_worker(config: Path) -> asyncio.subprocess.Process:
-    return await spawn("sync", "-v", "--config", str(config))
+async def start_worker(config: Path, *extra: str) -> asyncio.subprocess.Process:
+    return await spawn("sync", "-v", "--config", str(config), *extra)
 
 
 async def finish(proc: asyncio.subprocess.Process) -> tuple[int, str]:
@@ -333,7 +334,9 @@ async def test_when_a_worker_is_killed_the_others_finish_its_share(
 ) -> None:
     sim = await make_sim(**{**SHARED, "projects": 1, "bandwidth": 300_000})
     config = shared_config(sim, tmp_path, pg_url)
-    procs = [await start_worker(config) for _ in range(3)]
+    # --full: the project in one listing, whose lister holds claims while it lists (a first
+    # backfill lists it in turns, and its lease moves between them)
+    procs = [await start_worker(config, "--full") for _ in range(3)]
     check = await Store.open(load_settings(config).database_url)
     try:
         while sum(sim.stats.downloads.values()) < 15:

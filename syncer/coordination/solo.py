@@ -112,10 +112,7 @@ class Solo:
     async def sync(
         self, engine: Engine, projects: list[Project], *, full: bool, force: bool, deadline: float | None
     ) -> list[ProjectResult]:
-        return [
-            await engine.sync_project(project, full=full, force=force, deadline=deadline)
-            for project in projects
-        ]
+        return await engine.take_turns(projects, full=full, force=force, deadline=deadline)
 
     async def turn(
         self, engine: Engine, project: Project, *, full: bool, deadline: float | None

@@ -221,25 +221,36 @@ class Team:
             return last_full if full else checkpoint
 
         async def moved(project: Project) -> bool:
-            """Whether another worker listed the project since this run began (or since it was busy)."""
+            """Whether another worker listed the project since this run began (or since it was busy),
+            its first backfill included."""
             now = await mark(project)
-            if now is None:
+            if now is None or (not full and await store.backfill_until(project.id) is not None):
                 return False
-            return now >= run_end or (project.id in busy_at and now != busy_at[project.id])
+            # Past this run's end: a project whose backfill turns ended in the second this run began
+            # is listed again (a request), not taken for another worker's.
+            return now > run_end or (project.id in busy_at and now != busy_at[project.id])
 
         waiting = list(projects)
+        backfilling: set[int] = set()
+        """Projects this worker gives turns of their first backfill until it is done."""
         while waiting:
             for project in list(waiting):
-                if await moved(project):
+                if project.id not in backfilling and await moved(project):
                     continue  # listed meanwhile: only its downloads may be left (below)
                 async with self.member.project(project.id) as mine:
                     if mine:
                         result = await engine.sync_project(project, full=full, force=force, deadline=deadline)
                         results[project.id] = result.absorb(results.get(project.id))
+                        if result.backfill_left and result.proven and not result.stopped:
+                            backfilling.add(project.id)  # another turn in the next round
+                            continue
+                        backfilling.discard(project.id)
                         waiting.remove(project)
-                    elif project.id not in busy_at:
+                        continue
+                    backfilling.discard(project.id)  # another worker gives it its turns now
+                    if project.id not in busy_at:
                         busy_at[project.id] = await mark(project)
-            for project in list(waiting):
+            for project in [p for p in waiting if p.id not in backfilling]:
                 engine.progress.listed(project.id)  # by another worker: this one learns of no more photos
                 log.info("project %s is listed by another worker; downloading a share of it", project.id)
                 helped = await self._help(engine, project, deadline=deadline)

@@ -144,6 +144,10 @@ class ProjectRow(Base):
     checkpoint: Mapped[datetime | None] = mapped_column(UTCDateTime)
     """Upper bound of the last window listed completely; the next window starts before it."""
     last_full_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    backfill_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    """How far back a first backfill has proven the listing: photos shown as updated from here
+    up to the checkpoint are listed, older ones not yet. Null: nothing older is left (or, without
+    a checkpoint, nothing was listed yet)."""
 
 
 class AlbumRow(Base):

@@ -179,21 +179,52 @@ class Store(RunLog):
             row = (await conn.execute(query)).first()
         return (row.checkpoint, row.last_full_at) if row else (None, None)
 
-    async def all_marks(self) -> dict[int, tuple[datetime | None, datetime | None, datetime | None]]:
-        """Every project's checkpoint, end of its last full run and newest photo change (the
-        maintained `last_change_at`): where the daemon's round takes each project up."""
+    async def all_marks(
+        self,
+    ) -> dict[int, tuple[datetime | None, datetime | None, datetime | None, datetime | None]]:
+        """Every project's checkpoint, end of its last full run, newest photo change (the
+        maintained `last_change_at`) and backfill mark: where the daemon's round takes each up."""
         query = select(
-            ProjectRow.id, ProjectRow.checkpoint, ProjectRow.last_full_at, ProjectCountsRow.last_change_at
+            ProjectRow.id,
+            ProjectRow.checkpoint,
+            ProjectRow.last_full_at,
+            ProjectCountsRow.last_change_at,
+            ProjectRow.backfill_until,
         ).outerjoin(ProjectCountsRow, ProjectCountsRow.project_id == ProjectRow.id)
         async with self.engine.connect() as conn:
-            return {row[0]: (row[1], row[2], row[3]) for row in await conn.execute(query)}
+            return {row[0]: (row[1], row[2], row[3], row[4]) for row in await conn.execute(query)}
 
     async def set_checkpoint(self, project_id: int, value: datetime, *, full: bool) -> None:
+        """Move the checkpoint; a full run listed everything, so no backfill is left after it."""
         values: dict[str, Any] = {"checkpoint": value}
         if full:
-            values["last_full_at"] = value
+            values.update(last_full_at=value, backfill_until=None)
         async with self._write, self.engine.begin() as conn:
             await conn.execute(update(ProjectRow).where(ProjectRow.id == project_id).values(**values))
+
+    async def backfill_until(self, project_id: int) -> datetime | None:
+        """How far back the project's listing is proven (see `ProjectRow.backfill_until`)."""
+        async with self.engine.connect() as conn:
+            return await conn.scalar(select(ProjectRow.backfill_until).where(ProjectRow.id == project_id))
+
+    async def set_backfill(
+        self, project_id: int, until: datetime | None, *, checkpoint: datetime | None = None
+    ) -> None:
+        """Record a proven backfill slice in one transaction: the listing is proven back to
+        `until` (None: to the beginning, nothing older left), and, for a project's first slice,
+        up to `checkpoint`."""
+        values: dict[str, Any] = {"backfill_until": until}
+        if checkpoint is not None:
+            values["checkpoint"] = checkpoint
+        async with self._write, self.engine.begin() as conn:
+            await conn.execute(update(ProjectRow).where(ProjectRow.id == project_id).values(**values))
+
+    async def photos_since(self, project_id: int, since: datetime) -> int:
+        """Photos recorded for the project shown as updated at `since` or later (the index on
+        project and `updated_at` answers it): how dense the listed part of a backfill was."""
+        query = select(func.count()).where(PhotoRow.project_id == project_id, PhotoRow.updated_at >= since)
+        async with self.engine.connect() as conn:
+            return int(await conn.scalar(query) or 0)
 
     # -- photos ------------------------------------------------------------------------------
 
