@@ -105,9 +105,10 @@ class Work(Protocol):
 @asynccontextmanager
 async def transfers(source: WorkSource, pool: Pool) -> AsyncIterator[None]:
     """The life of a run's transfers, in one place: the block feeds the pool (through `source`),
-    then the source drains into it and the pool closes. If anything fails or the run is
-    cancelled, the source stops feeding and the pool is cancelled; either way the source settles
-    (records what is done, hands back what is not), even during a cancellation."""
+    then the source drains into it and the pool closes; if anything fails or the run is
+    cancelled, the source stops feeding and the pool is cancelled. The caller settles the source
+    (`WorkSource.settle`) afterwards, in the same shielded step as its own closing, so that a
+    second cancellation cannot cut the two apart."""
     try:
         yield
         await source.drain()
@@ -116,8 +117,6 @@ async def transfers(source: WorkSource, pool: Pool) -> AsyncIterator[None]:
         await source.abort()
         await pool.cancel()
         raise
-    finally:
-        await asyncio.shield(source.settle())
 
 
 async def measured(result: ProjectResult, work: Coroutine[Any, Any, None], deadline: float | None) -> None:
@@ -376,13 +375,7 @@ class ProjectSync:
     async def sync(self) -> None:
         result, engine = self.result, self.engine
         opened = await self._open_window()
-        run_id = await self.store.start_run(
-            self.project.id,
-            started_at=self.started,
-            window_start=result.window_start,
-            window_end=result.window_end,
-            full=self.full,
-        )
+        run_id = await self._start_run()
         pool = engine.pool(self.project, result)
         source = engine.work.source(pool, seen=self.seen, settings=engine.settings)
 
@@ -416,7 +409,40 @@ class ProjectSync:
             )
             raise
         finally:
-            await asyncio.shield(self._close(run_id, outcome))
+            await asyncio.shield(self._close(run_id, source, outcome))
+
+    async def _start_run(self) -> int:
+        """Record the run's start. A cancellation while the row is written still sees the row
+        closed, as interrupted: no run is left `running` by a stop."""
+        result = self.result
+        starting = asyncio.ensure_future(
+            self.store.start_run(
+                self.project.id,
+                started_at=self.started,
+                window_start=result.window_start,
+                window_end=result.window_end,
+                full=self.full,
+            )
+        )
+        try:
+            return await asyncio.shield(starting)
+        except asyncio.CancelledError:
+            await asyncio.shield(self._close_started(starting))
+            raise
+
+    async def _close_started(self, starting: asyncio.Future[int]) -> None:
+        await self.store.finish_run(
+            await starting,
+            finished_at=self.engine.now(),
+            outcome="interrupted",
+            listed=0,
+            new=0,
+            changed=0,
+            downloaded=0,
+            bytes_=0,
+            failed=0,
+            errors=[],
+        )
 
     async def _decisions(self, photos: list[Photo]) -> list[Decision]:
         fresh = []
@@ -773,8 +799,9 @@ class ProjectSync:
             await self.store.set_checkpoint(self.project.id, result.window_end, full=self.full)
             result.checkpoint_advanced = True
 
-    async def _close(self, run_id: int, outcome: str) -> None:
+    async def _close(self, run_id: int, source: WorkSource, outcome: str) -> None:
         result = self.result
+        await source.settle()
         errors = [f"{pid} {path}: {err}" for pid, path, err in result.failures[:100]]
         if result.listing_error:
             errors.insert(0, f"listing: {result.listing_error}")

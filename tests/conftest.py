@@ -192,10 +192,10 @@ def listed_row(
     )
 
 
-def stored_time(value: int | None) -> datetime | None:
+def stored_time(value: int) -> datetime:
     """A time read straight from a SQLite database file, where the store keeps microseconds
     since 1970."""
-    return None if value is None else datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=value)
+    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=value)
 
 
 def db_rows(settings: Settings, sql: str) -> list[tuple[Any, ...]]:

@@ -8,14 +8,14 @@ import hashlib
 import json
 import os
 import signal
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from syncer.config import Settings, load_settings
 from syncer.errors import ExitCode
 from syncer.simulator import Simulator
-from tests.conftest import assert_byte_exact, db_rows, sync, write_config
+from tests.conftest import assert_byte_exact, db_rows, stored_time, sync, write_config
 from tests.test_cli import spawn, syncer
 
 BIG = {"photos": 12, "projects": 1, "photo_size": 3_000_000, "bandwidth": 4_000_000}
@@ -122,8 +122,8 @@ def assert_proven_is_recorded(sim: Simulator, settings: Settings) -> None:
     for checkpoint, until in db_rows(settings, "SELECT checkpoint, backfill_until FROM projects"):
         if checkpoint is None:
             continue
-        high = datetime.fromisoformat(checkpoint).replace(tzinfo=UTC) - timedelta(seconds=1)
-        low = datetime.fromisoformat(until).replace(tzinfo=UTC) + timedelta(seconds=1) if until else None
+        high = stored_time(checkpoint) - timedelta(seconds=1)
+        low = stored_time(until) + timedelta(seconds=1) if until else None
         vouched = {
             p.id
             for p in sim.company.photos.values()

@@ -4,7 +4,6 @@ leave one project's listing unproven, never the run; the other projects are sync
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,7 @@ import pytest
 from syncer.config import load_settings
 from syncer.errors import ExitCode
 from syncer.simulator import Simulator
-from tests.conftest import db_rows, mirror_photos, write_config
+from tests.conftest import db_rows, mirror_photos, stored_time, write_config
 from tests.test_cli import Run, assert_no_traceback, syncer
 
 
@@ -88,7 +87,7 @@ async def test_an_unreadable_record_is_named_and_its_window_stays_unproven(
     assert sim.stats.requests["images"] <= 30, "counted once in the proof: no endless split"
     ((checkpoint, until),) = db_rows(load_settings(config), "SELECT checkpoint, backfill_until FROM projects")
     shown = sim.company.photos[bad].updated_at
-    assert checkpoint is None or (until and datetime.fromisoformat(until).replace(tzinfo=UTC) > shown)
+    assert checkpoint is None or (until and stored_time(until) > shown)
     downloads = sum(sim.stats.downloads.values())
     assert (await syncer("sync", "--config", str(config))).code == ExitCode.INCOMPLETE
     assert sum(sim.stats.downloads.values()) == downloads, "what was mirrored stays mirrored"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from syncer.errors import ExitCode
 from syncer.plan import Change
 from syncer.simulator import SimConfig, Simulator
 from syncer.simulator.server import ListingRequest
-from tests.conftest import TIME_MODELS, assert_byte_exact, db_rows, sidecars, sync, write_config
+from tests.conftest import TIME_MODELS, assert_byte_exact, db_rows, sidecars, stored_time, sync, write_config
 
 
 def tie(sim: Simulator, count: int, *, created_too: bool, seed: int = 3) -> list[int]:
@@ -151,7 +151,7 @@ async def test_an_unprovable_listing_keeps_the_checkpoint(make_sim: Any, setting
     assert summary.results[0].unproven and summary.results[0].backfill_left
     ((checkpoint, until),) = db_rows(settings, "SELECT checkpoint, backfill_until FROM projects")
     hidden = sim.company.photos[min(sim.config.hidden)].updated_at
-    assert checkpoint is None or (until and datetime.fromisoformat(until).replace(tzinfo=UTC) > hidden), (
+    assert checkpoint is None or (until and stored_time(until) > hidden), (
         "no slice that holds the unprovable photo is recorded as proven"
     )
 

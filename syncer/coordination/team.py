@@ -191,8 +191,12 @@ class Team:
 
         async def help_() -> None:
             pool = engine.pool(project, result)
-            async with transfers(ClaimSource(self.member, pool, settings=engine.settings, seen=None), pool):
-                pass  # nothing to list: the source claims what the lister recorded
+            source = ClaimSource(self.member, pool, settings=engine.settings, seen=None)
+            try:
+                async with transfers(source, pool):
+                    pass  # nothing to list: the source claims what the lister recorded
+            finally:
+                await asyncio.shield(source.settle())
 
         try:
             await measured(result, help_(), deadline)
