@@ -80,7 +80,7 @@ SCALES: dict[str, dict[str, Any]] = {
         "budget_windows": 2,
         "thumbnails": 4,
         "gallery": 500,
-        "company": {"projects": 30, "reconcile_photos": 2_000, "speed": 60, "seconds": 20},
+        "company": {"projects": 10, "reconcile_photos": 500, "speed": 60, "seconds": 6},
         "database": (2_000, 10, 200),
         "backfill": 600,
     },

@@ -399,11 +399,10 @@ class Daemon:
             log.warning(
                 "%s sync of %s: %s; %s", kind, project.name, _one_line(result, outcome), _cause(result)
             )
-        if result.listed or result.deleted_upstream or result.retried:
-            try:
-                await self.syncer.refresh_gallery([project.id])
-            except SyncerError as exc:
-                log.warning("the gallery of %s was not brought up to date: %s", project.name, exc)
+        if result.listed or result.deleted_upstream or result.retried:  # a no-op turn changes nothing
+            _, problem = await self.syncer.after_sync([project.id])
+            if problem:
+                log.warning("%s: %s", project.name, problem)
         if result.ok:
             if project.id in self.incident:
                 self.incident.discard(project.id)

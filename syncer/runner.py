@@ -142,6 +142,15 @@ class Syncer(Selection):
     coordinator: Coordinator
     """How this process shares the mirror: file locks (SQLite) or leases and claims (PostgreSQL)."""
 
+    async def after_sync(self, project_ids: Sequence[int] | None) -> tuple[Path | None, str | None]:
+        """What follows syncing these projects (None: every project), for a one-shot run and a
+        daemon's turn alike: the gallery brought up to date. Its index page, and what went wrong
+        in one line (the photos are safe either way)."""
+        try:
+            return await self.refresh_gallery(project_ids), None
+        except SyncerError as exc:
+            return None, f"the gallery was not brought up to date: {exc}"
+
     async def refresh_gallery(self, project_ids: Sequence[int] | None) -> Path | None:
         """With `gallery.enabled`, bring the gallery up to date for `project_ids` (None: every
         project, removing the pages of projects that left); returns its index page. A gallery
@@ -333,9 +342,7 @@ async def _run(
                         engine, projects, full=full, force=force, deadline=deadline
                     )
         if not dry_run:
-            try:
-                summary.gallery = await syncer.refresh_gallery(
-                    None if syncer.wanted(project_ids) is None else ids
-                )
-            except SyncerError as exc:
-                summary.errors.append(f"the gallery was not brought up to date: {exc}")
+            summary.gallery, problem = await syncer.after_sync(
+                None if syncer.wanted(project_ids) is None else ids
+            )
+            summary.errors += [problem] if problem else []

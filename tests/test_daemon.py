@@ -440,7 +440,7 @@ async def test_status_shows_each_projects_staleness_and_next_turn_and_none_is_st
     config = daemon_config(sim, tmp_path, schedule={"quiet_slowdown": 1})
     async with daemon(config, tmp_path) as running:
         await eventually(
-            lambda: _all_ran_times(running, 5, 3), within=120, what="every project to come round 3 times"
+            lambda: _all_ran_times(running, 5, 2), within=120, what="every project to come round twice"
         )
         _, body = await running.get("/status")
         document = json.loads(body)
