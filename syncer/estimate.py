@@ -25,6 +25,7 @@ from syncer.procore.api import ProcoreApi
 from syncer.procore.http import TALLY, ProcoreError, Tally
 from syncer.procore.models import BadRecord, Photo, Project
 from syncer.procore.query import ImageQuery
+from syncer.schedule import period_of
 
 DAY = timedelta(days=1)
 
@@ -72,18 +73,8 @@ class Budget:
 
 
 def turns_a_day(schedule: str | Every, timezone: str) -> int:
-    """How often `schedule.incremental` runs a project in a day (the next 24 hours from midnight)."""
-    if isinstance(schedule, Every):
-        return max(1, math.floor(DAY.total_seconds() / schedule.every))
-    from apscheduler.triggers.cron import CronTrigger
-
-    trigger = CronTrigger.from_crontab(schedule, timezone=timezone)
-    start = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    count, at = 0, trigger.get_next_fire_time(None, start)
-    while at is not None and at < start + DAY:
-        count += 1
-        at = trigger.get_next_fire_time(at, at + timedelta(seconds=1))
-    return max(1, count)
+    """How often `schedule.incremental` brings a changing project round in a day."""
+    return max(1, math.floor(DAY.total_seconds() / period_of(schedule, timezone)))
 
 
 def backfill_listing(photos: int, per_page: int, age: timedelta | None = None) -> int:
