@@ -800,8 +800,15 @@ class ProjectSync:
             result.checkpoint_advanced = True
 
     async def _close(self, run_id: int, source: WorkSource, outcome: str) -> None:
+        """Settle the source, then close the run's row, whatever the settling met (a flush the
+        stop had cancelled): no run is left `running`."""
+        try:
+            await source.settle()
+        finally:
+            await self._record_end(run_id, outcome)
+
+    async def _record_end(self, run_id: int, outcome: str) -> None:
         result = self.result
-        await source.settle()
         errors = [f"{pid} {path}: {err}" for pid, path, err in result.failures[:100]]
         if result.listing_error:
             errors.insert(0, f"listing: {result.listing_error}")
