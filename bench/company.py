@@ -94,9 +94,9 @@ def status_of(port: int) -> dict[str, Any]:
 
 
 def daemon_round(projects: int, speed: float, seconds: float) -> list[Figure]:
-    """A real daemon over `projects` quiet projects for `seconds`, the budget and schedule scaled
-    by `speed`: the cycle it says it can keep against the schedule, and the stalest project's age
-    against that cycle at the end."""
+    """A real daemon over `projects` quiet projects for `seconds`, after a first `syncer sync`
+    (their backfill), the budget and schedule scaled by `speed`: the cycle it says it can keep
+    against the schedule, and the stalest project's age against that cycle at the end."""
     period = SCHEDULE / speed
     with (
         simulator(
@@ -118,6 +118,7 @@ def daemon_round(projects: int, speed: float, seconds: float) -> list[Figure]:
             schedule={"incremental": {"every": f"{period}s"}, "full": None, "quiet_slowdown": 1},
             http={"listen": f"127.0.0.1:{port}"},
         )
+        run_syncer(config)  # the first backfill, so that the daemon's round is measured settled
         log = (folder / "daemon.log").open("wb")
         proc = subprocess.Popen(  # noqa: S603
             [sys.executable, "-m", "syncer", "run", "--config", str(config)],
