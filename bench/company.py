@@ -98,44 +98,36 @@ def daemon_round(projects: int, speed: float, seconds: float) -> list[Figure]:
     (their backfill), the budget and schedule scaled by `speed`: the cycle it says it can keep
     against the schedule, and the stalest project's age against that cycle at the end."""
     period = SCHEDULE / speed
-    with (
-        simulator(
-            photos=projects,
-            projects=projects,
-            photo_size=500,
+    company = {"photos": projects, "projects": projects, "photo_size": 500, "free_file_requests": True}
+    schedule = {"incremental": {"every": f"{period}s"}, "full": None, "quiet_slowdown": 1}
+    with scratch() as folder:
+        with simulator(**company, spike_limit=10**9, hourly_limit=10**9) as first:  # the same company
+            run_syncer(company_config(first, folder))  # the first backfill: the round is measured settled
+        with simulator(
+            **company,
             hourly_limit=HOURLY,
             hourly_window=3600 / speed,
             spike_limit=int(SPIKE * speed),
             spike_window=SPIKE_WINDOW,
-            free_file_requests=True,
-        ) as sim,
-        scratch() as folder,
-    ):
-        port = free_port()
-        config = company_config(
-            sim,
-            folder,
-            schedule={"incremental": {"every": f"{period}s"}, "full": None, "quiet_slowdown": 1},
-            http={"listen": f"127.0.0.1:{port}"},
-        )
-        run_syncer(config)  # the first backfill, so that the daemon's round is measured settled
-        log = (folder / "daemon.log").open("wb")
-        proc = subprocess.Popen(  # noqa: S603
-            [sys.executable, "-m", "syncer", "run", "--config", str(config)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            before = sim.api_requests()
-            time.sleep(seconds)
-            document = status_of(port)
-            spent = sim.api_requests() - before
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=30)
-            log.close()
-    schedule = document["schedule"]
-    cycle = schedule["achievable_cycle_seconds"]
+        ) as sim:
+            port = free_port()
+            config = company_config(sim, folder, schedule=schedule, http={"listen": f"127.0.0.1:{port}"})
+            log = (folder / "daemon.log").open("wb")
+            proc = subprocess.Popen(  # noqa: S603
+                [sys.executable, "-m", "syncer", "run", "--config", str(config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+            try:
+                before = sim.api_requests()
+                time.sleep(seconds)
+                document = status_of(port)
+                spent = sim.api_requests() - before
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=30)
+                log.close()
+    cycle = document["schedule"]["achievable_cycle_seconds"]
     ages = [p["staleness_seconds"] for p in document["projects"] if p["staleness_seconds"] is not None]
     synced = len(ages)
     stalest = max(ages) if ages and synced == projects else math.inf
