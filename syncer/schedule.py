@@ -223,11 +223,9 @@ class Queue:
 
     def next(self, now: float, wall: datetime) -> Turn | None:
         """The turn to start now, if a slot is free and some project is due: the latest first."""
-        running = [e.busy for e in self.entries.values() if e.busy]
-        if len(running) >= self.parallel:
+        free, fulls_allowed = self._slots()
+        if not free:
             return None
-        reconciling = len(running) - running.count("incremental")
-        fulls_allowed = self.full_period is not None and reconciling < max(1, self.parallel // 2)
         best: tuple[float, Turn] | None = None
         for entry in self.entries.values():
             if entry.busy:
@@ -241,13 +239,26 @@ class Queue:
                 best = (late, Turn(entry.project_id, kind))
         return None if best is None else best[1]
 
+    def _slots(self) -> tuple[bool, bool]:
+        """Whether a slot is free, and whether a reconcile may take it (at most half the slots)."""
+        running = [e.busy for e in self.entries.values() if e.busy]
+        reconciling = len(running) - running.count("incremental")
+        fulls_allowed = self.full_period is not None and reconciling < max(1, self.parallel // 2)
+        return len(running) < self.parallel, fulls_allowed
+
     def wake_at(self, now: float, wall: datetime) -> float:
-        """When the next idle project falls due (event-loop seconds; `now` if one is due)."""
+        """When `next` could next start a turn (event-loop seconds; `now` if it can now). Never
+        while every slot is busy, and never for a reconcile the slots do not allow: only a turn's
+        end changes that, and it wakes the dispatcher itself. (Counting those as due made the
+        dispatcher spin, a whole core, for as long as the daemon was behind.)"""
+        free, fulls_allowed = self._slots()
+        if not free:
+            return math.inf
         soonest = math.inf
         for entry in self.entries.values():
             if entry.busy:
                 continue
-            soonest = min(soonest, self._due(entry, wall), entry.full_due)
+            soonest = min(soonest, self._due(entry, wall), entry.full_due if fulls_allowed else math.inf)
         return max(now, soonest)
 
     def _due(self, entry: Entry, wall: datetime) -> float:

@@ -42,8 +42,7 @@ def run_round(q: Queue, until: float, *, turn_seconds: float, requests: int = 1)
             q.started_turn(turn, now)
             started.append((now, turn))
             running.append((now + turn_seconds, turn))
-        ends = [end for end, _ in running]
-        now = min([*ends, q.wake_at(now, NOW) if q.wake_at(now, NOW) > now else math.inf])
+        now = min([*(end for end, _ in running), q.wake_at(now, NOW)])
         for end, turn in [r for r in running if r[0] <= now]:
             running.remove((end, turn))
             q.finished_turn(turn, requests=requests, seconds=turn_seconds, changed_at=None)
@@ -127,6 +126,22 @@ def test_incremental_turns_go_on_while_a_project_is_reconciled() -> None:
     assert first.kind == "full"
     assert second is not None
     assert second.kind == "incremental"
+
+
+def test_while_every_slot_is_busy_only_a_turns_end_wakes_the_dispatcher() -> None:
+    q = queue(3)
+    q.started_turn(Turn(1, "incremental"), PERIOD)
+    assert q.next(2 * PERIOD, NOW) is None  # projects 2 and 3 are due, the one slot is busy
+    assert q.wake_at(2 * PERIOD, NOW) == math.inf
+
+
+def test_a_reconcile_the_slots_do_not_allow_does_not_wake_the_dispatcher() -> None:
+    q = queue(3, full_period=7 * 86400.0, parallel=2)
+    for entry in q.entries.values():
+        entry.full_due = 0.0
+    q.started_turn(Turn(1, "full"), 10.0)  # half the slots reconcile: no second full until it ends
+    assert q.next(10.0, NOW) is None
+    assert q.wake_at(10.0, NOW) == PERIOD, "when the incremental turns of 2 and 3 fall due"
 
 
 def test_the_achievable_cycle_is_the_period_while_the_budget_suffices() -> None:
