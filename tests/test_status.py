@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,20 @@ async def test_status_needs_no_procore_credentials(
     assert (await syncer("sync", "--config", str(config))).code == ExitCode.OK
     without_credentials(config, monkeypatch)
     run = await syncer("status", "--config", str(config), "--json")
+    assert run.code == ExitCode.OK, run.err
+    assert sum(p["mirrored"] for p in json.loads(run.out)["projects"]) == 60
+
+
+async def test_status_answers_at_once_while_a_sync_holds_the_databases_write_lock(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    config = write_config(sim, tmp_path)
+    assert (await syncer("sync", "--config", str(config))).code == ExitCode.OK
+    database = load_settings(config).database.url.split("///", 1)[1]
+    with closing(sqlite3.connect(database, isolation_level=None)) as writer:
+        writer.execute("BEGIN IMMEDIATE")  # as a sync's write does; SQLite would make a reader wait 10 s
+        run = await syncer("status", "--config", str(config), "--json")
+        writer.execute("ROLLBACK")
     assert run.code == ExitCode.OK, run.err
     assert sum(p["mirrored"] for p in json.loads(run.out)["projects"]) == 60
 

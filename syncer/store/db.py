@@ -1,8 +1,12 @@
 """Engine setup and schema upgrades.
 
-SQLite runs in WAL mode with `BEGIN IMMEDIATE`, so a writer takes the lock when its transaction
-starts and `busy_timeout` applies (a deferred transaction that reads and then writes gets
-SQLITE_BUSY at once in WAL mode, whatever the timeout).
+SQLite runs in WAL mode. A transaction that writes begins `BEGIN IMMEDIATE`, so the writer takes
+the lock when its transaction starts and `busy_timeout` applies (a deferred transaction that reads
+and then writes gets SQLITE_BUSY at once in WAL mode, whatever the timeout). A transaction that
+only reads (one from `reader(engine)`) begins deferred: WAL lets it read its snapshot beside a
+writer. Had reads taken the write lock too, `syncer status` beside a sync that was writing a page
+waited for it through SQLite's sleeping busy handler, or failed after `busy_timeout`, and a
+daemon's concurrent turns queued behind each other's reads.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+READS_ONLY = "syncer_reads_only"
+"""The execution option that marks an engine's transactions as read-only (see `reader`)."""
 MIGRATION_LOCK = 0x5359_4E43  # "SYNC": the advisory lock key that serialises schema upgrades
 SCHEMA_HEAD = "0007"
 """The newest migration in `migrations/` (a test checks). Knowing it here spares every start the
@@ -84,10 +90,17 @@ def create_engine(url: str) -> AsyncEngine:
 
         @event.listens_for(engine.sync_engine, "begin")
         def _begin(conn: Connection) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            deferred = conn.get_execution_options().get(READS_ONLY, False)
+            conn.exec_driver_sql("BEGIN" if deferred else "BEGIN IMMEDIATE")
 
         return engine
     return create_async_engine(url, pool_pre_ping=True)
+
+
+def reader(engine: AsyncEngine) -> AsyncEngine:
+    """The same engine (pool, dialect, events) for transactions that never write: on SQLite they
+    begin deferred and so never wait for the write lock. A write in one fails at once."""
+    return engine.execution_options(**{READS_ONLY: True})
 
 
 def _upgrade(connection: Connection) -> None:
@@ -114,7 +127,7 @@ async def upgrade(engine: AsyncEngine) -> None:
     Workers sharing a PostgreSQL database may start together: one migrates under an advisory
     lock while the others wait, then find the schema current. (SQLite's BEGIN IMMEDIATE
     serialises the same way.)"""
-    async with engine.connect() as conn:
+    async with reader(engine).connect() as conn:  # a current schema waits for no writer
         if await _current(conn) == SCHEMA_HEAD:
             return
     async with engine.begin() as conn:

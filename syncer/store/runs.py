@@ -42,6 +42,7 @@ class RunLog:
     """Queries on the `sync_runs` table and the per-project summary; `Store` inherits them."""
 
     engine: AsyncEngine
+    reads: AsyncEngine
     _write: asyncio.Lock
     keep_runs: float | None
     """`database.keep_runs`: seconds of run history kept (`prune_runs`); None keeps all."""
@@ -160,7 +161,7 @@ class RunLog:
         )
         if project_ids is not None:
             failing = failing.where(p.project_id.in_(project_ids))
-        async with self.engine.connect() as conn:
+        async with self.reads.connect() as conn:
             rows = (await conn.execute(projects)).all()
             failures: dict[int, list[dict[str, Any]]] = {}
             for row in await conn.execute(failing):

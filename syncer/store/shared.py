@@ -163,11 +163,11 @@ class SharedState:
     async def live_members(self) -> list[tuple[str, str]]:
         """(id, host) of every live worker."""
         query = select(WorkerRow.id, WorkerRow.host).where(WorkerRow.id.in_(live_workers()))
-        async with self.store.engine.connect() as conn:
+        async with self.store.reads.connect() as conn:
             return [(row.id, row.host) for row in await conn.execute(query)]
 
     async def live_count(self) -> int:
-        async with self.store.engine.connect() as conn:
+        async with self.store.reads.connect() as conn:
             return int(await conn.scalar(select(func.count()).select_from(live_workers().subquery())) or 0)
 
     # -- project leases ------------------------------------------------------------------------
@@ -198,7 +198,7 @@ class SharedState:
         query = select(ProjectLeaseRow.worker_id).where(
             ProjectLeaseRow.project_id == project_id, ProjectLeaseRow.worker_id.in_(live_workers())
         )
-        async with self.store.engine.connect() as conn:
+        async with self.store.reads.connect() as conn:
             holder: str | None = await conn.scalar(query)
             return holder
 
@@ -267,7 +267,7 @@ class SharedState:
     async def unclaimed_due(self, project_id: int, now: datetime) -> int:
         """Due photos of the project that wait for a worker: how far listing runs ahead."""
         query = select(func.count()).where(self._due(project_id, now), self._unclaimed())
-        async with self.store.engine.connect() as conn:
+        async with self.store.reads.connect() as conn:
             return int(await conn.scalar(query) or 0)
 
     async def held_due(self, project_id: int) -> int:
@@ -278,7 +278,7 @@ class SharedState:
             PhotoRow.needs_download(),
             PhotoRow.claimed_by.in_(live_workers()),
         )
-        async with self.store.engine.connect() as conn:
+        async with self.store.reads.connect() as conn:
             return int(await conn.scalar(query) or 0)
 
 
@@ -297,7 +297,7 @@ async def team_status(store: Store) -> TeamStatus:
     """Every worker seen in the last week (newest first), the live leases and claims."""
     live_ids = live_workers()
     live = WorkerRow.id.in_(live_ids)
-    async with store.engine.connect() as conn:
+    async with store.reads.connect() as conn:
         leases = {
             row.project_id: row.worker_id
             for row in await conn.execute(

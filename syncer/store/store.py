@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from syncer.errors import ConfigError, LocalFault, database_error
 from syncer.procore.models import Album, Project
-from syncer.store.db import create_engine, upgrade
+from syncer.store.db import create_engine, reader, upgrade
 from syncer.store.models import AlbumRow, Base, MirrorRow, PhotoRow, ProjectCountsRow, ProjectRow, hex_text
 from syncer.store.rows import (
     INSERT_ONLY,
@@ -68,6 +68,7 @@ def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
 class Store(RunLog):
     def __init__(self, engine: AsyncEngine, *, keep_runs: float | None = None) -> None:
         self.engine = engine
+        self.reads = reader(engine)
         self.keep_runs = keep_runs
         self._pruned = None
         self._write = asyncio.Lock()
@@ -169,13 +170,13 @@ class Store(RunLog):
         await self._upsert(AlbumRow, rows, ("name", "private", "project_id"))
 
     async def checkpoint(self, project_id: int) -> datetime | None:
-        async with self.engine.connect() as conn:
+        async with self.reads.connect() as conn:
             return await conn.scalar(select(ProjectRow.checkpoint).where(ProjectRow.id == project_id))
 
     async def marks(self, project_id: int) -> tuple[datetime | None, datetime | None]:
         """The project's checkpoint and the end of its last full run: what a finished run moves."""
         query = select(ProjectRow.checkpoint, ProjectRow.last_full_at).where(ProjectRow.id == project_id)
-        async with self.engine.connect() as conn:
+        async with self.reads.connect() as conn:
             row = (await conn.execute(query)).first()
         return (row.checkpoint, row.last_full_at) if row else (None, None)
 
@@ -191,7 +192,7 @@ class Store(RunLog):
             ProjectCountsRow.last_change_at,
             ProjectRow.backfill_until,
         ).outerjoin(ProjectCountsRow, ProjectCountsRow.project_id == ProjectRow.id)
-        async with self.engine.connect() as conn:
+        async with self.reads.connect() as conn:
             return {row[0]: (row[1], row[2], row[3], row[4]) for row in await conn.execute(query)}
 
     async def set_checkpoint(self, project_id: int, value: datetime, *, full: bool) -> None:
@@ -204,7 +205,7 @@ class Store(RunLog):
 
     async def backfill_until(self, project_id: int) -> datetime | None:
         """How far back the project's listing is proven (see `ProjectRow.backfill_until`)."""
-        async with self.engine.connect() as conn:
+        async with self.reads.connect() as conn:
             return await conn.scalar(select(ProjectRow.backfill_until).where(ProjectRow.id == project_id))
 
     async def set_backfill(
@@ -223,14 +224,14 @@ class Store(RunLog):
         """Photos recorded for the project shown as updated at `since` or later (the index on
         project and `updated_at` answers it): how dense the listed part of a backfill was."""
         query = select(func.count()).where(PhotoRow.project_id == project_id, PhotoRow.updated_at >= since)
-        async with self.engine.connect() as conn:
+        async with self.reads.connect() as conn:
             return int(await conn.scalar(query) or 0)
 
     # -- photos ------------------------------------------------------------------------------
 
     async def stored_photos(self, ids: Sequence[int]) -> dict[int, StoredPhoto]:
         out: dict[int, StoredPhoto] = {}
-        async with self.engine.connect() as conn:
+        async with self.reads.connect() as conn:
             for chunk in _chunks(ids, ID_BATCH):
                 for row in await conn.execute(select(*STORED_COLUMNS).where(PhotoRow.id.in_(chunk))):
                     out[row.id] = StoredPhoto(*row)
@@ -263,7 +264,7 @@ class Store(RunLog):
             .where(PhotoRow.project_id == project_id, PhotoRow.due(now))
             .order_by(PhotoRow.id)
         )
-        async with self.engine.connect() as conn:
+        async with self.reads.connect() as conn:
             return [DueDownload(*row) for row in await conn.execute(query)]
 
     async def record(
@@ -353,12 +354,12 @@ class Store(RunLog):
         query = select(PhotoRow.id, PhotoRow.updated_at, PhotoRow.local_path).where(
             PhotoRow.project_id == project_id, PhotoRow.deleted_at.is_(None)
         )
-        async with self.engine.connect() as conn:
+        async with self.reads.connect() as conn:
             return {row.id: (row.updated_at, row.local_path) for row in await conn.execute(query)}
 
     async def live_ids(self, project_id: int) -> set[int]:
         query = select(PhotoRow.id).where(PhotoRow.project_id == project_id, PhotoRow.deleted_at.is_(None))
-        async with self.engine.connect() as conn:
+        async with self.reads.connect() as conn:
             return set((await conn.execute(query)).scalars())
 
     async def mark_deleted(self, ids: Sequence[int], at: datetime) -> None:
@@ -376,7 +377,7 @@ class Store(RunLog):
             PhotoRow.deleted_at.is_not(None),
             PhotoRow.local_path.is_not(None),
         )
-        async with self.engine.connect() as conn:
+        async with self.reads.connect() as conn:
             return [(row.id, row.local_path) for row in await conn.execute(query)]
 
     async def record_trashed(self, moved: Sequence[tuple[int, str]]) -> None:
@@ -407,7 +408,7 @@ class Store(RunLog):
 
     async def mirror(self) -> tuple[str, str] | None:
         """The recorded mirror's id and the root it was recorded at, if any."""
-        async with self.engine.connect() as conn:
+        async with self.reads.connect() as conn:
             row = (await conn.execute(select(MirrorRow.id, MirrorRow.root).limit(1))).first()
         return (row.id, row.root) if row else None
 
@@ -431,7 +432,7 @@ class Store(RunLog):
             .order_by(PhotoRow.downloaded_at.desc())
             .limit(limit)
         )
-        async with self.engine.connect() as conn:
+        async with self.reads.connect() as conn:
             count = await conn.scalar(
                 select(func.count()).select_from(PhotoRow).where(PhotoRow.local_path.is_not(None))
             )
@@ -459,7 +460,7 @@ class Store(RunLog):
         )
         if project_ids is not None:
             query = query.where(PhotoRow.project_id.in_(project_ids))
-        async with self.engine.connect() as conn:
+        async with self.reads.connect() as conn:
             rows = await conn.execute(query.order_by(PhotoRow.local_path))
             return [MirroredFile(**row._mapping) for row in rows]
 
@@ -495,7 +496,7 @@ class Store(RunLog):
         )
         if project_ids is not None:
             query = query.where(p.project_id.in_(project_ids))
-        async with self.engine.connect() as conn:
+        async with self.reads.connect() as conn:
             rows = await conn.execute(query.order_by(ProjectRow.name, p.project_id, p.local_path))
             archived = []
             for row in rows:  # by position: a mirror of 100,000 photos is read on every gallery build
@@ -535,7 +536,7 @@ class Store(RunLog):
             .where(p.local_path.is_not(None))
             .group_by(p.project_id, ProjectRow.name)
         )
-        async with self.engine.connect() as conn:
+        async with self.reads.connect() as conn:
             rows = (await conn.execute(query)).all()
         digests = {}
         for pid, name, count, rows_text, hashes in rows:
@@ -559,7 +560,7 @@ class Store(RunLog):
     async def failing_count(self, project_id: int) -> int:
         """Photos that failed to download and are not mirrored yet."""
         query = select(ProjectCountsRow.failed).where(ProjectCountsRow.project_id == project_id)
-        async with self.engine.connect() as conn:
+        async with self.reads.connect() as conn:
             return int(await conn.scalar(query) or 0)
 
     async def retry_now(self, project_ids: Sequence[int] | None = None) -> int:
