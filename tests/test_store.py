@@ -16,14 +16,15 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, inspect, text
 
 from syncer.errors import ExitCode
 from syncer.simulator import Simulator
 from syncer.store import Downloaded, Failed, Store
-from syncer.store.db import SCHEMA_HEAD, alembic_config
+from syncer.store.db import SCHEMA_HEAD, alembic_config, create_engine
 from syncer.store.models import Base
 from tests.conftest import assert_byte_exact, async_url, listed_row, project_store, sync
+from tests.postgres import new_database
 
 
 def _diff(connection: Connection) -> list[object]:
@@ -31,13 +32,87 @@ def _diff(connection: Connection) -> list[object]:
     return list(compare_metadata(context, Base.metadata))
 
 
+def _migrate(connection: Connection) -> None:
+    """Run every migration, as an existing database is upgraded (a new one is created at once)."""
+    from alembic import command
+
+    cfg = alembic_config()
+    cfg.attributes["connection"] = connection
+    command.upgrade(cfg, "head")
+
+
+def _schema(connection: Connection) -> dict[str, Any]:
+    """What a database's schema holds, in an order that does not depend on how it was built
+    (columns added by a migration come last in their table)."""
+    look = inspect(connection)
+    tables: dict[str, Any] = {
+        name: {
+            "columns": sorted(
+                (c["name"], str(c["type"]), c["nullable"], str(c.get("default")))
+                for c in look.get_columns(name)
+            ),
+            "primary key": look.get_pk_constraint(name)["constrained_columns"],
+            "foreign keys": sorted(
+                (tuple(f["constrained_columns"]), f["referred_table"], tuple(f["referred_columns"]))
+                for f in look.get_foreign_keys(name)
+            ),
+            "indexes": sorted(
+                (i["name"], tuple(i["column_names"]), bool(i["unique"])) for i in look.get_indexes(name)
+            ),
+            "unique": sorted(tuple(u["column_names"]) for u in look.get_unique_constraints(name)),
+        }
+        for name in look.get_table_names()
+    }
+    query = (
+        "SELECT name FROM sqlite_master WHERE type = 'trigger'"
+        if connection.dialect.name == "sqlite"
+        else "SELECT DISTINCT trigger_name FROM information_schema.triggers"
+    )
+    tables["triggers"] = sorted(connection.execute(text(query)).scalars())
+    version = "SELECT version_num FROM alembic_version"
+    tables["revision"] = connection.execute(text(version)).scalar_one()
+    return tables
+
+
 async def test_migrations_build_exactly_the_models_schema(database_url: str) -> None:
+    engine = create_engine(async_url(database_url))
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(_migrate)
+        async with engine.connect() as conn:
+            assert await conn.run_sync(_diff) == []
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture
+def second_database_url(database_url: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Another empty database on the same back end as `database_url`."""
+    if database_url.startswith("sqlite"):
+        return f"sqlite:///{tmp_path}/second.db"
+    return new_database(request.getfixturevalue("postgres_server"))
+
+
+async def test_a_new_database_is_created_as_the_migrations_build_it(
+    database_url: str, second_database_url: str
+) -> None:
+    """A new database gets the schema at once, not through every migration: the same schema."""
     store = await Store.open(async_url(database_url))
     try:
         async with store.engine.connect() as conn:
-            assert await conn.run_sync(_diff) == []
+            created = await conn.run_sync(_schema)
     finally:
         await store.close()
+    engine = create_engine(async_url(second_database_url))
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(_migrate)
+        async with engine.connect() as conn:
+            migrated = await conn.run_sync(_schema)
+    finally:
+        await engine.dispose()
+    assert created == migrated
+    assert "photos" in created and created["triggers"]
 
 
 async def test_opening_an_up_to_date_database_is_idempotent(database_url: str) -> None:

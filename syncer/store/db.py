@@ -16,11 +16,13 @@ import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, event, text
+from sqlalchemy import Connection, event, inspect, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 import syncer
+from syncer.store.counts import create_triggers
+from syncer.store.models import Base
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -103,6 +105,27 @@ def reader(engine: AsyncEngine) -> AsyncEngine:
     return engine.execution_options(**{READS_ONLY: True})
 
 
+def _create(connection: Connection) -> bool:
+    """Give an empty database the newest schema at once, stamped with its revision; False (and
+    nothing done) if it holds tables already. Running every migration on an empty file cost 0.3 s
+    of each first start, a third of a small first sync's (Alembic's import, SQLite's table
+    rebuilds); the migrations build the same schema (a test compares the two)."""
+    if inspect(connection).get_table_names():
+        return False
+    Base.metadata.create_all(connection)
+    create_triggers(connection)
+    connection.execute(  # as Alembic makes it, so that a later upgrade reads it
+        text(
+            "CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL, "
+            "CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num))"
+        )
+    )
+    connection.execute(
+        text("INSERT INTO alembic_version (version_num) VALUES (:head)"), {"head": SCHEMA_HEAD}
+    )
+    return True
+
+
 def _upgrade(connection: Connection) -> None:
     from alembic import command
 
@@ -134,6 +157,8 @@ async def upgrade(engine: AsyncEngine) -> None:
         if engine.dialect.name == "postgresql":
             await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
         if (current := await _current(conn)) != SCHEMA_HEAD:
+            if current is None and await conn.run_sync(_create):
+                return
             if current is not None:
                 log.warning(
                     "upgrading the database from schema %s to %s: a large one takes minutes (0006 "
