@@ -9,7 +9,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -18,6 +18,7 @@ from syncer.errors import ConfigError, ExitCode, SyncerError, database_error
 from syncer.log import REDACT, setup_logging, terminal_text
 
 if TYPE_CHECKING:
+    from syncer.report import Progress
     from syncer.result import RunSummary
 
 log = logging.getLogger("syncer")
@@ -64,10 +65,20 @@ def run_stoppable(main: Coroutine[Any, Any, T]) -> T:
 
 
 def _config_path(args: argparse.Namespace) -> Path:
+    """--config, then $SYNCER_CONFIG, then the first of the user's and the system's config files
+    that exists (as `--help` says)."""
     raw = args.config or os.environ.get("SYNCER_CONFIG")
-    if not raw:
-        raise ConfigError("no configuration: give --config PATH or set SYNCER_CONFIG")
-    return Path(raw)
+    if raw:
+        return Path(raw)
+    home = os.environ.get("XDG_CONFIG_HOME") or Path(USER_CONFIG).expanduser().parent.parent
+    searched = [Path(home) / "procore-photo-sync" / "config.yaml", SYSTEM_CONFIG]
+    for path in searched:
+        if path.is_file():
+            return path
+    raise ConfigError(
+        f"no configuration: give --config PATH, set SYNCER_CONFIG, or create {searched[0]} (yours) "
+        f"or {searched[1]} (the system's)"
+    )
 
 
 def _load(args: argparse.Namespace) -> Any:
@@ -76,21 +87,30 @@ def _load(args: argparse.Namespace) -> Any:
     return load_settings(_config_path(args))
 
 
-def _summary_renderer(args: argparse.Namespace) -> Callable[[RunSummary], str]:
-    """The run summary as text, or as one JSON object when the logs are JSON (a service's
-    journal then holds nothing but JSON lines)."""
+def _progress(args: argparse.Namespace) -> Progress:
+    from syncer.report import make_progress
+
+    if args.quiet:
+        return make_progress(enabled=False)
+    return make_progress(enabled=None if args.progress == "auto" else args.progress == "on")
+
+
+def _summarised(args: argparse.Namespace, summary: RunSummary) -> int:
+    """Print a run's summary (as one JSON object when the logs are JSON, so that a service's
+    journal holds nothing but JSON lines), unless -q was given and the run is complete: cron
+    mails what a job prints, and a quiet job should mail only what needs a person."""
     from syncer.report import render_summary, render_summary_json
 
-    return render_summary_json if args.log_format == "json" else render_summary
+    if not (args.quiet and summary.exit_code == ExitCode.OK):
+        say(REDACT((render_summary_json if args.log_format == "json" else render_summary)(summary)))
+    return int(summary.exit_code)
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
-    from syncer.report import make_progress
     from syncer.runner import run_sync
 
     settings = _load(args)
-    progress = make_progress(enabled=None if args.progress == "auto" else args.progress == "on")
-    render = _summary_renderer(args)
+    progress = _progress(args)
     summary = run_stoppable(
         run_sync(
             settings,
@@ -102,8 +122,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
             progress=progress,
         )
     )
-    say(REDACT(render(summary)))
-    return int(summary.exit_code)
+    return _summarised(args, summary)
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:
@@ -120,6 +139,14 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     settings = load_settings(_config_path(args), need_credentials=False)  # reads the database only
     document = asyncio.run(status_document(settings, failures_limit=None))  # every failed photo
+    if args.project:
+        known = {p["id"] for p in document["projects"]}
+        if unknown := sorted(set(args.project) - known):
+            raise ConfigError(
+                f"--project {unknown[0]}: no such project in the database (it knows "
+                f"{', '.join(str(i) for i in sorted(known)) or 'none yet'})"
+            )
+        document["projects"] = [p for p in document["projects"] if p["id"] in args.project]
     say(json.dumps(document, indent=2) if args.json else render_status(document))
     return 0
 
@@ -152,17 +179,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_retry_failed(args: argparse.Namespace) -> int:
-    from syncer.report import make_progress
     from syncer.runner import run_sync
 
-    settings = _load(args)
-    progress = make_progress(enabled=None if args.progress == "auto" else args.progress == "on")
-    render = _summary_renderer(args)
     summary = run_stoppable(
-        run_sync(settings, project_ids=args.project or None, retry_failed=True, progress=progress)
+        run_sync(_load(args), project_ids=args.project or None, retry_failed=True, progress=_progress(args))
     )
-    say(REDACT(render(summary)))
-    return int(summary.exit_code)
+    return _summarised(args, summary)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -225,11 +247,248 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_stoppable(demo(args))
 
 
-def _add_simulate(sub: Any, common: argparse.ArgumentParser) -> None:
-    sim = sub.add_parser(
+USER_CONFIG = "~/.config/procore-photo-sync/config.yaml"
+"""The user's config file (under $XDG_CONFIG_HOME when that is set)."""
+SYSTEM_CONFIG = Path("/etc/procore-photo-sync/config.yaml")
+"""The system's config file, where the README's server setup puts it."""
+CONFIG_HELP = (
+    "the YAML configuration; default: $SYNCER_CONFIG, then "
+    f"{USER_CONFIG} ($XDG_CONFIG_HOME/procore-photo-sync/config.yaml when set), then {SYSTEM_CONFIG}"
+)
+
+
+def _global_options(parser: argparse.ArgumentParser, *, after_command: bool) -> None:
+    """-v, -q, --log-format and --config, taken before the command and after it. The top-level
+    parser holds their defaults; a command's parser has none of its own (SUPPRESS), so that it
+    does not undo what was given before the command. Its -v counts separately and is added."""
+    keep = argparse.SUPPRESS if after_command else None
+    group = parser.add_argument_group("global options (before or after the command)")
+    group.add_argument(
+        "-v",
+        "--verbose",
+        dest="more_verbose" if after_command else "verbose",
+        action="count",
+        default=keep or 0,
+        help="more detail in the log",
+    )
+    group.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=keep or False,
+        help="only warnings and errors: no progress, and a sync that ends with exit 0 prints nothing",
+    )
+    group.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default=keep or "text",
+        help="json writes one JSON object per line, for services",
+    )
+    group.add_argument("--config", "-c", default=keep, metavar="PATH", help=CONFIG_HELP)
+
+
+def _command(
+    sub: Any, name: str, *, summary: str, description: str, **kwargs: Any
+) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = sub.add_parser(name, help=summary, description=description, **kwargs)
+    _global_options(parser, after_command=True)
+    return parser
+
+
+def _progress_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--progress",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="progress bar (auto: only on a terminal, and not with -q)",
+    )
+
+
+def _projects_option(parser: argparse.ArgumentParser, what: str = "only this project (repeatable)") -> None:
+    parser.add_argument("--project", type=int, action="append", metavar="ID", help=what)
+
+
+def _add_sync(sub: Any) -> None:
+    sync = _command(
+        sub,
+        "sync",
+        summary="sync the mirror once (for cron)",
+        description="List what changed in Procore since the last run, download it into the mirror, "
+        "record it, and print a summary. Safe to stop and run again at any time.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _projects_option(sync, "sync only this project (repeatable); default: sync.projects from the config")
+    sync.add_argument(
+        "--full",
+        action="store_true",
+        help="list everything, ignoring the checkpoint, and fetch any recorded file missing from the mirror",
+    )
+    sync.add_argument(
+        "--new-mirror",
+        action="store_true",
+        help="make mirror.root the mirror from now on (a new disk): a full run that fetches every recorded "
+        "photo it does not find there. Without it, a mirror root that is not the recorded mirror is refused",
+    )
+    sync.add_argument(
+        "--dry-run", action="store_true", help="list and report what would change; write nothing"
+    )
+    sync.add_argument(
+        "--force",
+        action="store_true",
+        help="apply deletions found by --full even beyond mirror.max_delete (check they are real first)",
+    )
+    _progress_option(sync)
+    sync.set_defaults(func=cmd_sync)
+
+
+def _add_run(sub: Any) -> None:
+    _command(
+        sub,
+        "run",
+        summary="run as a service on the configured schedule",
+        description="Keep the mirror current as a service: sync on the config's schedule, serve "
+        "/healthz, /metrics and /status where http.listen says, reload the config on SIGHUP, stop "
+        "cleanly on SIGTERM.",
+    ).set_defaults(func=cmd_run)
+
+
+def _add_estimate(sub: Any) -> None:
+    estimate = _command(
+        sub,
+        "estimate",
+        summary="count the company's photos and what syncing them costs at the rate budget",
+        description="Count, with Procore's own totals (two requests a project), the configured company's "
+        "projects and photos, and print the requests and the time that a first backfill and a day of "
+        "incremental runs (schedule.incremental) need at the rate budget (procore.hourly_limit, "
+        "procore.spike_limit per procore.spike_window, times procore.workers_share), with file downloads "
+        "counted against it and not. Writes nothing.",
+        epilog="exit codes: 0 counted; 1 some projects could not be counted (named); 2 configuration; "
+        "3 credentials refused",
+    )
+    estimate.add_argument("--json", action="store_true", help="machine-readable output")
+    estimate.set_defaults(func=cmd_estimate)
+
+
+def _add_status(sub: Any) -> None:
+    status = _command(
+        sub,
+        "status",
+        summary="show what the mirror holds, per project",
+        description="Show, from the database alone, each project's photos, checkpoint and last run, "
+        "and the photos that failed with their error and next try. Never calls Procore.",
+    )
+    _projects_option(status)
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(func=cmd_status)
+
+
+def _add_verify(sub: Any) -> None:
+    verify = _command(
+        sub,
+        "verify",
+        summary="re-hash the mirror against the database (exit 0 only if it matches)",
+        description="Re-hash every photo in the mirror against the database and check its sidecar. "
+        "Lists photos missing or changed, sidecars missing or bad, and unexpected files: files the "
+        "database knows nothing of (looked for only without --project), never touched unless "
+        "--move-strays is given. Exit 0 only when the mirror matches once this run is done: sidecars "
+        "--fix wrote and files --move-strays moved count as mended, photos --fix queued only after the "
+        "next `syncer sync`. Needs no Procore credentials.",
+    )
+    _projects_option(verify)
+    verify.add_argument(
+        "--fix",
+        action="store_true",
+        help="write missing or bad sidecars from the database, and queue missing or changed photos "
+        "for the next `syncer sync` to download",
+    )
+    verify.add_argument(
+        "--move-strays",
+        action="store_true",
+        help="move unexpected files (the database knows nothing of them) to "
+        "MIRROR/.trash/strays/DATE/ under the same paths; without it they are only listed",
+    )
+    verify.set_defaults(func=cmd_verify)
+
+
+def _add_retry_failed(sub: Any) -> None:
+    retry = _command(
+        sub,
+        "retry-failed",
+        summary="retry failed photos now, then sync",
+        description="Make every failed photo due now instead of at its backoff time, then run a sync.",
+    )
+    _projects_option(retry)
+    _progress_option(retry)
+    retry.set_defaults(func=cmd_retry_failed)
+
+
+def _add_export(sub: Any) -> None:
+    export = _command(
+        sub,
+        "export",
+        summary="write an index of the mirror's photos as CSV",
+        description="Write one row per photo in the mirror (project, album, path, id, file name, dates, "
+        "uploader, location, trades, description, flags, size, SHA-256, a link to Procore) as CSV for "
+        "spreadsheet programs: UTF-8 with a byte-order mark, and no cell that could run as a formula. "
+        "Reads only the database.",
+    )
+    export.add_argument(
+        "--csv", required=True, metavar="PATH", help="where to write it (- for standard output)"
+    )
+    _projects_option(export)
+    export.set_defaults(func=cmd_export)
+
+
+def _add_login(sub: Any) -> None:
+    _command(
+        sub,
+        "login",
+        summary="sign in to Procore as a person (procore.auth: authorization_code)",
+        description="Sign in to Procore as yourself: prints Procore's authorize address, then takes the "
+        "code Procore shows (or receives it on procore.redirect_uri when that is a loopback address), "
+        "and saves the sign-in in the mirror's .syncer/procore-login.json, readable by you alone. Syncs "
+        "then see exactly what you can see in Procore. Run it again when Procore stops accepting it.",
+    ).set_defaults(func=cmd_login)
+    _command(
+        sub,
+        "logout",
+        summary="forget the saved Procore sign-in (and revoke it in Procore)",
+        description="Ask Procore to revoke the saved sign-in, then delete it from the mirror's .syncer/.",
+    ).set_defaults(func=cmd_logout)
+
+
+def _add_gallery(sub: Any) -> None:
+    gallery = _command(
+        sub,
+        "gallery",
+        summary="build the offline gallery (index.html) in the mirror",
+        description="Build or bring up to date a static gallery inside the mirror: index.html at its root "
+        "(projects, counts, dates), a page per project with thumbnails, search and filters, and index.csv. "
+        "It opens from file:// with no server and no network. Only what changed since the last build "
+        "is made again. Reads only the database and the mirror.",
+    )
+    _projects_option(gallery, "only this project's thumbnails and page (repeatable)")
+    gallery.set_defaults(func=cmd_gallery)
+
+
+def _add_db(sub: Any) -> None:
+    db = _command(sub, "db", summary="database maintenance", description="Database maintenance.")
+    db_sub = db.add_subparsers(dest="db_command", required=True, metavar="COMMAND")
+    _command(
+        db_sub,
+        "upgrade",
+        summary="apply schema migrations (also done on start)",
+        description="Bring the database's schema up to date. Every command does this on start; this "
+        "one does only that, for a deploy step.",
+    ).set_defaults(func=cmd_db_upgrade)
+
+
+def _add_simulate(sub: Any) -> None:
+    sim = _command(
+        sub,
         "simulate",
-        parents=[common],
-        help="serve the built-in Procore simulator on 127.0.0.1",
+        summary="serve the built-in Procore simulator on 127.0.0.1",
         description="Serve a simulated Procore company (API, OAuth and object store) on 127.0.0.1, with "
         "the API's awkward parts (rate limits, expiring signed URLs, unstable order among ties), to try "
         "the syncer without a Procore account. Prints a config section that points at it.",
@@ -289,33 +548,33 @@ def _add_simulate(sub: Any, common: argparse.ArgumentParser) -> None:
     sim.set_defaults(func=cmd_simulate)
 
 
-def _add_estimate(sub: Any, with_config: argparse.ArgumentParser) -> None:
-    estimate = sub.add_parser(
-        "estimate",
-        parents=[with_config],
-        help="count the company's photos and what syncing them costs at the rate budget",
-        description="Count, with Procore's own totals (two requests a project), the configured company's "
-        "projects and photos, and print the requests and the time that a first backfill and a day of "
-        "incremental runs (schedule.incremental) need at the rate budget (procore.hourly_limit, "
-        "procore.spike_limit per procore.spike_window, times procore.workers_share), with file downloads "
-        "counted against it and not. Writes nothing.",
-        epilog="exit codes: 0 counted; 1 some projects could not be counted (named); 2 configuration; "
-        "3 credentials refused",
+def _add_demo(sub: Any) -> None:
+    demo = _command(
+        sub,
+        "demo",
+        summary="sync a simulated company into a folder",
+        description="Start the simulator and run a real sync from it into a folder: what `make demo` does.",
     )
-    estimate.add_argument("--json", action="store_true", help="machine-readable output")
-    estimate.set_defaults(func=cmd_estimate)
+    demo.add_argument("--dir", default="demo-mirror", help="where the mirror and its state go")
+    demo.add_argument("--photos", type=int, default=500, help="photos in the simulated company")
+    _progress_option(demo)
+    demo.set_defaults(func=cmd_demo)
 
 
-def _add_status(sub: Any, with_config: argparse.ArgumentParser) -> None:
-    status = sub.add_parser(
-        "status",
-        parents=[with_config],
-        help="show what the mirror holds, per project",
-        description="Show, from the database alone, each project's photos, checkpoint and last run, "
-        "and the photos that failed with their error and next try. Never calls Procore.",
-    )
-    status.add_argument("--json", action="store_true", help="machine-readable output")
-    status.set_defaults(func=cmd_status)
+COMMANDS = (
+    _add_sync,
+    _add_run,
+    _add_estimate,
+    _add_status,
+    _add_verify,
+    _add_retry_failed,
+    _add_export,
+    _add_login,
+    _add_gallery,
+    _add_db,
+    _add_simulate,
+    _add_demo,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -326,207 +585,40 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {syncer.__version__}")
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-v", "--verbose", action="count", default=0, help="more detail in the log")
-    common.add_argument(
-        "--log-format",
-        choices=["text", "json"],
-        default="text",
-        help="json writes one JSON object per line, for services",
-    )
-    with_config = argparse.ArgumentParser(add_help=False, parents=[common])
-    with_config.add_argument("--config", "-c", help="the YAML configuration (default: $SYNCER_CONFIG)")
+    _global_options(parser, after_command=False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in COMMANDS:
+        add(sub)
+    return parser
 
-    sync = sub.add_parser(
-        "sync",
-        parents=[with_config],
-        help="sync the mirror once (for cron)",
-        description="List what changed in Procore since the last run, download it into the mirror, "
-        "record it, and print a summary. Safe to stop and run again at any time.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    sync.add_argument(
-        "--project",
-        type=int,
-        action="append",
-        metavar="ID",
-        help="sync only this project (repeatable); default: sync.projects from the config",
-    )
-    sync.add_argument(
-        "--full",
-        action="store_true",
-        help="list everything, ignoring the checkpoint, and fetch any recorded file missing from the mirror",
-    )
-    sync.add_argument(
-        "--new-mirror",
-        action="store_true",
-        help="make mirror.root the mirror from now on (a new disk): a full run that fetches every recorded "
-        "photo it does not find there. Without it, a mirror root that is not the recorded mirror is refused",
-    )
-    sync.add_argument(
-        "--dry-run", action="store_true", help="list and report what would change; write nothing"
-    )
-    sync.add_argument(
-        "--force",
-        action="store_true",
-        help="apply deletions found by --full even beyond mirror.max_delete (check they are real first)",
-    )
-    sync.add_argument(
-        "--progress",
-        choices=["auto", "on", "off"],
-        default="auto",
-        help="progress bar (auto: only on a terminal)",
-    )
-    sync.set_defaults(func=cmd_sync)
 
-    run = sub.add_parser(
-        "run",
-        parents=[with_config],
-        help="run as a service on the configured schedule",
-        description="Keep the mirror current as a service: sync on the config's schedule, serve "
-        "/healthz, /metrics and /status where http.listen says, reload the config on SIGHUP, stop "
-        "cleanly on SIGTERM.",
-    )
-    run.set_defaults(func=cmd_run)
+def parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The command line, its global options merged. A word the command does not take is refused
+    with the command's own usage, not the top-level one."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    command = _chosen(parser, args)
+    if extra:
+        command.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.verbose += getattr(args, "more_verbose", 0)
+    if args.verbose and args.quiet:
+        command.error("-q and -v contradict each other: give one")
+    return args
 
-    _add_estimate(sub, with_config)
 
-    _add_status(sub, with_config)
-
-    verify = sub.add_parser(
-        "verify",
-        parents=[with_config],
-        help="re-hash the mirror against the database (exit 0 only if it matches)",
-        description="Re-hash every photo in the mirror against the database and check its sidecar. "
-        "Lists photos missing or changed, sidecars missing or bad, and unexpected files: files the "
-        "database knows nothing of (looked for only without --project), never touched unless "
-        "--move-strays is given. Exit 0 only when the mirror matches once this run is done: sidecars "
-        "--fix wrote and files --move-strays moved count as mended, photos --fix queued only after the "
-        "next `syncer sync`. Needs no Procore credentials.",
-    )
-    verify.add_argument(
-        "--project", type=int, action="append", metavar="ID", help="only this project (repeatable)"
-    )
-    verify.add_argument(
-        "--fix",
-        action="store_true",
-        help="write missing or bad sidecars from the database, and queue missing or changed photos "
-        "for the next `syncer sync` to download",
-    )
-    verify.add_argument(
-        "--move-strays",
-        action="store_true",
-        help="move unexpected files (the database knows nothing of them) to "
-        "MIRROR/.trash/strays/DATE/ under the same paths; without it they are only listed",
-    )
-    verify.set_defaults(func=cmd_verify)
-
-    retry = sub.add_parser(
-        "retry-failed",
-        parents=[with_config],
-        help="retry failed photos now, then sync",
-        description="Make every failed photo due now instead of at its backoff time, then run a sync.",
-    )
-    retry.add_argument(
-        "--project", type=int, action="append", metavar="ID", help="only this project (repeatable)"
-    )
-    retry.add_argument(
-        "--progress",
-        choices=["auto", "on", "off"],
-        default="auto",
-        help="progress bar (auto: only on a terminal)",
-    )
-    retry.set_defaults(func=cmd_retry_failed)
-
-    export = sub.add_parser(
-        "export",
-        parents=[with_config],
-        help="write an index of the mirror's photos as CSV",
-        description="Write one row per photo in the mirror (project, album, path, id, file name, dates, "
-        "uploader, location, trades, description, flags, size, SHA-256, a link to Procore) as CSV for "
-        "spreadsheet programs: UTF-8 with a byte-order mark, and no cell that could run as a formula. "
-        "Reads only the database.",
-    )
-    export.add_argument(
-        "--csv", required=True, metavar="PATH", help="where to write it (- for standard output)"
-    )
-    export.add_argument(
-        "--project", type=int, action="append", metavar="ID", help="only this project (repeatable)"
-    )
-    export.set_defaults(func=cmd_export)
-
-    login = sub.add_parser(
-        "login",
-        parents=[with_config],
-        help="sign in to Procore as a person (procore.auth: authorization_code)",
-        description="Sign in to Procore as yourself: prints Procore's authorize address, then takes the "
-        "code Procore shows (or receives it on procore.redirect_uri when that is a loopback address), "
-        "and saves the sign-in in the mirror's .syncer/procore-login.json, readable by you alone. Syncs "
-        "then see exactly what you can see in Procore. Run it again when Procore stops accepting it.",
-    )
-    login.set_defaults(func=cmd_login)
-    logout = sub.add_parser(
-        "logout",
-        parents=[with_config],
-        help="forget the saved Procore sign-in (and revoke it in Procore)",
-        description="Ask Procore to revoke the saved sign-in, then delete it from the mirror's .syncer/.",
-    )
-    logout.set_defaults(func=cmd_logout)
-
-    gallery = sub.add_parser(
-        "gallery",
-        parents=[with_config],
-        help="build the offline gallery (index.html) in the mirror",
-        description="Build or bring up to date a static gallery inside the mirror: index.html at its root "
-        "(projects, counts, dates), a page per project with thumbnails, search and filters, and index.csv. "
-        "It opens from file:// with no server and no network. Only what changed since the last build "
-        "is made again. Reads only the database and the mirror.",
-    )
-    gallery.add_argument(
-        "--project",
-        type=int,
-        action="append",
-        metavar="ID",
-        help="only this project's thumbnails and page (repeatable)",
-    )
-    gallery.set_defaults(func=cmd_gallery)
-
-    db = sub.add_parser("db", help="database maintenance", description="Database maintenance.")
-    db_sub = db.add_subparsers(dest="db_command", required=True, metavar="COMMAND")
-    db_sub.add_parser(
-        "upgrade",
-        parents=[with_config],
-        help="apply schema migrations (also done on start)",
-        description="Bring the database's schema up to date. Every command does this on start; this "
-        "one does only that, for a deploy step.",
-    ).set_defaults(func=cmd_db_upgrade)
-
-    _add_simulate(sub, common)
-
-    demo = sub.add_parser(
-        "demo",
-        parents=[common],
-        help="sync a simulated company into a folder",
-        description="Start the simulator and run a real sync from it into a folder: what `make demo` does.",
-    )
-    demo.add_argument("--dir", default="demo-mirror", help="where the mirror and its state go")
-    demo.add_argument("--photos", type=int, default=500, help="photos in the simulated company")
-    demo.add_argument(
-        "--progress",
-        choices=["auto", "on", "off"],
-        default="auto",
-        help="progress bar (auto: only on a terminal)",
-    )
-    demo.set_defaults(func=cmd_demo)
+def _chosen(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The innermost command's parser that `args` came from (`db upgrade`'s, not `db`'s)."""
+    for name in (args.command, getattr(args, "db_command", None)):
+        commands = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not commands or name is None:
+            break
+        parser = commands[0].choices[name]
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    setup_logging(verbose=args.verbose, fmt=args.log_format)
+    args = parse(argv)
+    setup_logging(verbose=args.verbose, quiet=args.quiet, fmt=args.log_format)
     try:
         return int(args.func(args))
     except SyncerError as exc:

@@ -127,8 +127,8 @@ class _JsonFormatter(logging.Formatter):
         return terminal_json(REDACT(json.dumps(entry, ensure_ascii=False)))
 
 
-def setup_logging(*, verbose: int = 0, fmt: str = "text") -> None:
-    level = logging.DEBUG if verbose > 0 else logging.INFO
+def setup_logging(*, verbose: int = 0, quiet: bool = False, fmt: str = "text") -> None:
+    level = logging.DEBUG if verbose > 0 else logging.WARNING if quiet else logging.INFO
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         _JsonFormatter()

@@ -96,10 +96,10 @@ async def test_bad_config_exits_2_naming_the_key(sim: Simulator, tmp_path: Path)
     assert_no_traceback(run)
 
 
-async def test_missing_config_exits_2() -> None:
-    run = await syncer("sync", env={"SYNCER_CONFIG": ""})
+async def test_missing_config_exits_2(tmp_path: Path) -> None:
+    run = await syncer("sync", env={"SYNCER_CONFIG": "", "XDG_CONFIG_HOME": "", "HOME": str(tmp_path)})
     assert run.code == ExitCode.USAGE
-    assert "give --config PATH or set SYNCER_CONFIG" in run.err
+    assert "give --config PATH, set SYNCER_CONFIG, or create" in run.err
 
 
 async def test_usage_error_exits_2() -> None:
