@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import syncer
-from syncer.errors import ConfigError, ExitCode, SyncerError, database_error
+from syncer.errors import ConfigError, ExitCode, NothingYet, SyncerError, database_error
 from syncer.log import REDACT, setup_logging, terminal_text
 
 if TYPE_CHECKING:
@@ -138,7 +138,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     from syncer.status import render_status, status_document
 
     settings = load_settings(_config_path(args), need_credentials=False)  # reads the database only
-    document = asyncio.run(status_document(settings, failures_limit=None))  # every failed photo
+    try:
+        document = asyncio.run(status_document(settings, failures_limit=None))  # every failed photo
+    except NothingYet as nothing:
+        if not args.json:
+            raise
+        say(f"syncer: {nothing}", error=True)  # and a document a script can read as it reads any
+        document = {"mirror": str(settings.mirror.root), "projects": []}
     if args.project:
         known = {p["id"] for p in document["projects"]}
         if unknown := sorted(set(args.project) - known):
@@ -165,15 +171,18 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if args.move_strays and args.project:
         raise ConfigError("--move-strays looks at the whole mirror; it cannot be combined with --project")
     settings = load_settings(_config_path(args), need_credentials=False)  # reads the database only
-    report = run_stoppable(
-        verify(
-            settings,
-            project_ids=args.project or None,
-            fix=args.fix,
-            move_strays=args.move_strays,
-            config_path=_config_path(args),
-        )
+    checking = verify(
+        settings,
+        project_ids=args.project or None,
+        fix=args.fix,
+        move_strays=args.move_strays,
+        config_path=_config_path(args),
     )
+    try:
+        report = run_stoppable(checking)
+    except NothingYet as nothing:  # nothing could be checked: not a mirror that matches
+        say(f"syncer: {nothing}: nothing to verify", error=True)
+        return int(ExitCode.INCOMPLETE)
     say(render_verify(report))
     return int(ExitCode.OK if report.matches else ExitCode.INCOMPLETE)
 

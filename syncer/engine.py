@@ -294,7 +294,8 @@ class Engine:
         """Sync one project; `deadline` (event-loop time) stops it cleanly, keeping what is done.
         A project whose first backfill is not done gets one turn (`ProjectResult.backfill_left`)."""
         started = self.now()
-        await self.fs.run(self.fs.check_state)
+        if not dry_run:  # (it makes the state folders; a dry run writes nothing)
+            await self.fs.run(self.fs.check_state)
         checkpoint = await self.store.checkpoint(project.id)
         frontier = None if full else await self.store.backfill_until(project.id)
         run = ProjectSync(

@@ -90,6 +90,14 @@ class ConfigError(SyncerError):
     exit_code = ExitCode.USAGE
 
 
+class NothingYet(SyncerError):
+    """A command that only reads found no database: nothing has been synced here yet. Said
+    plainly, and nothing is created (a `status` that made an empty database would hide a
+    `database.url` that points at the wrong place)."""
+
+    exit_code = ExitCode.OK
+
+
 class LockedError(SyncerError):
     exit_code = ExitCode.LOCKED
 

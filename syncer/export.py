@@ -101,7 +101,7 @@ def render_csv(photos: Sequence[ArchivedPhoto], web_base: str) -> str:
 async def export_csv(settings: Settings, target: str, *, project_ids: Sequence[int] | None = None) -> int:
     """Write the index to `target` (a path, replaced atomically; `-` for standard output) and
     return how many photos it lists."""
-    store = await Store.open(settings.database_url)
+    store = await Store.open(settings.database_url, create=False)
     try:
         photos = await store.archived(project_ids)
     finally:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
@@ -27,7 +28,7 @@ from syncer.coordination import Coordinator
 from syncer.coordination.solo import Solo
 from syncer.coordination.team import team
 from syncer.engine import Engine
-from syncer.errors import ConfigError, SyncerError, database_error
+from syncer.errors import ConfigError, NothingYet, SyncerError, database_error
 from syncer.estimate import Budget
 from syncer.locks import Locks
 from syncer.log import REDACT
@@ -207,55 +208,86 @@ async def procore_client(settings: Settings, *, connections: int) -> AsyncIterat
 
 
 @asynccontextmanager
-async def open_syncer(
-    settings: Settings, *, progress: Progress, connections: int | None = None, new_mirror: bool = False
-) -> AsyncIterator[Syncer]:
-    """The parts of a syncer process. Nothing is written under the mirror root before it proved to
-    be the mirror the database knows (`ensure_mirror`); `new_mirror` makes it so."""
-    concurrency = settings.sync.concurrency
-    store = await Store.open(settings.database_url, keep_runs=settings.database.keep_runs)
-    fs = MirrorFS(
-        settings.mirror.root,
-        threads=concurrency + 2,
-        sidecars=Sidecars(settings.mirror.xmp, settings.procore.web_base),
-    )
-    try:
-        fs.identity = await ensure_mirror(store, fs.root, new=new_mirror)
-        fs.prepare()
-        async with (
-            procore_client(settings, connections=connections or concurrency * 2 + 4) as api,
-            _coordinator(settings, store, fs) as coordinator,
-        ):
-            engine = Engine(
-                api=api,
-                store=store,
-                fs=fs,
-                fetcher=Fetcher(
-                    api.http,
-                    fs,
-                    shared=coordinator.shares_mirror,
-                    max_size=settings.mirror.max_file_size,
-                    deadline=settings.procore.download_timeout,
-                    on_bytes=progress.received,
-                ),
-                layout=Layout(settings.mirror.layout),
-                settings=settings.sync,
-                mirror=settings.mirror,
-                progress=progress,
-                work=coordinator,
-                retry=api.http.retry,
-            )
-            yield Syncer(settings, api, store, fs, engine, coordinator)
-    finally:
-        fs.close()
-        await store.close()
+async def _store(settings: Settings, *, dry_run: bool) -> AsyncIterator[Store]:
+    """The configured database; for a dry run, never made or pruned: where there is none yet, a
+    throwaway one in a temporary folder, against which every photo is new."""
+    with (
+        tempfile.TemporaryDirectory(prefix="syncer-dry-run-")
+        if dry_run
+        else contextlib.nullcontext() as spare
+    ):
+        if spare is None:
+            store = await Store.open(settings.database_url, keep_runs=settings.database.keep_runs)
+        else:
+            try:
+                store = await Store.open(settings.database_url, create=False)
+            except NothingYet:
+                store = await Store.open(f"sqlite+aiosqlite:///{spare}/empty.db")
+        try:
+            yield store
+        finally:
+            await store.close()
 
 
 @asynccontextmanager
-async def _coordinator(settings: Settings, store: Store, fs: MirrorFS) -> AsyncIterator[Coordinator]:
+async def open_syncer(
+    settings: Settings,
+    *,
+    progress: Progress,
+    connections: int | None = None,
+    new_mirror: bool = False,
+    dry_run: bool = False,
+) -> AsyncIterator[Syncer]:
+    """The parts of a syncer process. Nothing is written under the mirror root before it proved to
+    be the mirror the database knows (`ensure_mirror`); `new_mirror` makes it so. A dry run
+    creates nothing: no database, no state folder, no lock."""
+    concurrency = settings.sync.concurrency
+    async with _store(settings, dry_run=dry_run) as store:
+        fs = MirrorFS(
+            settings.mirror.root,
+            threads=concurrency + 2,
+            sidecars=Sidecars(settings.mirror.xmp, settings.procore.web_base),
+        )
+        try:
+            fs.identity = await ensure_mirror(store, fs.root, new=new_mirror, create=not dry_run)
+            if not dry_run:
+                fs.prepare()
+            async with (
+                procore_client(settings, connections=connections or concurrency * 2 + 4) as api,
+                _coordinator(settings, store, fs, dry_run=dry_run) as coordinator,
+            ):
+                engine = Engine(
+                    api=api,
+                    store=store,
+                    fs=fs,
+                    fetcher=Fetcher(
+                        api.http,
+                        fs,
+                        shared=coordinator.shares_mirror,
+                        max_size=settings.mirror.max_file_size,
+                        deadline=settings.procore.download_timeout,
+                        on_bytes=progress.received,
+                    ),
+                    layout=Layout(settings.mirror.layout),
+                    settings=settings.sync,
+                    mirror=settings.mirror,
+                    progress=progress,
+                    work=coordinator,
+                    retry=api.http.retry,
+                )
+                yield Syncer(settings, api, store, fs, engine, coordinator)
+        finally:
+            fs.close()
+
+
+@asynccontextmanager
+async def _coordinator(
+    settings: Settings, store: Store, fs: MirrorFS, *, dry_run: bool
+) -> AsyncIterator[Coordinator]:
     """The one place that asks which database this is: PostgreSQL makes this process one of
-    several workers; SQLite keeps processes apart with file locks."""
-    if store.engine.dialect.name != "postgresql":
+    several workers; SQLite keeps processes apart with file locks. A dry run joins no team (it
+    holds no lock either: see `_run`)."""
+    if dry_run or store.engine.dialect.name != "postgresql":
         yield Solo(store, Locks(settings.mirror.root))
         return
     async with team(store, fs, ttl=settings.database.lease_ttl, share=settings.procore.workers_share) as mine:
@@ -317,13 +349,15 @@ async def _run(
     progress: Progress,
 ) -> None:
     full = full or new_mirror
-    async with open_syncer(settings, progress=progress, new_mirror=new_mirror and not dry_run) as syncer:
+    async with open_syncer(
+        settings, progress=progress, new_mirror=new_mirror and not dry_run, dry_run=dry_run
+    ) as syncer:
         engine, coordinator = syncer.engine, syncer.coordinator
         deadline = engine.deadline()
         projects, summary.errors = await syncer.projects(project_ids)
         progress.expect((p.id for p in projects), budget=Budget.of(settings))
         ids = [p.id for p in projects]
-        with coordinator.hold(ids):
+        with contextlib.nullcontext() if dry_run else coordinator.hold(ids):  # a dry run only reads
             if retry_failed:
                 await syncer.store.retry_now(ids)
             if not dry_run:

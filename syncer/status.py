@@ -18,7 +18,7 @@ async def status_document(
     """The status of every project, from `store` or from the configured database; at most
     `failures_limit` failed photos in all, or every one (None, for `syncer status`)."""
     if store is None:
-        store = await Store.open(settings.database_url)
+        store = await Store.open(settings.database_url, create=False)
         try:
             return await status_document(settings, store, failures_limit=failures_limit)
         finally:

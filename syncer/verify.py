@@ -282,16 +282,16 @@ async def verify(
     report = VerifyReport(root=settings.mirror.root, scanned_for_unexpected=project_ids is None)
     loop = asyncio.get_running_loop()
     started = loop.time()
-    store = await Store.open(settings.database_url)
+    if not await asyncio.to_thread(settings.mirror.root.is_dir):  # first: the likelier mistake
+        raise MirrorMissing(
+            f"mirror.root {settings.mirror.root} does not exist or is not a folder: nothing to verify "
+            "(is a disk or network share not mounted?)"
+        )
+    store = await Store.open(settings.database_url, create=False)
     fs = MirrorFS(
         settings.mirror.root, threads=4, sidecars=Sidecars(settings.mirror.xmp, settings.procore.web_base)
     )
     try:
-        if not await asyncio.to_thread(settings.mirror.root.is_dir):
-            raise MirrorMissing(
-                f"mirror.root {settings.mirror.root} does not exist or is not a folder: nothing to verify "
-                "(is a disk or network share not mounted?)"
-            )
         await ensure_mirror(store, settings.mirror.root, create=False)
         if move_strays:
             await _alone(store)

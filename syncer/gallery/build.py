@@ -402,7 +402,7 @@ def gallery_of(settings: Settings) -> Gallery:
 
 async def build_gallery(settings: Settings, project_ids: Sequence[int] | None = None) -> GalleryReport:
     """`syncer gallery`: bring the gallery up to date from the database alone (no credentials)."""
-    store = await Store.open(settings.database_url)
+    store = await Store.open(settings.database_url, create=False)
     try:
         await ensure_mirror(store, settings.mirror.root, create=False)  # never into an empty mount point
         return await gallery_of(settings).build(store, project_ids)

@@ -21,9 +21,9 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from syncer.errors import ConfigError, LocalFault, database_error
+from syncer.errors import ConfigError, LocalFault, NothingYet, database_error
 from syncer.procore.models import Album, Project
-from syncer.store.db import create_engine, reader, upgrade
+from syncer.store.db import create_engine, reader, sqlite_path, upgrade
 from syncer.store.models import AlbumRow, Base, MirrorRow, PhotoRow, ProjectCountsRow, ProjectRow, hex_text
 from syncer.store.rows import (
     INSERT_ONLY,
@@ -75,11 +75,18 @@ class Store(RunLog):
         self._insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
 
     @classmethod
-    async def open(cls, url: str, *, keep_runs: float | None = None) -> Store:
+    async def open(cls, url: str, *, keep_runs: float | None = None, create: bool = True) -> Store:
         """Connect and bring the schema up to date (the app migrates itself on start). A store
-        that runs syncs is given `database.keep_runs`, and prunes the run history it outlives."""
+        that runs syncs is given `database.keep_runs`, and prunes the run history it outlives.
+        Without `create` (a command that only reads), a database that does not exist yet is not
+        made: `NothingYet`."""
+        if not create and (path := sqlite_path(url)) is not None and not path.exists():
+            raise NothingYet(
+                f"nothing synced yet: there is no database at {path} (the first `syncer sync` makes it; "
+                "if one was made, check database.url)"
+            )
         try:
-            engine = create_engine(url)
+            engine = create_engine(url, create=create)
         except OSError as exc:  # SQLite: the folder for the file cannot be made
             raise database_error(exc, url) from None
         except ModuleNotFoundError as exc:  # the driver of a database this install was not set up for
@@ -94,7 +101,7 @@ class Store(RunLog):
             await engine.dispose()  # SQLite's own word would only be 'unable to open database file'
             raise LocalFault(problem)
         try:
-            await upgrade(engine)
+            await upgrade(engine, create=create)
         except (OSError, SQLAlchemyError) as exc:
             await engine.dispose()
             raise database_error(exc, engine.url.render_as_string(hide_password=True)) from None
