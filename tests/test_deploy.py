@@ -117,9 +117,9 @@ def test_the_services_may_write_where_the_documented_config_keeps_the_database_a
 ) -> None:
     monkeypatch.setenv("PROCORE_CLIENT_ID", "id")
     monkeypatch.setenv("PROCORE_CLIENT_SECRET", "deploy-test-secret")
-    readme = (ROOT / "README.md").read_text()
-    blocks = [b for b in re.findall(r"```yaml\n(.*?)```", readme, re.DOTALL) if "/var/lib/" in b]
-    assert len(blocks) == 1, "the README shows one config for the services"
+    operations = (ROOT / "docs" / "operations.md").read_text()
+    blocks = [b for b in re.findall(r"```yaml\n(.*?)```", operations, re.DOTALL) if "/var/lib/" in b]
+    assert len(blocks) == 1, "docs/operations.md shows one config for the services"
     settings = parse_settings(yaml.safe_load(blocks[0]), Path(ETC))
     database = Path(settings.database.url.removeprefix("sqlite:///"))
     keys = unit_keys(DAEMON)

@@ -35,7 +35,8 @@ def temp_file(fs: MirrorFS, data: bytes, name: str = "1.part") -> Path:
 
 
 def test_partial_downloads_are_staged_under_the_state_folder(fs: MirrorFS, tmp_path: Path) -> None:
-    """`.syncer/tmp/`, where a run finds the parts an earlier one left, and the README says they are."""
+    """`.syncer/tmp/`, where a run finds the parts an earlier one left, and docs/guarantees.md says
+    they are."""
     staging = tmp_path / "mirror" / ".syncer" / "tmp"
     assert staging.is_dir()
     assert fs.tmp_path("1.part") == staging / "1.part"

@@ -1,5 +1,6 @@
-"""The README's promises, from the outside: a real `syncer` process, a simulator nasty enough to
-break a naive tool, and assertions on the mirror's bytes and the database."""
+"""The promises of docs/guarantees.md ("What a successful run guarantees", "What a run does"), from
+the outside: a real `syncer` process, a simulator nasty enough to break a naive tool, and
+assertions on the mirror's bytes and the database."""
 
 from __future__ import annotations
 
