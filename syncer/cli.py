@@ -259,7 +259,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 USER_CONFIG = "~/.config/procore-photo-sync/config.yaml"
 """The user's config file (under $XDG_CONFIG_HOME when that is set)."""
 SYSTEM_CONFIG = Path("/etc/procore-photo-sync/config.yaml")
-"""The system's config file, where the README's server setup puts it."""
+"""The system's config file, where the server setup in docs/operations.md puts it."""
 CONFIG_HELP = (
     "the YAML configuration; default: $SYNCER_CONFIG, then "
     f"{USER_CONFIG} ($XDG_CONFIG_HOME/procore-photo-sync/config.yaml when set), then {SYSTEM_CONFIG}"

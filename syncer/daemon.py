@@ -486,7 +486,8 @@ def behind_message(outlook: Outlook) -> str:
         )
     return (
         f"behind schedule: each project comes round about every {human_seconds(outlook.cycle)}, not every "
-        f"{human_seconds(outlook.period)} as the schedule asks: {why} (see README, Operations)"
+        f"{human_seconds(outlook.period)} as the schedule asks: {why} (see docs/operations.md, "
+        '"How the daemon spends the budget")'
     )
 
 

@@ -21,6 +21,7 @@ from syncer.errors import (
     LocalFault,
     LockedError,
     MirrorMissing,
+    NothingYet,
     SyncerError,
 )
 from syncer.procore.api import IncompleteListing
@@ -55,6 +56,7 @@ ENTRIES: dict[type[SyncerError], tuple[str, ...]] = {
         "The mirror's id cannot be read",
     ),
     LocalFault: ("The disk, a folder or the database cannot be written",),
+    NothingYet: ("Nothing synced yet",),
     DatabaseError: ("The database cannot be reached",),
     LeaseLost: ("A worker lost its lease",),
     UntrustedServer: ("A server's TLS certificate is not trusted",),
