@@ -9,33 +9,58 @@ process, so a killed run never leaves a stale lock behind.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import socket
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import ExitStack, asynccontextmanager, contextmanager
+from datetime import datetime
 from pathlib import Path
 
 from syncer.errors import LockedError
 from syncer.mirror.files import STATE_DIR, state_folder, try_flock
 
+log = logging.getLogger(__name__)
+
 
 def _try_lock(path: Path) -> int | None:
-    """An open, exclusively locked descriptor for `path` (which names the holder's pid), or None
-    if another process holds it."""
+    """An open, exclusively locked descriptor for `path`, or None if another process holds it. The
+    file says who holds it (`holder`): pid, host and since when."""
     for folder in (path.parent.parent, path.parent):  # .syncer and .syncer/locks
         state_folder(folder)
     fd = try_flock(path)
     if fd is None:
         return None
+    since = datetime.now().astimezone().isoformat(timespec="seconds")
     os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
+    os.write(fd, f"{os.getpid()} {socket.gethostname()} {since}\n".encode())
     return fd
+
+
+def holder(path: Path) -> str:
+    """Who holds the lock at `path`, as its holder wrote it: `pid 812 on nas1 since 2026-12-08
+    10:31:02+01:00`. (A lock on a network share may be held from another host.)"""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            words = os.read(fd, 256).decode("utf-8", "replace").split()
+        finally:
+            os.close(fd)
+        pid, host, since = words
+        when = datetime.fromisoformat(since).isoformat(sep=" ", timespec="seconds")
+    except (OSError, ValueError):  # gone meanwhile, or written by an older syncer (a pid alone)
+        return "a process that does not say which"
+    return f"pid {pid} on {host} since {when}" if pid.isdigit() else "a process that does not say which"
 
 
 @contextmanager
 def _held(path: Path, busy: str) -> Iterator[None]:
     fd = _try_lock(path)
     if fd is None:
-        raise LockedError(busy)
+        raise LockedError(
+            f"{busy}: held by {holder(path)}. Nothing was written here; waiting is harmless: run again "
+            "once it is done"
+        )
     try:
         yield
     finally:
@@ -74,8 +99,11 @@ class Locks:
         """The lock `name`, waited for without blocking the event loop: for work that must not run
         twice at once but may queue (gallery builds, refreshes of the saved Procore sign-in)."""
         path = self.folder / f"{name}.lock"
-        while (fd := _try_lock(path)) is None:  # noqa: ASYNC110 - another process holds it: no event to await
+        if (fd := _try_lock(path)) is None:
+            log.info("waiting for the %s lock, held by %s (waiting is harmless)", name, holder(path))
+        while fd is None:  # another process holds it: there is no event to await
             await asyncio.sleep(0.1)
+            fd = _try_lock(path)
         try:
             yield
         finally:

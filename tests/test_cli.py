@@ -6,11 +6,13 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import socket
 import sys
 from asyncio.subprocess import Process
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -231,6 +233,21 @@ async def test_second_run_on_a_locked_mirror_exits_4(sim: Simulator, tmp_path: P
         run = await syncer("sync", "--config", str(config))
     assert run.code == ExitCode.LOCKED
     assert f"another syncer is already working on project {busy}" in run.err
+
+
+async def test_a_locked_run_says_who_holds_the_lock_and_that_waiting_is_harmless(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    config = write_config(sim, tmp_path)
+    busy = next(iter(sim.company.projects))
+    with Locks(tmp_path / "mirror").projects([busy]):
+        run = await syncer("sync", "--config", str(config))
+    assert run.code == ExitCode.LOCKED
+    held = re.search(r"held by pid (\d+) on (\S+) since (\S+ \S+)\. ", run.err)
+    assert held is not None, run.err
+    assert (int(held[1]), held[2]) == (os.getpid(), socket.gethostname())
+    assert abs(datetime.fromisoformat(held[3]) - datetime.now(UTC)) < timedelta(minutes=5)
+    assert "waiting is harmless" in run.err
 
 
 async def test_db_upgrade_creates_the_schema(sim: Simulator, tmp_path: Path) -> None:
