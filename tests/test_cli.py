@@ -117,7 +117,7 @@ async def test_unreachable_procore_is_one_line_and_exit_1(tmp_path: Path) -> Non
             "company_id": 1,
             "client_id": "a",
             "client_secret": "b",
-            "retry_attempts": 2,
+            "retry_attempts": 4,
         },
         "mirror": {"root": "m"},
     }
@@ -126,11 +126,11 @@ async def test_unreachable_procore_is_one_line_and_exit_1(tmp_path: Path) -> Non
     run = await syncer("sync", "--config", str(path))
     assert run.code == ExitCode.INCOMPLETE
     *retries, last = run.err.strip().splitlines()
-    assert last == (
-        "syncer: token request: cannot reach 127.0.0.1:9: connection refused (gave up after 2 attempts)"
-    )
-    (retry,) = retries  # said when it happens, not only at the end
-    assert " WARNING token request: cannot reach 127.0.0.1:9: connection refused; retry 2/2 in " in retry
+    refused = "token request: cannot reach 127.0.0.1:9: connection refused"
+    check = "; check procore.login_base, and that this machine may connect there"
+    assert last == f"syncer: {refused}{check} (gave up after 4 attempts)"
+    (retry,) = retries  # said when it happens, not only at the end; the retries after it are counted
+    assert f" WARNING {refused}{check}; retry 2/4 in " in retry
     assert_no_traceback(run)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -498,6 +499,22 @@ async def test_each_request_is_counted_for_the_work_that_sent_it(sim: Simulator)
     assert tally.requests == 3, "the token request is counted too"
 
 
+async def test_a_run_of_retries_is_one_warning_and_then_a_count(
+    sim: Simulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    down = web.json_response({"error": "down"}, status=502)
+    async with (
+        scripted(down, down, down, web.json_response([])) as (base, _),
+        client(sim, api_base=base) as api,
+    ):
+        with caplog.at_level(logging.INFO, logger="syncer"):
+            await api.http.get_json(URL(f"{base}/rest/v1.0/projects"), what="listing")
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if r.getMessage().startswith("listing")]
+    assert [level for level, _ in said] == ["WARNING", "INFO"], said
+    assert said[0][1].startswith("listing: HTTP 502") and "; retry 2/" in said[0][1]
+    assert said[1][1] == f"listing: answered at attempt 4 of {FAST.attempts}"
+
+
 async def test_an_unreachable_api_is_named_with_the_transport_error(sim: Simulator) -> None:
     async with scripted(web.json_response([])) as (base, _):
         pass  # its port is closed now
@@ -507,6 +524,7 @@ async def test_an_unreachable_api_is_named_with_the_transport_error(sim: Simulat
         ) as caught:
             await api.http.get_json(URL(f"{base}/rest/v1.0/projects"), what="listing", once=True)
     assert caught.value.status is None
+    assert "; check procore.api_base, and that this machine may connect there" in str(caught.value)
 
 
 async def test_a_429_without_retry_after_waits_for_the_windows_reset(sim: Simulator) -> None:
@@ -546,8 +564,27 @@ async def test_refused_client_credentials_are_an_auth_error_saying_why(sim: Simu
     async with scripted(refused) as (login, seen), client(sim, login_base=login) as api:
         with pytest.raises(AuthError) as caught:
             await api.projects()
-    assert str(caught.value) == f"Procore refused the client credentials: HTTP {status}: invalid_client"
+    assert str(caught.value).startswith(
+        f"Procore refused the client credentials: HTTP {status}: invalid_client; "
+    )
     assert len(seen) == 1, "not tried again"
+
+
+async def test_an_unknown_client_is_told_to_check_sandbox_against_production(sim: Simulator) -> None:
+    refused = web.json_response({"error": "invalid_client"}, status=401)
+    async with scripted(refused) as (login, _), client(sim, login_base=login) as api:
+        with pytest.raises(AuthError) as caught:
+            await api.projects()
+    assert "check procore.client_id and procore.client_secret" in str(caught.value)
+    assert "sandbox credentials work only with the sandbox's hosts" in str(caught.value)
+
+
+async def test_a_refusal_of_another_kind_gets_no_sandbox_hint(sim: Simulator) -> None:
+    refused = web.json_response({"error": "unauthorized_client"}, status=400)
+    async with scripted(refused) as (login, _), client(sim, login_base=login) as api:
+        with pytest.raises(AuthError) as caught:
+            await api.projects()
+    assert str(caught.value) == "Procore refused the client credentials: HTTP 400: unauthorized_client"
 
 
 async def test_a_token_endpoint_that_keeps_failing_is_named_in_the_error(sim: Simulator) -> None:

@@ -81,9 +81,11 @@ class Unreachable(FatalError):
     or TLS with it fails): every request would fail the same way, so the run stops at once."""
 
 
-def transport_failure(what: str, exc: BaseException) -> ProcoreError | FatalError:
+def transport_failure(what: str, exc: BaseException, key: str | None = None) -> ProcoreError | FatalError:
     """One line for a request that got no answer: fatal where retrying cannot help (an unknown
-    host, TLS that fails), else an error another attempt may fix."""
+    host, TLS that fails), else an error another attempt may fix. `key`: the setting that named
+    the host (`procore.api_base`, `procore.login_base`), said where a wrong one is the likely cause."""
+    check = f"; check {key}, and that this machine may connect there" if key else ""
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
         return untrusted(what, exc)
     if isinstance(exc, aiohttp.ClientConnectorDNSError) and exc.os_error.errno in PERMANENT_DNS:
@@ -97,9 +99,9 @@ def transport_failure(what: str, exc: BaseException) -> ProcoreError | FatalErro
         return Unreachable(f"{what}: TLS with {exc.host} failed ({_reason(exc.os_error)})")
     if isinstance(exc, aiohttp.ClientConnectorError):
         where = exc.host if exc.port in (80, 443, None) else f"{exc.host}:{exc.port}"
-        return ProcoreError(f"{what}: cannot reach {where}: {_reason(exc.os_error)}")
+        return ProcoreError(f"{what}: cannot reach {where}: {_reason(exc.os_error)}{check}")
     if isinstance(exc, asyncio.TimeoutError):
-        return ProcoreError(f"{what}: no answer in time ({type(exc).__name__})")
+        return ProcoreError(f"{what}: no answer in time ({type(exc).__name__}){check}")
     detail = str(exc)
     return ProcoreError(f"{what}: {type(exc).__name__}" + (f": {detail}" if detail else ""))
 
@@ -187,6 +189,18 @@ def excerpt(body: bytes | str) -> str:
     return text if len(text) <= EXCERPT_CHARS else text[: EXCERPT_CHARS - 1] + "…"
 
 
+def _client_hint(body: bytes) -> str:
+    """What to check when the token endpoint does not know the client: most often credentials of
+    the other environment (a sandbox's against production, or the reverse)."""
+    if b"invalid_client" not in body:
+        return ""
+    return (
+        "; check procore.client_id and procore.client_secret, and that they belong to the Procore "
+        "environment procore.login_base names: sandbox credentials work only with the sandbox's "
+        "hosts, production ones only with production's"
+    )
+
+
 def describe_status(what: str, status: int, body: bytes) -> str:
     detail = excerpt(body)
     return f"{what}: HTTP {status}" + (f": {detail}" if detail else "")
@@ -236,6 +250,13 @@ class ProcoreHttp:
         self._sleep = sleep
         grant = grant or ServiceAccount()
         self.tokens = TokenSource(lambda: grant.fetch(self.post_token))
+
+    def _setting_of(self, url: URL) -> str | None:
+        """The setting that names `url`'s server, if one does (a file's storage host: none)."""
+        for key, base in (("procore.login_base", self._login_base), ("procore.api_base", self.api_base)):
+            if url.origin() == base.origin():
+                return key
+        return None
 
     def may_carry_token(self, url: URL) -> bool:
         """Whether the bearer token may go to `url` (Procore's file hosts need it; nothing else may
@@ -317,7 +338,7 @@ class ProcoreHttp:
         tried = 0
         while True:
             try:
-                return await attempt()
+                answer = await attempt()
             except _Unauthorized as exc:
                 if renewed or exc.token is None:
                     raise AuthError(f"{what}: Procore refused the access token (HTTP 401)") from None
@@ -333,12 +354,16 @@ class ProcoreHttp:
                     raise TransientError(
                         f"{exc.error}{gave_up}", status=exc.error.status, wait=exc.wait
                     ) from None
-                # said at once, so a person watching a run that cannot reach Procore knows why
-                log.warning(
-                    "%s; retry %d/%d in %s s", exc.error, tried + 1, attempts, f"{wait:.{wait < 10:d}f}"
-                )
+                if tried == 1:  # said at once, so a person watching a run that cannot reach Procore
+                    log.warning(  # knows why; the retries after it are counted, not each logged
+                        "%s; retry %d/%d in %s s", exc.error, tried + 1, attempts, f"{wait:.{wait < 10:d}f}"
+                    )
                 if not exc.pace:
                     await self._sleep(wait)
+            else:
+                if tried > 1:
+                    log.info("%s: answered at attempt %d of %d", what, tried + 1, attempts)
+                return answer
 
     async def _send_once(
         self,
@@ -371,7 +396,7 @@ class ProcoreHttp:
                 )
                 self.pacer.observe(response.headers, sent=sent)
         except TRANSPORT_ERRORS as exc:
-            failure = transport_failure(what, exc)
+            failure = transport_failure(what, exc, self._setting_of(url))
             if isinstance(failure, FatalError):
                 raise failure from None
             raise _Retry(failure) from None
@@ -409,7 +434,7 @@ class ProcoreHttp:
             async with response:
                 body = await _read_quietly(response)
                 if response.status in (400, 401, 403):
-                    raise AuthError(describe_status(refused, response.status, body))
+                    raise AuthError(describe_status(refused, response.status, body) + _client_hint(body))
                 if response.status >= 300:
                     raise ProcoreError(describe_status(what, response.status, body), status=response.status)
                 try:
