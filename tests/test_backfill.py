@@ -22,14 +22,14 @@ from tests.conftest import assert_byte_exact, db_rows, in_mirror, stored_time, w
 from tests.test_cli import Run, assert_no_traceback, spawn, syncer
 
 PACED: dict[str, Any] = {
-    "photos": 600,
+    "photos": 300,
     "projects": 3,
     "photo_size": 2_000,
-    "spike_limit": 40,
+    "spike_limit": 80,
     "spike_window": 1.0,
 }
-"""Three projects over a year of photos, at 40 requests a second with file requests counted: a
-whole backfill takes about 20 seconds, so what comes first can be watched."""
+"""Three projects over a year of photos, at 80 requests a second with file requests counted: a
+whole backfill takes about 10 seconds, so what comes first can be watched."""
 SLICES = {"per_page": 5}
 """Slices of 50 photos (ten pages): each project's backfill takes several turns."""
 
