@@ -162,7 +162,7 @@ def company(scale: dict[str, Any], _aria2c: str | None) -> list[Figure]:
         photos=projects * 2, projects=projects, photo_size=500, max_per_page=1000, free_file_requests=True
     ) as sim:
         figures.append(noop_round(sim, projects))
-    for cap in (1000, 2000):
+    for cap in setting["caps"]:  # the ids a page a server gives: 1,000 as records, or more
         figures += reconcile_cost(setting["reconcile_photos"], cap)
     figures += daemon_round(projects, setting["speed"], setting["seconds"])
     return figures + database(scale, None)  # the status and the bytes a photo at the company's size
