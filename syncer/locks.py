@@ -14,16 +14,20 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import ExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
 
-from syncer.errors import LockedError
+from syncer.errors import LockedError, local_fault
 from syncer.mirror.files import STATE_DIR, state_folder, try_flock
 
 
 def _try_lock(path: Path) -> int | None:
     """An open, exclusively locked descriptor for `path` (which names the holder's pid), or None
-    if another process holds it."""
-    for folder in (path.parent.parent, path.parent):  # .syncer and .syncer/locks
-        state_folder(folder)
-    fd = try_flock(path)
+    if another process holds it. A lock this user may not open (another user's run made it) is
+    one line naming it and its owner."""
+    try:
+        for folder in (path.parent.parent, path.parent):  # .syncer and .syncer/locks
+            state_folder(folder)
+        fd = try_flock(path)
+    except OSError as exc:
+        raise local_fault(exc, "the lock") or exc from None
     if fd is None:
         return None
     os.ftruncate(fd, 0)

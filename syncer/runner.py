@@ -32,7 +32,7 @@ from syncer.estimate import Budget
 from syncer.locks import Locks
 from syncer.log import REDACT
 from syncer.mirror.fetch import Fetcher
-from syncer.mirror.files import MirrorFS
+from syncer.mirror.files import MirrorFS, check_owner, sharing_of
 from syncer.mirror.identity import ensure_mirror
 from syncer.mirror.layout import Layout
 from syncer.mirror.sidecar import Sidecars
@@ -211,13 +211,16 @@ async def open_syncer(
     settings: Settings, *, progress: Progress, connections: int | None = None, new_mirror: bool = False
 ) -> AsyncIterator[Syncer]:
     """The parts of a syncer process. Nothing is written under the mirror root before it proved to
-    be the mirror the database knows (`ensure_mirror`); `new_mirror` makes it so."""
+    be the mirror the database knows (`ensure_mirror`); `new_mirror` makes it so. Nothing at all,
+    the database included, by another user than the mirror's owner (`check_owner`)."""
     concurrency = settings.sync.concurrency
+    check_owner(settings.mirror.root)
     store = await Store.open(settings.database_url, keep_runs=settings.database.keep_runs)
     fs = MirrorFS(
         settings.mirror.root,
         threads=concurrency + 2,
         sidecars=Sidecars(settings.mirror.xmp, settings.procore.web_base),
+        sharing=sharing_of(settings.mirror.group),
     )
     try:
         fs.identity = await ensure_mirror(store, fs.root, new=new_mirror)

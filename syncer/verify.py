@@ -27,7 +27,7 @@ from syncer.gallery import GALLERY_DIR
 from syncer.gallery import OWN_ROOT_FILES as GALLERY_ROOT_FILES
 from syncer.locks import Locks
 from syncer.log import terminal_lines
-from syncer.mirror.files import STATE_DIR, TRASH_DIR, MirrorFS, UnsafePath, sha256_of
+from syncer.mirror.files import STATE_DIR, TRASH_DIR, MirrorFS, UnsafePath, check_owner, sha256_of, sharing_of
 from syncer.mirror.identity import ensure_mirror
 from syncer.mirror.sidecar import Sidecars
 from syncer.procore.models import Photo
@@ -282,9 +282,13 @@ async def verify(
     report = VerifyReport(root=settings.mirror.root, scanned_for_unexpected=project_ids is None)
     loop = asyncio.get_running_loop()
     started = loop.time()
+    check_owner(settings.mirror.root)  # it takes the projects' locks, and --fix writes
     store = await Store.open(settings.database_url)
     fs = MirrorFS(
-        settings.mirror.root, threads=4, sidecars=Sidecars(settings.mirror.xmp, settings.procore.web_base)
+        settings.mirror.root,
+        threads=4,
+        sidecars=Sidecars(settings.mirror.xmp, settings.procore.web_base),
+        sharing=sharing_of(settings.mirror.group),
     )
     try:
         if not await asyncio.to_thread(settings.mirror.root.is_dir):
