@@ -251,6 +251,17 @@ def made_in(mirror: Path) -> list[Path]:
     return [mirror, *(p for p in mirror.rglob("*") if p.relative_to(mirror).parts[0] != ".syncer")]
 
 
+def not_shared(mirror: Path) -> list[tuple[str, str, str]]:
+    """What in the mirror lacks the staff group, or the modes that let the group read alone."""
+    staff = grp.getgrnam(STAFF).gr_gid
+    found = [(p, p.lstat()) for p in made_in(mirror)]
+    return [
+        (str(p), grp.getgrgid(st.st_gid).gr_name, oct(stat.S_IMODE(st.st_mode)))
+        for p, st in found
+        if (st.st_gid, stat.S_IMODE(st.st_mode) & 0o777) != (staff, 0o750 if p.is_dir() else 0o640)
+    ]
+
+
 @pytest.mark.parametrize("umask", [0o027, 0o022], ids=["the-units-umask", "a-shells-umask"])
 async def test_mirror_group_gives_all_the_syncer_makes_the_group_and_read_only_modes(
     sim: Simulator, scratch: Path, umask: int
@@ -258,15 +269,25 @@ async def test_mirror_group_gives_all_the_syncer_makes_the_group_and_read_only_m
     config = write_config(sim, home_of(OWNER, scratch), mirror={"group": STAFF}, gallery={"enabled": True})
     run = await syncer("sync", "--config", str(config), **by(OWNER, groups=(STAFF,), umask=umask))
     assert run.code == ExitCode.OK, run.err
-    made = made_in(config.parent / "mirror")
-    assert len(made) > 2 * len(sim.expected_files())  # photos, sidecars, pages and thumbnails
-    staff = grp.getgrnam(STAFF).gr_gid
-    wrong = [
-        (str(p), p.lstat().st_gid, oct(stat.S_IMODE(p.lstat().st_mode)))
-        for p in made
-        if (p.lstat().st_gid, stat.S_IMODE(p.lstat().st_mode)) != (staff, 0o750 if p.is_dir() else 0o640)
-    ]
-    assert wrong == []
+    mirror = config.parent / "mirror"
+    assert len(made_in(mirror)) > 2 * len(sim.expected_files())  # photos, sidecars, pages and thumbnails
+    assert not_shared(mirror) == []
+
+
+async def test_a_setgid_mirror_root_shares_all_where_the_syncer_may_not_change_a_group(
+    sim: Simulator, scratch: Path
+) -> None:
+    # The units' case: the owner is no member of the group, and the sandbox refuses chgrp anyway
+    home = home_of(OWNER, scratch)
+    mirror = home / "mirror"
+    mirror.mkdir()
+    shutil.chown(mirror, OWNER, STAFF)
+    mirror.chmod(0o2750)
+    config = write_config(sim, home, mirror={"group": STAFF}, gallery={"enabled": True})
+    run = await syncer("sync", "--config", str(config), **by(OWNER))
+    assert run.code == ExitCode.OK, run.err
+    assert "mirror.group" not in run.err
+    assert not_shared(mirror) == []
 
 
 READ_AND_WRITE = """
