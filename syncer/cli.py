@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import syncer
-from syncer.errors import ConfigError, ExitCode, NothingYet, SyncerError, database_error
+from syncer.errors import ConfigError, ExitCode, LocalFault, NothingYet, SyncerError, database_error, denied
 from syncer.log import REDACT, setup_logging, terminal_text
 
 if TYPE_CHECKING:
@@ -26,9 +26,11 @@ T = TypeVar("T")
 
 EPILOG = """exit codes:
   0  everything listed is mirrored and verified
-  1  some photos or projects failed (the summary names them); safe to run again
+  1  some photos or projects failed (the summary names them); safe to run again; or the
+     machine refused the work (a full disk, a file of another user's: the line names it)
   2  usage or configuration error, or Procore does not show the configured company or
-     projects to this account, or a needed extra is not installed; nothing was synced
+     projects to this account, or a needed extra is not installed, or a command that
+     writes the mirror was run by another user than its owner; nothing was synced
   3  Procore refused the credentials
   4  another syncer is working on the same mirror
   5  the mirror root is not the mirror the database knows (a disk or share not
@@ -625,6 +627,19 @@ def _chosen(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argpar
     return parser
 
 
+def _not_a_bug(exc: Exception) -> SyncerError | None:
+    """What an error from below that is no SyncerError means, when it is not a bug: the database
+    went away or refused; a file or folder this user may not use (another user's), named with its
+    owner."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    if isinstance(exc, SQLAlchemyError):
+        return database_error(exc)
+    if isinstance(exc, PermissionError):
+        return LocalFault(denied(exc))
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse(argv)
     setup_logging(verbose=args.verbose, quiet=args.quiet, fmt=args.log_format)
@@ -640,10 +655,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return int(ExitCode.OK)
     except Exception as exc:  # a bug: say so in one line; -v shows where
-        from sqlalchemy.exc import SQLAlchemyError
-
-        if isinstance(exc, SQLAlchemyError):  # the database went away or refused: not a bug
-            error = database_error(exc)
+        if (error := _not_a_bug(exc)) is not None:
             say(f"syncer: {REDACT(str(error))}", error=True)
             return int(error.exit_code)
         if args.verbose:

@@ -2,17 +2,23 @@
 
 Every error names the key it is about (`sync.concurrency: ...`) and ends the command with exit
 code 2 before anything is touched. `${VAR}` is replaced from the environment, so secrets can stay
-out of the file; relative paths are taken from the config file's folder, so cron and systemd runs
-behave like runs from a shell. Commands that never call Procore (`status`, `verify`) load the
-file without needing the Procore credentials' variables, so an operator's shell need not hold them.
+out of the file, or from `procore.secrets_file`, a file of NAME=value lines read with the rights of
+the user who runs the command (so that `sudo -u procore-sync syncer login` works where only the
+service's user and root may read the secrets); relative paths are taken from the config file's
+folder, so cron and systemd runs behave like runs from a shell. Commands that never call Procore
+(`status`, `verify`) load the file without needing the Procore credentials' variables, so an
+operator's shell need not hold them.
 """
 
 from __future__ import annotations
 
+import grp
 import math
 import os
 import re
 import ssl
+import stat
+from collections.abc import Mapping
 from dataclasses import fields
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -30,7 +36,7 @@ from pydantic import (
     field_validator,
 )
 
-from syncer.errors import ConfigError
+from syncer.errors import ConfigError, denied
 from syncer.log import REDACT
 from syncer.mirror.layout import DEFAULT_LAYOUT, Layout, LayoutError
 from syncer.procore.query import ImageFilters, parse_range
@@ -140,6 +146,10 @@ class ProcoreSettings(_Section):
     ca_file: Path | None = None
     """A PEM file of certificate authorities to trust besides the system's: a company proxy's
     that inspects TLS, or a private CA. Relative to the config file."""
+    secrets_file: Path | None = None
+    """A file of NAME=value lines (the systemd units' `EnvironmentFile=`) whose values fill
+    `${NAME}` in this file where the environment does not set NAME. Read by the user running the
+    command: it must not be open to every user. Relative to the config file."""
 
     @field_validator("api_base", "login_base", "web_base")
     @classmethod
@@ -191,6 +201,21 @@ def _yaml_off(value: Any) -> Any:
     return "off" if value is False else value
 
 
+def _known_group(value: Any) -> Any:
+    """A group name or number this machine knows, as text."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError("expected a group's name or number")  # noqa: TRY004 - pydantic reports ValueError
+    text = str(value)
+    if not text.isdigit():
+        try:
+            grp.getgrnam(text)
+        except KeyError:
+            raise ValueError(f"no group {text!r} on this machine (getent group {text})") from None
+    return text
+
+
 class MirrorSettings(_Section):
     root: Path = Path("mirror")
     layout: str = DEFAULT_LAYOUT
@@ -203,6 +228,10 @@ class MirrorSettings(_Section):
     max_file_size: Size = DEFAULT_MAX_FILE_SIZE
     """The most bytes taken for a photo whose size Procore does not state (a stated size is the
     limit otherwise)."""
+    group: Annotated[str | None, BeforeValidator(_known_group)] = None
+    """A group that may read the mirror and its gallery, not change them (site staff): every file
+    and folder the syncer makes in the mirror gets it, readable by it and by no one else (0640,
+    0750). See docs/sharing.md."""
 
     def delete_cap(self, known: int) -> int:
         if self.max_delete.endswith("%"):
@@ -383,24 +412,78 @@ class Settings(_Section):
         return re.sub(r"^postgres(ql)?://", "postgresql+asyncpg://", url)
 
 
-def _substitute_env(value: Any, path: str, unset_allowed: frozenset[str]) -> Any:
-    """`value` with every `${VAR}` replaced; a key in `unset_allowed` whose variable is not set
-    becomes an `UnsetSecret`, any other such key is an error."""
+def _substitute_env(value: Any, path: str, unset_allowed: frozenset[str], env: Mapping[str, str]) -> Any:
+    """`value` with every `${VAR}` replaced from `env`; a key in `unset_allowed` whose variable is
+    not set becomes an `UnsetSecret`, any other such key is an error."""
     if isinstance(value, dict):
         return {
-            k: _substitute_env(v, f"{path}.{k}" if path else str(k), unset_allowed) for k, v in value.items()
+            k: _substitute_env(v, f"{path}.{k}" if path else str(k), unset_allowed, env)
+            for k, v in value.items()
         }
     if isinstance(value, list):
-        return [_substitute_env(v, f"{path}[{i}]", unset_allowed) for i, v in enumerate(value)]
+        return [_substitute_env(v, f"{path}[{i}]", unset_allowed, env) for i, v in enumerate(value)]
     if isinstance(value, str):
-        unset = [name for name in _ENV_RE.findall(value) if name not in os.environ]
+        unset = [name for name in _ENV_RE.findall(value) if name not in env]
         if unset:
             problem = f"{path}: environment variable {unset[0]} is not set"
             if path in unset_allowed:
                 return UnsetSecret(problem)
             raise ConfigError(problem)
-        return _ENV_RE.sub(lambda match: os.environ[match.group(1)], value)
+        return _ENV_RE.sub(lambda match: env[match.group(1)], value)
     return value
+
+
+_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def read_secrets(path: Path, *, needed: bool) -> dict[str, str]:
+    """The NAME=value lines of `procore.secrets_file` (blank lines and # comments skipped, a value
+    in single or double quotes taken without them), each value registered for redaction. Without
+    `needed` (a command that never calls Procore), a file this user cannot read is no error. No
+    message quotes a line: it holds a secret."""
+    try:
+        with path.open(encoding="utf-8") as fh:
+            mode = stat.S_IMODE(os.fstat(fh.fileno()).st_mode)
+            text = fh.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        if not needed:
+            return {}
+        if isinstance(exc, FileNotFoundError):
+            raise ConfigError(f"procore.secrets_file: no such file: {path}") from None
+        if isinstance(exc, PermissionError):
+            raise ConfigError(
+                f"procore.secrets_file: {denied(exc)}: let this user read it (chgrp it to the user's group, "
+                "chmod 640)"
+            ) from None
+        raise ConfigError(f"procore.secrets_file: cannot read {path}: {exc}") from None
+    if mode & 0o007:
+        raise ConfigError(
+            f"procore.secrets_file: {path} is open to every user (mode {mode:04o}): chmod o-rwx {path}"
+        )
+    secrets: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        name, sep, value = line.removeprefix("export ").partition("=")
+        if not sep or not _NAME_RE.fullmatch(name.strip()):
+            raise ConfigError(f"procore.secrets_file: line {number} of {path} is not NAME=value")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        secrets[name.strip()] = value
+        REDACT.add(value)
+    return secrets
+
+
+def _secrets_file(data: dict[str, Any], folder: Path) -> Path | None:
+    procore = data.get("procore")
+    raw = procore.get("secrets_file") if isinstance(procore, dict) else None
+    if raw is None:
+        return None
+    if not isinstance(raw, str) or not raw.strip():
+        raise ConfigError("procore.secrets_file: expected the path of a file of NAME=value lines")
+    return folder / Path(raw).expanduser()
 
 
 def _describe(error: Any) -> str:
@@ -424,6 +507,10 @@ def _resolve_paths(settings: Settings, folder: Path) -> Settings:
     procore = settings.procore
     if procore.ca_file is not None:
         procore = procore.model_copy(update={"ca_file": _ca_file(folder / procore.ca_file.expanduser())})
+    if procore.secrets_file is not None:
+        procore = procore.model_copy(
+            update={"secrets_file": (folder / procore.secrets_file.expanduser()).resolve()}
+        )
     return settings.model_copy(update={"mirror": mirror, "database": database, "procore": procore})
 
 
@@ -449,7 +536,13 @@ def parse_settings(data: Any, folder: Path, *, need_credentials: bool = True) ->
         raise ConfigError("the configuration is empty; see config.example.yaml")
     if not isinstance(data, dict):
         raise ConfigError("the configuration must be a mapping of sections (procore:, mirror:, ...)")
-    data = _substitute_env(data, "", frozenset() if need_credentials else CREDENTIALS)
+    secrets_file = _secrets_file(data, folder)
+    env = (
+        os.environ
+        if secrets_file is None
+        else {**read_secrets(secrets_file, needed=need_credentials), **os.environ}
+    )
+    data = _substitute_env(data, "", frozenset() if need_credentials else CREDENTIALS, env)
     filters = (data.get("sync") or {}).get("filters") if isinstance(data.get("sync"), dict) else None
     if isinstance(filters, dict) and "updated_at" in filters:
         raise ConfigError("sync.filters.updated_at: not allowed; the syncer sets it from the checkpoint")

@@ -7,8 +7,12 @@ documented exit code instead of a traceback.
 from __future__ import annotations
 
 import errno
+import grp
 import os
+import pwd
+import stat
 from enum import IntEnum
+from pathlib import Path
 
 from syncer.log import REDACT
 
@@ -17,10 +21,12 @@ class ExitCode(IntEnum):
     OK = 0
     """Everything listed was mirrored and verified."""
     INCOMPLETE = 1
-    """Some photos or projects failed; the summary names them. Safe to run again."""
+    """Some photos or projects failed; the summary names them. Safe to run again. Also a machine
+    that refused the work (a full disk, a file another user owns): one line names it."""
     USAGE = 2
-    """Bad command line or configuration, a company or project the account cannot see, or a
-    missing extra; nothing was synced."""
+    """Bad command line or configuration, a company or project the account cannot see, a missing
+    extra, or a command that writes the mirror run by another user than its owner; nothing was
+    synced."""
     AUTH = 3
     """Procore refused the credentials."""
     LOCKED = 4
@@ -72,11 +78,55 @@ def local_fault(exc: OSError, what: str = "the mirror") -> LocalFault | None:
     """One line naming the condition and the path, if `exc` is the machine's fault."""
     if exc.errno not in LOCAL_ERRNOS:
         return None
-    where = f" ({exc.filename})" if exc.filename else ""
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        problem = denied(exc)
+    else:
+        problem = os.strerror(exc.errno or 0) + (f" ({exc.filename})" if exc.filename else "")
     return LocalFault(
-        f"{what}: {os.strerror(exc.errno or 0)}{where}; the run stopped and no photo was marked "
-        "failed: fix it, then run again"
+        f"{what}: {problem}; the run stopped and no photo was marked failed: fix it, then run again"
     )
+
+
+def user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+def group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return f"gid {gid}"
+
+
+def denied(exc: OSError) -> str:
+    """What a refused file operation needs a person to know: the path, whose it is, and who asked.
+    A file not made yet is refused by its folder, so the nearest one that exists is named."""
+    me = user_name(os.geteuid())
+    path = Path(os.fsdecode(exc.filename)) if exc.filename else None
+    for place in (path, *path.parents) if path else ():
+        try:
+            found = os.lstat(place)
+        except OSError:
+            continue
+        return (
+            f"permission denied: {place} belongs to {user_name(found.st_uid)} (group "
+            f"{group_name(found.st_gid)}, mode {stat.S_IMODE(found.st_mode):04o}), and this syncer runs "
+            f"as {me}"
+        )
+    return (
+        f"{exc.strerror or 'permission denied'}{f' ({path})' if path else ''}, and this syncer runs as {me}"
+    )
+
+
+class NotTheOwner(SyncerError):
+    """A command that writes the mirror, run by another user than the mirror's owner: whatever it
+    made there (a lock, a folder, a page) would be that user's, and the owner's next run could not
+    use it. Refused before anything is opened."""
+
+    exit_code = ExitCode.USAGE
 
 
 class MirrorMissing(FatalError):

@@ -17,7 +17,7 @@ from contextlib import ExitStack, asynccontextmanager, contextmanager
 from datetime import datetime
 from pathlib import Path
 
-from syncer.errors import LockedError
+from syncer.errors import LockedError, local_fault
 from syncer.mirror.files import STATE_DIR, state_folder, try_flock
 
 log = logging.getLogger(__name__)
@@ -25,10 +25,14 @@ log = logging.getLogger(__name__)
 
 def _try_lock(path: Path) -> int | None:
     """An open, exclusively locked descriptor for `path`, or None if another process holds it. The
-    file says who holds it (`holder`): pid, host and since when."""
-    for folder in (path.parent.parent, path.parent):  # .syncer and .syncer/locks
-        state_folder(folder)
-    fd = try_flock(path)
+    file says who holds it (`holder`): pid, host and since when. A lock this user may not open
+    (another user's run made it) is one line naming it and its owner."""
+    try:
+        for folder in (path.parent.parent, path.parent):  # .syncer and .syncer/locks
+            state_folder(folder)
+        fd = try_flock(path)
+    except OSError as exc:
+        raise local_fault(exc, "the lock") or exc from None
     if fd is None:
         return None
     since = datetime.now().astimezone().isoformat(timespec="seconds")

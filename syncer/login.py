@@ -27,6 +27,7 @@ from aiohttp import web
 from syncer.config import Settings
 from syncer.errors import ConfigError, SyncerError
 from syncer.log import REDACT
+from syncer.mirror.files import check_owner
 from syncer.procore.auth import AuthError
 from syncer.procore.http import ProcoreError
 from syncer.procore.signin import LoginFile, SavedLogin, authorize_url, loopback, parse_tokens
@@ -46,8 +47,10 @@ def _need_user_auth(settings: Settings) -> None:
 
 
 async def login(settings: Settings, *, say: Callable[[str], None] = print) -> str:
-    """Sign in and save the sign-in; returns what to tell the person once it is saved."""
+    """Sign in and save the sign-in; returns what to tell the person once it is saved. Only as the
+    mirror's owner: the sign-in is readable by the user who saves it alone."""
     _need_user_auth(settings)
+    check_owner(settings.mirror.root)
     p = settings.procore
     client_id = p.client_id.get_secret_value()
     state = secrets.token_urlsafe(24)
@@ -183,6 +186,7 @@ async def _read_line() -> str:
 async def logout(settings: Settings) -> str:
     """Forget the saved sign-in, after asking Procore to revoke it."""
     _need_user_auth(settings)
+    check_owner(settings.mirror.root)
     file = LoginFile(settings.mirror.root)
     async with file.turn():
         try:

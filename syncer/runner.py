@@ -33,7 +33,7 @@ from syncer.estimate import Budget
 from syncer.locks import Locks
 from syncer.log import REDACT
 from syncer.mirror.fetch import Fetcher
-from syncer.mirror.files import MirrorFS
+from syncer.mirror.files import MirrorFS, check_owner, sharing_of
 from syncer.mirror.identity import ensure_mirror
 from syncer.mirror.layout import Layout
 from syncer.mirror.sidecar import Sidecars
@@ -239,14 +239,18 @@ async def open_syncer(
     dry_run: bool = False,
 ) -> AsyncIterator[Syncer]:
     """The parts of a syncer process. Nothing is written under the mirror root before it proved to
-    be the mirror the database knows (`ensure_mirror`); `new_mirror` makes it so. A dry run
-    creates nothing: no database, no state folder, no lock."""
+    be the mirror the database knows (`ensure_mirror`); `new_mirror` makes it so. Nothing at all,
+    the database included, by another user than the mirror's owner (`check_owner`). A dry run
+    creates nothing: no database, no state folder, no lock (so any user may make one)."""
     concurrency = settings.sync.concurrency
+    if not dry_run:
+        check_owner(settings.mirror.root)
     async with _store(settings, dry_run=dry_run) as store:
         fs = MirrorFS(
             settings.mirror.root,
             threads=concurrency + 2,
             sidecars=Sidecars(settings.mirror.xmp, settings.procore.web_base),
+            sharing=sharing_of(settings.mirror.group),
         )
         try:
             fs.identity = await ensure_mirror(store, fs.root, new=new_mirror, create=not dry_run)

@@ -27,7 +27,7 @@ from syncer.gallery import GALLERY_DIR
 from syncer.gallery import OWN_ROOT_FILES as GALLERY_ROOT_FILES
 from syncer.locks import Locks
 from syncer.log import terminal_lines
-from syncer.mirror.files import STATE_DIR, TRASH_DIR, MirrorFS, UnsafePath, sha256_of
+from syncer.mirror.files import STATE_DIR, TRASH_DIR, MirrorFS, UnsafePath, check_owner, sha256_of, sharing_of
 from syncer.mirror.identity import ensure_mirror
 from syncer.mirror.sidecar import Sidecars
 from syncer.procore.models import Photo
@@ -287,9 +287,13 @@ async def verify(
             f"mirror.root {settings.mirror.root} does not exist or is not a folder: nothing to verify "
             "(is a disk or network share not mounted?)"
         )
+    check_owner(settings.mirror.root)  # it takes the projects' locks, and --fix writes
     store = await Store.open(settings.database_url, create=False)
     fs = MirrorFS(
-        settings.mirror.root, threads=4, sidecars=Sidecars(settings.mirror.xmp, settings.procore.web_base)
+        settings.mirror.root,
+        threads=4,
+        sidecars=Sidecars(settings.mirror.xmp, settings.procore.web_base),
+        sharing=sharing_of(settings.mirror.group),
     )
     try:
         await ensure_mirror(store, settings.mirror.root, create=False)

@@ -33,22 +33,28 @@ class Run:
 
 
 async def spawn(
-    *args: str, output: Any = asyncio.subprocess.PIPE, env: dict[str, str] | None = None
+    *args: str,
+    output: Any = asyncio.subprocess.PIPE,
+    env: dict[str, str] | None = None,
+    python: str = sys.executable,
+    **options: Any,
 ) -> Process:
-    """A `syncer` process with these arguments; stdout and stderr both go to `output`."""
+    """A `syncer` process with these arguments; stdout and stderr both go to `output`; `options`
+    for the process (`stdin=`, `user=`, `umask=`, ...)."""
     return await asyncio.create_subprocess_exec(
-        sys.executable,
+        python,
         "-m",
         "syncer",
         *args,
         stdout=output,
         stderr=output,
         env={**os.environ, **(env or {})},
+        **options,
     )
 
 
-async def syncer(*args: str, env: dict[str, str] | None = None) -> Run:
-    proc = await spawn(*args, env=env)
+async def syncer(*args: str, env: dict[str, str] | None = None, **options: Any) -> Run:
+    proc = await spawn(*args, env=env, **options)
     out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
     assert proc.returncode is not None
     return Run(proc.returncode, out.decode(), err.decode())

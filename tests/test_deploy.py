@@ -113,14 +113,20 @@ def test_the_three_services_share_one_sandbox() -> None:
 
 
 def test_the_services_may_write_where_the_documented_config_keeps_the_database_and_mirror(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setenv("PROCORE_CLIENT_ID", "id")
     monkeypatch.setenv("PROCORE_CLIENT_SECRET", "deploy-test-secret")
     operations = (ROOT / "docs" / "operations.md").read_text()
     blocks = [b for b in re.findall(r"```yaml\n(.*?)```", operations, re.DOTALL) if "/var/lib/" in b]
     assert len(blocks) == 1, "docs/operations.md shows one config for the services"
-    settings = parse_settings(yaml.safe_load(blocks[0]), Path(ETC))
+    config = yaml.safe_load(blocks[0])
+    (secrets,) = unit_keys(DAEMON)["EnvironmentFile"]
+    assert config["procore"]["secrets_file"] == secrets, "the commands by hand read the units' secrets"
+    config["procore"]["secrets_file"] = str(tmp_path / "secrets.env")  # this machine has no /etc one
+    (tmp_path / "secrets.env").write_text("")
+    (tmp_path / "secrets.env").chmod(0o640)
+    settings = parse_settings(config, Path(ETC))
     database = Path(settings.database.url.removeprefix("sqlite:///"))
     keys = unit_keys(DAEMON)
     assert database.parent == Path("/var/lib") / keys["StateDirectory"][0]

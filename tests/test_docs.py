@@ -22,6 +22,7 @@ from syncer.errors import (
     LockedError,
     MirrorMissing,
     NothingYet,
+    NotTheOwner,
     SyncerError,
 )
 from syncer.procore.api import IncompleteListing
@@ -57,6 +58,7 @@ ENTRIES: dict[type[SyncerError], tuple[str, ...]] = {
     ),
     LocalFault: ("The disk, a folder or the database cannot be written",),
     NothingYet: ("Nothing synced yet",),
+    NotTheOwner: ("The mirror belongs to another user",),
     DatabaseError: ("The database cannot be reached",),
     LeaseLost: ("A worker lost its lease",),
     UntrustedServer: ("A server's TLS certificate is not trusted",),

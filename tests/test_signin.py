@@ -51,13 +51,11 @@ async def authorize_url(proc: asyncio.subprocess.Process) -> str:
     raise AssertionError("syncer login printed no authorize address")
 
 
-async def login(sim: Simulator, config: str, *, as_user: int = PAT) -> Run:
-    """`syncer login` with the code pasted, as a person would after approving in a browser."""
+async def login(sim: Simulator, config: str, *, as_user: int = PAT, **options: Any) -> Run:
+    """`syncer login` with the code pasted, as a person would after approving in a browser;
+    `options` for the process (`user=`, `python=`, ...)."""
     sim.sign_in.auto_approve = as_user
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "syncer", "login", "--config", config,
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+    proc = await spawn("login", "--config", config, stdin=asyncio.subprocess.PIPE, **options)
     url = await authorize_url(proc)
     async with aiohttp.ClientSession() as browser, browser.get(url) as page:
         found = re.search(r'id="code">([^<]+)<', await page.text())

@@ -41,6 +41,7 @@ from syncer.export import render_csv
 from syncer.gallery import pages
 from syncer.gallery.folder import Folder
 from syncer.locks import Locks
+from syncer.mirror.files import Sharing, check_owner, sharing_of
 from syncer.mirror.identity import ensure_mirror
 from syncer.procore.models import photos_page
 from syncer.report import human_seconds, plural
@@ -132,10 +133,13 @@ def _sha(data: bytes | None) -> str | None:
 class Gallery:
     """The gallery of one mirror."""
 
-    def __init__(self, root: Path, *, web_base: str, threads: int | None = None) -> None:
+    def __init__(
+        self, root: Path, *, web_base: str, threads: int | None = None, sharing: Sharing | None = None
+    ) -> None:
         self.root = root
         self.web_base = web_base
         self.threads = threads or os.cpu_count() or 2
+        self.sharing = sharing
 
     async def build(self, store: Store, project_ids: Sequence[int] | None = None) -> GalleryReport:
         """Bring the gallery up to date with the database, for `project_ids` or every project.
@@ -147,7 +151,7 @@ class Gallery:
         report = GalleryReport(self.root)
         async with Locks(self.root).waiting("gallery"):
             try:
-                with Build(self.root, self.web_base, self.threads) as build:
+                with Build(self.root, self.web_base, self.threads, self.sharing) as build:
                     await build.run(store, project_ids, report)
             except OSError as exc:
                 raise local_fault(exc, "the gallery") or LocalFault(f"the gallery: {exc}") from None
@@ -158,14 +162,15 @@ class Gallery:
 class Build:
     """One build: the gallery's folders held open (`Folder`), the threads that decode and write."""
 
-    def __init__(self, root: Path, web_base: str, threads: int) -> None:
+    def __init__(self, root: Path, web_base: str, threads: int, sharing: Sharing | None) -> None:
         self.root_path = root
         self.web_base = web_base
         self.threads = threads
+        self.sharing = sharing
 
     def __enter__(self) -> Build:
         self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="gallery")
-        self.root = Folder.open(self.root_path)
+        self.root = Folder.open(self.root_path, self.sharing)
         self.opened = [self.root]
         self.gallery = self._open(self.root, GALLERY_DIR)
         self.data = self._open(self.gallery, "data")
@@ -397,11 +402,14 @@ class Build:
 
 
 def gallery_of(settings: Settings) -> Gallery:
-    return Gallery(settings.mirror.root, web_base=settings.procore.web_base)
+    return Gallery(
+        settings.mirror.root, web_base=settings.procore.web_base, sharing=sharing_of(settings.mirror.group)
+    )
 
 
 async def build_gallery(settings: Settings, project_ids: Sequence[int] | None = None) -> GalleryReport:
     """`syncer gallery`: bring the gallery up to date from the database alone (no credentials)."""
+    check_owner(settings.mirror.root)
     store = await Store.open(settings.database_url, create=False)
     try:
         await ensure_mirror(store, settings.mirror.root, create=False)  # never into an empty mount point

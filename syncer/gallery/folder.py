@@ -5,7 +5,8 @@ path string walked again for each file. A folder is entered with `O_NOFOLLOW`, s
 at its name is refused, and once it is open, a link swapped in for it (or for any folder above it)
 during a build cannot redirect a single write out of the mirror. Files are opened with
 `O_NOFOLLOW | O_NONBLOCK` and used only if they are regular files: a planted link is replaced, not
-followed, and a planted FIFO cannot hang a build.
+followed, and a planted FIFO cannot hang a build. With `mirror.group`, every folder and file made
+is given the group the way the mirror's photos are (`Sharing`), on its descriptor, before its rename.
 """
 
 from __future__ import annotations
@@ -19,28 +20,37 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from syncer.errors import LocalFault
-from syncer.mirror.files import write_all
+from syncer.mirror.files import Sharing, fill
 
 DIRECTORY = os.O_RDONLY | os.O_DIRECTORY
 
 
 class Folder:
-    def __init__(self, fd: int, path: Path) -> None:
+    def __init__(self, fd: int, path: Path, sharing: Sharing | None = None) -> None:
         self.fd = fd
         self.path = path
         """For messages only: what the folder was called when it was opened."""
+        self.sharing = sharing
 
     @classmethod
-    def open(cls, path: Path) -> Folder:
+    def open(cls, path: Path, sharing: Sharing | None = None) -> Folder:
         """The mirror's root (which may itself be a link: the user's choice of where it lives)."""
-        return cls(os.open(path, DIRECTORY), path)
+        root = cls(os.open(path, DIRECTORY), path, sharing)
+        if sharing is not None:  # the way in for the group: index.html is here
+            sharing.apply(root.fd, path, folder=True)
+        return root
 
     def sub(self, name: str) -> Folder:
         """The folder `name` inside this one, created if missing; a link or a file there is refused."""
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(name, 0o755, dir_fd=self.fd)
+        made = True
         try:
-            return Folder(os.open(name, DIRECTORY | os.O_NOFOLLOW, dir_fd=self.fd), self.path / name)
+            os.mkdir(name, 0o755, dir_fd=self.fd)
+        except FileExistsError:
+            made = False
+        try:
+            folder = Folder(
+                os.open(name, DIRECTORY | os.O_NOFOLLOW, dir_fd=self.fd), self.path / name, self.sharing
+            )
         except OSError as exc:
             if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
                 raise
@@ -48,6 +58,9 @@ class Folder:
                 f"{self.path / name} is a link or not a folder; the gallery writes only in real folders "
                 "inside the mirror: remove it and run again"
             ) from None
+        if made and self.sharing is not None:
+            self.sharing.apply(folder.fd, folder.path, folder=True)
+        return folder
 
     def read(self, name: str) -> bytes | None:
         """The bytes of the regular file `name`, or None if there is none (or a link, a folder, a
@@ -71,11 +84,7 @@ class Folder:
         `sync`) the folder fsynced. Whatever was at `name` is replaced; a folder there is refused."""
         tmp = f".{name}.{secrets.token_hex(6)}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=self.fd)
-        try:
-            write_all(fd, [data])
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fill(fd, self.path / name, [data], sharing=self.sharing)
         try:
             os.replace(tmp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
         except BaseException as exc:

@@ -11,12 +11,15 @@ import asyncio
 import contextlib
 import errno
 import fcntl
+import functools
+import grp
 import hashlib
 import itertools
 import logging
 import os
 import secrets
 import stat
+import threading
 import time
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from syncer.errors import LocalFault, MirrorMissing
+from syncer.errors import LocalFault, MirrorMissing, NotTheOwner, local_fault, user_name
 from syncer.mirror.sidecar import Sidecars
 
 T = TypeVar("T")
@@ -70,18 +73,137 @@ def write_all(fd: int, pieces: Sequence[bytes]) -> None:
                 group[0] = group[0][written:]
 
 
-def _write_synced(path: Path, data: Sequence[bytes], mtime: float | None = None, mode: int = 0o644) -> None:
-    """A new file at `path` holding the pieces of `data` (with modification time `mtime`),
-    fsynced. Plain descriptor calls: each is a system call that hands the GIL to the event loop
-    and back, so there are as few as the durability order allows."""
-    fd = open_new(path, mode=mode)
+def check_owner(root: Path) -> None:
+    """Refuse (`NotTheOwner`) a command that would write in a mirror another user owns, root
+    included: what it made there (a lock, a folder, a page) would be its own, and the owner's
+    next run, a service's, could not use it. Called before anything is opened, the database
+    included. A root not made yet is this user's to make."""
+    try:
+        owner = root.stat().st_uid
+    except OSError:
+        return
+    if owner != os.geteuid():
+        name = user_name(owner)
+        sudo = name if not name.startswith("uid ") else f"'#{owner}'"
+        raise NotTheOwner(
+            f"mirror.root {root} belongs to {name}, and this is {user_name(os.geteuid())}: run syncer as "
+            f"its owner (sudo -u {sudo} syncer ...), so that what it writes there stays usable by the "
+            "owner's runs; nothing was done"
+        )
+
+
+class Sharing:
+    """The group that may read the mirror (`mirror.group`): every file and folder the syncer
+    makes there gets it, with a mode that lets that group read and no one else in (0640, 0750),
+    whatever the umask. Set on the new file's descriptor before it is renamed into place, so it is
+    never seen otherwise, and never by a walk afterwards.
+
+    Where the filesystem takes groups and modes from its mount options (an SMB/CIFS share), or the
+    user may not give that group (not a member; the systemd units' sandbox forbids it), the change
+    fails or does nothing. The file is kept all the same: the run is not failed for it, and what
+    could not be done is said once per process, not once per photo."""
+
+    FILE = 0o640
+    FOLDER = 0o750
+
+    def __init__(self, gid: int, name: str) -> None:
+        self.gid = gid
+        self.name = name
+        self._said: set[str] = set()
+        self._lock = threading.Lock()
+
+    def apply(self, fd: int, path: Path, *, folder: bool = False) -> None:
+        """Give the open file or folder `fd` (at `path`, for messages) the group and the mode."""
+        found = os.fstat(fd)
+        wanted = self.FOLDER if folder else self.FILE
+        problems: dict[str, str | None] = {}
+        if found.st_gid != self.gid:
+            problems["group"] = _refused(os.fchown, fd, -1, self.gid)
+        if stat.S_IMODE(found.st_mode) & 0o777 != wanted:
+            keep = found.st_mode & stat.S_ISGID if folder else 0  # a setgid folder passes its group on
+            problems["mode"] = _refused(os.fchmod, fd, wanted | keep)
+        if None in problems.values():  # a share's mount options may have the last word, silently
+            now = os.fstat(fd)
+            done = {"group": now.st_gid == self.gid, "mode": stat.S_IMODE(now.st_mode) & 0o777 == wanted}
+            for what, problem in problems.items():
+                if problem is None and not done[what]:
+                    problems[what] = "the filesystem kept its own"
+        for what, problem in problems.items():
+            if problem is not None:
+                self._say_once(what, problem, path, wanted)
+
+    def _say_once(self, what: str, problem: str, path: Path, wanted: int) -> None:
+        with self._lock:
+            if what in self._said:
+                return
+            self._said.add(what)
+        if what == "group":
+            change = f"the group {self.name}"
+            hint = (
+                f"is {user_name(os.geteuid())} a member of {self.name}? On an SMB/CIFS share the group "
+                "comes from the mount's gid= option"
+            )
+        else:
+            change = f"mode {wanted:04o}"
+            hint = "on an SMB/CIFS share modes come from the mount's file_mode= and dir_mode= options"
+        log.warning(
+            "mirror.group: %s could not be given %s (%s): %s. Said once; the mirror is written all "
+            "the same (see docs/sharing.md)",
+            path,
+            change,
+            problem,
+            hint,
+        )
+
+
+@functools.cache
+def sharing_of(group: str | None) -> Sharing | None:
+    """The `Sharing` of `mirror.group` (None: files keep what the umask and folders give them).
+    One per group for the whole process, so that the sync and the gallery it builds, or a daemon's
+    runs, say what could not be done once between them."""
+    if group is None:
+        return None
+    gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+    return Sharing(gid, group)
+
+
+def _refused(change: Any, *args: int) -> str | None:
+    """Why `change(*args)` failed, or None if it did not."""
+    try:
+        change(*args)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
+def fill(
+    fd: int, path: Path, data: Sequence[bytes], mtime: float | None = None, sharing: Sharing | None = None
+) -> None:
+    """Make the new file open at `fd` (`path`, for messages) what it must be before it is renamed
+    into place, and close it: `data` written, modification time `mtime`, the mirror's group with
+    `sharing`, fsynced. The one way every file the mirror shows is written, the gallery's too. Plain
+    descriptor calls: each is a system call that hands the GIL to the event loop and back, so
+    there are as few as the durability order allows."""
     try:
         write_all(fd, data)
         if mtime is not None:
             os.utime(fd, (mtime, mtime))
+        if sharing is not None:
+            sharing.apply(fd, path)
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _write_synced(
+    path: Path,
+    data: Sequence[bytes],
+    mtime: float | None = None,
+    mode: int = 0o644,
+    sharing: Sharing | None = None,
+) -> None:
+    """A new file at `path` (see `fill`)."""
+    fill(open_new(path, mode=mode), path, data, mtime, sharing)
 
 
 def replace_file(path: Path, data: bytes, *, sync_folder: bool = True, mode: int = 0o644) -> None:
@@ -141,7 +263,7 @@ def read_marker(root: Path) -> str | None:
     except NotADirectoryError:  # `.syncer` or the root is a file
         return None
     except OSError as exc:
-        raise MirrorMissing(
+        raise local_fault(exc, "the mirror's id") or MirrorMissing(
             f"{path} cannot be read ({exc.strerror}): it should hold the mirror's id"
         ) from None
     try:
@@ -242,10 +364,19 @@ class Install:
 
 
 class MirrorFS:
-    def __init__(self, root: Path, *, threads: int = 8, sidecars: Sidecars | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        threads: int = 8,
+        sidecars: Sidecars | None = None,
+        sharing: Sharing | None = None,
+    ) -> None:
         self.root = root.resolve()
         self.sidecars = sidecars or Sidecars()
         """Which metadata files go with each photo (moved and removed with it)."""
+        self.sharing = sharing
+        """The group every file and folder made here is given (`mirror.group`), if any."""
         self.tmp_dir = self.root / STATE_DIR / "tmp"
         self.writing_dir = self.root / STATE_DIR / "locks" / "writing"
         """Locks of the photos being written, when several processes share the mirror."""
@@ -269,6 +400,8 @@ class MirrorFS:
             self.check_state()
         except OSError as exc:
             raise unusable_root(self.root, exc) from None
+        if self.sharing is not None:  # the way in for the group: index.html is at the root
+            self._share_folder(self.root)
         now = time.time() if now is None else now
         for leftover in self.tmp_dir.iterdir():
             limit = 7 * 86400 if ".part" in leftover.name else stale_after
@@ -340,9 +473,44 @@ class MirrorFS:
         target = self.path(rel)
         if target.parent not in self._verified:
             self.check_identity()
-            target.parent.mkdir(parents=True, exist_ok=True)
+            self._make_folder(target.parent)
             target = self.path(rel)
         return target
+
+    def _make_folder(self, folder: Path) -> None:
+        """Make `folder` and the folders above it that are missing, each given the mirror's group."""
+        if self.sharing is None:
+            folder.mkdir(parents=True, exist_ok=True)
+            return
+        missing = list(itertools.takewhile(lambda place: not place.is_dir(), (folder, *folder.parents)))
+        for place in reversed(missing):
+            try:
+                place.mkdir()
+            except FileExistsError:  # made meanwhile by another thread or process, which shares it
+                continue
+            self._share_folder(place, os.O_NOFOLLOW)  # a link swapped in meanwhile is not followed
+
+    def _share_folder(self, folder: Path, flags: int = 0) -> None:
+        assert self.sharing is not None
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | flags)
+        try:
+            self.sharing.apply(fd, folder, folder=True)
+        finally:
+            os.close(fd)
+
+    def _stamp(self, tmp: Path, mtime: float | None) -> None:
+        """A file downloaded in place (the fetcher fsynced it): its date, and with `sharing` its group."""
+        if self.sharing is None:
+            if mtime is not None:
+                os.utime(tmp, (mtime, mtime))
+            return
+        fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            if mtime is not None:
+                os.utime(fd, (mtime, mtime))
+            self.sharing.apply(fd, tmp)
+        finally:
+            os.close(fd)
 
     def _replace(self, tmp: Path, rel: str) -> Path:
         """Rename `tmp` to `rel`, making its folder if it is missing (or was removed meanwhile)."""
@@ -363,7 +531,7 @@ class MirrorFS:
 
     def _write_atomic(self, rel: str, data: bytes) -> Path:
         tmp = self._tmp_name()
-        _write_synced(tmp, [data])
+        _write_synced(tmp, [data], sharing=self.sharing)
         return self._replace(tmp, rel)
 
     def write_with_folder(self, documents: Sequence[tuple[str, bytes]]) -> None:
@@ -388,9 +556,9 @@ class MirrorFS:
         for item in batch:
             try:
                 if item.data is not None:
-                    _write_synced(item.tmp, item.data, item.mtime)
-                elif item.mtime is not None:
-                    os.utime(item.tmp, (item.mtime, item.mtime))
+                    _write_synced(item.tmp, item.data, item.mtime, sharing=self.sharing)
+                else:
+                    self._stamp(item.tmp, item.mtime)
                 folder = self._replace(item.tmp, item.rel).parent
                 for sidecar in item.sidecars:
                     self._write_atomic(*sidecar)
