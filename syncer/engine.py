@@ -170,6 +170,10 @@ class Engine:
         self.newest: datetime | None = None
         """The newest photo's `created_at` the counts have shown: where the company's photos end,
         from which backfill slices measure how far back they reach."""
+        self.claiming = asyncio.Lock()
+        """Held from reading a page's stored rows to saving the page: two projects listing the same
+        photo at once (Procore shows some in two) would each find it new and fetch it, and it would
+        move between their folders. The first to save it holds it (`_held_elsewhere`)."""
 
     def procore_now(self) -> datetime:
         """Now on Procore's clock, as its `Date` headers tell (ours, before any answer)."""
@@ -381,8 +385,9 @@ class ProjectSync:
         source = engine.work.source(pool, seen=self.seen, settings=engine.settings)
 
         async def on_page(photos: list[Photo]) -> None:
-            decisions = await self._decisions(photos)
-            await self._save_page(decisions, handing=source.hands_over_urls)
+            async with engine.claiming:
+                decisions = await self._decisions(photos)
+                await self._save_page(decisions, handing=source.hands_over_urls)
             downloads = []
             for d in decisions:
                 result.changes[d.change] += 1
