@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import syncer
 from syncer.errors import ConfigError, ExitCode, SyncerError, database_error
 from syncer.log import REDACT, setup_logging, terminal_text
+from syncer.words import plural
 
 if TYPE_CHECKING:
     from syncer.result import RunSummary
@@ -172,7 +173,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     settings = load_settings(_config_path(args), need_credentials=False)  # reads the database only
     count = asyncio.run(export_csv(settings, args.csv, project_ids=args.project or None))
     if args.csv != "-":
-        say(f"{count:,} photo{'' if count == 1 else 's'} listed in {args.csv}")
+        say(f"{plural(count, 'photo')} listed in {args.csv}")
     return 0
 
 

@@ -36,6 +36,7 @@ from syncer.procore.models import BadRecord, Project
 from syncer.procore.query import ImageQuery, Range
 from syncer.result import ProjectResult
 from syncer.store import Store
+from syncer.words import plural
 
 log = logging.getLogger(__name__)
 
@@ -177,9 +178,10 @@ class Deletions:
         cap = self.mirror.delete_cap(len(known))
         if len(gone) > cap and not force:
             result.deletions_blocked = (
-                f"{len(gone)} of {len(known)} photos are gone from Procore, more than mirror.max_delete "
-                f"({self.mirror.max_delete}, {cap} photos) allows; none was marked deleted. "
-                "If that is right, run again with --force"
+                f"{len(gone):,} of {plural(len(known), 'photo')} {'is' if len(gone) == 1 else 'are'} gone "
+                f"from Procore, more than mirror.max_delete ({self.mirror.max_delete}, "
+                f"{plural(cap, 'photo')}) allows; none was marked deleted. If that is right, run again "
+                "with --force"
             )
             return
         confirmed = await self._confirm_gone(project, gone)
@@ -226,8 +228,8 @@ class Deletions:
                     moved.append((photo_id, target))
             except UnsafePath as exc:  # a link planted in the trash: leave the rest where they are
                 result.deletions_blocked = (
-                    f"{exc}; {len(files) - len(moved)} files of deleted photos stay in place until the "
-                    "link is removed"
+                    f"{exc}; {plural(len(files) - len(moved), 'file')} of deleted photos stay in place "
+                    "until the link is removed"
                 )
             await self.store.record_trashed(moved)
             result.trashed = len(moved)
@@ -238,8 +240,8 @@ class Deletions:
             await self.store.record_removed([photo_id for photo_id, _ in files])
             result.removed = len(files)
         log.info(
-            "project %s: %s %d files of photos deleted in Procore",
+            "project %s: %s %s of photos deleted in Procore",
             project.id,
             "moved to the trash" if self.mirror.on_delete == "trash" else "removed",
-            len(files),
+            plural(len(files), "file"),
         )

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from syncer.log import terminal_json, terminal_lines
 from syncer.plan import Change
 from syncer.result import ProjectResult, RunSummary
+from syncer.words import plural
 
 if TYPE_CHECKING:
     from syncer.estimate import Budget
@@ -37,11 +38,6 @@ def human_seconds(s: float) -> str:
     if hours >= 48:
         return f"{hours // 24}d{hours % 24:02d}h{minutes:02d}m"
     return f"{hours}h{minutes:02d}m{seconds:02d}s" if hours else f"{minutes}m{seconds:02d}s"
-
-
-def plural(count: int, word: str, words: str | None = None) -> str:
-    """`1 photo`, `2 photos`, with thousands separated."""
-    return f"{count:,} {word if count == 1 else words or word + 's'}"
 
 
 class Progress(Protocol):
@@ -109,7 +105,7 @@ class Tally:
             done = len(self.listings_done & self.projects)
             return (
                 f"listing {done}/{plural(len(self.projects), 'project')} · {self.photos_done:,}/"
-                f"{self.photos_total:,} photos so far · {human_bytes(self.bytes_done)} · {speed} · "
+                f"{plural(self.photos_total, 'photo')} so far · {human_bytes(self.bytes_done)} · {speed} · "
                 "total not known yet"
             )
         unlisted = sum(self.unlisted.values())
@@ -333,7 +329,7 @@ def _project_lines(r: ProjectResult) -> list[str]:
         *(f"listing: {note}" for note in r.listing_notes),
         *(f"listing not proven complete: {problem}" for problem in r.unproven),
         *(f"a record Procore listed cannot be read, so it is not mirrored: {u}" for u in r.unreadable[:20]),
-        len(r.unreadable) > 20 and f"... and {len(r.unreadable) - 20:,} more unreadable records",
+        len(r.unreadable) > 20 and f"... and {plural(len(r.unreadable) - 20, 'more unreadable record')}",
         not r.dry_run
         and not r.helped
         and not r.checkpoint_advanced

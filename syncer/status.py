@@ -10,6 +10,7 @@ from syncer.log import terminal_lines, terminal_text
 from syncer.report import human_bytes
 from syncer.store import Store
 from syncer.store.shared import WorkerInfo, team_status
+from syncer.words import plural
 
 
 async def status_document(
@@ -107,7 +108,7 @@ def _failure_lines(project: dict[str, Any]) -> list[str]:
     """The project's first failed photos, then how many more there are and where to see them."""
     listed = project["failures"]
     lines = [
-        f"failed: {project['name']}: photo {f['id']} -> {f['path']} ({f['attempts']} attempts, "
+        f"failed: {project['name']}: photo {f['id']} -> {f['path']} ({plural(f['attempts'], 'attempt')}, "
         f"next try {(f['next_retry_at'] or 'next run')[:19]}): {f['error']}"
         for f in listed[:FAILURES_SHOWN]
     ]
@@ -116,7 +117,8 @@ def _failure_lines(project: dict[str, Any]) -> list[str]:
         # the store may cut `failures` short: never promise more than the document holds
         held = "all" if len(listed) >= project["failed"] else f"{len(listed)} of the {project['failed']}"
         lines.append(
-            f"... and {more} more failed photos in {project['name']} (`syncer status --json` lists {held})"
+            f"... and {plural(more, 'more failed photo')} in {project['name']} "
+            f"(`syncer status --json` lists {held})"
         )
     return lines
 
@@ -139,6 +141,6 @@ def _worker_lines(document: dict[str, Any]) -> list[str]:
         if p["listed_by"] or p["downloading"]:
             lines.append(
                 f"  {p['name']} ({p['id']}): listed by {p['listed_by'] or 'nobody now'}, "
-                f"{p['downloading']} downloads in flight"
+                f"{plural(p['downloading'], 'download')} in flight"
             )
     return lines

@@ -285,6 +285,18 @@ async def test_simulate_serves_a_company_until_stopped(tmp_path: Path) -> None:
         assert await asyncio.wait_for(proc.wait(), timeout=10) == 0
 
 
+async def test_the_simulator_counts_one_project_and_one_photo_in_the_singular() -> None:
+    proc = await spawn("simulate", "--port", "0", "--photos", "1", "--projects", "1")
+    assert proc.stdout is not None
+    try:
+        await asyncio.wait_for(proc.stdout.readline(), timeout=30)  # where it serves
+        company = (await asyncio.wait_for(proc.stdout.readline(), timeout=30)).decode()
+    finally:
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), timeout=10)
+    assert company == "1 project, 1 photo (seed 1).\n"
+
+
 async def test_status_lists_failed_photos_with_their_error_and_next_try(
     make_sim: Any, tmp_path: Path
 ) -> None:

@@ -43,8 +43,9 @@ from syncer.gallery.folder import Folder
 from syncer.locks import Locks
 from syncer.mirror.identity import ensure_mirror
 from syncer.procore.models import photos_page
-from syncer.report import human_seconds, plural
+from syncer.report import human_seconds
 from syncer.store import ArchiveDigest, ArchivedPhoto, Store
+from syncer.words import plural
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -323,7 +324,7 @@ class Build:
                 if time.monotonic() - last >= PROGRESS_EVERY:
                     last = time.monotonic()
                     count = f"{len(made) + len(failed):,}"
-                    log.info("gallery: %s of %s thumbnails made", count, f"{len(todo):,}")
+                    log.info("gallery: %s of %s made", count, plural(len(todo), "thumbnail"))
         finally:
             for future in pending:
                 future.cancel()

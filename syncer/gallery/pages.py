@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from urllib.parse import quote
 
 from syncer.store import ArchivedPhoto
+from syncer.words import plural
 
 FIELDS = (
     "id",
@@ -266,21 +267,18 @@ def index_page(cards: Sequence[ProjectCard], folder: str, has_csv: bool) -> byte
             if c.cover
             else '<span class="placeholder" aria-hidden="true"></span>'
         )
-        plural = "photo" if c.photos == 1 else "photos"
-        albums = "album" if c.albums == 1 else "albums"
         items.append(
             f"""<li class="card"><a href="{href}">{cover}<span class="name">{html.escape(c.name)}</span></a>
-  <span class="facts"><span class="photos">{c.photos:,} {plural}</span> · {c.albums:,} {albums}
+  <span class="facts"><span class="photos">{plural(c.photos, "photo")}</span> · {plural(c.albums, "album")}
     · {_size(c.bytes)}</span>
   <span class="dates">{_span(c.first, c.last)}</span>
   <span class="pid">Procore project {c.id}</span></li>"""
         )
     csv_link = '<a href="index.csv">index.csv</a> lists every photo for a spreadsheet. ' if has_csv else ""
-    projects = f"{len(cards):,} project{'' if len(cards) == 1 else 's'}"
     body = f"""<body class="home">
 <header>
   <h1>Photo archive</h1>
-  <p id="count">{projects}, {total:,} photo{"" if total == 1 else "s"}</p>
+  <p id="count">{plural(len(cards), "project")}, {plural(total, "photo")}</p>
 </header>
 <main>
 <ul id="projects">

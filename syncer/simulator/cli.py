@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from syncer.simulator.server import SimConfig, Simulator
+from syncer.words import plural
 
 DEMO_SEED = 7
 
@@ -43,7 +44,8 @@ async def serve(args: argparse.Namespace) -> int:
     await sim.start(api_port=args.port, store_port=args.store_port)
     config = {"procore": sim.procore_settings()}
     print(f"Procore simulator: API {sim.api_base}, storage {sim.storage_base}, object store {sim.store_base}")
-    print(f"{len(sim.company.projects)} projects, {len(sim.company.photos)} photos (seed {args.seed}).")
+    company = f"{plural(len(sim.company.projects), 'project')}, {plural(len(sim.company.photos), 'photo')}"
+    print(f"{company} (seed {args.seed}).")
     print("A config section that points at it:\n")
     print(yaml.safe_dump(config, sort_keys=False))
     print("Ctrl-C stops it.", flush=True)
@@ -82,7 +84,8 @@ async def demo(args: argparse.Namespace) -> int:
             encoding="utf-8",
         )
         print(
-            f"Simulated company: {len(sim.company.projects)} projects, {len(sim.company.photos)} photos; "
+            f"Simulated company: {plural(len(sim.company.projects), 'project')}, "
+            f"{plural(len(sim.company.photos), 'photo')}; "
             f"syncing into {folder}",
             flush=True,
         )
