@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import quote
 
+from syncer.mirror.layout import UNFILED
 from syncer.store import ArchivedPhoto
 from syncer.words import plural
 
@@ -49,7 +50,8 @@ FIELDS = (
 """The order of a photo row in a data file; `gallery.js` reads them by these positions."""
 STARRED, PRIVATE = 1, 2
 """Bits of a row's `flags`."""
-DATA_VERSION = 1
+DATA_VERSION = 2
+"""2: the data names the album of photos without one (`unfiled`)."""
 
 
 def thumb_place(sha256: str) -> tuple[str, str]:
@@ -154,6 +156,7 @@ def project_data(
         "fields": FIELDS,
         "project": {"id": project_id, "name": shown(project_name), "link": link},
         "albums": albums.names,
+        "unfiled": UNFILED,  # the folder they are in: one name for them in the mirror and the gallery
         "people": people.names,
         "places": places.names,
         "trades": trades.names,
