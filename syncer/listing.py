@@ -135,6 +135,11 @@ async def count_window(
     return await api.images_page(counted, page=1, per_page=1)
 
 
+def span(start: datetime, end: datetime) -> str:
+    """A range of `updated_at` as Procore is asked for it, in UTC, and saying so."""
+    return f"{start:%Y-%m-%dT%H:%M:%S}..{end:%Y-%m-%dT%H:%M:%S} UTC"
+
+
 @dataclass(frozen=True)
 class Piece:
     """Ranges of whole seconds, asked as they are: the photos shown at `updated_from` up to
@@ -146,7 +151,7 @@ class Piece:
     created_to: datetime = FAR_FUTURE
 
     def describe(self) -> str:
-        return f"updated {self.updated_from:%Y-%m-%dT%H:%M:%S}..{self.updated_to:%Y-%m-%dT%H:%M:%S}"
+        return f"updated {span(self.updated_from, self.updated_to)}"
 
     @property
     def any_created(self) -> bool:

@@ -28,7 +28,7 @@ from datetime import datetime
 from itertools import pairwise
 
 from syncer.config import MirrorSettings
-from syncer.listing import BEGINNING, FAR_FUTURE, Pass, paged_pass
+from syncer.listing import BEGINNING, FAR_FUTURE, Pass, paged_pass, span
 from syncer.mirror.files import TRASH_DIR, MirrorFS, UnsafePath
 from syncer.procore.api import Page, ProcoreApi
 from syncer.procore.http import ProcoreError
@@ -72,10 +72,7 @@ class IdListing:
     def problem(self) -> str | None:
         for piece in self.pieces:
             if piece.ids is None:
-                return (
-                    f"the ids updated {piece.start:%Y-%m-%dT%H:%M:%S}..{piece.end:%Y-%m-%dT%H:%M:%S} "
-                    "did not match Total"
-                )
+                return f"the ids updated {span(piece.start, piece.end)} did not match Total"
         return None
 
     def to_list(self, known: Mapping[int, datetime | None], missing: Sequence[datetime]) -> list[IdPiece]:

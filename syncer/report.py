@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from syncer.log import terminal_json, terminal_lines
 from syncer.plan import Change
 from syncer.result import ProjectResult, RunSummary
-from syncer.words import plural
+from syncer.words import human_time, plural
 
 if TYPE_CHECKING:
     from syncer.estimate import Budget
@@ -263,7 +263,7 @@ def _backfill_note(r: ProjectResult) -> str:
         return "first backfill not done: no slice proven yet; the next run goes on"
     older = f" ({plural(r.backfill_photos, 'photo')})" if r.backfill_photos is not None else ""
     return (
-        f"first backfill not done: listed newest first back to {r.proven_back_to:%Y-%m-%d %H:%M:%S} UTC; "
+        f"first backfill not done: listed newest first back to {human_time(r.proven_back_to)}; "
         f"older photos{older} still to list, the next run goes on"
     )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
@@ -103,6 +104,22 @@ async def test_a_first_backfill_mirrors_the_newest_photos_of_every_project_befor
     assert proc.returncode == ExitCode.INTERRUPTED, err.decode()
     oldest = set(by_age(sim)[-len(sim.company.photos) // 10 :])
     assert not oldest & mirrored(root).keys(), "the oldest tenth of the company waits for the newest"
+
+
+async def test_a_backfill_not_done_says_how_far_back_in_local_time_with_the_offset(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    sim = await make_sim(**PACED)
+    recent(sim)
+    config = write_config(sim, tmp_path, sync={**SLICES, "max_duration": "3s"})
+    run = await syncer("sync", "--config", str(config), env={"TZ": "XYZ-2"})  # two hours east of UTC
+    proven = {
+        stored_time(until) + timedelta(hours=2)
+        for (until,) in db_rows(load_settings(config), "SELECT backfill_until FROM projects")
+        if until
+    }
+    shown = re.findall(r"listed newest first back to (.+?); ", run.out)
+    assert proven and set(shown) == {f"{moment:%Y-%m-%d %H:%M:%S} +02:00" for moment in proven}, run.out
 
 
 async def test_a_backfill_stopped_at_max_duration_is_incomplete_and_the_next_run_lists_only_the_rest(

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import socket
 import sys
 from asyncio.subprocess import Process
@@ -247,6 +248,14 @@ async def test_json_logs_are_one_object_per_line(make_sim: Any, tmp_path: Path) 
     lines = [line for line in run.err.splitlines() if line.strip()]
     assert lines
     assert all(json.loads(line)["level"] for line in lines)
+
+
+async def test_log_lines_begin_with_the_time_of_day_and_its_zone(make_sim: Any, tmp_path: Path) -> None:
+    sim = await make_sim(url_ttl=0, photos=3, projects=1)  # failures produce warnings
+    config = write_config(sim, tmp_path)
+    run = await syncer("sync", "--config", str(config), env={"TZ": "XYZ-2"})  # two hours east of UTC
+    lines = run.err.splitlines()
+    assert lines and all(re.match(r"\d\d:\d\d:\d\d \+02:00 [A-Z]+ ", line) for line in lines), lines[:3]
 
 
 async def test_simulate_serves_a_company_until_stopped(tmp_path: Path) -> None:
