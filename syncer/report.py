@@ -170,7 +170,9 @@ class _Counting(ABC):
 
 
 class LogProgress(_Counting):
-    """For cron and services: a line every `every` seconds while photos are moving."""
+    """For cron and services: a line every `every` seconds while photos are moving. A daemon's
+    turn that lists nothing new still reports (the listing ended), and a line then would say
+    only that nothing is going on: none is written while nothing is listed or due."""
 
     def __init__(self, every: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(clock)
@@ -179,8 +181,9 @@ class LogProgress(_Counting):
 
     def _changed(self) -> None:
         self.tally.sample()  # the logged rate is the last 10 s's, not the time since the last line
-        now = self.tally.clock()
-        if now - self._last >= self.every:
+        now, tally = self.tally.clock(), self.tally
+        moving = not tally.total_known or tally.photos_done < tally.photos_total
+        if moving and now - self._last >= self.every:
             self._last = now
             log.info("progress: %s", self.tally.describe())
 

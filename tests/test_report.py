@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from syncer.errors import ExitCode
 from syncer.estimate import Budget
@@ -95,6 +98,21 @@ def test_progress_counts_a_project_once_toward_the_total_however_often_it_is_lis
     assert not progress.tally.total_known
     progress.listed(2)
     assert progress.tally.total_known
+
+
+def test_the_progress_log_line_is_written_only_while_photos_are_due(caplog: pytest.LogCaptureFixture) -> None:
+    clock = Clock()
+    progress = LogProgress(every=60.0, clock=clock)  # as the daemon's
+    with caplog.at_level(logging.INFO, logger="syncer"):
+        progress.queued(1, 1_000)
+        progress.received(1_000)
+        progress.finished()
+        clock.now = 61.0
+        progress.listed(1)  # a later turn that found nothing new: no line
+        progress.queued(2, 2_000)  # two photos due: the line
+    assert [r.getMessage() for r in caplog.records] == [
+        "progress: 1/3 photos · 1.0 KB/3.0 KB · 16 B/s · ETA 2m02s"
+    ]
 
 
 async def test_a_summary_counts_only_what_happened_with_correct_plurals(
