@@ -401,7 +401,11 @@ class Daemon:
                 "%s sync of %s: %s; %s", kind, project.name, _one_line(result, outcome), _cause(result)
             )
         if result.listed or result.deleted_upstream or result.retried:  # a no-op turn changes nothing
-            _, problem = await self.syncer.after_sync([project.id])
+            gallery, problem = await self.syncer.after_sync([project.id])
+            if gallery is not None:
+                from syncer.gallery import render_report  # imported where a gallery was built
+
+                log.info("%s", render_report(gallery).splitlines()[0])
             if problem:
                 log.warning("%s: %s", project.name, problem)
         if result.ok:

@@ -18,6 +18,7 @@ from syncer.words import human_time, plural
 
 if TYPE_CHECKING:
     from syncer.estimate import Budget
+    from syncer.gallery import GalleryReport
 
 log = logging.getLogger("syncer")
 
@@ -370,8 +371,14 @@ def render_summary(summary: RunSummary) -> str:
     failures = f", {failed:,} failed" if failed else ""
     lines.append(f"{verdict}: {projects}, {fetched}{failures} {took}")
     if summary.gallery is not None:
-        lines.append(f"gallery: open {summary.gallery.absolute().as_uri()}")
+        lines.append(_gallery_line(summary.gallery))
     return terminal_lines(lines)
+
+
+def _gallery_line(report: GalleryReport) -> str:
+    """The gallery's build, apart from the sync's figures: its own time, and where to open it."""
+    made = f"{plural(report.pages, 'project page')} written, {plural(report.thumbnails, 'thumbnail')} made"
+    return f"gallery: {made} in {human_seconds(report.seconds)}; open {report.index.absolute().as_uri()}"
 
 
 def summary_document(summary: RunSummary) -> dict[str, Any]:
@@ -382,7 +389,14 @@ def summary_document(summary: RunSummary) -> dict[str, Any]:
         "exit_code": int(summary.exit_code),
         "seconds": round(summary.seconds, 3),
         "errors": summary.errors,
-        "gallery": str(summary.gallery) if summary.gallery else None,
+        "gallery": str(summary.gallery.index) if summary.gallery else None,
+        "gallery_build": {
+            "seconds": round(summary.gallery.seconds, 3),
+            "pages": summary.gallery.pages,
+            "thumbnails": summary.gallery.thumbnails,
+        }
+        if summary.gallery
+        else None,
         "projects": [
             {
                 "id": r.project.id,

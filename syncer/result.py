@@ -6,11 +6,14 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from syncer.errors import ExitCode
 from syncer.plan import Change
 from syncer.procore.models import Project
+
+if TYPE_CHECKING:
+    from syncer.gallery import GalleryReport
 
 
 @dataclass
@@ -121,8 +124,9 @@ class RunSummary:
     errors: list[str] = field(default_factory=list)
     """Problems outside any one project (a configured project that is not visible, say)."""
     seconds: float = 0.0
-    gallery: Path | None = None
-    """The gallery's index page, when the run brought it up to date (`gallery.enabled`)."""
+    """How long the run took to sync, the gallery's build left out (it has its own time)."""
+    gallery: GalleryReport | None = None
+    """What the gallery's build did, when the run brought it up to date (`gallery.enabled`)."""
 
     @property
     def exit_code(self) -> ExitCode:

@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import aiohttp
 from sqlalchemy import make_url
@@ -45,6 +45,9 @@ from syncer.procore.signin import LoginFile, UserGrant
 from syncer.report import LogProgress, Progress
 from syncer.result import RunSummary
 from syncer.store import Store
+
+if TYPE_CHECKING:
+    from syncer.gallery import GalleryReport
 
 log = logging.getLogger(__name__)
 MAX_HEADER = 32 * 1024
@@ -142,26 +145,24 @@ class Syncer(Selection):
     coordinator: Coordinator
     """How this process shares the mirror: file locks (SQLite) or leases and claims (PostgreSQL)."""
 
-    async def after_sync(self, project_ids: Sequence[int] | None) -> tuple[Path | None, str | None]:
+    async def after_sync(self, project_ids: Sequence[int] | None) -> tuple[GalleryReport | None, str | None]:
         """What follows syncing these projects (None: every project), for a one-shot run and a
-        daemon's turn alike: the gallery brought up to date. Its index page, and what went wrong
-        in one line (the photos are safe either way)."""
+        daemon's turn alike: the gallery brought up to date. What its build did, and what went
+        wrong in one line (the photos are safe either way)."""
         try:
             return await self.refresh_gallery(project_ids), None
         except SyncerError as exc:
             return None, f"the gallery was not brought up to date: {exc}"
 
-    async def refresh_gallery(self, project_ids: Sequence[int] | None) -> Path | None:
+    async def refresh_gallery(self, project_ids: Sequence[int] | None) -> GalleryReport | None:
         """With `gallery.enabled`, bring the gallery up to date for `project_ids` (None: every
-        project, removing the pages of projects that left); returns its index page. A gallery
-        that cannot be written raises a SyncerError naming it: the photos are safe either way."""
+        project, removing the pages of projects that left). A gallery that cannot be written
+        raises a SyncerError naming it: the photos are safe either way."""
         if not self.settings.gallery.enabled:
             return None
-        from syncer.gallery import gallery_of, render_report  # imported by the runs that build one
+        from syncer.gallery import gallery_of  # imported by the runs that build one
 
-        report = await gallery_of(self.settings).build(self.store, project_ids)
-        log.info("%s", render_report(report).splitlines()[0])
-        return report.index
+        return await gallery_of(self.settings).build(self.store, project_ids)
 
 
 def grant_of(settings: Settings) -> Grant:
@@ -276,13 +277,13 @@ async def run_sync(
     """One sync run over the selected projects; `retry_failed` first makes failed photos due now.
     `new_mirror`: the mirror root becomes the mirror (a new disk), and the run is a full one, so
     every recorded file is looked for and what is missing fetched."""
-    started = time.monotonic()
     summary = RunSummary()
     progress = progress or LogProgress()
     with database_errors(settings.database_url):
         await _run(
             settings,
             summary,
+            time.monotonic(),
             project_ids,
             full=full,
             dry_run=dry_run,
@@ -291,7 +292,6 @@ async def run_sync(
             new_mirror=new_mirror,
             progress=progress,
         )
-    summary.seconds = time.monotonic() - started
     return summary
 
 
@@ -307,6 +307,7 @@ def database_errors(url: str) -> Iterator[None]:
 async def _run(
     settings: Settings,
     summary: RunSummary,
+    started: float,
     project_ids: Sequence[int] | None,
     *,
     full: bool,
@@ -341,6 +342,7 @@ async def _run(
                     summary.results = await coordinator.sync(
                         engine, projects, full=full, force=force, deadline=deadline
                     )
+        summary.seconds = time.monotonic() - started  # the gallery's time is its own
         if not dry_run:
             summary.gallery, problem = await syncer.after_sync(
                 None if syncer.wanted(project_ids) is None else ids

@@ -73,6 +73,8 @@ class GalleryReport:
     """Thumbnails and pages this build removed (their photos or projects left the mirror)."""
     written: int = 0
     """Pages, data files and indexes this build wrote (0 when nothing changed)."""
+    pages: int = 0
+    """Project pages this build wrote (the page, its data or both changed)."""
     seconds: float = 0.0
 
     @property
@@ -228,6 +230,7 @@ class Build:
                 built = self._in_pool(self._project, pid, by_project[pid], existing, archive[pid].digest)
                 written, state.projects[pid] = await built
                 report.written += written
+                report.pages += written > 0
         for pid in uncarded:
             if by_project[pid]:
                 state.projects[pid] = Built(
