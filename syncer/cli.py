@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -52,7 +53,7 @@ def run_stoppable(main: Coroutine[Any, Any, T]) -> T:
         task = asyncio.current_task()
         assert task is not None
         loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+        loop.add_signal_handler(signal.SIGTERM, task.cancel, "SIGTERM")  # named in the run's summary
         try:
             return await main
         finally:
@@ -62,6 +63,17 @@ def run_stoppable(main: Coroutine[Any, Any, T]) -> T:
         return asyncio.run(stoppable())
     except asyncio.CancelledError:
         raise KeyboardInterrupt from None
+
+
+@contextlib.contextmanager
+def _kept_when_interrupted(summary: RunSummary) -> Iterator[None]:
+    """Around a sync that fills in `summary`: once it was interrupted, its summary (what it did,
+    what it leaves) is printed instead of the one line `main` says, and exits 130 all the same."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if summary.interrupted is None:  # stopped before the run began: nothing to sum up
+            raise
 
 
 def _config_path(args: argparse.Namespace) -> Path:
@@ -87,22 +99,26 @@ def _summary_renderer(args: argparse.Namespace) -> Callable[[RunSummary], str]:
 
 def cmd_sync(args: argparse.Namespace) -> int:
     from syncer.report import make_progress
+    from syncer.result import RunSummary
     from syncer.runner import run_sync
 
     settings = _load(args)
     progress = make_progress(enabled=None if args.progress == "auto" else args.progress == "on")
     render = _summary_renderer(args)
-    summary = run_stoppable(
-        run_sync(
-            settings,
-            project_ids=args.project or None,
-            full=args.full,
-            new_mirror=args.new_mirror,
-            dry_run=args.dry_run,
-            force=args.force,
-            progress=progress,
+    summary = RunSummary()
+    with _kept_when_interrupted(summary):
+        run_stoppable(
+            run_sync(
+                settings,
+                project_ids=args.project or None,
+                full=args.full,
+                new_mirror=args.new_mirror,
+                dry_run=args.dry_run,
+                force=args.force,
+                progress=progress,
+                summary=summary,
+            )
         )
-    )
     say(REDACT(render(summary)))
     return int(summary.exit_code)
 
@@ -154,14 +170,23 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_retry_failed(args: argparse.Namespace) -> int:
     from syncer.report import make_progress
+    from syncer.result import RunSummary
     from syncer.runner import run_sync
 
     settings = _load(args)
     progress = make_progress(enabled=None if args.progress == "auto" else args.progress == "on")
     render = _summary_renderer(args)
-    summary = run_stoppable(
-        run_sync(settings, project_ids=args.project or None, retry_failed=True, progress=progress)
-    )
+    summary = RunSummary()
+    with _kept_when_interrupted(summary):
+        run_stoppable(
+            run_sync(
+                settings,
+                project_ids=args.project or None,
+                retry_failed=True,
+                progress=progress,
+                summary=summary,
+            )
+        )
     say(REDACT(render(summary)))
     return int(summary.exit_code)
 

@@ -9,11 +9,13 @@ import time
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Iterable
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, Protocol
 
+from syncer.errors import ExitCode
 from syncer.log import terminal_json, terminal_lines
 from syncer.plan import Change
-from syncer.result import ProjectResult, RunSummary
+from syncer.result import Left, ProjectResult, RunSummary
 from syncer.words import human_time, plural
 
 if TYPE_CHECKING:
@@ -42,6 +44,9 @@ def human_seconds(s: float) -> str:
 
 
 class Progress(Protocol):
+    tally: Tally
+    """What the run has queued and done so far."""
+
     def expect(self, project_ids: Iterable[int], *, budget: Budget | None = None) -> None: ...
     def listed(self, project_id: int) -> None: ...
     def remaining(self, project_id: int, photos: int) -> None:
@@ -119,6 +124,17 @@ class Tally:
         return (
             f"{self.photos_done:,}/{plural(photos, 'photo')} · {human_bytes(self.bytes_done)}/"
             f"{about}{human_bytes(size)} · {speed}" + (f" · ETA {human_seconds(eta)}" if eta else "")
+        )
+
+    def left(self) -> Left:
+        """What is still to do, for a run that stops here: queued photos not done (a job is done
+        at its outcome: `Transfer.run`), the bytes of theirs still to come, what Procore's counts
+        say is not listed yet, and the listings that did not end."""
+        return Left(
+            photos=max(0, self.photos_total - self.photos_done),
+            bytes=max(0, self.bytes_total - self.bytes_done),
+            unlisted=sum(self.unlisted.values()),
+            listings=len(self.projects - self.listings_done),
         )
 
     def eta(self, left: float, rate: float | None, unlisted: int) -> float | None:
@@ -360,19 +376,49 @@ def render_summary(summary: RunSummary) -> str:
         would += [f"move {plural(moves, 'photo')}"] * bool(moves)
         would += [f"update the metadata of {plural(metadata, 'photo')}"] * bool(metadata)
         would += [f"mark {plural(gone, 'photo')} gone from Procore deleted"] * bool(gone)
-        lines.append(f"dry run, nothing written: {projects}; a sync would {', '.join(would)}, {took}")
+        dry = "dry run, nothing written" + (
+            f", INTERRUPTED ({summary.interrupted})" if summary.interrupted else ""
+        )
+        lines.append(f"{dry}: {projects}; a sync would {', '.join(would)}, {took}")
         return terminal_lines(lines)
     downloaded = sum(r.downloaded for r in summary.results)
     size = sum(r.bytes for r in summary.results)
     failed = sum(len(r.failures) for r in summary.results)
-    verdict = "complete" if summary.exit_code == 0 else "INCOMPLETE"
     rate = f" at {human_bytes(size / summary.seconds)}/s" if size and summary.seconds > 0 else ""
     fetched = f"{plural(downloaded, 'photo')} downloaded" + (f" ({human_bytes(size)}{rate})" if size else "")
     failures = f", {failed:,} failed" if failed else ""
-    lines.append(f"{verdict}: {projects}, {fetched}{failures} {took}")
+    lines.append(f"{_verdict(summary)}: {projects}, {fetched}{failures} {took}")
+    if summary.left is not None:
+        lines.append(f"left for the next run: {_left(summary.left)}")
     if summary.gallery is not None:
         lines.append(_gallery_line(summary.gallery))
     return terminal_lines(lines)
+
+
+def _outcome(summary: RunSummary) -> str:
+    if summary.interrupted:
+        return "interrupted"
+    return "complete" if summary.exit_code == ExitCode.OK else "incomplete"
+
+
+def _verdict(summary: RunSummary) -> str:
+    """The total line's first words: `complete`, or in capitals how the run fell short."""
+    outcome = _outcome(summary)
+    if outcome == "interrupted":
+        return f"INTERRUPTED ({summary.interrupted})"
+    return outcome if outcome == "complete" else outcome.upper()
+
+
+def _left(left: Left) -> str:
+    """What a run stopped before its end leaves to the next one, from its tallies."""
+    parts = [
+        left.photos
+        and f"{plural(left.photos, 'photo')} listed and not in the mirror yet"
+        + (f" ({human_bytes(left.bytes)} to download)" if left.bytes else ""),
+        left.unlisted and f"about {plural(left.unlisted, 'photo')} not listed yet",
+        left.listings and f"{plural(left.listings, 'project')} not listed to the end",
+    ]
+    return "; ".join(part for part in parts if part) or "nothing to list or download"
 
 
 def _gallery_line(report: GalleryReport) -> str:
@@ -385,7 +431,9 @@ def summary_document(summary: RunSummary) -> dict[str, Any]:
     """The run summary as one JSON object, for `--log-format json`: every count, every failure."""
     return {
         "event": "summary",
-        "outcome": "complete" if summary.exit_code == 0 else "incomplete",
+        "outcome": _outcome(summary),
+        "interrupted": summary.interrupted,
+        "left": asdict(summary.left) if summary.left else None,
         "exit_code": int(summary.exit_code),
         "seconds": round(summary.seconds, 3),
         "errors": summary.errors,

@@ -63,6 +63,7 @@ async def serve(args: argparse.Namespace) -> int:
 async def demo(args: argparse.Namespace) -> int:
     from syncer.config import load_settings
     from syncer.report import make_progress, render_summary
+    from syncer.result import RunSummary
     from syncer.runner import run_sync
 
     folder = Path(args.dir).resolve()  # noqa: ASYNC240 - before anything runs
@@ -91,7 +92,12 @@ async def demo(args: argparse.Namespace) -> int:
         )
         settings = load_settings(config_path)
         progress = make_progress(enabled=None if args.progress == "auto" else args.progress == "on")
-        summary = await run_sync(settings, progress=progress)
+        summary = RunSummary()
+        try:
+            await run_sync(settings, progress=progress, summary=summary)
+        except asyncio.CancelledError:  # Ctrl-C: the demo's end is its summary (exit 130)
+            if summary.interrupted is None:
+                raise
     print(render_summary(summary))
     print(f"\nPhotos and their .json sidecars are in {folder}.")
     print(f"See what is mirrored: {_this_syncer()} status --config {_shown(config_path)}")
