@@ -32,6 +32,8 @@
   function name(table, ref) { return ref === null || ref === undefined ? "" : data[table][ref]; }
   // Photos without an album are in the folder of this name in the mirror; the page calls them so too.
   function albumOf(p) { return name("albums", p[F.album]) || data.unfiled; }
+  // "1 photo", "2 photos": the page's one plural rule, as syncer/words.py is the syncer's.
+  function plural(n, word) { return n.toLocaleString() + " " + word + (n === 1 ? "" : "s"); }
   function when(p) { return p[F.taken] || p[F.uploaded] || ""; }
   function trades(p) { return (p[F.trades] || []).map(function (t) { return data.trades[t]; }); }
 
@@ -109,9 +111,8 @@
       if (!groups.length || groups[groups.length - 1].label !== key) groups.push({ label: key, start: n, end: n });
       groups[groups.length - 1].end = n + 1;
     });
-    const shown = order.length === photos.length ? photos.length.toLocaleString()
-      : order.length.toLocaleString() + " of " + photos.length.toLocaleString();
-    count.textContent = shown + (photos.length === 1 ? " photo" : " photos");
+    const part = order.length === photos.length ? "" : order.length.toLocaleString() + " of ";
+    count.textContent = part + plural(photos.length, "photo");
     layout();
   }
 
@@ -176,7 +177,7 @@
       const title = document.createElement("h2");
       title.textContent = row.label;
       const size = document.createElement("span");
-      size.textContent = row.size.toLocaleString() + (row.size === 1 ? " photo" : " photos");
+      size.textContent = plural(row.size, "photo");
       el.append(title, size);
       return el;
     }
