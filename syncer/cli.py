@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import signal
 import sys
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import syncer
 from syncer.errors import ConfigError, ExitCode, LocalFault, NothingYet, SyncerError, database_error, denied
 from syncer.log import REDACT, setup_logging, terminal_text
+from syncer.words import plural
 
 if TYPE_CHECKING:
     from syncer.report import Progress
@@ -54,7 +56,7 @@ def run_stoppable(main: Coroutine[Any, Any, T]) -> T:
         task = asyncio.current_task()
         assert task is not None
         loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+        loop.add_signal_handler(signal.SIGTERM, task.cancel, "SIGTERM")  # named in the run's summary
         try:
             return await main
         finally:
@@ -64,6 +66,17 @@ def run_stoppable(main: Coroutine[Any, Any, T]) -> T:
         return asyncio.run(stoppable())
     except asyncio.CancelledError:
         raise KeyboardInterrupt from None
+
+
+@contextlib.contextmanager
+def _kept_when_interrupted(summary: RunSummary) -> Iterator[None]:
+    """Around a sync that fills in `summary`: once it was interrupted, its summary (what it did,
+    what it leaves) is printed instead of the one line `main` says, and exits 130 all the same."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if summary.interrupted is None:  # stopped before the run began: nothing to sum up
+            raise
 
 
 def _config_path(args: argparse.Namespace) -> Path:
@@ -109,21 +122,23 @@ def _summarised(args: argparse.Namespace, summary: RunSummary) -> int:
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
+    from syncer.result import RunSummary
     from syncer.runner import run_sync
 
-    settings = _load(args)
-    progress = _progress(args)
-    summary = run_stoppable(
-        run_sync(
-            settings,
-            project_ids=args.project or None,
-            full=args.full,
-            new_mirror=args.new_mirror,
-            dry_run=args.dry_run,
-            force=args.force,
-            progress=progress,
+    summary = RunSummary()
+    with _kept_when_interrupted(summary):
+        run_stoppable(
+            run_sync(
+                _load(args),
+                project_ids=args.project or None,
+                full=args.full,
+                new_mirror=args.new_mirror,
+                dry_run=args.dry_run,
+                force=args.force,
+                progress=_progress(args),
+                summary=summary,
+            )
         )
-    )
     return _summarised(args, summary)
 
 
@@ -190,11 +205,20 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_retry_failed(args: argparse.Namespace) -> int:
+    from syncer.result import RunSummary
     from syncer.runner import run_sync
 
-    summary = run_stoppable(
-        run_sync(_load(args), project_ids=args.project or None, retry_failed=True, progress=_progress(args))
-    )
+    summary = RunSummary()
+    with _kept_when_interrupted(summary):
+        run_stoppable(
+            run_sync(
+                _load(args),
+                project_ids=args.project or None,
+                retry_failed=True,
+                progress=_progress(args),
+                summary=summary,
+            )
+        )
     return _summarised(args, summary)
 
 
@@ -205,7 +229,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     settings = load_settings(_config_path(args), need_credentials=False)  # reads the database only
     count = asyncio.run(export_csv(settings, args.csv, project_ids=args.project or None))
     if args.csv != "-":
-        say(f"{count:,} photo{'' if count == 1 else 's'} listed in {args.csv}")
+        say(f"{plural(count, 'photo')} listed in {args.csv}")
     return 0
 
 

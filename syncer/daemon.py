@@ -41,11 +41,12 @@ from syncer.observe import Health, Metrics, web_app
 from syncer.plan import Change
 from syncer.procore.auth import AuthError
 from syncer.procore.models import Project
-from syncer.report import LogProgress, human_bytes, human_seconds, plural
+from syncer.report import LogProgress, human_bytes, human_seconds
 from syncer.result import ProjectResult
 from syncer.runner import Syncer, open_syncer
 from syncer.schedule import BEHIND, CAUGHT_UP, Outlook, Queue, Turn, period_of
 from syncer.status import status_document
+from syncer.words import plural
 
 log = logging.getLogger(__name__)
 STOP_GRACE = 8.0
@@ -400,7 +401,11 @@ class Daemon:
                 "%s sync of %s: %s; %s", kind, project.name, _one_line(result, outcome), _cause(result)
             )
         if result.listed or result.deleted_upstream or result.retried:  # a no-op turn changes nothing
-            _, problem = await self.syncer.after_sync([project.id])
+            gallery, problem = await self.syncer.after_sync([project.id])
+            if gallery is not None:
+                from syncer.gallery import render_report  # imported where a gallery was built
+
+                log.info("%s", render_report(gallery).splitlines()[0])
             if problem:
                 log.warning("%s: %s", project.name, problem)
         if result.ok:
@@ -464,7 +469,8 @@ def _cause(result: ProjectResult) -> str:
         more = len(result.failures) - 1
         reason = error.removeprefix(f"photo {photo}: ")
         return f"photo {photo} failed: {reason}" + (f" (and {more} more)" if more else "")
-    return f"{result.waiting} photos wait for their retry time"
+    waits = "waits for its" if result.waiting == 1 else "wait for their"
+    return f"{plural(result.waiting, 'photo')} {waits} retry time"
 
 
 def _project(project: Project) -> dict[str, Any]:
@@ -476,7 +482,8 @@ def behind_message(outlook: Outlook) -> str:
     if outlook.budget_bound:
         assert outlook.rate is not None
         why = (
-            f"one period's turns cost about {outlook.requests:,.0f} requests and the rate budget gives "
+            f"one period's turns cost about {plural(round(outlook.requests), 'request')} and the rate budget "
+            "gives "
             f"{outlook.rate * outlook.period:,.0f} ({outlook.rate:.2f} a second)"
         )
     else:
@@ -501,7 +508,8 @@ def _describe(schedule: str | Every) -> str:
 
 def _one_line(result: ProjectResult, outcome: str) -> str:
     return (
-        f"{outcome}; {result.listed} listed, {result.downloaded} downloaded ({human_bytes(result.bytes)}), "
-        f"{len(result.failures)} failed, {result.deleted_upstream} gone upstream, {result.requests} requests "
-        f"in {human_seconds(result.seconds)}"
+        f"{outcome}; {result.listed:,} listed, {result.downloaded:,} downloaded "
+        f"({human_bytes(result.bytes)}), {len(result.failures):,} failed, "
+        f"{result.deleted_upstream:,} gone upstream, "
+        f"{plural(result.requests, 'request')} in {human_seconds(result.seconds)}"
     )

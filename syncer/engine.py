@@ -57,7 +57,7 @@ from syncer.procore.models import BadRecord, Photo, Project
 from syncer.procore.query import ImageQuery
 from syncer.reconcile import Deletions, IdListing, IdPiece, cut_points, first_ids, id_pages, upstream_ids
 from syncer.report import Progress
-from syncer.result import ProjectResult
+from syncer.result import ProjectResult, Turns
 from syncer.store import Store, StoredPhoto, photo_row
 from syncer.transfer import Guard, Job, Pool, Recorder, Transfer
 
@@ -242,17 +242,16 @@ class Engine:
                 self.newest = created
 
     async def take_turns(
-        self, projects: list[Project], *, full: bool, force: bool, deadline: float | None
-    ) -> list[ProjectResult]:
+        self, projects: list[Project], turns: Turns, *, full: bool, force: bool, deadline: float | None
+    ) -> None:
         """Sync each project, then give the projects whose first backfill is not done more turns,
         newest first: always to the one whose photos not listed yet are the newest, so the newest
         photos of every project come before older ones of any. Until every backfill is done, a
-        turn fails or `deadline` passes; one result per project, its turns added up.
+        turn fails or `deadline` passes; `turns` holds one result per project, its turns added up.
 
         `TURNS_AT_ONCE` turns of different projects run together, so one turn's listing overlaps
         another's downloads instead of waiting for them: a turn is small, and its set-up, listing
         and last downloads would otherwise leave the rate budget idle."""
-        results: dict[int, ProjectResult] = {}
         first = list(projects)  # every project's first turn, in order, whatever the deadline
         waiting: list[Project] = []
         busy: dict[asyncio.Task[ProjectResult], Project] = {}
@@ -263,22 +262,21 @@ class Engine:
                 return first.pop(0)
             if not waiting or (deadline is not None and loop.time() >= deadline):
                 return None
-            project = max(waiting, key=lambda p: results[p.id].proven_back_to or FAR_FUTURE)
+            project = max(waiting, key=lambda p: turns.ended[p.id].proven_back_to or FAR_FUTURE)
             waiting.remove(project)
             return project
 
         try:
             while True:
                 while len(busy) < TURNS_AT_ONCE and (project := pick()) is not None:
-                    turn = self.sync_project(project, full=full, force=force, deadline=deadline)
+                    turn = self.sync_project(project, full=full, force=force, deadline=deadline, turns=turns)
                     busy[asyncio.create_task(turn)] = project
                 if not busy:
-                    return [results[p.id] for p in projects]
+                    return
                 done, _ = await asyncio.wait(busy, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
                     project = busy.pop(task)
-                    result = task.result()
-                    results[project.id] = result.absorb(results.get(project.id))
+                    result = turns.end(task.result())
                     if result.backfill_left and result.proven and not result.stopped:
                         waiting.append(project)
         finally:
@@ -294,9 +292,11 @@ class Engine:
         dry_run: bool = False,
         force: bool = False,
         deadline: float | None = None,
+        turns: Turns | None = None,
     ) -> ProjectResult:
         """Sync one project; `deadline` (event-loop time) stops it cleanly, keeping what is done.
-        A project whose first backfill is not done gets one turn (`ProjectResult.backfill_left`)."""
+        A project whose first backfill is not done gets one turn (`ProjectResult.backfill_left`).
+        A one-shot run's `turns` holds the result as it is filled in; the caller ends it there."""
         started = self.now()
         if not dry_run:  # (it makes the state folders; a dry run writes nothing)
             await self.fs.run(self.fs.check_state)
@@ -305,6 +305,8 @@ class Engine:
         run = ProjectSync(
             self, project, checkpoint, started, frontier=frontier, dry_run=dry_run, full=full, force=force
         )
+        if turns is not None:
+            turns.begin(run.result)
         if dry_run:
             await measured(run.result, run.plan_only(), None)
         else:

@@ -26,6 +26,7 @@ from syncer.procore.http import TALLY, ProcoreError, Tally
 from syncer.procore.models import BadRecord, Photo, Project
 from syncer.procore.query import ImageQuery
 from syncer.schedule import period_of
+from syncer.words import plural
 
 DAY = timedelta(days=1)
 
@@ -67,7 +68,7 @@ class Budget:
     def describe(self) -> str:
         share = f" x workers_share {self.share:g}" if self.share != 1 else ""
         return (
-            f"{self.hourly:,} requests an hour{share}, {self.spike * self.share:g} per "
+            f"{plural(self.hourly, 'request')} an hour{share}, {self.spike * self.share:g} per "
             f"{self.spike_window:g} s"
         )
 
@@ -164,7 +165,7 @@ class Estimate:
 
 
 def render_estimate(estimate: Estimate) -> str:
-    from syncer.report import human_seconds, plural
+    from syncer.report import human_seconds
 
     f = estimate.figures()
     backfill, day = f["first_backfill"], f["day_of_incrementals"]
@@ -181,7 +182,8 @@ def render_estimate(estimate: Estimate) -> str:
     lines = [
         f"company {f['company_id']}: {plural(f['projects'], 'project')}, {plural(f['photos'], 'photo')} "
         f"({plural(f['changed_last_day'], 'photo')} changed in the last 24 hours)",
-        f"budget: {estimate.budget.describe()}; pages of {estimate.budget.per_page:,} photos (sync.per_page)",
+        f"budget: {estimate.budget.describe()}; pages of {plural(estimate.budget.per_page, 'photo')} "
+        "(sync.per_page)",
         f"first backfill: {plural(backfill['listing_requests'], 'listing request')} and "
         f"{plural(backfill['file_requests'], 'file request')}",
         *both(backfill),

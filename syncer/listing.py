@@ -56,6 +56,7 @@ from syncer.config import DEFAULT_BUDGET
 from syncer.procore.api import Page, ProcoreApi
 from syncer.procore.models import BadRecord, Photo
 from syncer.procore.query import ImageQuery, Range
+from syncer.words import plural
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +135,11 @@ async def count_window(
     return await api.images_page(counted, page=1, per_page=1)
 
 
+def span(start: datetime, end: datetime) -> str:
+    """A range of `updated_at` as Procore is asked for it, in UTC, and saying so."""
+    return f"{start:%Y-%m-%dT%H:%M:%S}..{end:%Y-%m-%dT%H:%M:%S} UTC"
+
+
 @dataclass(frozen=True)
 class Piece:
     """Ranges of whole seconds, asked as they are: the photos shown at `updated_from` up to
@@ -145,7 +151,7 @@ class Piece:
     created_to: datetime = FAR_FUTURE
 
     def describe(self) -> str:
-        return f"updated {self.updated_from:%Y-%m-%dT%H:%M:%S}..{self.updated_to:%Y-%m-%dT%H:%M:%S}"
+        return f"updated {span(self.updated_from, self.updated_to)}"
 
     @property
     def any_created(self) -> bool:
@@ -333,8 +339,9 @@ class Lister:
                 settled = (await self._prove(Piece(lo, last + SECOND))).at_once
             except OutOfBudget:
                 self.report.unproven.append(
-                    f"{Piece(lo, last + SECOND).describe()}: gave up after {self.report.requests} requests "
-                    f"(sync.listing_budget {self.budget}); Procore's Total never matched what it listed"
+                    f"{Piece(lo, last + SECOND).describe()}: gave up after "
+                    f"{plural(self.report.requests, 'request')} (sync.listing_budget {self.budget}); "
+                    "Procore's Total never matched what it listed"
                 )
                 break
             self.report.end = last
@@ -442,8 +449,8 @@ class Lister:
                 self.report.pieces += 1
                 cost = self.report.requests - requests
                 self.report.ties.append(
-                    f"{piece.describe()}: {confirmed} photos in one second, proven by "
-                    f"{passes} passes and an id check ({cost} requests)"
+                    f"{piece.describe()}: {plural(confirmed, 'photo')} in one second, proven by "
+                    f"{plural(passes, 'pass', 'passes')} and an id check ({plural(cost, 'request')})"
                 )
                 log.info("listing: %s", self.report.ties[-1])
                 return frozenset(union)
@@ -451,8 +458,8 @@ class Lister:
                 latest = await self._pass(piece)
                 union |= latest.distinct
         self.report.unproven.append(
-            f"{piece.describe()}: {len(union)} photos seen in {TIE_PASSES} passes, "
-            f"Procore reported {latest.last_total}"
+            f"{piece.describe()}: {plural(len(union), 'photo')} seen in "
+            f"{plural(TIE_PASSES, 'pass', 'passes')}, Procore reported {latest.last_total}"
         )
         return None
 

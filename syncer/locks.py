@@ -19,6 +19,7 @@ from pathlib import Path
 
 from syncer.errors import LockedError, local_fault
 from syncer.mirror.files import STATE_DIR, state_folder, try_flock
+from syncer.words import human_time
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ def _try_lock(path: Path) -> int | None:
 
 def holder(path: Path) -> str:
     """Who holds the lock at `path`, as its holder wrote it: `pid 812 on nas1 since 2026-12-08
-    10:31:02+01:00`. (A lock on a network share may be held from another host.)"""
+    10:31:02 +01:00` (in this machine's zone). A lock on a share may be held from another host."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
         try:
@@ -51,7 +52,7 @@ def holder(path: Path) -> str:
         finally:
             os.close(fd)
         pid, host, since = words
-        when = datetime.fromisoformat(since).isoformat(sep=" ", timespec="seconds")
+        when = human_time(datetime.fromisoformat(since))
     except (OSError, ValueError):  # gone meanwhile, or written by an older syncer (a pid alone)
         return "a process that does not say which"
     return f"pid {pid} on {host} since {when}" if pid.isdigit() else "a process that does not say which"

@@ -29,6 +29,8 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
+from syncer.words import human_time
+
 _URL_QUERY = re.compile(r"([a-z][a-z0-9+.-]*://[^\s?#\"'<>]*)\?[^\s\"'<>]*", re.IGNORECASE)
 _LONG_WORD = r"[A-Za-z0-9._~+/=-]{16,}"
 """What a bearer token or signature looks like: a long unbroken word (not "bearer token goes")."""
@@ -105,7 +107,11 @@ def terminal_json(text: str) -> str:
 
 class _TextFormatter(logging.Formatter):
     """Each record is one line of text, redacted before it is escaped (the redactor's patterns
-    read the raw text); only a traceback (`-v`) spans lines."""
+    read the raw text); only a traceback (`-v`) spans lines. It begins with the time of day,
+    saying its zone."""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return human_time(datetime.fromtimestamp(record.created, UTC), datefmt or "%H:%M:%S")
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         return terminal_text(REDACT(super().formatMessage(record)))

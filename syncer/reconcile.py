@@ -28,7 +28,7 @@ from datetime import datetime
 from itertools import pairwise
 
 from syncer.config import MirrorSettings
-from syncer.listing import BEGINNING, FAR_FUTURE, Pass, paged_pass
+from syncer.listing import BEGINNING, FAR_FUTURE, Pass, paged_pass, span
 from syncer.mirror.files import TRASH_DIR, MirrorFS, UnsafePath
 from syncer.procore.api import Page, ProcoreApi
 from syncer.procore.http import ProcoreError
@@ -36,6 +36,7 @@ from syncer.procore.models import BadRecord, Project
 from syncer.procore.query import ImageQuery, Range
 from syncer.result import ProjectResult
 from syncer.store import Store
+from syncer.words import plural
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +72,7 @@ class IdListing:
     def problem(self) -> str | None:
         for piece in self.pieces:
             if piece.ids is None:
-                return (
-                    f"the ids updated {piece.start:%Y-%m-%dT%H:%M:%S}..{piece.end:%Y-%m-%dT%H:%M:%S} "
-                    "did not match Total"
-                )
+                return f"the ids updated {span(piece.start, piece.end)} did not match Total"
         return None
 
     def to_list(self, known: Mapping[int, datetime | None], missing: Sequence[datetime]) -> list[IdPiece]:
@@ -177,9 +175,10 @@ class Deletions:
         cap = self.mirror.delete_cap(len(known))
         if len(gone) > cap and not force:
             result.deletions_blocked = (
-                f"{len(gone)} of {len(known)} photos are gone from Procore, more than mirror.max_delete "
-                f"({self.mirror.max_delete}, {cap} photos) allows; none was marked deleted. "
-                "If that is right, run again with --force"
+                f"{len(gone):,} of {plural(len(known), 'photo')} {'is' if len(gone) == 1 else 'are'} gone "
+                f"from Procore, more than mirror.max_delete ({self.mirror.max_delete}, "
+                f"{plural(cap, 'photo')}) allows; none was marked deleted. If that is right, run again "
+                "with --force"
             )
             return
         confirmed = await self._confirm_gone(project, gone)
@@ -226,8 +225,8 @@ class Deletions:
                     moved.append((photo_id, target))
             except UnsafePath as exc:  # a link planted in the trash: leave the rest where they are
                 result.deletions_blocked = (
-                    f"{exc}; {len(files) - len(moved)} files of deleted photos stay in place until the "
-                    "link is removed"
+                    f"{exc}; {plural(len(files) - len(moved), 'file')} of deleted photos stay in place "
+                    "until the link is removed"
                 )
             await self.store.record_trashed(moved)
             result.trashed = len(moved)
@@ -238,8 +237,8 @@ class Deletions:
             await self.store.record_removed([photo_id for photo_id, _ in files])
             result.removed = len(files)
         log.info(
-            "project %s: %s %d files of photos deleted in Procore",
+            "project %s: %s %s of photos deleted in Procore",
             project.id,
             "moved to the trash" if self.mirror.on_delete == "trash" else "removed",
-            len(files),
+            plural(len(files), "file"),
         )

@@ -9,14 +9,18 @@ import time
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Iterable
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, Protocol
 
+from syncer.errors import ExitCode
 from syncer.log import terminal_json, terminal_lines
 from syncer.plan import Change
-from syncer.result import ProjectResult, RunSummary
+from syncer.result import Left, ProjectResult, RunSummary
+from syncer.words import human_time, plural
 
 if TYPE_CHECKING:
     from syncer.estimate import Budget
+    from syncer.gallery import GalleryReport
 
 log = logging.getLogger("syncer")
 
@@ -39,12 +43,10 @@ def human_seconds(s: float) -> str:
     return f"{hours}h{minutes:02d}m{seconds:02d}s" if hours else f"{minutes}m{seconds:02d}s"
 
 
-def plural(count: int, word: str, words: str | None = None) -> str:
-    """`1 photo`, `2 photos`, with thousands separated."""
-    return f"{count:,} {word if count == 1 else words or word + 's'}"
-
-
 class Progress(Protocol):
+    tally: Tally
+    """What the run has queued and done so far."""
+
     def expect(self, project_ids: Iterable[int], *, budget: Budget | None = None) -> None: ...
     def listed(self, project_id: int) -> None: ...
     def remaining(self, project_id: int, photos: int) -> None:
@@ -109,7 +111,7 @@ class Tally:
             done = len(self.listings_done & self.projects)
             return (
                 f"listing {done}/{plural(len(self.projects), 'project')} · {self.photos_done:,}/"
-                f"{self.photos_total:,} photos so far · {human_bytes(self.bytes_done)} · {speed} · "
+                f"{plural(self.photos_total, 'photo')} so far · {human_bytes(self.bytes_done)} · {speed} · "
                 "total not known yet"
             )
         unlisted = sum(self.unlisted.values())
@@ -122,6 +124,17 @@ class Tally:
         return (
             f"{self.photos_done:,}/{plural(photos, 'photo')} · {human_bytes(self.bytes_done)}/"
             f"{about}{human_bytes(size)} · {speed}" + (f" · ETA {human_seconds(eta)}" if eta else "")
+        )
+
+    def left(self) -> Left:
+        """What is still to do, for a run that stops here: queued photos not done (a job is done
+        at its outcome: `Transfer.run`), the bytes of theirs still to come, what Procore's counts
+        say is not listed yet, and the listings that did not end."""
+        return Left(
+            photos=max(0, self.photos_total - self.photos_done),
+            bytes=max(0, self.bytes_total - self.bytes_done),
+            unlisted=sum(self.unlisted.values()),
+            listings=len(self.projects - self.listings_done),
         )
 
     def eta(self, left: float, rate: float | None, unlisted: int) -> float | None:
@@ -174,7 +187,9 @@ class _Counting(ABC):
 
 
 class LogProgress(_Counting):
-    """For cron and services: a line every `every` seconds while photos are moving."""
+    """For cron and services: a line every `every` seconds while photos are moving. A daemon's
+    turn that lists nothing new still reports (the listing ended), and a line then would say
+    only that nothing is going on: none is written while nothing is listed or due."""
 
     def __init__(self, every: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(clock)
@@ -183,8 +198,9 @@ class LogProgress(_Counting):
 
     def _changed(self) -> None:
         self.tally.sample()  # the logged rate is the last 10 s's, not the time since the last line
-        now = self.tally.clock()
-        if now - self._last >= self.every:
+        now, tally = self.tally.clock(), self.tally
+        moving = not tally.total_known or tally.photos_done < tally.photos_total
+        if moving and now - self._last >= self.every:
             self._last = now
             log.info("progress: %s", self.tally.describe())
 
@@ -267,7 +283,7 @@ def _backfill_note(r: ProjectResult) -> str:
         return "first backfill not done: no slice proven yet; the next run goes on"
     older = f" ({plural(r.backfill_photos, 'photo')})" if r.backfill_photos is not None else ""
     return (
-        f"first backfill not done: listed newest first back to {r.proven_back_to:%Y-%m-%d %H:%M:%S} UTC; "
+        f"first backfill not done: listed newest first back to {human_time(r.proven_back_to)}; "
         f"older photos{older} still to list, the next run goes on"
     )
 
@@ -333,7 +349,7 @@ def _project_lines(r: ProjectResult) -> list[str]:
         *(f"listing: {note}" for note in r.listing_notes),
         *(f"listing not proven complete: {problem}" for problem in r.unproven),
         *(f"a record Procore listed cannot be read, so it is not mirrored: {u}" for u in r.unreadable[:20]),
-        len(r.unreadable) > 20 and f"... and {len(r.unreadable) - 20:,} more unreadable records",
+        len(r.unreadable) > 20 and f"... and {plural(len(r.unreadable) - 20, 'more unreadable record')}",
         not r.dry_run
         and not r.helped
         and not r.checkpoint_advanced
@@ -360,30 +376,75 @@ def render_summary(summary: RunSummary) -> str:
         would += [f"move {plural(moves, 'photo')}"] * bool(moves)
         would += [f"update the metadata of {plural(metadata, 'photo')}"] * bool(metadata)
         would += [f"mark {plural(gone, 'photo')} gone from Procore deleted"] * bool(gone)
-        lines.append(f"dry run, nothing written: {projects}; a sync would {', '.join(would)}, {took}")
+        dry = "dry run, nothing written" + (
+            f", INTERRUPTED ({summary.interrupted})" if summary.interrupted else ""
+        )
+        lines.append(f"{dry}: {projects}; a sync would {', '.join(would)}, {took}")
         return terminal_lines(lines)
     downloaded = sum(r.downloaded for r in summary.results)
     size = sum(r.bytes for r in summary.results)
     failed = sum(len(r.failures) for r in summary.results)
-    verdict = "complete" if summary.exit_code == 0 else "INCOMPLETE"
     rate = f" at {human_bytes(size / summary.seconds)}/s" if size and summary.seconds > 0 else ""
     fetched = f"{plural(downloaded, 'photo')} downloaded" + (f" ({human_bytes(size)}{rate})" if size else "")
     failures = f", {failed:,} failed" if failed else ""
-    lines.append(f"{verdict}: {projects}, {fetched}{failures} {took}")
+    lines.append(f"{_verdict(summary)}: {projects}, {fetched}{failures} {took}")
+    if summary.left is not None:
+        lines.append(f"left for the next run: {_left(summary.left)}")
     if summary.gallery is not None:
-        lines.append(f"gallery: open {summary.gallery.absolute().as_uri()}")
+        lines.append(_gallery_line(summary.gallery))
     return terminal_lines(lines)
+
+
+def _outcome(summary: RunSummary) -> str:
+    if summary.interrupted:
+        return "interrupted"
+    return "complete" if summary.exit_code == ExitCode.OK else "incomplete"
+
+
+def _verdict(summary: RunSummary) -> str:
+    """The total line's first words: `complete`, or in capitals how the run fell short."""
+    outcome = _outcome(summary)
+    if outcome == "interrupted":
+        return f"INTERRUPTED ({summary.interrupted})"
+    return outcome if outcome == "complete" else outcome.upper()
+
+
+def _left(left: Left) -> str:
+    """What a run stopped before its end leaves to the next one, from its tallies."""
+    parts = [
+        left.photos
+        and f"{plural(left.photos, 'photo')} listed and not in the mirror yet"
+        + (f" ({human_bytes(left.bytes)} to download)" if left.bytes else ""),
+        left.unlisted and f"about {plural(left.unlisted, 'photo')} not listed yet",
+        left.listings and f"{plural(left.listings, 'project')} not listed to the end",
+    ]
+    return "; ".join(part for part in parts if part) or "nothing to list or download"
+
+
+def _gallery_line(report: GalleryReport) -> str:
+    """The gallery's build, apart from the sync's figures: its own time, and where to open it."""
+    made = f"{plural(report.pages, 'project page')} written, {plural(report.thumbnails, 'thumbnail')} made"
+    return f"gallery: {made} in {human_seconds(report.seconds)}; open {report.index.absolute().as_uri()}"
 
 
 def summary_document(summary: RunSummary) -> dict[str, Any]:
     """The run summary as one JSON object, for `--log-format json`: every count, every failure."""
     return {
         "event": "summary",
-        "outcome": "complete" if summary.exit_code == 0 else "incomplete",
+        "outcome": _outcome(summary),
+        "interrupted": summary.interrupted,
+        "left": asdict(summary.left) if summary.left else None,
         "exit_code": int(summary.exit_code),
         "seconds": round(summary.seconds, 3),
         "errors": summary.errors,
-        "gallery": str(summary.gallery) if summary.gallery else None,
+        "gallery": str(summary.gallery.index) if summary.gallery else None,
+        "gallery_build": {
+            "seconds": round(summary.gallery.seconds, 3),
+            "pages": summary.gallery.pages,
+            "thumbnails": summary.gallery.thumbnails,
+        }
+        if summary.gallery
+        else None,
         "projects": [
             {
                 "id": r.project.id,

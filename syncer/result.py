@@ -4,13 +4,17 @@ daemon's log lines, its metrics and the tests. Nothing here does any work."""
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from syncer.errors import ExitCode
 from syncer.plan import Change
 from syncer.procore.models import Project
+
+if TYPE_CHECKING:
+    from syncer.gallery import GalleryReport
 
 
 @dataclass
@@ -115,16 +119,72 @@ class ProjectResult:
         return self.ok and not self.backfill_left
 
 
+INTERRUPTED_TURN = "interrupted; the next run continues from here"
+"""The note of a project whose turn an interruption cut short."""
+
+
+class Turns:
+    """A one-shot run's results as they stand, project by project: its turns that ended, added
+    up, and the turn going on. A turn cut short by Ctrl-C or SIGTERM returns nothing, so results
+    are kept here as they are made: an interrupted run's summary is made of them."""
+
+    def __init__(self) -> None:
+        self.ended: dict[int, ProjectResult] = {}
+        self.going: dict[int, ProjectResult] = {}
+
+    def begin(self, result: ProjectResult) -> None:
+        """A turn starts, its result to be filled in."""
+        self.going[result.project.id] = result
+
+    def end(self, result: ProjectResult) -> ProjectResult:
+        """A turn ended: its result, with the project's earlier turns added in."""
+        project_id = result.project.id
+        if self.going.get(project_id) is result:
+            del self.going[project_id]
+        self.ended[project_id] = result.absorb(self.ended.get(project_id))
+        return self.ended[project_id]
+
+    def results(self, projects: Iterable[Project]) -> list[ProjectResult]:
+        """Each project's result so far, in the order of `projects` (those not begun left out);
+        a turn still going was cut short, and says so."""
+        for result in list(self.going.values()):
+            result.stopped = result.stopped or INTERRUPTED_TURN
+            self.end(result)
+        return [self.ended[p.id] for p in projects if p.id in self.ended]
+
+
+@dataclass(frozen=True)
+class Left:
+    """What a run stopped before its end (Ctrl-C, SIGTERM, sync.max_duration) left to the next."""
+
+    photos: int
+    """Photos listed and queued that are not in the mirror yet."""
+    bytes: int
+    """What of their stated sizes is still to download."""
+    unlisted: int
+    """Photos not listed yet, as far as Procore's counts tell (first backfills)."""
+    listings: int
+    """Projects whose listing did not come to its end."""
+
+
 @dataclass
 class RunSummary:
     results: list[ProjectResult] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     """Problems outside any one project (a configured project that is not visible, say)."""
     seconds: float = 0.0
-    gallery: Path | None = None
-    """The gallery's index page, when the run brought it up to date (`gallery.enabled`)."""
+    """How long the run took to sync, the gallery's build left out (it has its own time)."""
+    gallery: GalleryReport | None = None
+    """What the gallery's build did, when the run brought it up to date (`gallery.enabled`)."""
+    interrupted: str | None = None
+    """What stopped the run before its end (`Ctrl-C`, `SIGTERM`), if anything did."""
+    left: Left | None = None
+    """What the run left to the next one, when it stopped before its end (interrupted, or a
+    project stopped at sync.max_duration)."""
 
     @property
     def exit_code(self) -> ExitCode:
+        if self.interrupted:
+            return ExitCode.INTERRUPTED
         ok = not self.errors and all(r.complete for r in self.results)
         return ExitCode.OK if ok else ExitCode.INCOMPLETE

@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import aiohttp
 from sqlalchemy import make_url
@@ -44,10 +44,16 @@ from syncer.procore.models import Project
 from syncer.procore.pacing import Pacer
 from syncer.procore.signin import LoginFile, UserGrant
 from syncer.report import LogProgress, Progress
-from syncer.result import RunSummary
+from syncer.result import RunSummary, Turns
 from syncer.store import Store
 
+if TYPE_CHECKING:
+    from syncer.gallery import GalleryReport
+
 log = logging.getLogger(__name__)
+GALLERY_INTERRUPTED = (
+    "the gallery was not brought up to date: interrupted; the next sync (or `syncer gallery`) does it"
+)
 MAX_HEADER = 32 * 1024
 """Bytes one answer header may hold: Procore's `Link` repeats the query four times, and a query
 that names ids (`filters[id]`) is long."""
@@ -143,26 +149,24 @@ class Syncer(Selection):
     coordinator: Coordinator
     """How this process shares the mirror: file locks (SQLite) or leases and claims (PostgreSQL)."""
 
-    async def after_sync(self, project_ids: Sequence[int] | None) -> tuple[Path | None, str | None]:
+    async def after_sync(self, project_ids: Sequence[int] | None) -> tuple[GalleryReport | None, str | None]:
         """What follows syncing these projects (None: every project), for a one-shot run and a
-        daemon's turn alike: the gallery brought up to date. Its index page, and what went wrong
-        in one line (the photos are safe either way)."""
+        daemon's turn alike: the gallery brought up to date. What its build did, and what went
+        wrong in one line (the photos are safe either way)."""
         try:
             return await self.refresh_gallery(project_ids), None
         except SyncerError as exc:
             return None, f"the gallery was not brought up to date: {exc}"
 
-    async def refresh_gallery(self, project_ids: Sequence[int] | None) -> Path | None:
+    async def refresh_gallery(self, project_ids: Sequence[int] | None) -> GalleryReport | None:
         """With `gallery.enabled`, bring the gallery up to date for `project_ids` (None: every
-        project, removing the pages of projects that left); returns its index page. A gallery
-        that cannot be written raises a SyncerError naming it: the photos are safe either way."""
+        project, removing the pages of projects that left). A gallery that cannot be written
+        raises a SyncerError naming it: the photos are safe either way."""
         if not self.settings.gallery.enabled:
             return None
-        from syncer.gallery import gallery_of, render_report  # imported by the runs that build one
+        from syncer.gallery import gallery_of  # imported by the runs that build one
 
-        report = await gallery_of(self.settings).build(self.store, project_ids)
-        log.info("%s", render_report(report).splitlines()[0])
-        return report.index
+        return await gallery_of(self.settings).build(self.store, project_ids)
 
 
 def grant_of(settings: Settings) -> Grant:
@@ -308,26 +312,41 @@ async def run_sync(
     retry_failed: bool = False,
     new_mirror: bool = False,
     progress: Progress | None = None,
+    summary: RunSummary | None = None,
 ) -> RunSummary:
     """One sync run over the selected projects; `retry_failed` first makes failed photos due now.
     `new_mirror`: the mirror root becomes the mirror (a new disk), and the run is a full one, so
-    every recorded file is looked for and what is missing fetched."""
-    started = time.monotonic()
-    summary = RunSummary()
+    every recorded file is looked for and what is missing fetched.
+
+    The run fills in `summary` (a new one if not given) as it goes, and this is where its tallies
+    are known: a run cancelled by Ctrl-C or SIGTERM still completes it (what it mirrored, what it
+    leaves to the next run, what stopped it) before the cancellation goes on, so a caller that
+    passed its own `summary` can print it then."""
+    summary = RunSummary() if summary is None else summary
     progress = progress or LogProgress()
-    with database_errors(settings.database_url):
-        await _run(
-            settings,
-            summary,
-            project_ids,
-            full=full,
-            dry_run=dry_run,
-            force=force,
-            retry_failed=retry_failed,
-            new_mirror=new_mirror,
-            progress=progress,
-        )
-    summary.seconds = time.monotonic() - started
+    started = time.monotonic()
+    try:
+        with database_errors(settings.database_url):
+            await _run(
+                settings,
+                summary,
+                started,
+                project_ids,
+                full=full,
+                dry_run=dry_run,
+                force=force,
+                retry_failed=retry_failed,
+                new_mirror=new_mirror,
+                progress=progress,
+            )
+    except asyncio.CancelledError as stop:
+        # run_stoppable names SIGTERM; asyncio.run cancels the run without a word on Ctrl-C
+        summary.interrupted = stop.args[0] if stop.args and isinstance(stop.args[0], str) else "Ctrl-C"
+        summary.seconds = summary.seconds or time.monotonic() - started  # set once the syncing ended
+        raise
+    finally:  # stopped before its end, once it knew its projects: what it leaves to the next run
+        if (summary.interrupted or any(r.stopped for r in summary.results)) and progress.tally.projects:
+            summary.left = progress.tally.left()
     return summary
 
 
@@ -343,6 +362,7 @@ def database_errors(url: str) -> Iterator[None]:
 async def _run(
     settings: Settings,
     summary: RunSummary,
+    started: float,
     project_ids: Sequence[int] | None,
     *,
     full: bool,
@@ -371,16 +391,27 @@ async def _run(
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout_at(deadline):
                             await engine.count_backlog(projects)  # the ETA's counts, before any turn
-                if dry_run:
-                    summary.results = [
-                        await engine.sync_project(project, full=full, dry_run=True) for project in projects
-                    ]
-                else:
-                    summary.results = await coordinator.sync(
-                        engine, projects, full=full, force=force, deadline=deadline
-                    )
+                turns = Turns()
+                try:
+                    if dry_run:
+                        for project in projects:
+                            turns.end(
+                                await engine.sync_project(project, dry_run=True, full=full, turns=turns)
+                            )
+                    else:
+                        await coordinator.sync(
+                            engine, projects, turns, full=full, force=force, deadline=deadline
+                        )
+                finally:  # interrupted too: what each project's turns did so far
+                    summary.results = turns.results(projects)
+                    summary.seconds = time.monotonic() - started  # the gallery's time is its own
         if not dry_run:
-            summary.gallery, problem = await syncer.after_sync(
-                None if syncer.wanted(project_ids) is None else ids
-            )
+            try:
+                summary.gallery, problem = await syncer.after_sync(
+                    None if syncer.wanted(project_ids) is None else ids
+                )
+            except asyncio.CancelledError:
+                if settings.gallery.enabled:
+                    summary.errors.append(GALLERY_INTERRUPTED)
+                raise
             summary.errors += [problem] if problem else []

@@ -3,6 +3,7 @@ which workers share the work, what each holds and how far it got."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from syncer.config import Settings
@@ -10,6 +11,7 @@ from syncer.log import terminal_lines, terminal_text
 from syncer.report import human_bytes
 from syncer.store import Store
 from syncer.store.shared import WorkerInfo, team_status
+from syncer.words import human_time, plural
 
 
 async def status_document(
@@ -74,7 +76,7 @@ def _worker(w: WorkerInfo) -> dict[str, Any]:
 def render_status(document: dict[str, Any]) -> str:
     rows = [("project", "photos", "mirrored", "pending", "failed", "size", "checkpoint", "last run")]
     for p in document["projects"]:
-        last = f"{(p['last_run_at'] or '')[:19]} {p['last_outcome'] or ''}".strip() or "never"
+        last = f"{_when(p['last_run_at'], '')} {p['last_outcome'] or ''}".strip() or "never"
         rows.append(
             (
                 # escaped before the columns are measured
@@ -84,7 +86,7 @@ def render_status(document: dict[str, Any]) -> str:
                 str(p["pending"]),
                 str(p["failed"]),
                 human_bytes(p["bytes"]),
-                (p["checkpoint"] or "none")[:19],
+                _when(p["checkpoint"], "none"),
                 last,
             )
         )
@@ -99,6 +101,11 @@ def render_status(document: dict[str, Any]) -> str:
     return terminal_lines(lines)
 
 
+def _when(iso: str | None, otherwise: str) -> str:
+    """A time of the document as a person reads it: local, saying its zone (`human_time`)."""
+    return human_time(datetime.fromisoformat(iso)) if iso else otherwise
+
+
 FAILURES_SHOWN = 20
 """Failed photos listed per project in the table; the rest are counted, and `--json` lists them."""
 
@@ -107,8 +114,8 @@ def _failure_lines(project: dict[str, Any]) -> list[str]:
     """The project's first failed photos, then how many more there are and where to see them."""
     listed = project["failures"]
     lines = [
-        f"failed: {project['name']}: photo {f['id']} -> {f['path']} ({f['attempts']} attempts, "
-        f"next try {(f['next_retry_at'] or 'next run')[:19]}): {f['error']}"
+        f"failed: {project['name']}: photo {f['id']} -> {f['path']} ({plural(f['attempts'], 'attempt')}, "
+        f"next try {_when(f['next_retry_at'], 'next run')}): {f['error']}"
         for f in listed[:FAILURES_SHOWN]
     ]
     more = project["failed"] - len(lines)
@@ -116,7 +123,8 @@ def _failure_lines(project: dict[str, Any]) -> list[str]:
         # the store may cut `failures` short: never promise more than the document holds
         held = "all" if len(listed) >= project["failed"] else f"{len(listed)} of the {project['failed']}"
         lines.append(
-            f"... and {more} more failed photos in {project['name']} (`syncer status --json` lists {held})"
+            f"... and {plural(more, 'more failed photo')} in {project['name']} "
+            f"(`syncer status --json` lists {held})"
         )
     return lines
 
@@ -132,13 +140,13 @@ def _worker_lines(document: dict[str, Any]) -> list[str]:
         doing = f"; {w['activity']}" if w["activity"] else ""
         lines.append(
             f"  {w['id']} ({w['state']}, pid {w['pid']} on {w['host']}, last heartbeat "
-            f"{w['heartbeat_at'][:19]}): {w['downloaded']} downloaded ({human_bytes(w['bytes'])}), "
-            f"{w['failed']} failed{doing}"
+            f"{_when(w['heartbeat_at'], 'never')}): {w['downloaded']} downloaded "
+            f"({human_bytes(w['bytes'])}), {w['failed']} failed{doing}"
         )
     for p in document["projects"]:
         if p["listed_by"] or p["downloading"]:
             lines.append(
                 f"  {p['name']} ({p['id']}): listed by {p['listed_by'] or 'nobody now'}, "
-                f"{p['downloading']} downloads in flight"
+                f"{plural(p['downloading'], 'download')} in flight"
             )
     return lines

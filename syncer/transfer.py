@@ -167,7 +167,12 @@ class Transfer:
 
     async def run(self, job: Job) -> None:
         """Carry out one job to its recorded end. Only a `FatalError` escapes: it ends the run
-        (refused credentials, a lost lease, a full or read-only disk or database)."""
+        (refused credentials, a lost lease, a full or read-only disk or database).
+
+        The job is done for the progress (`Progress.finished`) where its outcome is counted in the
+        result, not where it returns: a stop that cuts it short after its file was installed, while
+        the record is written, leaves it done; one that cuts it before leaves it to the next run,
+        and a stopped run's summary counts it there (`Tally.left`)."""
         try:
             self.guard.check()
             if job.download:
@@ -184,6 +189,7 @@ class Transfer:
     async def fail(self, job: Job, error: str) -> None:
         log.warning("photo %s (%s) failed: %s", job.photo_id, job.rel_path, error)
         self.result.failures.append((job.photo_id, job.rel_path, error))
+        self.progress.finished()
         await self.recorder.add(Failed(job.photo_id, error, self.retry_at(job)))
 
     def retry_at(self, job: Job) -> datetime:
@@ -262,6 +268,7 @@ class Transfer:
                 if isinstance(exc, ProcoreError) and exc.status == 404:
                     log.info("photo %s was deleted in Procore after it was listed", job.photo_id)
                     self.result.vanished += 1
+                    self.progress.finished()
                     await self.recorder.add(Vanished(job.photo_id, self.now()))
                     return
                 if attempt < last:
@@ -275,6 +282,7 @@ class Transfer:
         if adopted is None:
             return False
         self.result.adopted += 1
+        self.progress.finished()
         await self.recorder.add(self._mirrored(photo, rel, adopted.size, adopted.sha256))
         return True
 
@@ -307,6 +315,7 @@ class Transfer:
         def installed(_: None) -> None:
             self.result.downloaded += 1
             self.result.bytes += fetched.size
+            self.progress.finished()
             self.recorder.note(self._mirrored(photo, rel, fetched.size, fetched.sha256))
 
         await uninterrupted(installing, installed)
@@ -327,6 +336,7 @@ class Transfer:
             return
         await self.fs.write_durably(self.sidecars(job.rel_path, photo, stored.local_size, stored.sha256))
         self.result.relocated += 1
+        self.progress.finished()
         await self.recorder.add(Relocated(photo.id, job.rel_path, photo.updated_at))
 
 
@@ -384,4 +394,3 @@ class Pool:
                 self._fatal = self._fatal or exc
             finally:
                 self._unfinished -= 1
-                self.transfer.progress.finished()

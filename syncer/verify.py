@@ -34,6 +34,7 @@ from syncer.procore.models import Photo
 from syncer.report import human_bytes, human_seconds
 from syncer.store import MirroredFile, Store
 from syncer.store.shared import team_status
+from syncer.words import plural
 
 log = logging.getLogger(__name__)
 STRAYS_DIR = f"{TRASH_DIR}/strays"
@@ -323,7 +324,7 @@ async def verify(
                     await fs.write_durably([(rel, wanted) for rel, _, wanted in sidecar_problems])
                     report.sidecars_fixed += len(sidecar_problems)
                 if report.checked % 1000 == 0:
-                    log.info("verified %d of %d files", report.checked, len(files))
+                    log.info("verified %s of %s", f"{report.checked:,}", plural(len(files), "file"))
 
             await asyncio.gather(*(check(item) for item in files))
             if report.scanned_for_unexpected:
@@ -349,14 +350,10 @@ async def _alone(store: Store) -> None:
     live = [w for w in (await team_status(store)).workers if w.live]
     if live:
         raise LockedError(
-            f"--move-strays needs the mirror to itself, and {len(live)} syncer worker"
-            f"{' is' if len(live) == 1 else 's are'} live on this database (`syncer status` lists "
+            f"--move-strays needs the mirror to itself, and {plural(len(live), 'syncer worker')} "
+            f"{'is' if len(live) == 1 else 'are'} live on this database (`syncer status` lists "
             f"{'it' if len(live) == 1 else 'them'}): run it when they have stopped"
         )
-
-
-def _n(count: int, thing: str, things: str | None = None) -> str:
-    return f"{count} {thing if count == 1 else things or thing + 's'}"
 
 
 def render_verify(report: VerifyReport) -> str:
@@ -374,7 +371,7 @@ def render_verify(report: VerifyReport) -> str:
         else:
             lines.append(f"unexpected: {p}")
     if len(report.unexpected) > SHOWN:
-        lines.append(f"... and {len(report.unexpected) - SHOWN} more unexpected files")
+        lines.append(f"... and {plural(len(report.unexpected) - SHOWN, 'more unexpected file')}")
     if report.found_nothing:
         verdict = "the mirror matches the database"
     elif fixed or moved:
@@ -382,10 +379,10 @@ def render_verify(report: VerifyReport) -> str:
     else:
         verdict = "the mirror does NOT match"
     lines.append(
-        f"{verdict}: {_n(report.checked, 'file')} ({human_bytes(report.bytes)}) verified in "
+        f"{verdict}: {plural(report.checked, 'file')} ({human_bytes(report.bytes)}) verified in "
         f"{human_seconds(report.seconds)}; {len(report.missing)} missing, {len(report.changed)} changed, "
-        f"{_n(len(report.missing_sidecars), 'missing sidecar')}, "
-        f"{_n(len(report.bad_sidecars), 'bad sidecar')}, {len(report.unexpected)} unexpected"
+        f"{plural(len(report.missing_sidecars), 'missing sidecar')}, "
+        f"{plural(len(report.bad_sidecars), 'bad sidecar')}, {len(report.unexpected)} unexpected"
         + ("" if report.scanned_for_unexpected else " (not scanned with --project)")
     )
     if report.found_nothing:
@@ -400,10 +397,10 @@ def _done_lines(report: VerifyReport) -> list[str]:
     """What this run changed: sidecars written, strays moved."""
     lines = []
     if report.sidecars_fixed:
-        lines.append(f"fixed: {_n(report.sidecars_fixed, 'sidecar')} written from the database")
+        lines.append(f"fixed: {plural(report.sidecars_fixed, 'sidecar')} written from the database")
     if report.strays_folder is not None:
         lines.append(
-            f"moved: {_n(len(report.strays_moved), 'unexpected file')} to {report.strays_folder}/ "
+            f"moved: {plural(len(report.strays_moved), 'unexpected file')} to {report.strays_folder}/ "
             "under the same paths"
         )
     return lines
@@ -414,24 +411,24 @@ def _to_do_lines(report: VerifyReport) -> list[str]:
     lines = []
     if report.queued:
         lines.append(
-            f"{_n(report.queued, 'photo')} queued: "
+            f"{plural(report.queued, 'photo')} queued: "
             f"the next `syncer sync` downloads {_them(report.queued)} again"
         )
     fixable = []
     if (photos := len(report.missing) + len(report.changed)) and not report.queued:
-        fixable.append(f"queue {_n(photos, 'missing or changed photo')} for the next `syncer sync`")
+        fixable.append(f"queue {plural(photos, 'missing or changed photo')} for the next `syncer sync`")
     if report.sidecars_left:
-        fixable.append(f"write {_n(report.sidecars_left, 'sidecar')} from the database")
+        fixable.append(f"write {plural(report.sidecars_left, 'sidecar')} from the database")
     if fixable:
         lines.append(f"run again with --fix to {' and '.join(fixable)}")
     if stuck := len(report.strays_not_moved):
         lines.append(
-            f"{_n(stuck, 'unexpected file')} could not be moved (see why above): "
+            f"{plural(stuck, 'unexpected file')} could not be moved (see why above): "
             f"move {_them(stuck)} out of the mirror yourself"
         )
     elif left := report.strays_left:
         lines.append(
-            f"{_n(left, 'unexpected file')}: the database knows nothing of {_them(left)}; move "
+            f"{plural(left, 'unexpected file')}: the database knows nothing of {_them(left)}; move "
             f"{_them(left)} out of the mirror, or run again with --move-strays to move {_them(left)} to "
             f"{report.root / STRAYS_DIR}/<date>/ under the same paths"
         )

@@ -249,10 +249,11 @@ async def test_a_locked_run_says_who_holds_the_lock_and_that_waiting_is_harmless
     with Locks(tmp_path / "mirror").projects([busy]):
         run = await syncer("sync", "--config", str(config))
     assert run.code == ExitCode.LOCKED
-    held = re.search(r"held by pid (\d+) on (\S+) since (\S+ \S+)\. ", run.err)
+    held = re.search(r"held by pid (\d+) on (\S+) since (\S+ \S+) (UTC|[+-]\d\d:\d\d)\. ", run.err)
     assert held is not None, run.err
     assert (int(held[1]), held[2]) == (os.getpid(), socket.gethostname())
-    assert abs(datetime.fromisoformat(held[3]) - datetime.now(UTC)) < timedelta(minutes=5)
+    since = datetime.fromisoformat(f"{held[3]}{'+00:00' if held[4] == 'UTC' else held[4]}")
+    assert abs(since - datetime.now(UTC)) < timedelta(minutes=5)
     assert "waiting is harmless" in run.err
 
 
@@ -270,6 +271,14 @@ async def test_json_logs_are_one_object_per_line(make_sim: Any, tmp_path: Path) 
     lines = [line for line in run.err.splitlines() if line.strip()]
     assert lines
     assert all(json.loads(line)["level"] for line in lines)
+
+
+async def test_log_lines_begin_with_the_time_of_day_and_its_zone(make_sim: Any, tmp_path: Path) -> None:
+    sim = await make_sim(url_ttl=0, photos=3, projects=1)  # failures produce warnings
+    config = write_config(sim, tmp_path)
+    run = await syncer("sync", "--config", str(config), env={"TZ": "XYZ-2"})  # two hours east of UTC
+    lines = run.err.splitlines()
+    assert lines and all(re.match(r"\d\d:\d\d:\d\d \+02:00 [A-Z]+ ", line) for line in lines), lines[:3]
 
 
 async def test_simulate_serves_a_company_until_stopped(tmp_path: Path) -> None:
@@ -306,6 +315,18 @@ async def test_simulate_serves_a_company_until_stopped(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         assert await asyncio.wait_for(proc.wait(), timeout=10) == 0
+
+
+async def test_the_simulator_counts_one_project_and_one_photo_in_the_singular() -> None:
+    proc = await spawn("simulate", "--port", "0", "--photos", "1", "--projects", "1")
+    assert proc.stdout is not None
+    try:
+        await asyncio.wait_for(proc.stdout.readline(), timeout=30)  # where it serves
+        company = (await asyncio.wait_for(proc.stdout.readline(), timeout=30)).decode()
+    finally:
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), timeout=10)
+    assert company == "1 project, 1 photo (seed 1).\n"
 
 
 async def test_status_lists_failed_photos_with_their_error_and_next_try(
@@ -377,6 +398,7 @@ async def test_the_demo_builds_the_gallery_and_prints_where_to_open_it(tmp_path:
     run = await syncer("demo", "--dir", str(tmp_path / "demo"), "--photos", "20", "--progress", "off")
     assert run.code == ExitCode.OK, run.err
     index = tmp_path / "demo" / "index.html"
-    assert f"gallery: open {index.as_uri()}" in run.out.splitlines()
+    (gallery,) = [line for line in run.out.splitlines() if line.startswith("gallery: ")]
+    assert gallery.endswith(f"; open {index.as_uri()}"), gallery
     assert index.is_file() and (tmp_path / "demo" / "index.csv").is_file()
     assert len(list((tmp_path / "demo" / ".gallery" / "thumbs").rglob("*.jpg"))) == 20

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 import signal
 import socket
@@ -241,6 +242,18 @@ async def test_an_incomplete_run_logs_its_cause_as_a_warning(make_sim: Any, tmp_
         await stop(running)
     line = next(w for w in warnings() if "(and 1 more)" in w)
     assert "incomplete;" in line and "; photo " in line and " failed: " in line, line
+
+
+async def test_a_turn_of_one_request_logs_it_in_the_singular(make_sim: Any, tmp_path: Path) -> None:
+    sim = await make_sim(photos=1, projects=1)
+
+    def one_request_turns() -> list[str]:  # a turn that found nothing new: one listing request
+        return re.findall(r"sync of .*, 1 requests? in .*", running.log_text())
+
+    async with daemon(daemon_config(sim, tmp_path), tmp_path) as running:
+        await eventually(one_request_turns, what="a turn of one request")
+        await stop(running)
+    assert one_request_turns()[0].endswith(" gone upstream, 1 request in 0.0 s"), one_request_turns()[0]
 
 
 async def test_a_second_daemon_on_the_same_mirror_refuses_to_start(sim: Simulator, tmp_path: Path) -> None:

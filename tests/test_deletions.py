@@ -15,6 +15,7 @@ from syncer.plan import Change
 from syncer.report import render_summary
 from syncer.simulator import Simulator
 from syncer.simulator.server import ListingRequest
+from syncer.words import plural
 from tests.conftest import assert_byte_exact, db_rows, mirror_photos, sync
 
 FEW_RETRIES = {"retry_attempts": 2}
@@ -114,7 +115,7 @@ async def test_what_was_done_with_the_files_of_deleted_photos_is_logged(
     await sync(settings, full=True)
     messages = [r.getMessage() for r in log_lines.records]
     for project, count in per_project.items():
-        assert f"project {project}: {done} {count} files of photos deleted in Procore" in messages
+        assert f"project {project}: {done} {plural(count, 'file')} of photos deleted in Procore" in messages
 
 
 async def test_a_deleted_photo_whose_file_is_already_gone_still_has_its_sidecar_trashed(

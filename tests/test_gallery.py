@@ -8,7 +8,9 @@ import asyncio
 import hashlib
 import json
 import os
+import re
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -372,8 +374,37 @@ async def test_a_sync_with_the_gallery_enabled_brings_it_up_to_date(make_sim: An
     run = await syncer("sync", "--config", config)
     assert run.code == ExitCode.OK, run.err
     root = tmp_path / "mirror"
-    assert f"gallery: open {(root / 'index.html').as_uri()}" in run.out
+    assert run.out.splitlines()[-1].endswith(f"; open {(root / 'index.html').as_uri()}")
     assert added.id in photo_ids(root, project)
+
+
+UNITS = {"B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9}
+
+
+def amount(text: str) -> float:
+    """`17.6 MB` as bytes."""
+    number, unit = text.split()
+    return float(number) * UNITS[unit]
+
+
+async def test_a_syncs_time_and_rate_leave_out_the_gallery_which_has_its_own_line(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    sim = await make_sim(photos=200, projects=1, photo_size=None)  # thumbnails that take a while
+    config = write_config(sim, tmp_path, gallery={"enabled": True})
+    started = time.monotonic()
+    run = await syncer("sync", "--config", str(config))
+    wall = time.monotonic() - started
+    assert run.code == ExitCode.OK, run.err
+    total, gallery = run.out.splitlines()[-2:]
+    synced = re.fullmatch(r"complete: 1 project, 200 photos downloaded \((.+) at (.+)/s\) in (.+) s", total)
+    built = re.fullmatch(
+        r"gallery: 1 project page written, 200 thumbnails made in (.+) s; open file://.+", gallery
+    )
+    assert synced and built, run.out
+    size, rate, took = amount(synced[1]), amount(synced[2]), float(synced[3])
+    assert took + float(built[1]) <= wall, "the sync's time and the gallery's do not overlap"
+    assert abs(size / took - rate) <= 0.1 * rate, "the rate is over the sync's time alone"
 
 
 async def test_the_daemon_keeps_the_gallery_current(sim: Simulator, tmp_path: Path) -> None:

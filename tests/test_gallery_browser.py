@@ -178,6 +178,22 @@ async def test_the_search_finds_words_in_description_location_trade_uploader_and
     assert len(browser.find_elements(By.CSS_SELECTOR, ".tile")) == expected
 
 
+async def test_photos_without_an_album_are_grouped_under_the_name_of_their_folder(
+    browser: WebDriver, make_sim: Any, tmp_path: Path
+) -> None:
+    sim = await make_sim(photos=8, projects=1)
+    loose = sim.edit_photo(min(sim.company.photos), album_id=None)
+    config = str(write_config(sim, tmp_path, gallery={"enabled": True}))
+    assert (await syncer("sync", "--config", config)).code == ExitCode.OK
+    root = tmp_path / "mirror"
+    folder = next(root.rglob(f"{loose.id}_*")).relative_to(root).parts[1]  # {project}/{album}/...
+    open_project(browser, root, loose.project_id)
+    groups = [h.text for h in browser.find_elements(By.CSS_SELECTOR, ".group h2")]
+    assert folder in groups, groups
+    photo = open_photo(browser, root, loose.project_id, loose.filename, loose.id)
+    assert f"Album\n{folder}\n" in photo.text
+
+
 async def test_the_album_and_starred_filters_narrow_the_photos(
     browser: WebDriver, make_sim: Any, tmp_path: Path
 ) -> None:

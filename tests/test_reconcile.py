@@ -112,7 +112,8 @@ async def test_a_piece_that_never_matches_total_gives_no_ids_and_names_its_range
     listing = await list_ids(sim)
     assert listing.ids is None
     assert listing.problem is not None
-    assert re.fullmatch(r"the ids updated [0-9T:-]{19}\.\.[0-9T:-]{19} did not match Total", listing.problem)
+    span = r"[0-9T:-]{19}\.\.[0-9T:-]{19} UTC"
+    assert re.fullmatch(rf"the ids updated {span} did not match Total", listing.problem)
 
 
 async def test_a_photo_whose_lookup_answers_a_malformed_record_is_not_gone(sim: Simulator) -> None:

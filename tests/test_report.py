@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import re
+import signal
+import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from syncer.config import load_settings
 from syncer.errors import ExitCode
 from syncer.estimate import Budget
 from syncer.report import LogProgress, Tally
-from tests.conftest import write_config
+from tests.conftest import db_rows, in_mirror, write_config
 from tests.test_cli import syncer
+from tests.test_signin import as_at_a_terminal
 
 
 class Clock:
@@ -97,6 +106,21 @@ def test_progress_counts_a_project_once_toward_the_total_however_often_it_is_lis
     assert progress.tally.total_known
 
 
+def test_the_progress_log_line_is_written_only_while_photos_are_due(caplog: pytest.LogCaptureFixture) -> None:
+    clock = Clock()
+    progress = LogProgress(every=60.0, clock=clock)  # as the daemon's
+    with caplog.at_level(logging.INFO, logger="syncer"):
+        progress.queued(1, 1_000)
+        progress.received(1_000)
+        progress.finished()
+        clock.now = 61.0
+        progress.listed(1)  # a later turn that found nothing new: no line
+        progress.queued(2, 2_000)  # two photos due: the line
+    assert [r.getMessage() for r in caplog.records] == [
+        "progress: 1/3 photos · 1.0 KB/3.0 KB · 16 B/s · ETA 2m02s"
+    ]
+
+
 async def test_a_summary_counts_only_what_happened_with_correct_plurals(
     make_sim: Any, tmp_path: Path
 ) -> None:
@@ -163,3 +187,42 @@ async def test_json_logs_end_with_the_summary_as_one_json_object(make_sim: Any, 
     assert project["failures"] == [
         {"id": broken, "path": project["failures"][0]["path"], "error": "HTTP 500: internal error"}
     ]
+
+
+@pytest.mark.parametrize(("sig", "named"), [(signal.SIGINT, "Ctrl-C"), (signal.SIGTERM, "SIGTERM")])
+async def test_an_interrupted_sync_prints_its_summary_with_what_it_leaves(
+    make_sim: Any, tmp_path: Path, sig: signal.Signals, named: str
+) -> None:
+    sim = await make_sim(photos=40, projects=1, photo_size=200_000, bandwidth=1_000_000)
+    config = write_config(sim, tmp_path, sync={"concurrency": 2})
+    root = tmp_path / "mirror"
+
+    def installed() -> int:
+        return sum(in_mirror(p, root) and p.suffix != ".json" for p in root.rglob("*.*"))
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "syncer", "sync", "--full", "--config", str(config),  # one turn lists all
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, preexec_fn=as_at_a_terminal,
+    )  # fmt: skip
+    while installed() < 5 and proc.returncode is None:
+        await asyncio.sleep(0.02)
+    proc.send_signal(sig)
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=15)
+    assert proc.returncode == ExitCode.INTERRUPTED, err.decode()
+    project, note, *_, total, left = out.decode().splitlines()
+    assert project.startswith(
+        f"{sim.company.projects[sim.company.photos[min(sim.company.photos)].project_id].name} ("
+    )
+    assert note == "  interrupted; the next run continues from here", out.decode()
+    done = re.fullmatch(rf"INTERRUPTED \({named}\): 1 project, (\d+) photos downloaded \(.+\) in .+ s", total)
+    mirrored = db_rows(load_settings(config), "SELECT count(*) FROM photos WHERE local_path IS NOT NULL")
+    assert done and [(int(done[1]),)] == mirrored, (total, mirrored)
+    listed = re.match(r".+: (\d+) photos listed", project)
+    assert listed, project
+    queued = int(listed[1]) - int(done[1])  # listed, not downloaded: in flight or waiting for a slot
+    assert re.fullmatch(
+        rf"left for the next run: {queued} photos? listed and not in the mirror yet \(.+ to download\); "
+        "1 project not listed to the end",  # the listing waits while the downloads are behind
+        left,
+    ), left
+    assert "interrupted; what was committed" not in err.decode(), "the summary says it, once"

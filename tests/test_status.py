@@ -7,6 +7,7 @@ import json
 import re
 import sqlite3
 from contextlib import closing
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,28 @@ async def test_status_answers_at_once_while_a_sync_holds_the_databases_write_loc
         writer.execute("ROLLBACK")
     assert run.code == ExitCode.OK, run.err
     assert sum(p["mirrored"] for p in json.loads(run.out)["projects"]) == 60
+
+
+async def checkpoint_row(sim: Simulator, tmp_path: Path, tz: str) -> tuple[datetime, str]:
+    """A synced project's checkpoint, from `--json`, and its row of the table where TZ is `tz`."""
+    config = write_config(sim, tmp_path)
+    assert (await syncer("sync", "--config", str(config))).code == ExitCode.OK
+    project = json.loads((await syncer("status", "--config", str(config), "--json")).out)["projects"][0]
+    table = await syncer("status", "--config", str(config), env={"TZ": tz})
+    row = next(line for line in table.out.splitlines() if f"({project['id']}" in line)
+    return datetime.fromisoformat(project["checkpoint"]), row
+
+
+async def test_status_shows_times_in_local_time_with_the_offset(sim: Simulator, tmp_path: Path) -> None:
+    checkpoint, row = await checkpoint_row(sim, tmp_path, "XYZ-2")  # two hours east of UTC
+    assert f"{checkpoint + timedelta(hours=2):%Y-%m-%d %H:%M:%S} +02:00" in row, row
+    assert row.count(" +02:00") == 2, "the checkpoint and the last run"
+
+
+async def test_status_on_a_machine_set_to_utc_says_its_times_are_utc(sim: Simulator, tmp_path: Path) -> None:
+    checkpoint, row = await checkpoint_row(sim, tmp_path, "UTC")
+    assert f"{checkpoint:%Y-%m-%d %H:%M:%S} UTC" in row, row
+    assert row.count(" UTC") == 2, "the checkpoint and the last run"
 
 
 async def test_status_lists_the_first_failed_photos_and_says_how_many_more_and_where(

@@ -19,7 +19,7 @@ from typing import Protocol
 
 from syncer.engine import Engine, Work
 from syncer.procore.models import Project
-from syncer.result import ProjectResult
+from syncer.result import ProjectResult, Turns
 
 
 class Coordinator(Work, Protocol):
@@ -30,9 +30,17 @@ class Coordinator(Work, Protocol):
         """Keep other processes off these projects for a one-shot run, or raise `LockedError`."""
 
     async def sync(
-        self, engine: Engine, projects: list[Project], *, full: bool, force: bool, deadline: float | None
-    ) -> list[ProjectResult]:
-        """A one-shot run over the projects, in their order."""
+        self,
+        engine: Engine,
+        projects: list[Project],
+        turns: Turns,
+        *,
+        full: bool,
+        force: bool,
+        deadline: float | None,
+    ) -> None:
+        """A one-shot run over the projects, in their order; their results go to `turns` as they
+        are made, so that an interrupted run still has them."""
 
     async def turn(
         self, engine: Engine, project: Project, *, full: bool, deadline: float | None

@@ -96,10 +96,10 @@ class Membership:
         strangers = [f"{wid} on {host}" for wid, host in others if not (self.markers / wid).exists()]
         if strangers:
             log.error(
-                "worker %s shares the database with worker%s %s, but not the mirror folder %s: every "
+                "worker %s shares the database with %s %s, but not the mirror folder %s: every "
                 "worker must use the same (shared) folder, or the mirror is split between them",
                 self.worker_id,
-                "s" if len(strangers) > 1 else "",
+                "worker" if len(strangers) == 1 else "workers",
                 ", ".join(strangers),
                 self.markers.parent.parent,
             )

@@ -15,7 +15,7 @@ from syncer.config import SyncSettings
 from syncer.engine import Engine
 from syncer.locks import Locks
 from syncer.procore.models import Project
-from syncer.result import ProjectResult
+from syncer.result import ProjectResult, Turns
 from syncer.store import Store
 from syncer.transfer import Job, Pool, Result
 
@@ -60,14 +60,18 @@ class QueueSource:
         self.transfer = pool.transfer
         self.queued: set[int] = set()
 
-    async def _put(self, job: Job, size: int | None) -> None:
-        self.queued.add(job.photo_id)
-        self.transfer.progress.queued(1, size or 0)
-        await self.pool.put(job)
+    async def _put(self, jobs: list[Job], sizes: list[int | None]) -> None:
+        """Hand `jobs` to the pool. They count as queued at once, before the pool has room for
+        them all: they are recorded as due, so a run stopped meanwhile leaves them to the next
+        one, and its summary says so."""
+        self.queued.update(job.photo_id for job in jobs)
+        self.transfer.progress.queued(len(jobs), sum(size or 0 for size in sizes))
+        for job in jobs:
+            await self.pool.put(job)
 
     async def listed(self, downloads: list[Job]) -> None:
-        for job in await self.transfer.mark_on_disk(downloads):
-            await self._put(job, job.photo.size if job.photo else None)
+        jobs = await self.transfer.mark_on_disk(downloads)
+        await self._put(jobs, [job.photo.size if job.photo else None for job in jobs])
 
     async def drain(self) -> None:
         transfer = self.transfer
@@ -82,9 +86,9 @@ class QueueSource:
                 Job(d.id, d.rel_path, None, None, download=True, attempts=d.attempts)
                 for d in due[start : start + DRAIN_BATCH]
             ]
-            for job in await transfer.mark_on_disk(jobs):
-                transfer.result.retried += 1
-                await self._put(job, sizes[job.photo_id])
+            jobs = await transfer.mark_on_disk(jobs)
+            transfer.result.retried += len(jobs)
+            await self._put(jobs, [sizes[job.photo_id] for job in jobs])
 
     async def abort(self) -> None:
         return None
@@ -110,9 +114,16 @@ class Solo:
         return self.locks.projects(project_ids)
 
     async def sync(
-        self, engine: Engine, projects: list[Project], *, full: bool, force: bool, deadline: float | None
-    ) -> list[ProjectResult]:
-        return await engine.take_turns(projects, full=full, force=force, deadline=deadline)
+        self,
+        engine: Engine,
+        projects: list[Project],
+        turns: Turns,
+        *,
+        full: bool,
+        force: bool,
+        deadline: float | None,
+    ) -> None:
+        await engine.take_turns(projects, turns, full=full, force=force, deadline=deadline)
 
     async def turn(
         self, engine: Engine, project: Project, *, full: bool, deadline: float | None

@@ -22,7 +22,7 @@ from syncer.coordination.membership import Membership, membership
 from syncer.engine import Engine, measured, transfers
 from syncer.mirror.files import MirrorFS
 from syncer.procore.models import Project
-from syncer.result import ProjectResult
+from syncer.result import ProjectResult, Turns
 from syncer.store import Failed, Store
 from syncer.transfer import Job, Pool, Result
 
@@ -184,10 +184,15 @@ class Team:
                 return await engine.sync_project(project, full=full, deadline=deadline)
         return await self._help(engine, project, deadline=deadline)
 
-    async def _help(self, engine: Engine, project: Project, *, deadline: float | None) -> ProjectResult:
+    async def _help(
+        self, engine: Engine, project: Project, *, deadline: float | None, turns: Turns | None = None
+    ) -> ProjectResult:
         """Download the project's due photos while another worker lists it, until none is left.
-        Returns once that worker let go of the project."""
+        Returns once that worker let go of the project. A one-shot run's `turns` holds the result
+        as it is filled in; the caller ends it there."""
         result = ProjectResult(project=project, window_start=None, window_end=engine.now(), helped=True)
+        if turns is not None:
+            turns.begin(result)
 
         async def help_() -> None:
             pool = engine.pool(project, result)
@@ -205,8 +210,15 @@ class Team:
         return result
 
     async def sync(
-        self, engine: Engine, projects: list[Project], *, full: bool, force: bool, deadline: float | None
-    ) -> list[ProjectResult]:
+        self,
+        engine: Engine,
+        projects: list[Project],
+        turns: Turns,
+        *,
+        full: bool,
+        force: bool,
+        deadline: float | None,
+    ) -> None:
         """Sync the projects as one of several workers.
 
         Each project is listed by the worker holding its lease. This worker first takes every
@@ -215,7 +227,6 @@ class Team:
         is done; one whose holder died or failed first is taken over and synced here."""
         store = engine.store
         _, run_end = engine.window(None, engine.procore_now())  # where this run's windows would end
-        results: dict[int, ProjectResult] = {}
         busy_at: dict[int, datetime | None] = {}
         """The project's mark when it was first found busy."""
 
@@ -243,8 +254,10 @@ class Team:
                     continue  # listed meanwhile: only its downloads may be left (below)
                 async with self.member.project(project.id) as mine:
                     if mine:
-                        result = await engine.sync_project(project, full=full, force=force, deadline=deadline)
-                        results[project.id] = result.absorb(results.get(project.id))
+                        result = await engine.sync_project(
+                            project, full=full, force=force, deadline=deadline, turns=turns
+                        )
+                        turns.end(result)
                         if result.backfill_left and result.proven and not result.stopped:
                             backfilling.add(project.id)  # another turn in the next round
                             continue
@@ -257,11 +270,10 @@ class Team:
             for project in [p for p in waiting if p.id not in backfilling]:
                 engine.progress.listed(project.id)  # by another worker: this one learns of no more photos
                 log.info("project %s is listed by another worker; downloading a share of it", project.id)
-                helped = await self._help(engine, project, deadline=deadline)
-                results[project.id] = helped.absorb(results.get(project.id))
+                helped = await self._help(engine, project, deadline=deadline, turns=turns)
+                turns.end(helped)
                 if helped.stopped or await moved(project):
                     waiting.remove(project)
-        return [results[p.id] for p in projects if p.id in results]
 
 
 @asynccontextmanager

@@ -44,8 +44,9 @@ from syncer.locks import Locks
 from syncer.mirror.files import Sharing, check_owner, sharing_of
 from syncer.mirror.identity import ensure_mirror
 from syncer.procore.models import photos_page
-from syncer.report import human_seconds, plural
+from syncer.report import human_seconds
 from syncer.store import ArchiveDigest, ArchivedPhoto, Store
+from syncer.words import plural
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -73,6 +74,8 @@ class GalleryReport:
     """Thumbnails and pages this build removed (their photos or projects left the mirror)."""
     written: int = 0
     """Pages, data files and indexes this build wrote (0 when nothing changed)."""
+    pages: int = 0
+    """Project pages this build wrote (the page, its data or both changed)."""
     seconds: float = 0.0
 
     @property
@@ -232,6 +235,7 @@ class Build:
                 built = self._in_pool(self._project, pid, by_project[pid], existing, archive[pid].digest)
                 written, state.projects[pid] = await built
                 report.written += written
+                report.pages += written > 0
         for pid in uncarded:
             if by_project[pid]:
                 state.projects[pid] = Built(
@@ -328,7 +332,7 @@ class Build:
                 if time.monotonic() - last >= PROGRESS_EVERY:
                     last = time.monotonic()
                     count = f"{len(made) + len(failed):,}"
-                    log.info("gallery: %s of %s thumbnails made", count, f"{len(todo):,}")
+                    log.info("gallery: %s of %s made", count, plural(len(todo), "thumbnail"))
         finally:
             for future in pending:
                 future.cancel()

@@ -22,7 +22,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import quote
 
+from syncer.mirror.layout import UNFILED
 from syncer.store import ArchivedPhoto
+from syncer.words import plural
 
 FIELDS = (
     "id",
@@ -48,7 +50,8 @@ FIELDS = (
 """The order of a photo row in a data file; `gallery.js` reads them by these positions."""
 STARRED, PRIVATE = 1, 2
 """Bits of a row's `flags`."""
-DATA_VERSION = 1
+DATA_VERSION = 2
+"""2: the data names the album of photos without one (`unfiled`)."""
 
 
 def thumb_place(sha256: str) -> tuple[str, str]:
@@ -153,6 +156,7 @@ def project_data(
         "fields": FIELDS,
         "project": {"id": project_id, "name": shown(project_name), "link": link},
         "albums": albums.names,
+        "unfiled": UNFILED,  # the folder they are in: one name for them in the mirror and the gallery
         "people": people.names,
         "places": places.names,
         "trades": trades.names,
@@ -266,21 +270,18 @@ def index_page(cards: Sequence[ProjectCard], folder: str, has_csv: bool) -> byte
             if c.cover
             else '<span class="placeholder" aria-hidden="true"></span>'
         )
-        plural = "photo" if c.photos == 1 else "photos"
-        albums = "album" if c.albums == 1 else "albums"
         items.append(
             f"""<li class="card"><a href="{href}">{cover}<span class="name">{html.escape(c.name)}</span></a>
-  <span class="facts"><span class="photos">{c.photos:,} {plural}</span> · {c.albums:,} {albums}
+  <span class="facts"><span class="photos">{plural(c.photos, "photo")}</span> · {plural(c.albums, "album")}
     · {_size(c.bytes)}</span>
   <span class="dates">{_span(c.first, c.last)}</span>
   <span class="pid">Procore project {c.id}</span></li>"""
         )
     csv_link = '<a href="index.csv">index.csv</a> lists every photo for a spreadsheet. ' if has_csv else ""
-    projects = f"{len(cards):,} project{'' if len(cards) == 1 else 's'}"
     body = f"""<body class="home">
 <header>
   <h1>Photo archive</h1>
-  <p id="count">{projects}, {total:,} photo{"" if total == 1 else "s"}</p>
+  <p id="count">{plural(len(cards), "project")}, {plural(total, "photo")}</p>
 </header>
 <main>
 <ul id="projects">

@@ -30,6 +30,7 @@ from pathlib import Path
 from syncer.errors import MirrorMissing
 from syncer.mirror.files import MARKER, STATE_DIR, fsync_dir, read_marker, state_folder, unusable_root
 from syncer.store import Store
+from syncer.words import plural
 
 SAMPLE = 20
 """Recorded photos looked for in a mirror without an id, before it is taken for an unmounted one."""
@@ -89,8 +90,8 @@ async def ensure_mirror(store: Store, root: Path, *, new: bool = False, create: 
             assert recorded is not None
             raise MirrorMissing(
                 f"mirror.root {root} holds another mirror than the one this database knows (recorded at "
-                f"{recorded[1]}, {count:,} photos): is another disk mounted there? Nothing was written. "
-                "If this folder is the mirror from now on, run syncer sync --new-mirror"
+                f"{recorded[1]}, {plural(count, 'photo')}): is another disk mounted there? Nothing was "
+                "written. If this folder is the mirror from now on, run syncer sync --new-mirror"
             )
         if recorded is not None or (count and not await asyncio.to_thread(_present, root, sample)):
             state = (

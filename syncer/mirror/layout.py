@@ -19,6 +19,8 @@ from typing import Any
 from syncer.procore.models import Photo
 
 DEFAULT_LAYOUT = "{project}/{album}/{taken:%Y-%m}/{id}_{filename}"
+UNFILED = "Unfiled"
+"""The album of photos without one: their folder's name, and their group's in the gallery."""
 SIDECAR_SUFFIX = ".json"
 MAX_COMPONENT_BYTES = 255
 # The sidecar adds its suffix to the photo's name, so photo names leave room for it.
@@ -146,7 +148,7 @@ class Layout:
         return {
             "project": clean_value(project_name) or f"project-{project_id}",
             "project_id": project_id,
-            "album": clean_value(photo.album_name or "") or "Unfiled",
+            "album": clean_value(photo.album_name or "") or UNFILED,
             "album_id": photo.album_id if photo.album_id is not None else "none",
             "id": photo.id,
             "stem": stem,

@@ -17,6 +17,7 @@ from yarl import URL
 from syncer.procore.http import Answer, ProcoreError, ProcoreHttp
 from syncer.procore.models import Album, BadRecord, Company, Photo, Project, as_int, person, require_list
 from syncer.procore.query import ImageQuery
+from syncer.words import plural
 
 
 class IncompleteListing(ProcoreError):
@@ -122,7 +123,8 @@ class ProcoreApi:
         out = list(unique.values())
         if total is not None and total != len(items):
             raise IncompleteListing(
-                f"listing projects: Procore's Total says {total} projects, the listing gave {len(items)}",
+                f"listing projects: Procore's Total says {plural(total, 'project')}, "
+                f"the listing gave {len(items)}",
                 projects=out,
             )
         return out

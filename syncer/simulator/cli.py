@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from syncer.simulator.server import SimConfig, Simulator
+from syncer.words import plural
 
 DEMO_SEED = 7
 
@@ -43,7 +44,8 @@ async def serve(args: argparse.Namespace) -> int:
     await sim.start(api_port=args.port, store_port=args.store_port)
     config = {"procore": sim.procore_settings()}
     print(f"Procore simulator: API {sim.api_base}, storage {sim.storage_base}, object store {sim.store_base}")
-    print(f"{len(sim.company.projects)} projects, {len(sim.company.photos)} photos (seed {args.seed}).")
+    company = f"{plural(len(sim.company.projects), 'project')}, {plural(len(sim.company.photos), 'photo')}"
+    print(f"{company} (seed {args.seed}).")
     print("A config section that points at it:\n")
     print(yaml.safe_dump(config, sort_keys=False))
     print("Ctrl-C stops it.", flush=True)
@@ -61,6 +63,7 @@ async def serve(args: argparse.Namespace) -> int:
 async def demo(args: argparse.Namespace) -> int:
     from syncer.config import load_settings
     from syncer.report import make_progress, render_summary
+    from syncer.result import RunSummary
     from syncer.runner import run_sync
 
     folder = Path(args.dir).resolve()  # noqa: ASYNC240 - before anything runs
@@ -82,13 +85,19 @@ async def demo(args: argparse.Namespace) -> int:
             encoding="utf-8",
         )
         print(
-            f"Simulated company: {len(sim.company.projects)} projects, {len(sim.company.photos)} photos; "
+            f"Simulated company: {plural(len(sim.company.projects), 'project')}, "
+            f"{plural(len(sim.company.photos), 'photo')}; "
             f"syncing into {folder}",
             flush=True,
         )
         settings = load_settings(config_path)
         progress = make_progress(enabled=None if args.progress == "auto" else args.progress == "on")
-        summary = await run_sync(settings, progress=progress)
+        summary = RunSummary()
+        try:
+            await run_sync(settings, progress=progress, summary=summary)
+        except asyncio.CancelledError:  # Ctrl-C: the demo's end is its summary (exit 130)
+            if summary.interrupted is None:
+                raise
     print(render_summary(summary))
     print(f"\nPhotos and their .json sidecars are in {folder}.")
     print(f"See what is mirrored: {_this_syncer()} status --config {_shown(config_path)}")

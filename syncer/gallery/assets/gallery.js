@@ -30,6 +30,10 @@
   };
 
   function name(table, ref) { return ref === null || ref === undefined ? "" : data[table][ref]; }
+  // Photos without an album are in the folder of this name in the mirror; the page calls them so too.
+  function albumOf(p) { return name("albums", p[F.album]) || data.unfiled; }
+  // "1 photo", "2 photos": the page's one plural rule, as syncer/words.py is the syncer's.
+  function plural(n, word) { return n.toLocaleString() + " " + word + (n === 1 ? "" : "s"); }
   function when(p) { return p[F.taken] || p[F.uploaded] || ""; }
   function trades(p) { return (p[F.trades] || []).map(function (t) { return data.trades[t]; }); }
 
@@ -81,7 +85,7 @@
   function albumRank(p) { return p[F.album] === null ? data.albums.length : rankOf[p[F.album]]; }
 
   function groupKey(p, by) {
-    if (by === "album") return name("albums", p[F.album]) || "No album";
+    if (by === "album") return albumOf(p);
     const day = when(p);
     return day ? day.slice(0, by === "month" ? 7 : 10) : "No date";
   }
@@ -107,9 +111,8 @@
       if (!groups.length || groups[groups.length - 1].label !== key) groups.push({ label: key, start: n, end: n });
       groups[groups.length - 1].end = n + 1;
     });
-    const shown = order.length === photos.length ? photos.length.toLocaleString()
-      : order.length.toLocaleString() + " of " + photos.length.toLocaleString();
-    count.textContent = shown + (photos.length === 1 ? " photo" : " photos");
+    const part = order.length === photos.length ? "" : order.length.toLocaleString() + " of ";
+    count.textContent = part + plural(photos.length, "photo");
     layout();
   }
 
@@ -174,7 +177,7 @@
       const title = document.createElement("h2");
       title.textContent = row.label;
       const size = document.createElement("span");
-      size.textContent = row.size.toLocaleString() + (row.size === 1 ? " photo" : " photos");
+      size.textContent = plural(row.size, "photo");
       el.append(title, size);
       return el;
     }
@@ -260,7 +263,7 @@
     const gps = p[F.lat] !== null && p[F.long] !== null ? p[F.lat].toFixed(6) + ", " + p[F.long].toFixed(6) : "";
     const size = p[F.width] && p[F.height] ? p[F.width] + " × " + p[F.height] : "";
     return [
-      ["File name", p[F.name]], ["Description", p[F.description]], ["Album", name("albums", p[F.album])],
+      ["File name", p[F.name]], ["Description", p[F.description]], ["Album", albumOf(p)],
       ["Taken", utc(p[F.taken])], ["Uploaded", utc(p[F.uploaded])], ["Uploaded by", name("people", p[F.uploader])],
       ["Location", name("places", p[F.location])], ["Trades", trades(p).join(", ")],
       ["Starred", p[F.flags] & STARRED ? "yes" : "no"], ["Private", p[F.flags] & PRIVATE ? "yes" : "no"],
