@@ -25,9 +25,11 @@ lint: $(VENV)/.dev-installed
 	$(BIN)/ruff format --check syncer tests migrations bench
 	$(BIN)/mypy
 
-# Two workers: most tests wait on real processes and sockets, so two share two cores well.
+# Two workers: most tests wait on real processes and sockets, so two share two cores well. Work
+# stealing: a worker that runs out takes tests queued for the other, so a long test queued late
+# does not leave one worker idle at the end.
 test: lint
-	$(BIN)/pytest -n 2
+	$(BIN)/pytest -n 2 --dist worksteal
 
 bench: $(VENV)/.dev-installed
 	$(BIN)/python -m bench.run --scale full
