@@ -20,6 +20,7 @@ the names as their own rules say.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -133,9 +134,20 @@ class _JsonFormatter(logging.Formatter):
         return terminal_json(REDACT(json.dumps(entry, ensure_ascii=False)))
 
 
+def _not_a_stop(record: logging.LogRecord) -> bool:
+    """False for SQLAlchemy's pool reporting, at ERROR with a traceback, that a stop cancelled the
+    rollback of a connection it was returning ("Exception during reset or similar"). A stop
+    cancels tasks wherever they wait, a statement included; the connection is closed all the
+    same, and closing rolls it back (`store.db.ReleasingConnection`). Under load a SIGTERM put
+    that traceback after a clean summary."""
+    cancelled = record.exc_info is not None and isinstance(record.exc_info[1], asyncio.CancelledError)
+    return not (cancelled and record.name.startswith("sqlalchemy.pool"))
+
+
 def setup_logging(*, verbose: int = 0, quiet: bool = False, fmt: str = "text") -> None:
     level = logging.DEBUG if verbose > 0 else logging.WARNING if quiet else logging.INFO
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_not_a_stop)
     handler.setFormatter(
         _JsonFormatter()
         if fmt == "json"
