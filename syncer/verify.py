@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import stat
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,6 +37,9 @@ from syncer.store.shared import team_status
 from syncer.words import plural
 
 log = logging.getLogger(__name__)
+CHECKERS = 4
+"""Files hashed at once: enough to keep a disk busy. A task for each file held a million tasks at a
+million photos before the first was hashed."""
 STRAYS_DIR = f"{TRASH_DIR}/strays"
 """Where `--move-strays` puts unexpected files: in the trash, beside its dated folders of deleted
 photos, so whoever empties the trash finds them too."""
@@ -304,11 +307,9 @@ async def verify(
         with Locks(settings.mirror.root).projects(projects):  # no sync may write while this reads
             files = await store.mirrored_files(project_ids)
             bad_ids: list[int] = []
-            limit = asyncio.Semaphore(4)
 
             async def check(item: MirroredFile) -> None:
-                async with limit:
-                    problem, sidecar_problems = await _inspect(fs, item)
+                problem, sidecar_problems = await _inspect(fs, item)
                 report.checked += 1
                 report.bytes += item.size or 0
                 if problem == "missing":
@@ -326,7 +327,7 @@ async def verify(
                 if report.checked % 1000 == 0:
                     log.info("verified %s of %s", f"{report.checked:,}", plural(len(files), "file"))
 
-            await asyncio.gather(*(check(item) for item in files))
+            await _each(files, check)
             if report.scanned_for_unexpected:
                 report.unexpected = await _unexpected(store, fs, files, _own_files(settings, config_path))
                 if move_strays:
@@ -339,6 +340,20 @@ async def verify(
         await store.close()
     report.seconds = loop.time() - started
     return report
+
+
+async def _each(files: Sequence[MirroredFile], check: Callable[[MirroredFile], Awaitable[None]]) -> None:
+    """`check` every file, `CHECKERS` at a time: a bounded pool, not a task per file. The first
+    failure cancels the rest."""
+    queue = iter(files)  # shared: each file goes to the one worker that takes it next
+
+    async def worker() -> None:
+        for item in queue:
+            await check(item)
+
+    async with asyncio.TaskGroup() as workers:
+        for _ in range(CHECKERS):
+            workers.create_task(worker())
 
 
 async def _alone(store: Store) -> None:
