@@ -21,8 +21,8 @@ demo: $(VENV)/.demo-installed
 	$(BIN)/syncer demo --dir ./demo-mirror
 
 lint: $(VENV)/.dev-installed
-	$(BIN)/ruff check syncer tests migrations bench
-	$(BIN)/ruff format --check syncer tests migrations bench
+	$(BIN)/ruff check syncer tests migrations bench mutation
+	$(BIN)/ruff format --check syncer tests migrations bench mutation
 	$(BIN)/mypy
 
 # Three workers on two cores: most tests wait on real processes and sockets, and with two workers
@@ -39,12 +39,12 @@ bench-quick: $(VENV)/.dev-installed
 	$(BIN)/python -m bench.run --scale quick
 
 # Mutation testing of the critical path (slow: not part of `test` or CI). mutmut is installed here
-# only; the report lands in tests/mutation-report.md.
+# only; the report lands in mutation/report.md.
 mutate: $(VENV)/.dev-installed
 	$(BIN)/python -m pip install --quiet 'mutmut>=3.3,<4'
 	rm -rf mutants
 	$(BIN)/mutmut run --max-children 2
-	$(BIN)/python tests/mutation_report.py
+	$(BIN)/python mutation/report.py
 
 clean:
 	rm -rf $(VENV) demo-mirror mutants .pytest_cache .mypy_cache .ruff_cache

@@ -1,5 +1,5 @@
-"""Write `tests/mutation-report.md` from the last `mutmut run`: per module, how many mutants the
-fast tests killed, and every survivor with its diff and, from `tests/mutation-triage.yaml`, why it
+"""Write `mutation/report.md` from the last `mutmut run`: per module, how many mutants the
+fast tests killed, and every survivor with its diff and, from `mutation/triage.yaml`, why it
 may stay (equivalent or harmless). A survivor without a reason is marked as one to look at.
 
 mutmut maps each function to the tests that call it, but only for calls made on the test's own
@@ -119,7 +119,7 @@ def baseline_passes(modules: set[str]) -> bool:
 
 
 def main() -> int:
-    entries: list[dict[str, Any]] = yaml.safe_load((HERE / "mutation-triage.yaml").read_text()) or []
+    entries: list[dict[str, Any]] = yaml.safe_load((HERE / "triage.yaml").read_text()) or []
     triage = {name: entry["reason"] for entry in entries for name in entry["mutants"]}
     lines = mutmut("results", "--all", "true").splitlines()
     statuses = {m["name"]: m["status"] for m in map(LINE.match, lines) if m}
@@ -149,8 +149,8 @@ def main() -> int:
         "",
         "Written by `make mutate`: mutmut over the modules in `[tool.mutmut]` of `pyproject.toml`,",
         "against the fast in-process tests listed there; then each mutant it did not kill, against",
-        "its module's tests (`RECHECK` in `tests/mutation_report.py`). Each survivor is explained",
-        "(from `tests/mutation-triage.yaml`) or marked **to look at**.",
+        "its module's tests (`RECHECK` in `mutation/report.py`). Each survivor is explained",
+        "(from `mutation/triage.yaml`) or marked **to look at**.",
         "",
         f"Measured at commit {commit()}. mutmut alone, of the mutants it ran: {first['killed']} killed, "
         f"{first['not killed']} not.",
@@ -170,7 +170,7 @@ def main() -> int:
             unexplained += reason is None
             out.append(f"- `{name}` ({statuses[name]}): {reason or '**to look at**'}")
             out += ["  ```diff", *(f"  {line}" for line in diff_of(name)), "  ```"]
-    (HERE / "mutation-report.md").write_text("\n".join(out) + "\n", encoding="utf-8")
+    (HERE / "report.md").write_text("\n".join(out) + "\n", encoding="utf-8")
     print(f"{sum(len(n) for n in survivors.values())} survivors, {unexplained} without a reason")
     return 0
 
