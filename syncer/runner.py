@@ -1,8 +1,9 @@
 """Wiring for sync runs: the HTTP session, client, store, mirror and engine, in that order.
 
-The composition root: the only module that knows every part, so the parts need not know each
-other. `open_syncer` builds them once; `run_sync` (for `syncer sync` and `syncer demo`) uses them
-for one run, and the daemon keeps them for its whole life.
+The composition root of a syncing process: the module that puts the parts of a sync together, so
+the parts need not know each other. `open_syncer` builds them once; `run_sync` (for `syncer sync`
+and `syncer demo`) uses them for one run, and the daemon keeps them for its whole life. (Commands
+that only read, `status`, `verify`, `export` and `gallery`, open the store themselves.)
 """
 
 from __future__ import annotations
@@ -292,8 +293,9 @@ async def open_syncer(
 async def _coordinator(
     settings: Settings, store: Store, fs: MirrorFS, *, dry_run: bool
 ) -> AsyncIterator[Coordinator]:
-    """The one place that asks which database this is: PostgreSQL makes this process one of
-    several workers; SQLite keeps processes apart with file locks. A dry run joins no team (it
+    """Where a syncing process asks which database this is: PostgreSQL makes it one of several
+    workers; SQLite keeps processes apart with file locks (`verify` and `status` ask too, for
+    what they show of the workers). A dry run joins no team (it
     holds no lock either: see `_run`)."""
     if dry_run or store.engine.dialect.name != "postgresql":
         yield Solo(store, Locks(settings.mirror.root))
