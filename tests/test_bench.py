@@ -6,11 +6,14 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 from bench.harness import measure
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.timeout(600)  # every scenario in turn: about 60 s idle, over 120 s on a busy machine
 def test_the_smoke_bench_runs_every_scenario_and_writes_its_results(tmp_path: Path) -> None:
     out = tmp_path / "latest.json"
     result = measure(
